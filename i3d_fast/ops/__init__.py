@@ -1,0 +1,7 @@
+"""Functional ops. Each op validates its arguments, then dispatches to a backend kernel in
+:mod:`i3d_fast.kernels` through a ``torch.library`` custom op (so it works under torch.compile)."""
+from .dispatch import NoBackendError
+from .padding import same_padding
+from .pool3d import avg_pool3d, max_pool3d
+
+__all__ = ["NoBackendError", "avg_pool3d", "max_pool3d", "same_padding"]

@@ -1,0 +1,137 @@
+"""3D max and average pooling: TF "SAME", "VALID" or explicit padding, padded cells ignored.
+
+One custom op ``i3d_fast::pool3d`` (and its backward) serves both modes on every backend:
+``cpu`` (C++), ``aten`` (stock ATen ops: the baseline and the fallback on other devices) and
+``reference`` (plain PyTorch windows, float64-capable: the test oracle).
+Inputs are ``Tensor[N, C, T, H, W]`` in any memory format; outputs are channels_last_3d.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+
+from ..kernels import cpu as cpu_kernels
+from ..kernels.aten import pool3d as aten_pool3d
+from ..kernels.cpu import pool3d as cpu_pool3d
+from ..kernels.reference import pool3d as reference_pool3d
+from . import dispatch
+from .padding import PaddingArg, Pads, flat_pads, nested_pads, output_size, resolve_padding, triple
+
+FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _reject_reference(x: torch.Tensor, mode: str, explicit: bool) -> Optional[str]:
+    return dispatch.reject_dtype(x, FLOATS)
+
+
+def _reject_aten(x: torch.Tensor, mode: str, explicit: bool) -> Optional[str]:
+    if mode == "avg" and x.device.type == "cpu" and x.dtype == torch.float16:
+        return "ATen has no float16 avg_pool3d on the CPU"
+    return dispatch.reject_dtype(x, FLOATS)
+
+
+def _reject_cpu(x: torch.Tensor, mode: str, explicit: bool) -> Optional[str]:
+    return cpu_kernels.reject_unless_available(x) or dispatch.reject_dtype(x, FLOATS)
+
+
+BACKENDS = (
+    dispatch.Backend("cpu", _reject_cpu, lambda: cpu_pool3d),
+    dispatch.Backend("aten", _reject_aten, lambda: aten_pool3d),
+    dispatch.Backend("reference", _reject_reference, lambda: reference_pool3d),
+)
+
+
+def _impl(requested: str, x: torch.Tensor, mode: str):
+    return dispatch.select("i3d_fast.pool3d", requested, BACKENDS, x, mode).impl()
+
+
+@torch.library.custom_op("i3d_fast::pool3d", mutates_args=())
+def pool3d_op(x: torch.Tensor, mode: str, kernel: List[int], stride: List[int], pads: List[int],
+              backend: str) -> torch.Tensor:
+    """Validated arguments only (see :func:`max_pool3d` / :func:`avg_pool3d`); pads = [t0, t1, h0, h1, w0, w1]."""
+    return _impl(backend, x, mode).pool3d(x, mode, tuple(kernel), tuple(stride), nested_pads(pads))
+
+
+@pool3d_op.register_fake
+def _(x, mode, kernel, stride, pads, backend):
+    out = [output_size(s, k, st, p) for s, k, st, p in zip(x.shape[2:], kernel, stride, nested_pads(pads))]
+    return x.new_empty((x.shape[0], x.shape[1], *out)).contiguous(memory_format=torch.channels_last_3d)
+
+
+@torch.library.custom_op("i3d_fast::pool3d_backward", mutates_args=())
+def pool3d_backward_op(grad_out: torch.Tensor, x: Optional[torch.Tensor], input_shape: List[int], mode: str,
+                       kernel: List[int], stride: List[int], pads: List[int], backend: str) -> torch.Tensor:
+    """Gradient of :func:`pool3d_op`; max pooling recomputes its argmax from ``x`` (no index tensor)."""
+    return _impl(backend, grad_out, mode).pool3d_backward(grad_out, x, tuple(input_shape), mode, tuple(kernel),
+                                                    tuple(stride), nested_pads(pads))
+
+
+@pool3d_backward_op.register_fake
+def _(grad_out, x, input_shape, mode, kernel, stride, pads, backend):
+    return grad_out.new_empty(input_shape).contiguous(memory_format=torch.channels_last_3d)
+
+
+def _setup_context(ctx, inputs, output):
+    x, mode, kernel, stride, pads, backend = inputs
+    ctx.save_for_backward(x if mode == "max" else None)
+    ctx.args = (list(x.shape), mode, kernel, stride, pads, backend)
+
+
+def _backward(ctx, grad_out):
+    (x,) = ctx.saved_tensors
+    return pool3d_backward_op(grad_out, x, *ctx.args), None, None, None, None, None
+
+
+pool3d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _validate(x: torch.Tensor, kernel_size, stride, padding, name: str):
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a Tensor[N, C, T, H, W], got {type(x).__name__}")
+    if x.dim() != 5:
+        raise ValueError(f"{name}: expected a 5-D Tensor[N, C, T, H, W], got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got {x.dtype}")
+    kernel = triple(kernel_size, "kernel_size")
+    stride = kernel if stride is None else triple(stride, "stride")
+    pads = resolve_padding(x.shape[2:], kernel, stride, padding)
+    for dim, size, k, (before, after) in zip("THW", x.shape[2:], kernel, pads):
+        if before >= k or after >= k:
+            raise ValueError(f"{name}: padding {(before, after)} along {dim} must be smaller than the kernel ({k}), "
+                             "or some windows would hold only padding")
+        if size + before + after < k:
+            raise ValueError(f"{name}: kernel {k} is larger than the padded input along {dim} "
+                             f"({size} + padding {before + after})")
+    return kernel, stride, pads
+
+
+def _pool(x, mode, kernel_size, stride, padding, backend, name):
+    kernel, stride, pads = _validate(x, kernel_size, stride, padding, name)
+    return pool3d_op(x, mode, list(kernel), list(stride), flat_pads(pads), backend)
+
+
+def max_pool3d(x: torch.Tensor, kernel_size: Union[int, Sequence[int]], stride: Union[int, Sequence[int], None] = None,
+               padding: PaddingArg = "same", backend: str = "auto") -> torch.Tensor:
+    """3D max pooling; padded cells are ignored (as if -inf). Differentiable.
+
+    Args:
+        x: Tensor[N, C, T, H, W], any memory format, float32/float64/float16/bfloat16.
+        kernel_size, stride: int or (T, H, W); stride defaults to the kernel size.
+        padding: "same" (TensorFlow: the odd cell at the end), "valid", or explicit (see
+            :func:`i3d_fast.ops.padding.resolve_padding`).
+        backend: "auto", "cpu", "aten" or "reference".
+    Returns:
+        Tensor[N, C, T', H', W'] in channels_last_3d memory. Ties and NaNs: the gradient goes to the
+        first maximum in (t, h, w) order; a NaN in a window is its maximum.
+    """
+    return _pool(x, "max", kernel_size, stride, padding, backend, "max_pool3d")
+
+
+def avg_pool3d(x: torch.Tensor, kernel_size: Union[int, Sequence[int]], stride: Union[int, Sequence[int], None] = None,
+               padding: PaddingArg = "valid", backend: str = "auto") -> torch.Tensor:
+    """3D average pooling over the real cells of each window (TensorFlow SAME semantics). Differentiable.
+
+    Same arguments and result layout as :func:`max_pool3d`; padding defaults to "valid".
+    """
+    return _pool(x, "avg", kernel_size, stride, padding, backend, "avg_pool3d")

@@ -1,0 +1,106 @@
+"""Ahead-of-time compilation of Triton kernels for NVIDIA targets, without a GPU.
+
+Used by the tests (every shipped kernel/config/dtype compiles for sm_80 and sm_90, uses tensor cores
+where it should, and does not spill) and by ``benchmarks/kernel_report.py``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+ARCHS = (80, 90)
+
+
+@dataclass(frozen=True)
+class AotSpec:
+    """One launchable variant of a kernel: its signature (arg -> Triton type, "constexpr" for
+    compile-time args), the constexpr values, and launch options."""
+
+    name: str
+    fn: object
+    signature: Dict[str, str]
+    constexprs: Dict[str, object]
+    num_warps: int = 4
+    num_stages: int = 2
+    #: Tensor-core instruction expected in the PTX per arch ("mma" on sm_80, "wgmma" on sm_90), or None.
+    tensor_cores: Dict[int, str] = field(default_factory=dict)
+
+
+@dataclass
+class AotResult:
+    spec: AotSpec
+    arch: int
+    registers: int
+    shared_bytes: int
+    spill_bytes: int
+    mma: int
+    wgmma: int
+    ptxas_log: str
+
+
+def ptxas_path() -> str:
+    """Triton's bundled ptxas that accepts its PTX (the system ptxas may be older than the PTX ISA)."""
+    import triton
+
+    base = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    for name in ("ptxas-blackwell", "ptxas"):
+        path = os.path.join(base, name)
+        if os.path.isfile(path):
+            return path
+    raise FileNotFoundError(f"no ptxas in {base}")
+
+
+def _ptxas_report(ptx: str, arch: int) -> str:
+    target = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "kernel.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        done = subprocess.run([ptxas_path(), "-v", f"-arch={target}", src, "-o", os.path.join(tmp, "k.cubin")],
+                              capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"ptxas failed for {target}:\n{done.stderr}")
+    return done.stderr + done.stdout
+
+
+def compile_spec(spec: AotSpec, arch: int) -> AotResult:
+    """Compiles ``spec`` for sm_``arch`` and reads registers, shared memory, spills and MMA counts."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    src = ASTSource(fn=spec.fn, signature=spec.signature, constexprs=spec.constexprs)
+    kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                            options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+    ptx = kernel.asm["ptx"]
+    log = _ptxas_report(ptx, arch)
+    registers = [int(v) for v in re.findall(r"Used (\d+) registers", log)]
+    spills = [int(a) + int(b) for a, b in re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)]
+    return AotResult(spec=spec, arch=arch, registers=max(registers, default=0), shared_bytes=kernel.metadata.shared,
+                     spill_bytes=sum(spills), mma=len(re.findall(r"\bmma\.sync", ptx)),
+                     wgmma=len(re.findall(r"\bwgmma\.mma_async", ptx)), ptxas_log=log)
+
+
+#: Shared memory per block that each target allows (bytes, opt-in maximum).
+SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+
+
+def all_specs() -> List[AotSpec]:
+    """Every Triton kernel variant the library ships, from each kernel module's ``aot_specs()``."""
+    import importlib
+    import pkgutil
+
+    from . import __path__ as package_path
+
+    specs: List[AotSpec] = []
+    for info in pkgutil.iter_modules(package_path):
+        if info.name == "aot":
+            continue
+        module = importlib.import_module(f"{__package__}.{info.name}")
+        if hasattr(module, "aot_specs"):
+            specs.extend(module.aot_specs())
+    return specs

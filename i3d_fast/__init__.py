@@ -5,8 +5,8 @@
 - :mod:`i3d_fast.layers`: drop-in ``nn.Module`` layers over the ops.
 """
 from . import layers, ops
-from .models import ENDPOINTS, InceptionI3d, TwoStreamI3D
+from .models import ENDPOINTS, InceptionI3d, TwoStreamI3D, fuse
 from .weights import WeightsError
 
 __version__ = "0.1.0"
-__all__ = ["ENDPOINTS", "InceptionI3d", "TwoStreamI3D", "WeightsError", "layers", "ops"]
+__all__ = ["ENDPOINTS", "InceptionI3d", "TwoStreamI3D", "WeightsError", "fuse", "layers", "ops"]

@@ -54,14 +54,10 @@ def _out_shape(x: torch.Tensor, weight: torch.Tensor, stride, pads) -> Tuple[int
 
 
 def _run(backend, x, weight, scale, shift, stride, pads, relu, destinations, pool, allow_tf32):
-    """Calls the selected kernel; ``destinations=None`` returns a new channels_last_3d tensor."""
-    impl = _impl(backend, x)
-    stride, pads = tuple(stride), nested_pads(pads)
-    if destinations is None and impl is not aten_conv3d:
-        out = torch.empty(_out_shape(x, weight, stride, pads), dtype=x.dtype, device=x.device, memory_format=CL)
-        impl.conv3d(x, weight, scale, shift, stride, pads, relu, [(out, 0, weight.shape[0])], pool, allow_tf32)
-        return out
-    return impl.conv3d(x, weight, scale, shift, stride, pads, relu, destinations, pool, allow_tf32)
+    """Calls the selected kernel: every backend's ``conv3d`` returns a new channels_last_3d tensor
+    when ``destinations`` is None, else writes into them."""
+    return _impl(backend, x).conv3d(x, weight, scale, shift, tuple(stride), nested_pads(pads), relu, destinations,
+                                    pool, allow_tf32)
 
 
 # -- functional, differentiable ------------------------------------------------------------------

@@ -31,11 +31,16 @@ def conv3d_forward(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.
     return F.relu(y) if relu else y
 
 
-def conv3d(x, weight, scale, shift, stride: Triple, pads: Pads, relu: bool, destinations: Sequence[Destination],
-           pool: Optional[Triple] = None, allow_tf32: bool = False) -> None:
-    """Writes the result's channels, in order, into ``destinations`` (see :mod:`i3d_fast.ops.conv3d`)."""
+def conv3d(x, weight, scale, shift, stride: Triple, pads: Pads, relu: bool,
+           destinations: Optional[Sequence[Destination]] = None, pool: Optional[Triple] = None,
+           allow_tf32: bool = False) -> Optional[torch.Tensor]:
+    """Returns the result (channels_last_3d) when ``destinations`` is None, else writes its channels,
+    in order, into the destinations (see :mod:`i3d_fast.ops.conv3d`)."""
     y = conv3d_forward(x, weight, scale, shift, stride, pads, relu, pool)
+    if destinations is None:
+        return y.contiguous(memory_format=torch.channels_last_3d)
     start = 0
     for out, offset, count in destinations:
         out[:, offset:offset + count].copy_(y[:, start:start + count])
         start += count
+    return None

@@ -168,7 +168,7 @@ TVL1_HD void dual_at(float* p1, float* p2, float ux, float uy, float taut) {
 // fully unrolled so that v lives in registers; min/max results that the median does not need are
 // removed by the compiler. Works for float and for vector types with elementwise comparison (the
 // CPU passes 16 lanes). v is clobbered.
-constexpr int ceil_log2(int n) { return n <= 1 ? 0 : 1 + ceil_log2((n + 1) / 2); }
+TVL1_HD constexpr int ceil_log2(int n) { return n <= 1 ? 0 : 1 + ceil_log2((n + 1) / 2); }
 
 template <int N, typename T>
 TVL1_HD T network_median(T* v) {

@@ -79,3 +79,22 @@ def opencv_flow(i0: np.ndarray, i1: np.ndarray, **kwargs) -> np.ndarray:
 
     solver = cv2.optflow.DualTVL1OpticalFlow_create(**kwargs)
     return solver.calc(i0, i1, None).transpose(2, 0, 1)
+
+
+def astronaut_pair():
+    """The reproducible pair of docs/tvl1-reference.md (needs scikit-image for the image, which is
+    not a dependency: returns None without it): (I0, I1, flow) at 256x340."""
+    try:
+        from skimage import color, data, transform
+    except ImportError:
+        return None
+    import cv2
+
+    base = transform.resize(color.rgb2gray(data.astronaut()), (256, 340), order=1, anti_aliasing=True,
+                            mode="reflect") * 255
+    flow = motion("sinusoidal", 256, 340)
+    y, x = np.mgrid[0:256, 0:340].astype(np.float64)
+    i0 = cv2.remap(base.astype(np.float32), (x + flow[0]).astype(np.float32), (y + flow[1]).astype(np.float32),
+                   cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
+    to_u8 = lambda a: np.clip(np.round(a), 0, 255).astype(np.uint8)  # noqa: E731
+    return to_u8(i0), to_u8(base), flow

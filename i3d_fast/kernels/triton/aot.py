@@ -10,7 +10,7 @@ import re
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 ARCHS = (80, 90)
 
@@ -28,6 +28,9 @@ class AotSpec:
     num_stages: int = 2
     #: Tensor-core instruction expected in the PTX per arch ("mma" on sm_80, "wgmma" on sm_90), or None.
     tensor_cores: Dict[int, str] = field(default_factory=dict)
+    #: Pointer args the launcher passes 16-byte aligned (Triton specializes such pointers at run
+    #: time; compiling them with the same divisibility hint makes the AOT build the one that runs).
+    aligned: Tuple[str, ...] = ()
 
 
 @dataclass
@@ -73,7 +76,8 @@ def compile_spec(spec: AotSpec, arch: int) -> AotResult:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    src = ASTSource(fn=spec.fn, signature=spec.signature, constexprs=spec.constexprs)
+    attrs = {(spec.fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in spec.aligned}
+    src = ASTSource(fn=spec.fn, signature=spec.signature, constexprs=spec.constexprs, attrs=attrs)
     kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
                             options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
     ptx = kernel.asm["ptx"]

@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import triton
@@ -66,6 +66,8 @@ _INT_ARGS = (
     "so0N", "so0T", "so0H", "so0W", "off0", "cnt0",
     "so1N", "so1T", "so1H", "so1W", "off1",
 )
+#: Compiler options every launch passes (fused multiply-add in the epilogue, stated explicitly).
+_COMPILE_OPTIONS = {"enable_fp_fusion": True}
 _PTR_ARGS = ("x_ptr", "w_ptr", "scale_ptr", "shift_ptr", "o0_ptr", "o1_ptr", "taps_ptr")
 
 
@@ -422,7 +424,7 @@ Destination = Tuple[torch.Tensor, int, int]
 
 def conv3d(x: torch.Tensor, weight: Union[torch.Tensor, PackedWeight], scale: torch.Tensor, shift: torch.Tensor,
            stride: Triple, pads: Pads, relu: bool, destinations: Sequence[Destination],
-           pool: Optional[Triple] = None, allow_tf32: bool = False) -> None:
+           pool: Optional[Triple] = None, allow_tf32: bool = False, config: Optional[Config] = None) -> None:
     """``relu?(conv3d(pool?(x), weight) * scale + shift)`` written into ``destinations``.
 
     Args:
@@ -439,20 +441,23 @@ def conv3d(x: torch.Tensor, weight: Union[torch.Tensor, PackedWeight], scale: to
         pool: None, or (3, 3, 3): take a stride-1 TF-SAME max pool of x (padding ignored) on load;
             only with a 1x1x1 kernel, stride 1 and no padding.
         allow_tf32: float32 on tf32 tensor cores (else exact fp32 FMA).
+        config: force this tile configuration instead of :func:`choose_config`'s (tests, tuning);
+            it must be shipped for the variant the inputs select (see :func:`plan_config`).
     """
     packed = weight if isinstance(weight, PackedWeight) else pack_weight(weight)
-    launch = _plan(x, packed, scale, shift, stride, pads, relu, destinations, pool, allow_tf32)
+    launch = _plan(x, packed, scale, shift, stride, pads, relu, destinations, pool, allow_tf32, config)
     if launch is None:
         return
     grid, args, meta, config = launch
+    options = dict(num_warps=config.num_warps, num_stages=config.num_stages, **_COMPILE_OPTIONS)
     if x.is_cuda:
         with torch.cuda.device(x.device):
-            _conv3d_kernel[grid](*args, **meta, num_warps=config.num_warps, num_stages=config.num_stages)
+            _conv3d_kernel[grid](*args, **meta, **options)
     else:
-        _conv3d_kernel[grid](*args, **meta, num_warps=config.num_warps, num_stages=config.num_stages)
+        _conv3d_kernel[grid](*args, **meta, **options)
 
 
-def _plan(x, packed: PackedWeight, scale, shift, stride, pads, relu, destinations, pool, allow_tf32):
+def _plan(x, packed: PackedWeight, scale, shift, stride, pads, relu, destinations, pool, allow_tf32, config=None):
     """Checks what the kernel relies on (an out-of-bounds store would corrupt memory) and builds the
     launch: (grid, args, constexprs, config), or None when there is nothing to compute."""
     name = "conv3d (triton)"
@@ -521,8 +526,13 @@ def _plan(x, packed: PackedWeight, scale, shift, stride, pads, relu, destination
     in_aligned = _is_aligned(sx + [x_off, cin], vec)
     out_aligned = _is_aligned([cout, destinations[0][2]] + [v for _, so, off, _, _ in dests for v in so + [off]], vec)
     mode, aligned = choose_mode(precision, kernel, cin, pool is not None, in_aligned, out_aligned)
-    sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else DEFAULT_SMS
-    config = choose_config(mode, precision, aligned, m, cout, sms)
+    if config is None:
+        sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else DEFAULT_SMS
+        config = choose_config(mode, precision, aligned, m, cout, sms)
+    elif config not in SHIPPED[(mode, precision, aligned)]:
+        raise ValueError(f"{name}: config {config.name} is not shipped for the {MODE_NAMES[mode]} {precision} "
+                         f"{'aligned' if aligned else 'unaligned'} variant; choose one of "
+                         f"{[c.name for c in SHIPPED[(mode, precision, aligned)]]}")
 
     if mode == FOLD:
         taps = _fold_table(kernel, cin, sx[1], sx[2], sx[3], x.device)
@@ -546,17 +556,24 @@ def _plan(x, packed: PackedWeight, scale, shift, stride, pads, relu, destination
     return grid, args, meta, config
 
 
+class Plan(NamedTuple):
+    mode: int  # DIRECT, FOLD or POOL
+    precision: str
+    aligned: bool
+    config: Config
+
+
 def plan_config(x: torch.Tensor, weight: Union[torch.Tensor, PackedWeight], stride: Triple, pads: Pads,
                 destinations: Sequence[Destination], pool: Optional[Triple] = None, allow_tf32: bool = False
-                ) -> Tuple[str, str, bool, Config]:
-    """(mode name, precision, aligned, config) that :func:`conv3d` would launch for these arguments."""
+                ) -> Plan:
+    """The variant (a key of :data:`SHIPPED`) and config :func:`conv3d` would launch for these arguments."""
     packed = weight if isinstance(weight, PackedWeight) else pack_weight(weight)
     ones = torch.ones(packed.cout, dtype=torch.float32, device=x.device)
     launch = _plan(x, packed, ones, ones, stride, pads, True, destinations, pool, allow_tf32)
     if launch is None:
         raise ValueError("conv3d (triton): nothing to launch (empty output)")
     _, _, meta, config = launch
-    return MODE_NAMES[meta["MODE"]], precision_of(x.dtype, allow_tf32), meta["VEC"] > 1, config
+    return Plan(meta["MODE"], precision_of(x.dtype, allow_tf32), meta["VEC"] > 1, config)
 
 
 # -- ahead-of-time specs --------------------------------------------------------------------------
@@ -593,5 +610,5 @@ def aot_specs() -> List[AotSpec]:
                                 PRECISION=_DOT_PRECISION[precision]),
                 num_warps=c.num_warps, num_stages=c.num_stages,
                 tensor_cores={} if precision == "ieee" else {80: "mma", 90: "wgmma"},
-                aligned=_PTR_ARGS))
+                aligned=_PTR_ARGS, options=dict(_COMPILE_OPTIONS)))
     return specs

@@ -367,3 +367,40 @@ def test_gpu_matches_reference(name, dtype, tf32):
     ours = (result.double() - expected).abs().max().item()
     torch_err = (torch_y.double() - expected).abs().max().item()
     assert ours <= 2 * torch_err + torch.finfo(dtype).tiny, (ours, torch_err)
+
+
+# -- the Mixed-block composition used by benchmarks/bench_conv3d.py ---------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_fused_mixed_block_matches_unfused(dtype):
+    # One GEMM for b0|b1a|b2a (b0 in place, b1a|b2a to scratch), b1b / b2b on scratch slices, the
+    # pool fused into b3b, all writing channel slices of one output: against the plain units + cat.
+    from i3d_fast.bench.conv3d import Block, BlockProviders, Conv
+
+    shape, widths = (2, 24, 3, 4, 5), (8, 48, 16, 8, 8, 8)
+    b0, b1a, b1b, b2a, b2b, b3b = widths
+    n, c, *size = shape
+    block = Block("Mixed_test", shape, widths, [
+        Conv("b0", shape, b0), Conv("b1a", shape, b1a), Conv("b1b", (n, b1a, *size), b1b, (3, 3, 3)),
+        Conv("b2a", shape, b2a), Conv("b2b", (n, b2a, *size), b2b, (3, 3, 3)), Conv("b3", shape, b3b, pool=True)])
+    providers = BlockProviders(block, dtype, "cpu", torch.Generator().manual_seed(1))
+    x = _cl(torch.randn(shape) - 0.5).to(dtype)
+    ours = providers.ours(x)
+
+    def unit(i, inp):  # float64 reference of one unit (folded BatchNorm)
+        u = providers.units[i]
+        return reference(inp, u.weight, u.scale, u.shift, u.conv.stride, u.conv.pads, u.conv.relu, u.conv.pool)
+
+    expected = torch.cat([unit(0, x), unit(2, unit(1, x)), unit(4, unit(3, x)), unit(5, x)], 1)
+    assert ours.shape == expected.shape and ours.is_contiguous(memory_format=torch.channels_last_3d)
+    tol = 1e-4 if dtype == torch.float32 else 1e-2  # fp16: b1b/b2b read a rounded scratch
+    torch.testing.assert_close(ours.double(), expected, rtol=tol, atol=tol)
+    with torch.no_grad():  # the cuDNN-side provider (here ATen on the CPU) computes the same block
+        torch.testing.assert_close(providers.cudnn(x).double(), expected, rtol=tol, atol=tol)
+
+
+def test_cudnn_kernel_names_are_recognised():
+    from i3d_fast.bench.conv3d import cudnn_kernel
+
+    assert cudnn_kernel(["void at::native::vol2col_kernel<float>", "sm90_xmma_fprop_implicit_gemm_bf16"]) \
+        == "sm90_xmma_fprop_implicit_gemm_bf16"
+    assert cudnn_kernel(["void at::native::vol2col_kernel<float>", "ampere_sgemm_128x64_nn"]) is None

@@ -289,6 +289,7 @@ def test_heuristic_prefers_big_tiles_when_the_grid_is_full():
     big = tc.choose_config(tc.DIRECT, "fp16", True, 100_000, 256)
     assert (big.block_m, big.block_n) == (128, 128)
     assert tc.choose_config(tc.DIRECT, "fp16", True, 100_000, 64).block_n == 64  # no half-empty column tiles
+    assert tc.choose_config(tc.DIRECT, "fp16", True, 100_000, 192).block_n == 64  # 3 full tiles, not 2 x 128
     small = tc.choose_config(tc.DIRECT, "fp16", True, 392, 384)  # Mixed_5c at batch 1: 7x7x8 sites
     assert (small.block_m, small.block_n) == (64, 64)
 

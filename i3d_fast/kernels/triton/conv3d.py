@@ -329,14 +329,19 @@ def choose_mode(precision: str, kernel: Triple, cin: int, pool: bool, in_aligned
 def choose_config(mode: int, precision: str, aligned: bool, m: int, cout: int, sms: int = DEFAULT_SMS) -> Config:
     """Deterministic tile choice among ``SHIPPED[(mode, precision, aligned)]``.
 
-    Tiles whose column block would be mostly padding (BLOCK_N >= 2 * Cout rounded) are skipped;
-    then the largest tile that still gives at least two programs per SM wins, else the smallest.
+    Column tiles at least twice as wide as needed are skipped. Among the tiles that still give at
+    least two programs per SM, the one with the fewest padded output columns wins (then the larger
+    tile); when none does (small layers), the smallest tile, for the most programs.
     """
     configs = SHIPPED[(mode, precision, aligned)]
-    usable = [c for c in configs if math.ceil(cout / c.block_n) * c.block_n < 2 * cout] or list(configs)
-    for c in usable:
-        if math.ceil(m / c.block_m) * math.ceil(cout / c.block_n) >= 2 * sms:
-            return c
+
+    def columns(c: Config) -> int:
+        return math.ceil(cout / c.block_n) * c.block_n
+
+    usable = [c for c in configs if columns(c) < 2 * cout] or list(configs)
+    full = [c for c in usable if math.ceil(m / c.block_m) * math.ceil(cout / c.block_n) >= 2 * sms]
+    if full:
+        return min(full, key=lambda c: (columns(c), -c.block_m * c.block_n))
     return usable[-1]
 
 

@@ -405,3 +405,19 @@ def test_cudnn_kernel_names_are_recognised():
     assert cudnn_kernel(["void at::native::vol2col_kernel<float>", "sm90_xmma_fprop_implicit_gemm_bf16"]) \
         == "sm90_xmma_fprop_implicit_gemm_bf16"
     assert cudnn_kernel(["void at::native::vol2col_kernel<float>", "ampere_sgemm_128x64_nn"]) is None
+
+
+def test_why_unsupported_gives_reasons():
+    x = _cl(torch.randn(1, 4, 2, 3, 3))
+    none = ((0, 0),) * 3
+    assert tc.why_unsupported(x, (8, 4, 1, 1, 1), (1, 1, 1), none) is None
+    assert tc.why_unsupported(x, (8, 4, 1, 1, 1), (1, 1, 1), none, pool=(3, 3, 3)) is None
+    assert "float32, float16 and bfloat16" in tc.why_unsupported(x.double(), (8, 4, 1, 1, 1), (1, 1, 1), none)
+    assert "1x1x1 kernel" in tc.why_unsupported(x, (8, 4, 3, 3, 3), (1, 1, 1), ((1, 1),) * 3, pool=(3, 3, 3))
+    assert "no output" in tc.why_unsupported(x, (8, 4, 3, 5, 3), (1, 1, 1), none)
+    # kT + kH + kW > 30: only DIRECT can run it, which needs aligned fp16/bf16/tf32
+    wide = _cl(torch.randn(1, 8, 1, 1, 40, dtype=torch.float16))
+    assert tc.why_unsupported(wide, (8, 8, 1, 1, 31), (1, 1, 1), none) is None
+    assert "kT + kH + kW" in tc.why_unsupported(wide.float(), (8, 8, 1, 1, 31), (1, 1, 1), none)
+    assert tc.why_unsupported(wide.float(), (8, 8, 1, 1, 31), (1, 1, 1), none, allow_tf32=True) is None
+    assert "kT + kH + kW" in tc.why_unsupported(wide.contiguous()[:, :5], (8, 5, 1, 1, 31), (1, 1, 1), none)

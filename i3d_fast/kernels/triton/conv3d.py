@@ -58,6 +58,7 @@ MAX_BLOCK_K = 64
 #: Streaming multiprocessors assumed when the device cannot be asked (CPU / interpreter): an H100.
 DEFAULT_SMS = 132
 _INT32_MAX = 2**31 - 1
+NAME = "conv3d (triton)"
 
 _INT_ARGS = (
     "T", "H", "W", "Cin", "OT", "OH", "OW", "M", "Cout", "NP", "K", "KP",
@@ -464,10 +465,59 @@ def conv3d(x: torch.Tensor, weight: Union[torch.Tensor, PackedWeight], scale: to
         _conv3d_kernel[grid](*args, **meta, **options)
 
 
+def _output_sizes(size, kernel: Triple, stride: Triple, pads: Pads, pool) -> Tuple[int, int, int]:
+    if pool is not None:
+        if tuple(pool) != POOL_WINDOW:
+            raise ValueError(f"{NAME}: pool must be None or {POOL_WINDOW}, got {pool}")
+        if tuple(kernel) != (1, 1, 1) or tuple(stride) != (1, 1, 1) or any(p != 0 for pair in pads for p in pair):
+            raise ValueError(f"{NAME}: the fused max pool needs a 1x1x1 kernel, stride 1 and no padding; got "
+                             f"kernel {tuple(kernel)}, stride {tuple(stride)}, pads {pads}")
+    out = tuple(output_size(s, k, st, p) for s, k, st, p in zip(size, kernel, stride, pads))
+    if min(out) < 1:
+        raise ValueError(f"{NAME}: no output for input {tuple(size)}, kernel {tuple(kernel)}, stride {tuple(stride)}, "
+                         f"pads {pads}")
+    return out  # type: ignore[return-value]
+
+
+def _input_fits(shape, sx, kernel: Triple, pads: Pads, pool, sites: int, weight_shape) -> bool:
+    """Whether row counts, weight offsets and input offsets within a tile fit in 32 bits."""
+    n, cin, *size = shape
+    window = POOL_WINDOW if pool is not None else kernel
+    extents = [s + k + p[0] for s, k, p in zip(size, window, pads)]
+    return (n * sites <= _INT32_MAX - _MAX_BLOCK_M
+            and weight_shape[0] * weight_shape[1] + MAX_BLOCK_K * weight_shape[1] <= _INT32_MAX
+            and _fits_int32(sites, n, sx, extents, cin))
+
+
+def why_unsupported(x: torch.Tensor, weight_shape: Sequence[int], stride: Triple, pads: Pads,
+                    pool: Optional[Triple] = None, allow_tf32: bool = False) -> Optional[str]:
+    """Why :func:`conv3d` cannot run these inputs with an output of its own (a channels_last_3d
+    Tensor[N, Cout, OT, OH, OW]), or None when it can (for a backend's ``reject``)."""
+    try:
+        precision = precision_of(x.dtype, allow_tf32)
+        cout, cin, *kernel = weight_shape
+        size = _output_sizes(x.shape[2:], tuple(kernel), stride, pads, pool)
+        if x.shape[1] > 1 and x.stride(1) != 1:  # conv3d will make a channels-last copy
+            n, c, t, h, w = x.shape
+            sx, x_off = [0 if d == 1 else s for d, s in zip((n, t, h, w), (c * t * h * w, h * w * c, w * c, c))], 0
+        else:
+            sx, x_off = _strides(x), _aligned_base(x)[1]
+        np_ = -(-cout // WEIGHT_COLUMN_PAD) * WEIGHT_COLUMN_PAD
+        sites = size[0] * size[1] * size[2]
+        if not _input_fits(x.shape, sx, tuple(kernel), pads, pool, sites, (math.prod(kernel) * cin, np_)):
+            return "tensors too large for 32-bit offsets within a tile"
+        vec = vector_elements(precision)
+        in_aligned = _is_aligned(sx + [x_off, cin], vec)
+        choose_mode(precision, tuple(kernel), cin, pool is not None, in_aligned, cout % vec == 0)
+    except (TypeError, ValueError) as e:
+        return str(e)
+    return None
+
+
 def _plan(x, packed: PackedWeight, scale, shift, stride, pads, relu, destinations, pool, allow_tf32, config=None):
     """Checks what the kernel relies on (an out-of-bounds store would corrupt memory) and builds the
     launch: (grid, args, constexprs, config), or None when there is nothing to compute."""
-    name = "conv3d (triton)"
+    name = NAME
     precision = precision_of(x.dtype, allow_tf32)
     if x.dim() != 5:
         raise ValueError(f"{name}: x must be Tensor[N, Cin, T, H, W], got shape {tuple(x.shape)}")
@@ -482,16 +532,7 @@ def _plan(x, packed: PackedWeight, scale, shift, stride, pads, relu, destination
         if v.dtype != torch.float32 or tuple(v.shape) != (cout,) or v.device != x.device:
             raise ValueError(f"{name}: {label} must be float32 Tensor[{cout}] on {x.device}, got "
                              f"{v.dtype} {tuple(v.shape)} on {v.device}")
-    if pool is not None:
-        if tuple(pool) != POOL_WINDOW:
-            raise ValueError(f"{name}: pool must be None or {POOL_WINDOW}, got {pool}")
-        if kernel != (1, 1, 1) or tuple(stride) != (1, 1, 1) or any(p != 0 for pair in pads for p in pair):
-            raise ValueError(f"{name}: the fused max pool needs a 1x1x1 kernel, stride 1 and no padding; got "
-                             f"kernel {kernel}, stride {tuple(stride)}, pads {pads}")
-    out_sizes = tuple(output_size(s, k, st, p) for s, k, st, p in zip((t, h, w), kernel, stride, pads))
-    if min(out_sizes) < 1:
-        raise ValueError(f"{name}: no output for input {(t, h, w)}, kernel {kernel}, stride {tuple(stride)}, "
-                         f"pads {pads}")
+    out_sizes = _output_sizes((t, h, w), kernel, stride, pads, pool)
     ot, oh, ow = out_sizes
     m = n * ot * oh * ow
 
@@ -520,13 +561,10 @@ def _plan(x, packed: PackedWeight, scale, shift, stride, pads, relu, destination
 
     x_base, x_off = _aligned_base(x)
     sx = _strides(x)
-    window = POOL_WINDOW if pool is not None else kernel
-    x_extents = [s + k + p[0] for s, k, p in zip((t, h, w), window, pads)]
     sites = ot * oh * ow
-    if (m > _INT32_MAX - _MAX_BLOCK_M or packed.data.numel() + MAX_BLOCK_K * packed.data.shape[1] > _INT32_MAX
-            or not _fits_int32(sites, n, sx, x_extents, cin)
+    if (not _input_fits(x.shape, sx, kernel, pads, pool, sites, packed.data.shape)
             or not all(_fits_int32(sites, n, so, out_sizes, c) for _, so, _, _, c in dests)):
-        raise ValueError(f"{name}: tensors too large for 32-bit offsets within a tile (x {tuple(x.shape)}, "
+        raise ValueError(f"{NAME}: tensors too large for 32-bit offsets within a tile (x {tuple(x.shape)}, "
                          f"{m} output sites, weight {tuple(packed.data.shape)})")
 
     vec = vector_elements(precision)

@@ -66,3 +66,12 @@ def test_fused_two_stream():
 def test_fuse_rejects_other_modules():
     with pytest.raises(TypeError, match="InceptionI3d or TwoStreamI3D"):
         i3d_fast.fuse(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.slow
+def test_fused_triton_backend_through_the_interpreter(small):
+    """Every fused layer on the Triton kernels (exact fp32 variant), run by TRITON_INTERPRET=1."""
+    x = torch.rand(1, 3, 9, 16, 16) * 2 - 1
+    with torch.no_grad():
+        expected = small(x)
+    assert _rel(i3d_fast.fuse(small, backend="triton")(x), expected) <= 1e-4

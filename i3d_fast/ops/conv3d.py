@@ -23,11 +23,12 @@ FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _reject_triton(x: torch.Tensor, explicit: bool) -> Optional[str]:
-    return dispatch.reject_unless_triton_device(x, explicit) or dispatch.reject_dtype(x, TRITON_DTYPES)
+def _reject_triton(x, weight, stride, pads, pool, allow_tf32, explicit: bool) -> Optional[str]:
+    why = dispatch.reject_unless_triton_device(x, explicit) or dispatch.reject_dtype(x, TRITON_DTYPES)
+    return why or _triton_impl().why_unsupported(x, weight.shape, stride, pads, pool, allow_tf32)
 
 
-def _reject_any(x: torch.Tensor, explicit: bool) -> Optional[str]:
+def _reject_any(x, weight, stride, pads, pool, allow_tf32, explicit: bool) -> Optional[str]:
     return dispatch.reject_dtype(x, FLOATS)
 
 
@@ -44,8 +45,6 @@ BACKENDS = (
 )
 
 
-def _impl(backend: str, x: torch.Tensor):
-    return dispatch.select("i3d_fast.conv3d", backend, BACKENDS, x).impl()
 
 
 def _out_shape(x: torch.Tensor, weight: torch.Tensor, stride, pads) -> Tuple[int, ...]:
@@ -56,8 +55,9 @@ def _out_shape(x: torch.Tensor, weight: torch.Tensor, stride, pads) -> Tuple[int
 def _run(backend, x, weight, scale, shift, stride, pads, relu, destinations, pool, allow_tf32):
     """Calls the selected kernel: every backend's ``conv3d`` returns a new channels_last_3d tensor
     when ``destinations`` is None, else writes into them."""
-    return _impl(backend, x).conv3d(x, weight, scale, shift, tuple(stride), nested_pads(pads), relu, destinations,
-                                    pool, allow_tf32)
+    stride, pads = tuple(stride), nested_pads(pads)
+    impl = dispatch.select("i3d_fast.conv3d", backend, BACKENDS, x, weight, stride, pads, pool, allow_tf32).impl()
+    return impl.conv3d(x, weight, scale, shift, stride, pads, relu, destinations, pool, allow_tf32)
 
 
 # -- functional, differentiable ------------------------------------------------------------------

@@ -5,12 +5,16 @@ where it should, and does not spill) and by ``benchmarks/kernel_report.py``.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, Iterable, List, Optional, Tuple
 
 ARCHS = (80, 90)
 
@@ -28,6 +32,11 @@ class AotSpec:
     num_stages: int = 2
     #: Tensor-core instruction expected in the PTX per arch ("mma" on sm_80, "wgmma" on sm_90), or None.
     tensor_cores: Dict[int, str] = field(default_factory=dict)
+    #: Pointer args the launcher passes 16-byte aligned (Triton specializes such pointers at run
+    #: time; compiling them with the same divisibility hint makes the AOT build the one that runs).
+    aligned: Tuple[str, ...] = ()
+    #: Further compiler options the launcher passes too (e.g. ``{"enable_fp_fusion": True}``).
+    options: Dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,9 +82,10 @@ def compile_spec(spec: AotSpec, arch: int) -> AotResult:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    src = ASTSource(fn=spec.fn, signature=spec.signature, constexprs=spec.constexprs)
+    attrs = {(spec.fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in spec.aligned}
+    src = ASTSource(fn=spec.fn, signature=spec.signature, constexprs=spec.constexprs, attrs=attrs)
     kernel = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                            options={"num_warps": spec.num_warps, "num_stages": spec.num_stages})
+                            options={"num_warps": spec.num_warps, "num_stages": spec.num_stages, **spec.options})
     ptx = kernel.asm["ptx"]
     log = _ptxas_report(ptx, arch)
     registers = [int(v) for v in re.findall(r"Used (\d+) registers", log)]
@@ -104,3 +114,53 @@ def all_specs() -> List[AotSpec]:
         if hasattr(module, "aot_specs"):
             specs.extend(module.aot_specs())
     return specs
+
+
+def _compile_one(index: int, arch: int) -> Dict[str, object]:
+    spec = all_specs()[index]
+    start = time.perf_counter()
+    r = compile_spec(spec, arch)
+    return {"name": spec.name, "arch": arch, "registers": r.registers, "shared_bytes": r.shared_bytes,
+            "shared_limit": SHARED_LIMIT[arch], "spill_bytes": r.spill_bytes, "mma": r.mma, "wgmma": r.wgmma,
+            "expects": spec.tensor_cores.get(arch), "seconds": round(time.perf_counter() - start, 2)}
+
+
+def compile_all(archs=ARCHS, names: Optional[Iterable[str]] = None, jobs: int = 2) -> List[Dict[str, object]]:
+    """Compiles the specs of :func:`all_specs` named in ``names`` (all when None) for each arch, in
+    a fresh process (kernels imported under TRITON_INTERPRET=1 cannot be compiled) with ``jobs``
+    compiler processes. Returns one dict per (spec, arch): name, arch, registers, shared_bytes,
+    shared_limit, spill_bytes, mma, wgmma, expects (the tensor-core instruction expected), seconds."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-m", __name__, "--jobs", str(jobs), "--arch", *[str(a) for a in archs]]
+    if names is not None:
+        cmd += ["--names", *names]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"AOT compilation failed ({' '.join(cmd)}):\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout)
+
+
+def _main() -> None:
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from i3d_fast.kernels.triton import aot
+
+    parser = argparse.ArgumentParser(description="Compile shipped Triton kernels; JSON rows on stdout.")
+    parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHS))
+    parser.add_argument("--names", nargs="*", help="spec names (default: all)")
+    parser.add_argument("--jobs", type=int, default=2)
+    args = parser.parse_args()
+    specs = aot.all_specs()
+    unknown = set(args.names or ()) - {s.name for s in specs}
+    if unknown:
+        parser.error(f"unknown spec names: {sorted(unknown)}")
+    work = [(i, arch) for i, s in enumerate(specs) if args.names is None or s.name in args.names
+            for arch in args.arch]
+    with ProcessPoolExecutor(max_workers=max(args.jobs, 1), mp_context=get_context("spawn")) as pool:
+        rows = list(pool.map(aot._compile_one, *zip(*work))) if work else []
+    json.dump(rows, sys.stdout)
+
+
+if __name__ == "__main__":
+    _main()

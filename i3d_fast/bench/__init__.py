@@ -7,7 +7,8 @@ from typing import Dict, Iterable, List
 import torch
 
 from . import model, pool3d
-from .report import Row, format_table, machine, write_json
+from .plot import write_plot
+from .report import Row, format_table, machine, write_json, write_text
 
 SUITES = {"pool3d": pool3d.run, "model": model.run}
 
@@ -19,4 +20,4 @@ def run(suites: Iterable[str] = tuple(SUITES), quick: bool = False, device: str 
     return rows
 
 
-__all__ = ["SUITES", "Row", "format_table", "machine", "run", "write_json"]
+__all__ = ["SUITES", "Row", "format_table", "machine", "run", "write_json", "write_plot", "write_text"]

@@ -346,7 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description=_wrap("Times every i3d_fast kernel and model path against its ATen baseline on "
                                    "built-in synthetic inputs, side by side in one run, and prints a table "
                                    "(median and 20/80% quantiles in ms, speedup over the baseline). With --out "
-                                   "(default bench-results) it also writes bench.txt (the table), bench.json "
+                                   "(default bench-out) it also writes bench.txt (the table), bench.json "
                                    "(rows and machine info) and bench.png (a plot; needs matplotlib: "
                                    "pip install 'i3d-fast[bench]')."),
                        epilog="examples:\n  i3d-fast bench --quick\n  i3d-fast bench --suite pool3d --out results/")
@@ -354,8 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", action="append", choices=sorted(SUITES), help="run only this suite (repeatable)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
     p.add_argument("--cpu", action="store_true", help="benchmark the CPU even when a GPU is present")
-    p.add_argument("--out", default="bench-results", metavar="DIR",
-                   help="write bench.txt, bench.json and bench.png here (default bench-results; '' for none)")
+    p.add_argument("--out", default="bench-out", metavar="DIR",
+                   help="write bench.txt, bench.json and bench.png here (default bench-out; '' for none)")
     p.add_argument("--json", metavar="PATH", help="also write the rows and machine info as JSON to PATH")
     p.add_argument("--plot", metavar="PATH", help="also write the PNG plot to PATH (an error without matplotlib)")
     p.set_defaults(func=_bench)

@@ -184,7 +184,7 @@ def resample(frames: Iterable[Tuple[float, float, T]], fps: float) -> Iterator[T
         end = t + duration
     if held is None:
         return
-    total = max(math.floor(end * fps + 0.5 + 1e-9), next_slot + 1)
+    total = max(math.floor(end * fps + 0.5 + 1e-9), 1)  # a last frame past the end is dropped
     while next_slot < total:
         yield held
         next_slot += 1

@@ -262,10 +262,13 @@ def _work(task: Task) -> Outcome:
 
 
 def run(job: Job, tasks: Sequence[Task], workers: int = 1, shard: Tuple[int, int] = (0, 1),
-        progress: Optional[bool] = None, log: TextIO = sys.stderr) -> Summary:
-    """Runs ``job`` over ``tasks`` (already sharded). ``progress``: a tqdm bar on ``log`` (None: only
-    when ``log`` is a terminal). Failures are logged as they happen; returns the :class:`Summary`."""
+        progress: Optional[bool] = None, log: Optional[TextIO] = None) -> Summary:
+    """Runs ``job`` over ``tasks`` (already sharded). ``progress``: a tqdm bar on ``log`` (default
+    stderr; None: only when ``log`` is a terminal). Failures are logged as they happen; returns the
+    :class:`Summary`."""
     from tqdm import tqdm
+
+    log = log if log is not None else sys.stderr
 
     if workers < 1:
         raise BatchError(f"--workers must be >= 1, got {workers}")

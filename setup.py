@@ -49,7 +49,8 @@ ext = Pybind11Extension(
     sources,
     include_dirs=["csrc"],
     cxx_std=17,
-    extra_compile_args=["-O3", "-fopenmp", "-Wall", "-Wextra", "-Wno-unused-parameter"] + _arch_flags(),
+    extra_compile_args=["-O3", "-fopenmp", "-Wall", "-Wextra", "-Wno-unused-parameter",
+                        "-fno-math-errno"] + _arch_flags(),
     extra_link_args=["-fopenmp"],
 )
 

@@ -3,10 +3,11 @@
 - :class:`InceptionI3d`, :class:`TwoStreamI3D`: the models (piergiaj-compatible weights).
 - :mod:`i3d_fast.ops`: fused/fast kernels behind one dispatching function per op.
 - :mod:`i3d_fast.layers`: drop-in ``nn.Module`` layers over the ops.
+- :mod:`i3d_fast.flow`: TV-L1 optical flow and the I3D flow preprocessing.
 """
-from . import layers, ops
+from . import flow, layers, ops
 from .models import ENDPOINTS, InceptionI3d, TwoStreamI3D
 from .weights import WeightsError
 
 __version__ = "0.1.0"
-__all__ = ["ENDPOINTS", "InceptionI3d", "TwoStreamI3D", "WeightsError", "layers", "ops"]
+__all__ = ["ENDPOINTS", "InceptionI3d", "TwoStreamI3D", "WeightsError", "flow", "layers", "ops"]

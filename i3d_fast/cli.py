@@ -321,8 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
         description=_wrap("Computes TV-L1 optical flow between consecutive greyscale frames (ITU-R BT.601 luma, as "
                     "OpenCV) of each video, on the GPU when present, and writes OUT/<name>/flow_x_00001.jpg, "
                     "flow_y_00001.jpg, ... (the layout of denseflow / dense_flow and the TSN / I3D recipes): "
-                    "pair i is frames i-1 -> i, values clipped to +-bound pixels and mapped to 0..255 "
-                    "(round(255 (v + bound) / (2 bound))). Frames are resampled to --fps and resized to "
+                    "file i holds the flow from frame i to frame i+1 (counting from 1), values clipped to "
+                    "+-bound pixels and mapped to 0..255 (round(255 (v + bound) / (2 bound))). Frames are resampled to --fps and resized to "
                     "--short-side, not cropped.\n\n"
                     "Batch behaviour: resumable (videos whose folder exists are skipped), each folder written "
                     "atomically (temp folder, rename), a bad video is reported and skipped, a summary at the end."),

@@ -47,7 +47,7 @@ class FeaturesJob(Job):
 
 class FlowJob(Job):
     """TV-L1 flow of each video as denseflow-layout JPEGs in one directory per video:
-    ``flow_x_00001.jpg``, ``flow_y_00001.jpg``, ... (pair i = frames i-1 -> i, values clipped to
+    ``flow_x_00001.jpg``, ``flow_y_00001.jpg``, ... (file i: frame i -> i+1 counting from 1, values clipped to
     +-``bound`` pixels and mapped to 0..255), computed on greyscale frames resampled to ``fps`` and
     resized to ``short_side`` (not cropped)."""
 

@@ -159,24 +159,34 @@ def test_features_shards_workers_windows(small_weights, clips, tmp_path, capsys)
 def test_flow_command(clips, tmp_path, capsys):
     out = tmp_path / "flow"
     (tmp_path / "empty.mp4").write_bytes(b"")
-    code = main(["flow", str(clips["a"]), str(clips["d"]), str(tmp_path / "empty.mp4"), "--out", str(out)])
+    code = main(["flow", str(clips["a"]), str(clips["d"]), str(tmp_path / "empty.mp4"), "--short-side", "64",
+                 "--out", str(out)])
     captured = capsys.readouterr()
     if not HAS_FLOW:
         assert code == 2 and not out.exists()
         assert "TV-L1 optical flow (i3d_fast.flow) is not part of this installation" in captured.err
         return
-    assert code == 1 and "empty.mp4: empty file (0 bytes)" in captured.out
+    from i3d_fast import flow
+    from i3d_fast.video import read_video
+
+    assert code == 1 and "2 done, 0 already done (skipped), 1 failed" in captured.out
+    assert "empty.mp4: empty file (0 bytes)" in captured.out
     names = sorted(p.name for p in (out / "a").iterdir())
     assert len(names) == 2 * 23 and names[0] == "flow_x_00001.jpg" and names[-1] == "flow_y_00023.jpg"
-    assert len(list((out / "d").iterdir())) == 2 * 29 and hidden(out) == []
+    assert len(list((out / "d").iterdir())) == 2 * 29 and hidden(out) == []  # 12 frames at 10 fps -> 30 at 25
+    # the JPEGs hold TV-L1 flow of the 25 fps greyscale frames resized to 64 pixels, within JPEG error
+    grey = read_video(clips["a"], Preprocess(short_side=64, crop=None), gray=True)
+    expected = flow.tvl1_video(grey).clamp(-20, 20)
+    got = flow.read_flow_jpegs(out / "a")
+    assert got.shape == expected.shape == (23, 2, 64, 80)
+    assert float((got - expected).abs().mean()) < 0.2
 
 
-def test_missing_pyav_is_reported_with_the_fix(tmp_path):
-    code = ("import sys; sys.modules['av'] = None; from i3d_fast.cli import main; "
-            "sys.exit(main(['predict', 'clip.mp4']))")
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert "decoding video needs the 'av' package" in done.stderr and "pip install 'i3d-fast[video]'" in done.stderr
+def test_missing_pyav_is_reported_with_the_fix(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed
+    assert main(["predict", str(tmp_path / "clip.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "decoding video needs the 'av' package" in err and "pip install 'i3d-fast[video]'" in err
 
 
 @pytest.mark.parametrize("command, phrases", [

@@ -119,9 +119,15 @@ def test_two_stream_end_to_end(small, videos):
     result = predictor.predict(videos["v20"])
     assert result.frames == 20 and set(result.streams) == {"rgb", "flow"}
     torch.testing.assert_close(result.logits, result.streams["rgb"] + result.streams["flow"])
+    from i3d_fast import flow as tvl1
+
     frames = read_video(videos["v20"], SMALL)
+    grey = read_video(videos["v20"], Preprocess(short_side=64, crop=None), gray=True)  # 64x80, cropped after flow
+    fields = tvl1.to_i3d_input(tvl1.tvl1_video(grey)[..., :, 8:72], bound=20)  # [19, 2, 64, 64]
     with torch.no_grad():  # the RGB stream sees frames 0..T-2, aligned with the T-1 flow fields
         torch.testing.assert_close(result.streams["rgb"], small(to_model_input(frames[:-1]))[0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(result.streams["flow"], flow(fields.permute(1, 0, 2, 3)[None])[0], rtol=1e-5,
+                                   atol=1e-5)
     assert predictor.features(videos["v20"], "Mixed_5c", stream="flow").shape == (1024, 3, 2, 2)
 
 

@@ -199,7 +199,8 @@ def remove_stale(tasks: Sequence[Task]) -> int:
 
 
 # -- running ---------------------------------------------------------------------------------------
-def _message(exc: BaseException, video: Path) -> str:
+def describe_error(exc: BaseException, video: PathLike) -> str:
+    """A one-line failure message for ``video`` (without a repeated leading path)."""
     text = str(exc) or type(exc).__name__
     prefix = f"{video}: "
     text = text[len(prefix):] if text.startswith(prefix) else text
@@ -235,7 +236,7 @@ def execute(job: Job, task: Task) -> Outcome:
     except Exception as exc:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        return Outcome(task, "failed", _message(exc, task.video), time.perf_counter() - start)
+        return Outcome(task, "failed", describe_error(exc, task.video), time.perf_counter() - start)
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -112,6 +112,7 @@ def _require_av() -> None:
 
 # -- predict ----------------------------------------------------------------------------------------
 def _predict(args: argparse.Namespace) -> int:
+    from .batch import describe_error
     from .labels import labels_for
     from .pipeline import Predictor, top_k
 
@@ -141,8 +142,7 @@ def _predict(args: argparse.Namespace) -> int:
                           "fps": fps, "seconds": result.seconds, "top": top_k(result.logits, labels, args.top_k)}
         except Exception as exc:  # one bad video: report it, go on with the others
             failed += 1
-            message = str(exc)
-            message = message[len(video) + 2:] if message.startswith(f"{video}: ") else message
+            message = describe_error(exc, video)
             record = {"video": video, "ok": False, "error": message}
             print(f"i3d-fast predict: failed: {video}: {message}", file=sys.stderr)
         records.append(record)

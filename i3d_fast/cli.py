@@ -199,6 +199,23 @@ def _flow(args: argparse.Namespace) -> int:
     return _run_batch(args, job)
 
 
+# -- train ------------------------------------------------------------------------------------------
+def _train(args: argparse.Namespace) -> int:
+    from .train import train
+    from .video import Preprocess
+
+    _require_av()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    train(Path(args.data), Path(args.out), args.init, head_only=args.head_only, epochs=args.epochs,
+          batch_size=args.batch_size, lr=args.lr, clip=args.clip,
+          preprocess=Preprocess(fps=args.fps, short_side=args.short_side, crop=None), crop=args.crop,
+          dropout=args.dropout, device=args.device, seed=args.seed)
+    return 0
+
+
 # -- bench ------------------------------------------------------------------------------------------
 def _bench(args: argparse.Namespace) -> int:
     import torch
@@ -251,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "  predict   top-k Kinetics-400 (or your) classes of videos\n"
                     "  features  I3D features (Mixed_5c, the 400-d FVD logits, ...) of videos, one .npy each\n"
                     "  flow      TV-L1 optical flow of videos as denseflow-layout JPEGs\n"
+                    "  train     fine-tune I3D on a folder of class subfolders of videos\n"
                     "  bench     benchmark the kernels and the model on this machine\n\n"
                     "Run `i3d-fast COMMAND --help` for each command's options.")
     parser.add_argument("--version", action="version", version=f"i3d-fast {__version__}")
@@ -337,6 +355,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, ...")
     _add_video_options(p, crop=False)
     p.set_defaults(func=_flow)
+
+    # train
+    p = sub.add_parser(
+        "train", formatter_class=fmt, help="fine-tune I3D (RGB) on a folder of class subfolders of videos",
+        description=_wrap("Fine-tunes the RGB network on DATA/<class>/<video files> (class names: the sorted "
+                          "subfolder names). Each step takes one random clip per video: --clip consecutive frames "
+                          "at --fps from a random place in the video (streamed, never held whole; short videos "
+                          "are looped), a random --crop crop of frames resized to --short-side, and a random "
+                          "horizontal flip, as DeepMind trained. BatchNorm statistics stay frozen; dropout is "
+                          "on; SGD with momentum 0.9 on cross-entropy. A new Logits head is made when the class "
+                          "count differs from the initial weights'.\n\n"
+                          "After every epoch OUT (.safetensors) and OUT's .labels.txt are written atomically; "
+                          "use them with `i3d-fast predict --rgb-weights OUT --labels ...`. A video that cannot be "
+                          "read is reported and skipped. Videos: any container/codec FFmpeg reads, decoded "
+                          "with PyAV."),
+        epilog="examples:\n"
+               "  i3d-fast train data/train --out mymodel.safetensors --head-only --epochs 5\n"
+               "  i3d-fast predict clip.mp4 --rgb-weights mymodel.safetensors --labels mymodel.labels.txt")
+    p.add_argument("data", metavar="DATA", help="folder with one subfolder of videos per class")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors", help="where to save the fine-tuned weights")
+    p.add_argument("--init", default="kinetics400-rgb", metavar="NAME|FILE",
+                   help="initial weights: kinetics400-rgb (default), or a .safetensors / .pt file")
+    p.add_argument("--head-only", action="store_true", help="train only the Logits head (the rest stays frozen)")
+    p.add_argument("--epochs", type=int, default=1, help="passes over the data (default 1)")
+    p.add_argument("--batch-size", type=int, default=4, metavar="N", help="clips per step (default 4)")
+    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
+    p.add_argument("--clip", type=int, default=64, metavar="N", help="frames per training clip (default 64)")
+    p.add_argument("--dropout", type=float, default=0.5, help="drop probability before the Logits conv (default 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for clip sampling and crops (default 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, ...")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
+    _add_video_options(p, crop=False)
+    p.add_argument("--crop", type=int, default=224, metavar="PX",
+                   help="random crop PX x PX per clip (default 224; the Logits head needs >= 193)")
+    p.set_defaults(func=_train)
 
     # bench
     from .bench import SUITES

@@ -233,3 +233,33 @@ def test_bench_writes_table_json_and_plot(tmp_path, monkeypatch, capsys):
     assert "plot not written" in capsys.readouterr().err and (tmp_path / "again" / "bench.json").exists()
     assert main(["bench", "--suite", "tiny", "--out", "", "--plot", str(tmp_path / "p.png")]) == 1
     assert "pip install 'i3d-fast[bench]'" in capsys.readouterr().err
+
+
+def test_train_fine_tunes_the_head_and_saves_a_usable_checkpoint(small_weights, tmp_path, capsys):
+    data = tmp_path / "data"
+    for name in ("left", "right"):
+        (data / name).mkdir(parents=True)
+        for i in range(2):
+            make_video(data / name / f"{name}{i}.mp4", 6 + 8 * i, 25)  # 6 frames: looped to the 8-frame clip
+    (data / "right" / "broken.mp4").write_bytes(b"not a video")
+    out = tmp_path / "model" / "mine.safetensors"
+    args = ["train", str(data), "--out", str(out), "--init", str(small_weights), "--head-only", "--epochs", "2",
+            "--batch-size", "3", "--lr", "0.1", "--clip", "8", "--short-side", "64", "--crop", "56"]
+    assert main(args) == 0
+    log = capsys.readouterr().out
+    assert "5 videos in 2 classes, 2 epoch(s), batch 3, head only, 2,050 parameters trained" in log
+    assert log.count("train: skipped") == 2 and "broken.mp4: not a readable video" in log
+    assert "epoch 2/2: loss" in log and "on 4 clips (1 skipped)" in log
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mine.labels.txt", "mine.safetensors"]
+    assert (out.parent / "mine.labels.txt").read_text() == "left\nright\n"
+    trained, initial = InceptionI3d.from_pretrained(str(out)), InceptionI3d.from_pretrained(str(small_weights))
+    assert trained.num_classes == 2 and trained.adaptive_head
+    torch.testing.assert_close(trained.Mixed_5c.b3b.conv3d.weight, initial.Mixed_5c.b3b.conv3d.weight, rtol=0, atol=0)
+    torch.testing.assert_close(trained.Conv3d_1a_7x7.bn.running_mean, initial.Conv3d_1a_7x7.bn.running_mean)
+    assert main(["predict", str(data / "left" / "left0.mp4"), "--rgb-weights", str(out), "--labels",
+                 str(out.parent / "mine.labels.txt"), *SMALL]) == 0
+    assert capsys.readouterr().out.split("\n")[1].split()[1] in ("left", "right")
+    with pytest.raises(SystemExit):
+        main(["train", str(data)])  # --out is required
+    assert main(["train", str(data / "left"), "--out", str(out)]) == 2
+    assert "found 0 class folder(s); training needs at least 2" in capsys.readouterr().err

@@ -190,10 +190,11 @@ def test_missing_pyav_is_reported_with_the_fix(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("command, phrases", [
-    (None, ["predict", "features", "flow", "bench"]),
+    (None, ["predict", "features", "flow", "train", "bench"]),
     ("predict", ["--labels", "Kinetics-400", "--flow-weights", "--json", "--window", "exit codes", "25"]),
     ("features", ["FVD", "Mixed_5c", "--shard", "--workers", "resumable", "atomically"]),
     ("flow", ["flow_x_00001.jpg", "--bound", "denseflow", "--shard", "BT.601"]),
+    ("train", ["DATA/<class>/<video files>", "--head-only", ".labels.txt", "random"]),
     ("bench", ["--quick", "bench.png", "bench.json"]),
 ])
 def test_help_explains_each_command(command, phrases, capsys):

@@ -182,6 +182,16 @@ def test_flow_command(clips, tmp_path, capsys):
     assert float((got - expected).abs().mean()) < 0.2
 
 
+@pytest.mark.skipif(not HAS_FLOW, reason="needs the TV-L1 solver i3d_fast.flow, not in this installation")
+def test_predict_two_stream(small_weights, clips, tmp_path, capsys):
+    flow_weights = tmp_path / "flow.safetensors"
+    InceptionI3d(num_classes=5, in_channels=2, adaptive_head=True).save_pretrained(str(flow_weights))
+    assert main(["predict", str(clips["a"]), "--rgb-weights", str(small_weights), "--flow-weights",
+                 str(flow_weights), "--json", *SMALL]) == 0
+    record = json.loads(capsys.readouterr().out)["videos"][0]
+    assert record["ok"] and record["streams"] == ["rgb", "flow"] and record["frames"] == 24
+
+
 def test_missing_pyav_is_reported_with_the_fix(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed
     assert main(["predict", str(tmp_path / "clip.mp4")]) == 2

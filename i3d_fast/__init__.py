@@ -3,11 +3,12 @@
 - :class:`InceptionI3d`, :class:`TwoStreamI3D`: the models (piergiaj-compatible weights).
 - :mod:`i3d_fast.ops`: fused/fast kernels behind one dispatching function per op.
 - :mod:`i3d_fast.layers`: drop-in ``nn.Module`` layers over the ops.
+- :func:`fuse`: the fused inference model.
 - :mod:`i3d_fast.flow`: TV-L1 optical flow and the I3D flow preprocessing.
 """
 from . import flow, layers, ops
-from .models import ENDPOINTS, InceptionI3d, TwoStreamI3D
+from .models import ENDPOINTS, InceptionI3d, TwoStreamI3D, fuse
 from .weights import WeightsError
 
 __version__ = "0.1.0"
-__all__ = ["ENDPOINTS", "InceptionI3d", "TwoStreamI3D", "WeightsError", "flow", "layers", "ops"]
+__all__ = ["ENDPOINTS", "InceptionI3d", "TwoStreamI3D", "WeightsError", "flow", "fuse", "layers", "ops"]

@@ -12,6 +12,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cfloat>
 #include <cmath>
@@ -81,6 +82,9 @@ struct Team {
     *y1 = static_cast<int>(static_cast<int64_t>(rows) * (tid + 1) / size);
   }
 };
+
+// Levels with fewer pixels than this are solved by one thread of a team.
+constexpr int64_t kMinSplitArea = 16384;
 
 struct Size2 {
   int h, w;
@@ -221,10 +225,11 @@ inline void dual_row(const Flow& f, Size2 s, int y, float taut) {
   dual_at(p21 + last, p22 + last, 0.f, u2d[last] - u2[last], taut);
 }
 
-// One iteration on the team's band; every thread returns the pair's total squared update.
-// `partial` holds 2 x team.size doubles (double-buffered by `parity`).
+// One iteration on the team's band; every thread returns the pair's total squared update (summed
+// in the same order by every thread, so all take the same stopping decision). `partial` holds
+// team.size doubles: written before the first barrier, read between the two.
 double iterate_band(const Flow& f, Size2 s, const Team& team, const float* zero_row, float l_t, float theta,
-                    float taut, double* partial, int parity) {
+                    float taut, double* partial) {
   int y0, y1;
   team.band(s.h, &y0, &y1);
   double err = 0.0;
@@ -232,11 +237,11 @@ double iterate_band(const Flow& f, Size2 s, const Team& team, const float* zero_
     err += primal_row(f, s, y, zero_row, l_t, theta);
     if (y > y0) dual_row(f, s, y - 1, taut);
   }
-  partial[parity * team.size + team.tid] = err;
+  partial[team.tid] = err;
   team.barrier();
   if (y1 > y0) dual_row(f, s, y1 - 1, taut);
   double total = 0.0;
-  for (int t = 0; t < team.size; ++t) total += partial[parity * team.size + t];
+  for (int t = 0; t < team.size; ++t) total += partial[t];
   team.barrier();
   return total;
 }
@@ -250,6 +255,7 @@ struct Workspace {
   std::vector<float> zero_row;
   std::vector<double> partial;
   std::vector<int64_t> level_offset;
+  std::array<float*, 4> planes{};  // u1, u2, t1, t2 after a level solved by one thread
 
   Workspace(const std::vector<Size2>& sizes, int team_size) {
     int64_t total = 0;
@@ -261,7 +267,7 @@ struct Workspace {
     i1s.resize(total);
     buf.resize(13 * sizes[0].area());
     zero_row.assign(sizes[0].w, 0.f);
-    partial.assign(2 * team_size, 0.0);
+    partial.assign(team_size, 0.0);
   }
   float* plane(int k, const std::vector<Size2>& sizes) { return buf.data() + k * sizes[0].area(); }
 };
@@ -307,54 +313,65 @@ int64_t solve_pair(const void* frame0, const void* frame1, bool is_u8, const std
   const float l_t = prm.lambda * prm.theta;
   const float taut = prm.tau / prm.theta;
   int64_t iterations = 0;
-  int parity = 0;
 
   for (int l = nlevels - 1; l >= 0; --l) {
     const Size2 s = sizes[l];
     const float* i0 = ws.i0s.data() + ws.level_offset[l];
     const float* i1 = ws.i1s.data() + ws.level_offset[l];
-    team.band(s.h, &y0, &y1);
-    const int64_t r0 = static_cast<int64_t>(y0) * s.w, r1 = static_cast<int64_t>(y1) * s.w;
+    // Small levels run on one thread: their iterations are too short to pay for two barriers each.
+    const bool split = team.size > 1 && s.area() >= kMinSplitArea;
+    const Team lt = split ? team : Team{};
     team.barrier();  // the pyramid (or the coarser level's u) is complete
-    gradient_rows(i1, s, i1x, i1y, y0, y1);
-    if (l == nlevels - 1) {
-      std::fill(u1 + r0, u1 + r1, 0.f);
-      std::fill(u2 + r0, u2 + r1, 0.f);
-    } else {
-      const Size2 c = sizes[l + 1];
-      const float mult = static_cast<float>(inv_step);
-      resize_rows(u1, c, t1, s, double(c.h) / s.h, double(c.w) / s.w, mult, y0, y1);
-      resize_rows(u2, c, t2, s, double(c.h) / s.h, double(c.w) / s.w, mult, y0, y1);
-      std::swap(u1, t1);
-      std::swap(u2, t2);
-    }
-    std::fill(p11 + r0, p11 + r1, 0.f);
-    std::fill(p12 + r0, p12 + r1, 0.f);
-    std::fill(p21 + r0, p21 + r1, 0.f);
-    std::fill(p22 + r0, p22 + r1, 0.f);
-    team.barrier();  // gradients and u of the whole level are ready
-
-    // OpenCV compares the float sum of squared updates with this float threshold.
-    const float scaled_eps = prm.epsilon * prm.epsilon * static_cast<float>(s.area());
-    for (int warp = 0; warp < prm.warps; ++warp) {
-      warp_rows(i0, i1, i1x, i1y, u1, u2, s, i1wx, i1wy, rho, y0, y1);
-      double error = DBL_MAX;
-      for (int outer = 0; error > scaled_eps && outer < prm.outer; ++outer) {
-        if (prm.median > 1) {
-          median_band(prm.median, u1, t1, s, y0, y1);
-          median_band(prm.median, u2, t2, s, y0, y1);
-          team.barrier();
-          std::swap(u1, t1);
-          std::swap(u2, t2);
-        }
-        const Flow f{u1, u2, p11, p12, p21, p22, i1wx, i1wy, rho};
-        for (int inner = 0; error > scaled_eps && inner < prm.inner; ++inner) {
-          error = iterate_band(f, s, team, ws.zero_row.data(), l_t, prm.theta, taut, ws.partial.data(), parity);
-          parity ^= 1;
-          ++iterations;
-        }
+    if (split || team.tid == 0) {
+      lt.band(s.h, &y0, &y1);
+      const int64_t r0 = static_cast<int64_t>(y0) * s.w, r1 = static_cast<int64_t>(y1) * s.w;
+      gradient_rows(i1, s, i1x, i1y, y0, y1);
+      if (l == nlevels - 1) {
+        std::fill(u1 + r0, u1 + r1, 0.f);
+        std::fill(u2 + r0, u2 + r1, 0.f);
+      } else {
+        const Size2 c = sizes[l + 1];
+        const float mult = static_cast<float>(inv_step);
+        resize_rows(u1, c, t1, s, double(c.h) / s.h, double(c.w) / s.w, mult, y0, y1);
+        resize_rows(u2, c, t2, s, double(c.h) / s.h, double(c.w) / s.w, mult, y0, y1);
+        std::swap(u1, t1);
+        std::swap(u2, t2);
       }
-      team.barrier();  // the next warp reads I1 everywhere, and u of this band only
+      std::fill(p11 + r0, p11 + r1, 0.f);
+      std::fill(p12 + r0, p12 + r1, 0.f);
+      std::fill(p21 + r0, p21 + r1, 0.f);
+      std::fill(p22 + r0, p22 + r1, 0.f);
+      lt.barrier();  // gradients and u of the whole level are ready
+
+      // OpenCV compares the float sum of squared updates with this float threshold.
+      const float scaled_eps = prm.epsilon * prm.epsilon * static_cast<float>(s.area());
+      for (int warp = 0; warp < prm.warps; ++warp) {
+        warp_rows(i0, i1, i1x, i1y, u1, u2, s, i1wx, i1wy, rho, y0, y1);
+        double error = DBL_MAX;
+        for (int outer = 0; error > scaled_eps && outer < prm.outer; ++outer) {
+          if (prm.median > 1) {
+            median_band(prm.median, u1, t1, s, y0, y1);
+            median_band(prm.median, u2, t2, s, y0, y1);
+            lt.barrier();
+            std::swap(u1, t1);
+            std::swap(u2, t2);
+          }
+          const Flow f{u1, u2, p11, p12, p21, p22, i1wx, i1wy, rho};
+          for (int inner = 0; error > scaled_eps && inner < prm.inner; ++inner) {
+            error = iterate_band(f, s, lt, ws.zero_row.data(), l_t, prm.theta, taut, ws.partial.data());
+            ++iterations;
+          }
+        }
+        lt.barrier();  // the next warp reads I1 everywhere, and u of this band only
+      }
+    }
+    if (!split && team.size > 1) {  // the other threads take over the worker's buffer order
+      if (team.tid == 0) ws.planes = {u1, u2, t1, t2};
+      team.barrier();
+      u1 = ws.planes[0];
+      u2 = ws.planes[1];
+      t1 = ws.planes[2];
+      t2 = ws.planes[3];
     }
   }
   team.band(full.h, &y0, &y1);
@@ -459,7 +476,7 @@ std::vector<double> tvl1_iterate(uintptr_t i1wx, uintptr_t i1wy, uintptr_t rho, 
                as_ptr<float>(p12),        as_ptr<float>(p21),        as_ptr<float>(p22),
                as_ptr<const float>(i1wx), as_ptr<const float>(i1wy), as_ptr<const float>(rho)};
   const std::vector<float> zero_row(w, 0.f);
-  std::vector<double> partial(2 * std::max(1, threads), 0.0);
+  std::vector<double> partial(std::max(1, threads), 0.0);
   std::vector<double> errors(iterations, 0.0);
   std::unique_ptr<Barrier> barrier;
   py::gil_scoped_release release;
@@ -467,7 +484,7 @@ std::vector<double> tvl1_iterate(uintptr_t i1wx, uintptr_t i1wy, uintptr_t rho, 
   {
     const Team team = make_team(barrier);
     for (int k = 0; k < iterations; ++k) {
-      const double e = iterate_band(f, {h, w}, team, zero_row.data(), l_t, theta, taut, partial.data(), k & 1);
+      const double e = iterate_band(f, {h, w}, team, zero_row.data(), l_t, theta, taut, partial.data());
       if (team.tid == 0) errors[k] = e;
     }
   }

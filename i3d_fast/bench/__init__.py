@@ -6,11 +6,11 @@ from typing import Dict, Iterable, List
 
 import torch
 
-from . import model, pool3d
+from . import model, pool3d, tvl1
 from .plot import write_plot
 from .report import Row, format_table, machine, write_json, write_text
 
-SUITES = {"pool3d": pool3d.run, "model": model.run}
+SUITES = {"pool3d": pool3d.run, "model": model.run, "tvl1": tvl1.run}
 
 
 def run(suites: Iterable[str] = tuple(SUITES), quick: bool = False, device: str = "cpu") -> List[Row]:

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import torch
 
@@ -37,3 +39,33 @@ def measure(fn: Callable[[], object], repeat: int = 7, warmup: int = 1, device: 
     times.sort()
     q = statistics.quantiles(times, n=5, method="inclusive") if len(times) > 1 else [times[0]] * 4
     return Timing(statistics.median(times), q[0], q[3], len(times))
+
+
+
+def _peak_rss_kib() -> int:
+    """This address space's peak resident set size (VmHWM; unlike ru_maxrss it restarts at exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise OSError("no VmHWM in /proc/self/status")
+
+
+def peak_rss_mb(fn: Callable[[], object]) -> float:
+    """Growth of this process's peak resident set size while ``fn`` runs, in MiB. Meaningful only
+    in a fresh process (see :func:`peak_memory_in_subprocess`): a peak reached earlier hides it."""
+    before = _peak_rss_kib()
+    fn()
+    return (_peak_rss_kib() - before) / 1024
+
+
+def peak_memory_in_subprocess(module: str, *args: str) -> Optional[float]:
+    """Runs ``python -m <module> <args>`` (which prints one number, the MiB of its workload's
+    :func:`peak_rss_mb`) in a fresh interpreter, so that each provider's peak is its own."""
+    done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        return None
+    try:
+        return float(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None

@@ -1,7 +1,8 @@
 """Functional ops. Each op validates its arguments, then dispatches to a backend kernel in
 :mod:`i3d_fast.kernels` through a ``torch.library`` custom op (so it works under torch.compile)."""
+from .conv3d import conv3d
 from .dispatch import NoBackendError
 from .padding import same_padding
 from .pool3d import avg_pool3d, max_pool3d
 
-__all__ = ["NoBackendError", "avg_pool3d", "max_pool3d", "same_padding"]
+__all__ = ["NoBackendError", "avg_pool3d", "conv3d", "max_pool3d", "same_padding"]

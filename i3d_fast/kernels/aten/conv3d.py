@@ -1,0 +1,95 @@
+"""Conv3d + scale/shift + ReLU from ATen ops: the CPU fast path (oneDNN convolutions, BLAS GEMMs)
+and the fallback on devices without a hand-written kernel.
+
+- 1x1x1 stride-1 convolutions are one GEMM on the channels-last view, written straight into the
+  destination channel slices (``addmm(out=...)``): no copy, no concatenation.
+- Symmetric padding goes to the convolution itself; only TF's odd extra cell (e.g. (2, 3)) costs a pad.
+- Other convolutions call oneDNN directly with ReLU fused (``mkldnn._convolution_pointwise``):
+  ATen's own dispatch sends batch-1 3x3x3 convolutions with few channels to its slow im2col path
+  (2-7x slower here), and would need a separate ReLU pass.
+- scale is folded into the weights, shift is the convolution bias.
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ...ops.padding import Pads, Triple, output_size
+
+CL = torch.channels_last_3d
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """channels_last_3d Tensor[N, C, T, H, W] -> its [N*T*H*W, C] view (no copy)."""
+    return t.permute(0, 2, 3, 4, 1).reshape(-1, t.shape[1])
+
+
+def _fold(weight: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
+    return weight if scale is None else weight * scale.to(weight.dtype).view(-1, 1, 1, 1, 1)
+
+
+def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+           stride: Triple, pads: Pads, relu: bool, destinations: Optional[Sequence] = None,
+           pool: Optional[Triple] = None, allow_tf32: bool = False) -> Optional[torch.Tensor]:
+    """See :func:`i3d_fast.ops.conv3d`. Returns a new channels_last_3d tensor when ``destinations``
+    is None, else writes the output channels in order into the (tensor, offset, count) destinations."""
+    from ...ops.pool3d import max_pool3d
+
+    if pool is not None:
+        x = max_pool3d(x, pool, 1, "same")
+    x = x.contiguous(memory_format=CL)
+    weight = _fold(weight, scale)
+    bias = None if shift is None else shift.to(weight.dtype)
+    if weight.shape[2:] == (1, 1, 1) and stride == (1, 1, 1) and not any(p for pair in pads for p in pair):
+        return _gemm(x, weight, bias, relu, destinations)
+    symmetric = [min(before, after) for before, after in pads]
+    extra = [(before - s, after - s) for (before, after), s in zip(pads, symmetric)]
+    if any(a or b for a, b in extra):
+        (t0, t1), (h0, h1), (w0, w1) = extra
+        x = F.pad(x, (w0, w1, h0, h1, t0, t1))
+    y = _conv(x, weight.contiguous(memory_format=CL), bias, stride, symmetric, relu)
+    if destinations is None:
+        return y.contiguous(memory_format=CL)
+    start = 0
+    for out, offset, count in destinations:
+        out[:, offset:offset + count].copy_(y[:, start:start + count])
+        start += count
+    return None
+
+
+def _onednn_usable(x: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise"))
+
+
+def _conv(x, weight, bias, stride, padding, relu: bool) -> torch.Tensor:
+    if _onednn_usable(x):
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, list(padding), list(stride), [1, 1, 1], 1,
+                                                        "relu" if relu else "none", [None], "")
+    y = F.conv3d(x, weight, bias, stride, padding)
+    return y.relu_() if relu else y
+
+
+def _gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], relu: bool,
+          destinations: Optional[Sequence]) -> Optional[torch.Tensor]:
+    rows = _rows(x)
+    w = weight.reshape(weight.shape[0], -1).t()  # [Cin, Cout]
+    new = destinations is None
+    if new:
+        out = torch.empty((x.shape[0], weight.shape[0], *x.shape[2:]), dtype=x.dtype, device=x.device,
+                          memory_format=CL)
+        destinations = [(out, 0, weight.shape[0])]
+    start = 0
+    for out, offset, count in destinations:
+        target = _rows(out)[:, offset:offset + count]
+        cols = slice(start, start + count)
+        if bias is None:
+            torch.mm(rows, w[:, cols], out=target)
+        else:
+            torch.addmm(bias[cols], rows, w[:, cols], out=target)
+        if relu:
+            target.relu_()
+        start += count
+    return destinations[0][0] if new else None

@@ -1,0 +1,222 @@
+"""Fused 3D convolution: Conv3d + per-channel scale/shift (folded BatchNorm or bias) + ReLU, with TF
+"SAME" (asymmetric) or explicit zero padding, on channels-last tensors; optionally written into a
+channel slice of a larger output so Inception blocks never concatenate.
+
+Custom ops: ``i3d_fast::conv3d`` (functional, differentiable), ``i3d_fast::conv3d_into`` (writes
+into ``out[:, offset:offset + Cout]``) and ``i3d_fast::inception_block`` (a whole Mixed block,
+inference). Backends: ``triton`` (CUDA, or CPU under TRITON_INTERPRET=1 when asked for),
+``aten`` (oneDNN/BLAS: the CPU fast path and the fallback) and ``reference`` (the fp64 oracle).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from ..kernels.aten import conv3d as aten_conv3d
+from ..kernels.reference import conv3d as reference_conv3d
+from . import dispatch
+from .padding import PaddingArg, flat_pads, nested_pads, output_size, resolve_padding, triple
+
+CL = torch.channels_last_3d
+FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _reject_triton(x: torch.Tensor, explicit: bool) -> Optional[str]:
+    return dispatch.reject_unless_triton_device(x, explicit) or dispatch.reject_dtype(x, TRITON_DTYPES)
+
+
+def _reject_any(x: torch.Tensor, explicit: bool) -> Optional[str]:
+    return dispatch.reject_dtype(x, FLOATS)
+
+
+def _triton_impl():
+    from ..kernels.triton import conv3d as triton_conv3d
+
+    return triton_conv3d
+
+
+BACKENDS = (
+    dispatch.Backend("triton", _reject_triton, _triton_impl),
+    dispatch.Backend("aten", _reject_any, lambda: aten_conv3d),
+    dispatch.Backend("reference", _reject_any, lambda: reference_conv3d),
+)
+
+
+def _impl(backend: str, x: torch.Tensor):
+    return dispatch.select("i3d_fast.conv3d", backend, BACKENDS, x).impl()
+
+
+def _out_shape(x: torch.Tensor, weight: torch.Tensor, stride, pads) -> Tuple[int, ...]:
+    spatial = (output_size(s, k, st, p) for s, k, st, p in zip(x.shape[2:], weight.shape[2:], stride, pads))
+    return (x.shape[0], weight.shape[0], *spatial)
+
+
+def _run(backend, x, weight, scale, shift, stride, pads, relu, destinations, pool, allow_tf32):
+    """Calls the selected kernel: every backend's ``conv3d`` returns a new channels_last_3d tensor
+    when ``destinations`` is None, else writes into them."""
+    return _impl(backend, x).conv3d(x, weight, scale, shift, tuple(stride), nested_pads(pads), relu, destinations,
+                                    pool, allow_tf32)
+
+
+# -- functional, differentiable ------------------------------------------------------------------
+@torch.library.custom_op("i3d_fast::conv3d", mutates_args=())
+def conv3d_op(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+              stride: List[int], pads: List[int], relu: bool, allow_tf32: bool, backend: str) -> torch.Tensor:
+    """Validated arguments only (see :func:`conv3d`); pads = [t0, t1, h0, h1, w0, w1]."""
+    return _run(backend, x, weight, scale, shift, stride, pads, relu, None, None, allow_tf32)
+
+
+@conv3d_op.register_fake
+def _(x, weight, scale, shift, stride, pads, relu, allow_tf32, backend):
+    return x.new_empty(_out_shape(x, weight, stride, nested_pads(pads))).contiguous(memory_format=CL)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, scale, shift, stride, pads, relu, allow_tf32, backend = inputs
+    ctx.save_for_backward(x, weight, scale, shift, output if relu else None)
+    ctx.stride, ctx.pads, ctx.relu = stride, pads, relu
+
+
+def _backward(ctx, grad):
+    x, weight, scale, shift, y = ctx.saved_tensors
+    (t0, t1), (h0, h1), (w0, w1) = nested_pads(ctx.pads)
+    if ctx.relu:
+        grad = grad * (y > 0)
+    view = (1, -1, 1, 1, 1)
+    grad_shift = grad.sum(dim=(0, 2, 3, 4)).to(shift.dtype) if shift is not None and ctx.needs_input_grad[3] else None
+    grad_scale = None
+    xp = torch.nn.functional.pad(x, (w0, w1, h0, h1, t0, t1))
+    if scale is not None and ctx.needs_input_grad[2]:
+        conv = torch.nn.functional.conv3d(xp, weight, stride=ctx.stride)
+        grad_scale = (grad * conv).sum(dim=(0, 2, 3, 4)).to(scale.dtype)
+    grad_conv = grad if scale is None else grad * scale.to(grad.dtype).view(view)
+    grad_xp, grad_w, _ = torch.ops.aten.convolution_backward(
+        grad_conv, xp, weight, None, ctx.stride, [0, 0, 0], [1, 1, 1], False, [0, 0, 0], 1,
+        [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
+    grad_x = None
+    if grad_xp is not None:
+        grad_x = grad_xp[:, :, t0:t0 + x.shape[2], h0:h0 + x.shape[3], w0:w0 + x.shape[4]]
+    return grad_x, grad_w, grad_scale, grad_shift, None, None, None, None, None
+
+
+conv3d_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# -- into a channel slice of a larger output --------------------------------------------------------
+@torch.library.custom_op("i3d_fast::conv3d_into", mutates_args=("out",))
+def conv3d_into_op(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor],
+                   shift: Optional[torch.Tensor], out: torch.Tensor, channel_offset: int, stride: List[int],
+                   pads: List[int], relu: bool, allow_tf32: bool, backend: str) -> None:
+    """Writes conv3d's result into ``out[:, channel_offset:channel_offset + Cout]`` (inference)."""
+    _run(backend, x, weight, scale, shift, stride, pads, relu, [(out, channel_offset, weight.shape[0])], None,
+         allow_tf32)
+
+
+@conv3d_into_op.register_fake
+def _(x, weight, scale, shift, out, channel_offset, stride, pads, relu, allow_tf32, backend):
+    return None
+
+
+# -- a whole Inception (Mixed) block ------------------------------------------------------------------
+@torch.library.custom_op("i3d_fast::inception_block", mutates_args=())
+def inception_block_op(x: torch.Tensor, weights: List[torch.Tensor], shifts: List[torch.Tensor],
+                       widths: List[int], allow_tf32: bool, backend: str) -> torch.Tensor:
+    """Inference Mixed block with BatchNorm folded: weights = [1x1 (b0|b1a|b2a), b1b, b2b, b3b],
+    shifts alike, widths = (b0, b1a, b1b, b2a, b2b, b3b). One GEMM for the three 1x1 convs that read
+    x; branch 3's 3x3x3 max pool fused into its 1x1 conv's load; every branch writes its slice of
+    the output. Tensor[N, C, T, H, W] -> Tensor[N, b0 + b1b + b2b + b3b, T, H, W]."""
+    b0, b1a, b1b, b2a, b2b, b3b = widths
+    w1, w_b1b, w_b2b, w_b3b = weights
+    s1, s_b1b, s_b2b, s_b3b = shifts
+    n, _, t, h, w = x.shape
+    out = torch.empty((n, b0 + b1b + b2b + b3b, t, h, w), dtype=x.dtype, device=x.device, memory_format=CL)
+    mid = torch.empty((n, b1a + b2a, t, h, w), dtype=x.dtype, device=x.device, memory_format=CL)
+    ones, none = [1, 1, 1], [0] * 6
+    _run(backend, x, w1, None, s1, ones, none, True, [(out, 0, b0), (mid, 0, b1a + b2a)], None, allow_tf32)
+    same = flat_pads(resolve_padding((t, h, w), (3, 3, 3), (1, 1, 1), "same"))
+    _run(backend, mid[:, :b1a], w_b1b, None, s_b1b, ones, same, True, [(out, b0, b1b)], None, allow_tf32)
+    _run(backend, mid[:, b1a:], w_b2b, None, s_b2b, ones, same, True, [(out, b0 + b1b, b2b)], None, allow_tf32)
+    _run(backend, x, w_b3b, None, s_b3b, ones, none, True, [(out, b0 + b1b + b2b, b3b)], (3, 3, 3), allow_tf32)
+    return out
+
+
+@inception_block_op.register_fake
+def _(x, weights, shifts, widths, allow_tf32, backend):
+    b0, _, b1b, _, b2b, b3b = widths
+    return x.new_empty((x.shape[0], b0 + b1b + b2b + b3b, *x.shape[2:])).contiguous(memory_format=CL)
+
+
+# -- public API ----------------------------------------------------------------------------------------
+def _check_tensor(name: str, t: torch.Tensor, x: torch.Tensor, shape: Optional[Tuple[int, ...]] = None) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"conv3d: {name} must be a Tensor, got {type(t).__name__}")
+    if t.device != x.device:
+        raise ValueError(f"conv3d: {name} is on {t.device} but x is on {x.device}")
+    if shape is not None and tuple(t.shape) != shape:
+        raise ValueError(f"conv3d: {name} must have shape {shape}, got {tuple(t.shape)}")
+
+
+def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor] = None,
+           shift: Optional[torch.Tensor] = None, stride: Union[int, Sequence[int]] = 1, padding: PaddingArg = "same",
+           relu: bool = False, out: Optional[torch.Tensor] = None, channel_offset: int = 0, backend: str = "auto",
+           allow_tf32: bool = False) -> torch.Tensor:
+    """``relu?(conv3d(x, weight) * scale + shift)`` with padding computed inside the kernel.
+
+    Args:
+        x: Tensor[N, Cin, T, H, W] (any memory format; channels_last_3d avoids a copy).
+        weight: Tensor[Cout, Cin, kT, kH, kW], same dtype and device as x.
+        scale, shift: optional Tensor[Cout] (e.g. folded eval BatchNorm: scale = gamma / sqrt(var + eps),
+            shift = beta - mean * scale; or shift = conv bias).
+        stride: int or (T, H, W).
+        padding: "same" (TensorFlow: odd cell at the end), "valid", or explicit (see
+            :func:`i3d_fast.ops.padding.resolve_padding`); zeros.
+        relu: apply ReLU after the shift.
+        out: optional channels_last_3d Tensor[N, C_total, T', H', W']; the result goes to
+            ``out[:, channel_offset:channel_offset + Cout]`` and ``out`` is returned (no autograd).
+        backend: "auto", "triton", "aten" or "reference".
+        allow_tf32: let fp32 convolutions use TF32 tensor cores (Triton on CUDA).
+    Returns:
+        Tensor[N, Cout, T', H', W'] in channels_last_3d memory (or ``out``). Differentiable when
+        ``out`` is None.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() != 5:
+        raise ValueError(f"conv3d: x must be a 5-D Tensor[N, Cin, T, H, W], got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"conv3d: x must be floating point, got {x.dtype}")
+    _check_tensor("weight", weight, x)
+    if weight.dim() != 5 or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"conv3d: weight must be Tensor[Cout, Cin={x.shape[1]}, kT, kH, kW], got {tuple(weight.shape)}")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"conv3d: weight dtype {weight.dtype} differs from x dtype {x.dtype}")
+    cout = weight.shape[0]
+    for name, t in (("scale", scale), ("shift", shift)):
+        if t is not None:
+            _check_tensor(name, t, x, (cout,))
+    kernel = tuple(weight.shape[2:])
+    stride = triple(stride, "stride")
+    pads = resolve_padding(x.shape[2:], kernel, stride, padding)
+    for dim, size, k, (before, after) in zip("THW", x.shape[2:], kernel, pads):
+        if size + before + after < k:
+            raise ValueError(f"conv3d: kernel {k} is larger than the padded input along {dim} "
+                             f"({size} + padding {before + after})")
+    if out is None:
+        if channel_offset:
+            raise ValueError("conv3d: channel_offset needs an out tensor")
+        return conv3d_op(x, weight, scale, shift, list(stride), flat_pads(pads), relu, allow_tf32, backend)
+    expected = _out_shape(x, weight, stride, pads)
+    if not isinstance(out, torch.Tensor) or out.dim() != 5 or out.shape[0] != expected[0] \
+            or tuple(out.shape[2:]) != expected[2:]:
+        raise ValueError(f"conv3d: out must be Tensor[{expected[0]}, C_total, {', '.join(map(str, expected[2:]))}], "
+                         f"got {tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+    _check_tensor("out", out, x)
+    if out.dtype != x.dtype or not out.is_contiguous(memory_format=CL):
+        raise ValueError(f"conv3d: out must be a channels_last_3d tensor of dtype {x.dtype}")
+    if not 0 <= channel_offset <= out.shape[1] - cout:
+        raise ValueError(f"conv3d: channels [{channel_offset}, {channel_offset + cout}) do not fit in out's "
+                         f"{out.shape[1]} channels")
+    conv3d_into_op(x, weight, scale, shift, out, channel_offset, list(stride), flat_pads(pads), relu, allow_tf32,
+                   backend)
+    return out

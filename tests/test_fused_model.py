@@ -1,0 +1,68 @@
+"""i3d_fast.fuse(): the fused inference model gives the reference model's outputs."""
+import pytest
+import torch
+
+import i3d_fast
+from i3d_fast import InceptionI3d, TwoStreamI3D
+
+
+def _randomise_batchnorm(model):
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm3d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(1)
+    return _randomise_batchnorm(InceptionI3d(num_classes=10, adaptive_head=True))
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_fused_logits_match_reference(small):
+    x = torch.rand(2, 3, 12, 40, 36) * 2 - 1
+    with torch.no_grad():
+        expected = small(x)
+    fused = i3d_fast.fuse(small)
+    assert _rel(fused(x), expected) <= 1e-4
+
+
+def test_fused_endpoints_match_reference(small):
+    x = torch.rand(1, 3, 10, 33, 40) * 2 - 1
+    names = ["Conv3d_1a_7x7", "MaxPool3d_2a_3x3", "Mixed_3b", "Mixed_4f", "Mixed_5c", "Logits"]
+    with torch.no_grad():
+        expected = small.extract_endpoints(x, names)
+    actual = i3d_fast.fuse(small).extract_endpoints(x, names)
+    for name in names:
+        assert actual[name].shape == expected[name].shape, name
+        assert _rel(actual[name], expected[name]) <= 1e-4, name
+
+
+def test_fused_has_no_batchnorm_and_keeps_channels_last(small):
+    fused = i3d_fast.fuse(small)
+    assert not any(isinstance(m, torch.nn.BatchNorm3d) for m in fused.modules())
+    feats = fused.extract_features(torch.rand(1, 3, 9, 32, 32), "Mixed_4b")
+    assert feats.is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_fused_two_stream():
+    torch.manual_seed(2)
+    rgb = _randomise_batchnorm(InceptionI3d(num_classes=4, adaptive_head=True))
+    flow = _randomise_batchnorm(InceptionI3d(num_classes=4, in_channels=2, adaptive_head=True))
+    model = TwoStreamI3D(rgb, flow, fusion="mean")
+    a, b = torch.rand(1, 3, 9, 32, 32), torch.rand(1, 2, 8, 32, 32)
+    with torch.no_grad():
+        expected = model(a, b)
+    assert _rel(i3d_fast.fuse(model)(a, b), expected) <= 1e-4
+
+
+def test_fuse_rejects_other_modules():
+    with pytest.raises(TypeError, match="InceptionI3d or TwoStreamI3D"):
+        i3d_fast.fuse(torch.nn.Linear(2, 2))

@@ -53,6 +53,9 @@ def _add_video_options(p: argparse.ArgumentParser, crop: bool = True) -> None:
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
+    g.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the fused inference path (i3d_fast.fuse: BatchNorm folded, each Inception block one "
+                        "op; same outputs to float32 rounding, faster); --no-fuse runs the plain modules")
     g.add_argument("--chunk", type=int, default=CHUNK, metavar="N",
                    help="whole-video mode: frames per chunk through the network (multiple of 8; default 512, "
                         "about 20 s). A video that fits in one chunk gives exactly the full-clip result")
@@ -122,7 +125,7 @@ def _predict(args: argparse.Namespace) -> int:
     stride = _stride(args)
     predictor = Predictor.from_pretrained(args.rgb_weights, args.flow_weights, device=args.device,
                                           preprocess=_preprocess(args), chunk=args.chunk, overlap=args.overlap,
-                                          bound=args.bound, fusion=args.fusion)
+                                          bound=args.bound, fusion=args.fusion, fused=args.fuse)
     if args.window:
         predictor.check_window(args.window, stride)
     labels = labels_for(predictor.num_classes, args.labels)
@@ -185,7 +188,8 @@ def _features(args: argparse.Namespace) -> int:
 
     _require_av()
     job = FeaturesJob(args.weights, args.endpoint, window=args.window, stride=_stride(args),
-                      preprocess=_preprocess(args), device=args.device, chunk=args.chunk, overlap=args.overlap)
+                      preprocess=_preprocess(args), device=args.device, chunk=args.chunk, overlap=args.overlap,
+                      fused=args.fuse)
     return _run_batch(args, job)
 
 

@@ -25,15 +25,16 @@ class FeaturesJob(Job):
 
     def __init__(self, weights: str = "kinetics400-rgb", endpoint: str = "Logits", *, window: Optional[int] = None,
                  stride: Optional[int] = None, preprocess: Preprocess = Preprocess(), device: str = "auto",
-                 chunk: int = CHUNK, overlap: int = OVERLAP):
+                 chunk: int = CHUNK, overlap: int = OVERLAP, fused: bool = True):
         self.weights, self.endpoint = weights, endpoint
         self.window, self.stride = window, stride or window
         self.preprocess, self.device, self.chunk, self.overlap = preprocess, device, chunk, overlap
+        self.fused = fused
 
     def setup(self) -> None:
         model = InceptionI3d.from_pretrained(self.weights, final_endpoint=self.endpoint)
         self._predictor = Predictor(model, device=self.device, preprocess=self.preprocess, chunk=self.chunk,
-                                    overlap=self.overlap)
+                                    overlap=self.overlap, fused=self.fused)
 
     def process(self, video: Path, target: Path) -> str:
         if self.window:

@@ -24,6 +24,8 @@ resized, uncropped frame, then centre-cropped, clipped to +-``bound`` pixels and
 video of T frames has T - 1 flow fields, and the RGB stream then uses frames 0 .. T-2 so both streams
 cover the same time steps. Logits are added (DeepMind) or averaged (``fusion="mean"``). TV-L1 runs on
 the GPU when the predictor's device is one.
+
+Both networks run through the fused inference path (:func:`i3d_fast.fuse`) unless ``fused=False``.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 import numpy as np
 import torch
 
-from .models import ENDPOINTS, InceptionI3d
+from .models import ENDPOINTS, InceptionI3d, fuse
 from .video import Preprocess, VideoError, frames, to_model_input, windows
 
 T = TypeVar("T")
@@ -155,12 +157,14 @@ class Predictor:
         fusion: "sum" (DeepMind) or "mean" of the two streams' logits.
         flow_batch: frame pairs per TV-L1 call.
         tvl1_params: passed on to ``i3d_fast.flow.tvl1``.
+        fused: run the networks through :func:`i3d_fast.fuse` (BatchNorm folded, each Inception block
+            one op; same outputs to float32 rounding, faster); False runs the modules as built.
     """
 
     def __init__(self, rgb: InceptionI3d, flow: Optional[InceptionI3d] = None, *,
                  device: Union[str, torch.device, None] = "auto", preprocess: Preprocess = Preprocess(),
                  chunk: int = CHUNK, overlap: int = OVERLAP, bound: float = BOUND, fusion: str = "sum",
-                 flow_batch: int = 16, tvl1_params: Optional[dict] = None):
+                 flow_batch: int = 16, tvl1_params: Optional[dict] = None, fused: bool = True):
         if rgb.in_channels != 3:
             raise ValueError(f"the RGB network must take 3 input channels, this one takes {rgb.in_channels}")
         if flow is not None:
@@ -183,6 +187,8 @@ class Predictor:
         if flow is not None:
             self.models["flow"] = flow.to(self.device).eval()
             flow_module()  # fail now, not on the first video, when there is no solver
+        # the networks that run the clips; the heads of long videos run on self.models' Logits layers
+        self.runners = {s: fuse(m) if fused else m for s, m in self.models.items()}
         self.preprocess = preprocess
         self.chunk, self.overlap, self.bound, self.fusion = chunk, overlap, bound, fusion
         self.flow_batch = flow_batch
@@ -259,7 +265,7 @@ class Predictor:
     def _stitched(self, path: PathLike, stream: str, endpoint: str) -> Tuple[torch.Tensor, int]:
         """``endpoint`` features (Logits: Mixed_5c) of the whole video, computed chunk by chunk and joined
         in time: (Tensor[1, C, T', H', W'], frames seen)."""
-        model = self.models[stream]
+        runner = self.runners[stream]
         name = "Mixed_5c" if endpoint == "Logits" else endpoint
         stride = time_stride(name)
         items, clip_of = self._stream(path, stream)
@@ -270,7 +276,7 @@ class Predictor:
         for start, clip in windows(counted, self.chunk, self.chunk - self.overlap, tail="rest"):
             if start == 0 and len(clip) < self._min_steps(endpoint):
                 raise self._too_short(path, len(clip), endpoint)
-            feats = model.extract_features(clip_of(clip), name)
+            feats = runner.extract_features(clip_of(clip), name)
             if held is not None:  # the held chunk was not the last: trim its far edge
                 pieces.append(held[1][:, :, (half if held[0] else 0):self.chunk // stride - half])
             held = (start, feats)
@@ -308,13 +314,13 @@ class Predictor:
     @torch.no_grad()
     def _windowed(self, path: PathLike, stream: str, endpoint: str, window: int, stride: int
                   ) -> List[Tuple[int, int, torch.Tensor]]:
-        model = self.models[stream]
+        runner = self.runners[stream]
         items, clip_of = self._stream(path, stream)
         out = []
         for start, clip in windows(items, window, stride, tail="end"):
             if start == 0 and len(clip) < self._min_steps(endpoint):
                 raise self._too_short(path, len(clip), endpoint)
-            out.append((start, start + len(clip), model.extract_features(clip_of(clip), endpoint)[0].float().cpu()))
+            out.append((start, start + len(clip), runner.extract_features(clip_of(clip), endpoint)[0].float().cpu()))
         if not out:
             raise self._too_short(path, 0, endpoint)
         return out

@@ -10,6 +10,7 @@ pytest.importorskip("av", reason="PyAV is in the test extra: pip install '.[test
 from _videos import make_video  # noqa: E402
 
 from i3d_fast import InceptionI3d, labels  # noqa: E402
+from i3d_fast.models import FusedInceptionI3d  # noqa: E402
 from i3d_fast.pipeline import FlowUnavailableError, Predictor, time_stride, top_k  # noqa: E402
 from i3d_fast.video import Preprocess, VideoError, read_video, to_model_input  # noqa: E402
 
@@ -30,8 +31,11 @@ def videos(tmp_path_factory):
             "v5": make_video(root / "v5.mp4", 5)}
 
 
-def test_whole_video_that_fits_in_one_chunk_is_one_forward_pass(small, videos):
-    result = Predictor(small, device="cpu", preprocess=SMALL).predict(videos["v20"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_whole_video_that_fits_in_one_chunk_is_one_forward_pass(small, videos, fused):
+    predictor = Predictor(small, device="cpu", preprocess=SMALL, fused=fused)
+    assert isinstance(predictor.runners["rgb"], FusedInceptionI3d if fused else InceptionI3d)
+    result = predictor.predict(videos["v20"])
     with torch.no_grad():
         direct = small(to_model_input(read_video(videos["v20"], SMALL)))[0]
     assert result.frames == 20 and result.seconds == pytest.approx(0.8) and result.streams.keys() == {"rgb"}

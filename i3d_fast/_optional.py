@@ -17,5 +17,8 @@ def require(module: str, extra: str, purpose: str) -> ModuleType:
     except ImportError as exc:
         raise MissingDependencyError(
             f"{purpose} needs the {module!r} package, which is not installed ({exc}). Install it with "
-            f"`pip install 'i3d-fast[{extra}]'` (or `pip install {module}`).") from exc
+            f"`pip install 'i3d-fast[{extra}]'` (or `pip install {_PIP.get(module, module)}`).") from exc
+
+
+_PIP = {"PIL": "pillow"}  # import name -> pip name where they differ
 

@@ -6,6 +6,7 @@ from typing import Optional
 
 import numpy as np
 
+from ._optional import require
 from .batch import Job
 from .models import InceptionI3d
 from .pipeline import BOUND, CHUNK, OVERLAP, Predictor, flow_batches, flow_module, resolve_device
@@ -65,6 +66,7 @@ class FlowJob(Job):
         self.tvl1_params = dict(tvl1_params or {})
 
     def setup(self) -> None:
+        require("PIL", "video", "writing flow JPEGs")
         self._flow = flow_module()
         self._device = resolve_device(self.device)
 

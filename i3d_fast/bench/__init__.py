@@ -2,12 +2,11 @@
 side by side in one run, a table on stdout and optionally JSON."""
 from __future__ import annotations
 
-from typing import Dict, Iterable, List
-
-import torch
+from typing import Iterable, List
 
 from . import conv3d, model, pool3d, tvl1
-from .report import Row, format_table, machine, write_json
+from .plot import write_plot
+from .report import Row, format_table, machine, write_json, write_text
 
 SUITES = {"pool3d": pool3d.run, "conv3d": conv3d.run, "model": model.run, "tvl1": tvl1.run}
 
@@ -19,4 +18,4 @@ def run(suites: Iterable[str] = tuple(SUITES), quick: bool = False, device: str 
     return rows
 
 
-__all__ = ["SUITES", "Row", "format_table", "machine", "run", "write_json"]
+__all__ = ["SUITES", "Row", "format_table", "machine", "run", "write_json", "write_plot", "write_text"]

@@ -148,6 +148,21 @@ class InceptionI3d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.extract_features(x, self.final_endpoint)
 
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """The Logits head alone: Mixed_5c features Tensor[B, C, T', H', W'] -> Tensor[B, num_classes]
+        (time-averaged, pre-softmax). Lets a long video's features, computed in chunks and joined in
+        time, go through the head once, so the time mean covers the whole video."""
+        if self.final_endpoint != "Logits":
+            raise ValueError(f"this model has no Logits head (final_endpoint is {self.final_endpoint!r})")
+        if features.dim() != 5 or features.shape[1] != self.feature_channels:
+            raise ValueError(f"expected Mixed_5c features Tensor[B, {self.feature_channels}, T', H', W'], "
+                             f"got {tuple(features.shape)}")
+        small = any(s < k for s, k in zip(features.shape[2:], HEAD_POOL))
+        if small and not self.adaptive_head:
+            raise ValueError(f"features of {tuple(features.shape[2:])} steps are smaller than the 2x7x7 head pool "
+                             "(the input needs at least 9 frames and 193x193 pixels), or use adaptive_head=True")
+        return self._head(features)
+
     def extract_features(self, x: torch.Tensor, endpoint: str = "Mixed_5c") -> torch.Tensor:
         """Output of ``endpoint``: Tensor[B, C, T', H', W'], or Tensor[B, num_classes] for "Logits"
         (the time-averaged pre-softmax logits that FVD uses)."""

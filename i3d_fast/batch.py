@@ -1,0 +1,321 @@
+"""The batch runner behind ``i3d-fast features`` and ``i3d-fast flow``: one output per video, over
+datasets of any size.
+
+- **Naming**: a video's output is ``OUT/<stem><suffix>`` (a file such as ``.npy``, or a directory when
+  the suffix is empty); with ``root``, ``OUT/<path relative to root, extension dropped><suffix>``, so
+  a dataset's folder layout is kept. Two inputs with the same output name are refused up front.
+- **Sharding**: inputs are sorted by output name and shard ``I/N`` (0 <= I < N) takes every N-th one
+  from position I, so N machines (or processes) given the same inputs split them without overlap.
+- **Resumable**: a video whose output exists is skipped. Each output is written atomically: the job
+  writes into a fresh hidden temp directory beside it (``.<name>.partial-*``) which is renamed into
+  place (a directory output) or from which the file is renamed (a file output), so an output exists only
+  when complete. Temp leftovers of an interrupted run are removed when the same shard runs again.
+- **Bad items**: a video that fails (missing, empty, corrupt, too short, ...) is reported and skipped;
+  the run goes on. A summary at the end lists every failure.
+- **Workers**: ``workers > 1`` runs videos in that many processes (spawned, each with its own copy of
+  the job and ``cpu_count / workers`` torch threads).
+- **Exit code** (:attr:`Summary.exit_code`): 0 when every video is done or was already done, 1 when
+  any failed, 130 when interrupted (Ctrl-C: running videos finish or are discarded, never half-written).
+"""
+from __future__ import annotations
+
+import abc
+import multiprocessing
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, TextIO, Tuple, Union
+
+PathLike = Union[str, Path]
+PARTIAL = ".partial-"
+
+
+class BatchError(ValueError):
+    """The batch cannot start: bad shard, output name collisions, inputs outside ``root``, no inputs."""
+
+
+class Job(abc.ABC):
+    """One kind of per-video work. Subclasses are picklable configurations (sent to worker processes);
+    whatever :meth:`setup` loads goes in attributes starting with ``_``, which are not pickled."""
+
+    #: Shown in the progress bar and the summary.
+    name: str = "job"
+    #: Output suffix: a file suffix such as ".npy" (one file per video) or "" (one directory per video).
+    output_suffix: str = ""
+
+    def setup(self) -> None:
+        """Loads what :meth:`process` needs (models, solvers), once per process. Errors here stop the run."""
+
+    @abc.abstractmethod
+    def process(self, video: Path, target: Path) -> str:
+        """Writes the output of ``video`` at ``target``: a file to create (file outputs), or an existing
+        empty directory to fill (directory outputs). Returns a short note for the log. Raises on a bad video."""
+
+    def __getstate__(self) -> Dict[str, object]:
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+
+
+@dataclass(frozen=True)
+class Task:
+    video: Path
+    output: Path
+
+
+@dataclass
+class Outcome:
+    task: Task
+    status: str  # "done" | "skipped" | "failed"
+    message: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class Summary:
+    job: str
+    shard: Tuple[int, int]
+    total: int
+    outcomes: List[Outcome] = field(default_factory=list)
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    def _count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def done(self) -> int:
+        return self._count("done")
+
+    @property
+    def skipped(self) -> int:
+        return self._count("skipped")
+
+    @property
+    def failures(self) -> List[Outcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def exit_code(self) -> int:
+        return 130 if self.interrupted else (1 if self.failures else 0)
+
+    def format(self) -> str:
+        shard = f" (shard {self.shard[0]}/{self.shard[1]})" if self.shard[1] > 1 else ""
+        lines = [f"{self.job}: {self.total} video(s){shard}: {self.done} done, {self.skipped} already done "
+                 f"(skipped), {len(self.failures)} failed, in {self.seconds:.1f} s"]
+        if self.interrupted:
+            left = self.total - len(self.outcomes)
+            lines.append(f"interrupted with {left} video(s) not finished; run the same command again to resume")
+        if self.failures:
+            lines.append("failed:")
+            lines.extend(f"  {o.task.video}: {o.message}" for o in self.failures)
+        return "\n".join(lines)
+
+
+# -- planning -------------------------------------------------------------------------------------
+def parse_shard(text: str) -> Tuple[int, int]:
+    """"I/N" -> (I, N) with 0 <= I < N."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise BatchError(f"--shard takes I/N (e.g. 0/4), got {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise BatchError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return index, count
+
+
+def read_list(path: PathLike) -> List[Path]:
+    """Video paths from a text file, one per line (blank lines and lines starting with # skipped);
+    relative paths are taken relative to the list file's folder."""
+    base = Path(path).parent
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BatchError(f"{path}: cannot read the list of videos ({exc})") from exc
+    return [base / line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def plan(videos: Iterable[PathLike], out_dir: PathLike, suffix: str, root: Optional[PathLike] = None) -> List[Task]:
+    """One task per video, sorted by output path; refuses duplicate output names."""
+    out_dir = Path(out_dir)
+    tasks: Dict[Path, Task] = {}
+    clashes: List[str] = []
+    for video in map(Path, videos):
+        if video.is_dir():
+            raise BatchError(f"{video} is a directory: pass video files (e.g. {video}/*.mp4) or --list FILE")
+        if root is not None:
+            try:
+                rel = video.resolve().relative_to(Path(root).resolve())
+            except ValueError:
+                raise BatchError(f"{video} is not inside --root {root}") from None
+            name = rel.with_suffix("") if rel.suffix else rel
+        else:
+            name = Path(video.stem if video.suffix else video.name)
+        output = out_dir / (str(name) + suffix)
+        if output in tasks:
+            if tasks[output].video != video:
+                clashes.append(f"{tasks[output].video} and {video} -> {output}")
+            continue
+        tasks[output] = Task(video, output)
+    if clashes:
+        raise BatchError("several videos would write the same output (use --root DIR to keep their folders, or "
+                         "rename them): " + "; ".join(clashes[:5]) + (" ..." if len(clashes) > 5 else ""))
+    if not tasks:
+        raise BatchError("no input videos")
+    return [tasks[k] for k in sorted(tasks)]
+
+
+def select_shard(tasks: Sequence[Task], index: int, count: int) -> List[Task]:
+    """Tasks ``index, index + count, index + 2 count, ...`` of the sorted list."""
+    return list(tasks[index::count])
+
+
+def remove_stale(tasks: Sequence[Task]) -> int:
+    """Deletes temp leftovers (``.<name>.partial-*``) of these tasks' outputs; returns how many."""
+    names: Dict[Path, set] = {}
+    for task in tasks:
+        names.setdefault(task.output.parent, set()).add(task.output.name)
+    removed = 0
+    for parent, wanted in names.items():
+        try:
+            entries = list(os.scandir(parent))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if not (entry.name.startswith(".") and PARTIAL in entry.name):
+                continue
+            if entry.name[1:].rsplit(PARTIAL, 1)[0] in wanted:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+                removed += 1
+    return removed
+
+
+# -- running ---------------------------------------------------------------------------------------
+def describe_error(exc: BaseException, video: PathLike) -> str:
+    """A one-line failure message for ``video`` (without a repeated leading path)."""
+    text = str(exc) or type(exc).__name__
+    prefix = f"{video}: "
+    text = text[len(prefix):] if text.startswith(prefix) else text
+    return text if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {text}"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def execute(job: Job, task: Task) -> Outcome:
+    """Runs one task atomically: skipped when its output exists; a failure leaves nothing behind."""
+    start = time.perf_counter()
+    if task.output.exists():
+        return Outcome(task, "skipped")
+    tmp = None
+    try:
+        task.output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{task.output.name}{PARTIAL}", dir=task.output.parent))
+        if job.output_suffix:
+            target = tmp / task.output.name
+            note = job.process(task.video, target)
+            if not target.is_file():
+                raise RuntimeError(f"the {job.name} job wrote no output file")
+            os.replace(target, task.output)
+            tmp.rmdir()
+        else:
+            tmp.chmod(0o777 & ~_umask())
+            note = job.process(task.video, tmp)
+            os.rename(tmp, task.output)
+    except Exception as exc:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return Outcome(task, "failed", describe_error(exc, task.video), time.perf_counter() - start)
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return Outcome(task, "done", note or "", time.perf_counter() - start)
+
+
+_WORKER_JOB: Optional[Job] = None
+
+
+def _init_worker(job: Job, threads: int) -> None:
+    global _WORKER_JOB
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and lets running videos finish
+    import torch
+
+    torch.set_num_threads(threads)
+    job.setup()
+    _WORKER_JOB = job
+
+
+def _work(task: Task) -> Outcome:
+    assert _WORKER_JOB is not None
+    return execute(_WORKER_JOB, task)
+
+
+def run(job: Job, tasks: Sequence[Task], workers: int = 1, shard: Tuple[int, int] = (0, 1),
+        progress: Optional[bool] = None, log: Optional[TextIO] = None) -> Summary:
+    """Runs ``job`` over ``tasks`` (already sharded). ``progress``: a tqdm bar on ``log`` (default
+    stderr; None: only when ``log`` is a terminal). Failures are logged as they happen; returns the
+    :class:`Summary`."""
+    from tqdm import tqdm
+
+    log = log if log is not None else sys.stderr
+
+    if workers < 1:
+        raise BatchError(f"--workers must be >= 1, got {workers}")
+    started = time.perf_counter()
+    summary = Summary(job.name, shard, len(tasks))
+    remove_stale(tasks)
+    todo = []
+    for task in tasks:
+        if task.output.exists():
+            summary.outcomes.append(Outcome(task, "skipped"))
+        else:
+            todo.append(task)
+    bar = tqdm(total=len(tasks), initial=summary.skipped, unit="video", desc=job.name, file=log,
+               disable=(None if progress is None else not progress), dynamic_ncols=True)
+
+    def record(outcome: Outcome) -> None:
+        summary.outcomes.append(outcome)
+        bar.update(1)
+        if outcome.status == "failed":
+            bar.write(f"{job.name}: failed: {outcome.task.video}: {outcome.message}", file=log)
+
+    try:
+        if todo:
+            job.setup()
+        if workers == 1 or len(todo) <= 1:
+            for task in todo:
+                record(execute(job, task))
+        elif todo:
+            threads = max(1, (os.cpu_count() or 1) // workers)
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(min(workers, len(todo)), context, initializer=_init_worker,
+                                     initargs=(job, threads)) as pool:
+                futures = {pool.submit(_work, task): task for task in todo}
+                try:
+                    for future in as_completed(futures):
+                        try:
+                            record(future.result())
+                        except BrokenProcessPool as exc:
+                            record(Outcome(futures[future], "failed", f"worker process died ({exc})"))
+                except KeyboardInterrupt:
+                    for future in futures:
+                        future.cancel()
+                    raise
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        bar.close()
+        summary.seconds = time.perf_counter() - started
+    return summary

@@ -1,0 +1,81 @@
+"""The per-video jobs of ``i3d-fast features`` and ``i3d-fast flow`` (run by :mod:`i3d_fast.batch`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ._optional import require
+from .batch import Job
+from .models import InceptionI3d
+from .pipeline import BOUND, CHUNK, OVERLAP, Predictor, flow_batches, flow_module, resolve_device
+from .video import Preprocess, VideoError, frames
+
+
+class FeaturesJob(Job):
+    """I3D features of each video as one float32 ``.npy``.
+
+    Whole video (``window=None``): ``[C, T', H', W']`` for a feature endpoint (e.g. Mixed_5c:
+    ``[1024, ceil(T/8), 7, 7]``), ``[num_classes]`` for "Logits" (time-averaged pre-softmax logits, what
+    FVD embeds). With ``window``/``stride``: one row per sliding window, ``[N, ...]``.
+    """
+
+    name = "features"
+    output_suffix = ".npy"
+
+    def __init__(self, weights: str = "kinetics400-rgb", endpoint: str = "Logits", *, window: Optional[int] = None,
+                 stride: Optional[int] = None, preprocess: Preprocess = Preprocess(), device: str = "auto",
+                 chunk: int = CHUNK, overlap: int = OVERLAP, fused: bool = True):
+        self.weights, self.endpoint = weights, endpoint
+        self.window, self.stride = window, stride or window
+        self.preprocess, self.device, self.chunk, self.overlap = preprocess, device, chunk, overlap
+        self.fused = fused
+
+    def setup(self) -> None:
+        model = InceptionI3d.from_pretrained(self.weights, final_endpoint=self.endpoint)
+        self._predictor = Predictor(model, device=self.device, preprocess=self.preprocess, chunk=self.chunk,
+                                    overlap=self.overlap, fused=self.fused)
+
+    def process(self, video: Path, target: Path) -> str:
+        if self.window:
+            feats, _ = self._predictor.window_features(video, self.endpoint, self.window, self.stride)
+        else:
+            feats = self._predictor.features(video, self.endpoint)
+        with open(target, "wb") as f:
+            np.save(f, feats.numpy().astype(np.float32, copy=False))
+        return f"{self.endpoint} {list(feats.shape)}"
+
+
+class FlowJob(Job):
+    """TV-L1 flow of each video as denseflow-layout JPEGs in one directory per video:
+    ``flow_x_00001.jpg``, ``flow_y_00001.jpg``, ... (file i: frame i -> i+1 counting from 1, values clipped to
+    +-``bound`` pixels and mapped to 0..255), computed on greyscale frames resampled to ``fps`` and
+    resized to ``short_side`` (not cropped)."""
+
+    name = "flow"
+    output_suffix = ""
+
+    def __init__(self, bound: float = BOUND, *, fps: Optional[float] = 25.0, short_side: Optional[int] = 256,
+                 device: str = "auto", batch: int = 16, tvl1_params: Optional[dict] = None):
+        if not bound > 0:
+            raise ValueError(f"--bound must be > 0 pixels, got {bound}")
+        self.bound, self.batch = bound, batch
+        self.preprocess = Preprocess(fps=fps, short_side=short_side, crop=None)
+        self.device = device
+        self.tvl1_params = dict(tvl1_params or {})
+
+    def setup(self) -> None:
+        require("PIL", "video", "writing flow JPEGs")
+        self._flow = flow_module()
+        self._device = resolve_device(self.device)
+
+    def process(self, video: Path, target: Path) -> str:
+        written = 0
+        gray = frames(video, self.preprocess, gray=True)
+        for fields in flow_batches(gray, self._device, self.batch, **self.tvl1_params):
+            self._flow.write_flow_jpegs(fields, str(target), bound=self.bound, start_index=written + 1)
+            written += fields.shape[0]
+        if written == 0:
+            raise VideoError(f"{video}: too short: a single frame; flow needs at least 2 frames")
+        return f"{written} flow fields"

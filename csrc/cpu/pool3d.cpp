@@ -304,7 +304,7 @@ inline bool any_nan(F v) {
 }
 
 // Reduces the window of real cells `k` starting at x (R vectors of channels) into y, whose storage
-// O is the output type or the accumulation type (planes). Max scans taps in (t, h, w) order, the
+// O is the output type or the accumulation type. Max scans taps in (t, h, w) order, the
 // first maximum winning ties; average divides the sum by `count`.
 template <typename T, typename O, bool kMax, int R, bool kFull>
 inline void window_exact(const T* x, O* y, const Taps& k, int64_t C, int n, typename Acc<T>::type count) {
@@ -403,79 +403,73 @@ void forward_direct(const T* x, T* y, const PoolGeometry& g, int threads) {
 }
 
 // Max pooling whose windows overlap along T (kT > sT): each input plane t is max-pooled over (h, w)
-// once into a float plane, then each output plane is the maximum of its kT planes in t order.
+// once and folded into the (up to ceil(kT / sT)) output planes whose window holds it, in t order.
 // Scanning (h, w) first and t last picks the same first maximum as the direct (t, h, w) scan, with
-// about kH*kW*sT + kT loads per output instead of kT*kH*kW, and each input plane is read once.
-// Tasks are (n, channel chunk, block of output planes); planes at block edges are pooled twice.
-// Channels are chunked only when a thread's ring of kT planes would exceed kRingBytes (strided
-// reads of part of each cell are slower than whole cells).
-constexpr int64_t kRingBytes = 4 << 20;
+// about kH*kW*sT + 2*kT memory operations per output instead of kT*kH*kW, and each input plane is
+// read once. The output is the accumulator: the maximum of storage values is a storage value, so
+// fp16 / bf16 lose nothing. Tasks are (n, channel chunk, block of output planes); planes at block
+// edges are pooled by both blocks.
 
-// Channels per chunk for max_forward_planes, or 0 when even the smallest chunk overflows the ring.
-template <typename A>
-int64_t plane_chunk(const PoolGeometry& g) {
-  const int64_t granule = kBlock * Simd<A>::L;
-  const int64_t per_channel = g.kernel[0] * g.OH * g.OW * static_cast<int64_t>(sizeof(A));
-  if (g.C * per_channel <= kRingBytes) return g.C;
-  const int64_t chunk = kRingBytes / per_channel / granule * granule;
-  return chunk > 0 ? chunk : 0;
-}
-
-template <typename T>
-void max_forward_planes(const T* x, T* y, const PoolGeometry& g, int64_t chunk, int threads) {
+// Max of the (h, w) window of one input plane (R vectors of channels), folded into the outputs whose
+// T window holds this plane: the first plane of a window stores, later ones merge.
+template <typename T, int R, bool kFull>
+inline void fold_vectors(const T* x, T* const* outs, const bool* first, int nouts, const Taps& k, int64_t C,
+                         int n) {
   using A = typename Acc<T>::type;
   using F = typename Simd<A>::F;
   using M = typename Simd<A>::M;
   constexpr int L = Simd<A>::L;
-  const int64_t C = g.C, kT = g.kernel[0];
-  const int64_t plane = g.OH * g.OW;
-  const int64_t chunks = ceil_div(C, chunk);
-  const int64_t blocks = std::min(g.OT, ceil_div(threads, g.N * chunks));
+  A buf[R * L];
+  window_vectors<T, A, true, R, kFull>(x, buf, k, C, kFull ? L : n, A(1));
+  for (int j = 0; j < nouts; ++j) {
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      F v = load<A, true>(buf + r * L, L);
+      if (!first[j]) v = max_nan<F, M>(load<A, kFull>(outs[j] + r * L, n), v);
+      store<A, kFull>(outs[j] + r * L, v, n);
+    }
+  }
+}
+
+constexpr int64_t kMaxFolds = 8;  // output planes one input plane may feed (ceil(kT / sT))
+
+template <typename T>
+void max_forward_fold(const T* x, T* y, const PoolGeometry& g, int threads) {
+  using A = typename Acc<T>::type;
+  constexpr int L = Simd<A>::L;
+  const int64_t C = g.C, kT = g.kernel[0], sT = g.stride[0];
+  const int64_t want = ceil_div(threads, g.N);
+  const int64_t chunks = std::min<int64_t>(want, std::max<int64_t>(1, C / (kBlock * L)));
+  const int64_t chunk = ceil_div(ceil_div(C, chunks), L) * L;
+  const int64_t blocks = std::min(g.OT, ceil_div(want, chunks));
   const int64_t per_block = ceil_div(g.OT, blocks);
   const int64_t tasks = g.N * chunks * blocks;
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<A> ring(kT * plane * chunk);
-#pragma omp for schedule(static)
-    for (int64_t task = 0; task < tasks; ++task) {
-      const int64_t n = task / (chunks * blocks), ci = task / blocks % chunks, bi = task % blocks;
-      const int64_t c0 = ci * chunk, len = std::min(C, c0 + chunk) - c0;
-      const int64_t ot0 = bi * per_block, ot1 = std::min(g.OT, ot0 + per_block);
-      int64_t t_next = 0;
-      for (int64_t ot = ot0; ot < ot1; ++ot) {
-        const Span st = window(ot, g.stride[0], g.pad[0], kT, g.T);
-        for (t_next = std::max(t_next, st.lo); t_next < st.hi; ++t_next) {
-          A* P = ring.data() + t_next % kT * plane * chunk;
-          for (int64_t oh = 0; oh < g.OH; ++oh) {
-            const Span sh = window(oh, g.stride[1], g.pad[1], g.kernel[1], g.H);
-            for (int64_t ow = 0; ow < g.OW; ++ow) {
-              const Span sw = window(ow, g.stride[2], g.pad[2], g.kernel[2], g.W);
-              const Taps k{1, sh.hi - sh.lo, sw.hi - sw.lo, 0, g.W * C};
-              const T* p = x + g.in_offset(n, t_next, sh.lo, sw.lo) + c0;
-              A* q = P + (oh * g.OW + ow) * chunk;
-              channel_vectors<L>(0, len, [&](auto R, auto full, int64_t c, int lanes) {
-                window_vectors<T, A, true, decltype(R)::value, decltype(full)::value>(p + c, q + c, k, C, lanes,
-                                                                                    A(1));
-              });
-            }
-          }
-        }
-        for (int64_t i = 0; i < plane; ++i) {
-          T* out = y + g.out_offset(n, ot, 0, 0) + i * C + c0;
-          channel_vectors<L>(0, len, [&](auto R, auto full, int64_t c, int lanes) {
-            constexpr int kR = decltype(R)::value;
-            constexpr bool kF = decltype(full)::value;
-            F acc[kR];
-            const A* q = ring.data() + st.lo % kT * plane * chunk + i * chunk + c;
-#pragma GCC unroll 8
-            for (int r = 0; r < kR; ++r) acc[r] = load<A, kF>(q + r * L, lanes);
-            for (int64_t t = st.lo + 1; t < st.hi; ++t) {
-              q = ring.data() + t % kT * plane * chunk + i * chunk + c;
-#pragma GCC unroll 8
-              for (int r = 0; r < kR; ++r) acc[r] = max_nan<F, M>(acc[r], load<A, kF>(q + r * L, lanes));
-            }
-#pragma GCC unroll 8
-            for (int r = 0; r < kR; ++r) store<A, kF>(out + c + r * L, acc[r], lanes);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t n = task / (chunks * blocks), ci = task / blocks % chunks, bi = task % blocks;
+    const int64_t c0 = ci * chunk, c1 = std::min(C, c0 + chunk);
+    const int64_t ot0 = bi * per_block, ot1 = std::min(g.OT, ot0 + per_block);
+    if (ot0 >= ot1 || c0 >= c1) continue;
+    const int64_t t_lo = window(ot0, sT, g.pad[0], kT, g.T).lo, t_hi = window(ot1 - 1, sT, g.pad[0], kT, g.T).hi;
+    bool first[kMaxFolds];
+    for (int64_t t = t_lo; t < t_hi; ++t) {
+      const Cover ct = covering(t, sT, g.pad[0], kT, g.OT);
+      const int64_t o_lo = std::max(ct.lo, ot0), o_hi = std::min(ct.hi, ot1);
+      const int nouts = static_cast<int>(std::max<int64_t>(o_hi - o_lo, 0));
+      if (nouts == 0) continue;
+      for (int j = 0; j < nouts; ++j) first[j] = t == window(o_lo + j, sT, g.pad[0], kT, g.T).lo;
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        const Span sh = window(oh, g.stride[1], g.pad[1], g.kernel[1], g.H);
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const Span sw = window(ow, g.stride[2], g.pad[2], g.kernel[2], g.W);
+          const Taps k{1, sh.hi - sh.lo, sw.hi - sw.lo, 0, g.W * C};
+          const T* p = x + g.in_offset(n, t, sh.lo, sw.lo);
+          T* q = y + g.out_offset(n, o_lo, oh, ow);
+          const int64_t plane = g.OH * g.OW * C;
+          channel_vectors<L>(c0, c1, [&](auto R, auto full, int64_t c, int lanes) {
+            T* outs[kMaxFolds];
+            for (int j = 0; j < nouts; ++j) outs[j] = q + j * plane + c;
+            fold_vectors<T, decltype(R)::value, decltype(full)::value>(p + c, outs, first, nouts, k, C, lanes);
           });
         }
       }
@@ -486,8 +480,8 @@ void max_forward_planes(const T* x, T* y, const PoolGeometry& g, int64_t chunk, 
 template <typename T, bool kMax>
 void pool_forward(const T* x, T* y, const PoolGeometry& g, int threads) {
   if constexpr (kMax) {
-    const int64_t chunk = plane_chunk<typename Acc<T>::type>(g);
-    if (g.kernel[0] > g.stride[0] && chunk > 0) return max_forward_planes<T>(x, y, g, chunk, threads);
+    if (g.kernel[0] > g.stride[0] && ceil_div(g.kernel[0], g.stride[0]) <= kMaxFolds)
+      return max_forward_fold<T>(x, y, g, threads);
   }
   forward_direct<T, kMax>(x, y, g, threads);
 }

@@ -315,3 +315,18 @@ def test_cpu_work_splits_match_reference(threads):
                 torch.testing.assert_close(leaf.grad.double(), ref.grad, rtol=1e-6, atol=1e-6, equal_nan=True)
     finally:
         torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("op", [max_pool3d, avg_pool3d])
+def test_cpu_output_larger_than_input(op):
+    """Padding of k - 1 on both sides: more outputs than inputs (the max backward's scratch)."""
+    x = _input((2, 37, 2, 2, 3))
+    expected = op(x, 3, 1, 2, backend="reference")
+    torch.testing.assert_close(op(x, 3, 1, 2, backend="cpu"), expected, rtol=1e-12, atol=1e-12)
+    grad_out = torch.randn_like(expected)
+    grads = []
+    for b in ("reference", "cpu"):
+        leaf = x.clone().requires_grad_(True)
+        op(leaf, 3, 1, 2, backend=b).backward(grad_out)
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)

@@ -5,10 +5,16 @@
 // does). Max: a NaN in a window is its maximum; the first maximum in (t, h, w) order gets the
 // gradient. fp16 / bf16 are computed in float32 and rounded once on store.
 //
-// Vectorisation: channels are innermost and contiguous. Each step of work holds R 64-byte vectors
-// of channels (16 float lanes or 8 double lanes) in registers across all taps of a window, so
-// nothing but the input is re-read. Channel tails that do not fill a vector take the same code with
-// partial loads and stores.
+// Vectorisation: channels are innermost and contiguous. Each step of work holds R (8, 4 or 1)
+// 64-byte vectors of channels (16 float lanes or 8 double lanes) in registers across the taps of a
+// window. Channel tails that do not fill a vector take the same code with partial loads and stores.
+// Max uses one max instruction per tap; NaNs, which it skips, are caught by a running sum of the
+// taps and those rare blocks are redone with the exact NaN-propagating scan.
+//
+// Max windows that overlap along T (kT > sT, e.g. 3x3x3 stride 1 or 2) are computed by plane: each
+// input plane is pooled over (h, w) once and folded, in t order, into the output planes whose window
+// holds it (fewer loads per output, and every input plane is read once). Other windows are scanned
+// directly per output element.
 //
 // Backward is a gather (no atomics, no zero fill, one store per input element): each input cell
 // sums the gradients of the few output windows that cover it, in ascending window order, so the
@@ -433,29 +439,57 @@ inline void fold_vectors(const T* x, T* const* outs, const bool* first, int nout
 
 constexpr int64_t kMaxFolds = 8;  // output planes one input plane may feed (ceil(kT / sT))
 
+inline bool use_fold(const PoolGeometry& g) {
+  return g.kernel[0] > g.stride[0] && ceil_div(g.kernel[0], g.stride[0]) <= kMaxFolds;
+}
+
+// Tasks of the fold paths: (n, channel chunk, block of output planes). Channels are split (in whole
+// vectors) before planes, since planes at block edges are pooled twice.
+struct FoldTasks {
+  int64_t chunks, chunk, blocks, per_block, count;
+
+  FoldTasks(const PoolGeometry& g, int threads, int lanes) {
+    const int64_t want = ceil_div(threads, g.N);
+    chunks = std::min<int64_t>(want, std::max<int64_t>(1, g.C / (kBlock * lanes)));
+    chunk = ceil_div(ceil_div(g.C, chunks), lanes) * lanes;
+    blocks = std::min(g.OT, ceil_div(want, chunks));
+    per_block = ceil_div(g.OT, blocks);
+    count = g.N * chunks * blocks;
+  }
+  // Task -> n, channels [c0, c1), output planes [ot0, ot1); false when empty.
+  bool at(int64_t task, const PoolGeometry& g, int64_t& n, int64_t& c0, int64_t& c1, int64_t& ot0,
+          int64_t& ot1) const {
+    n = task / (chunks * blocks);
+    c0 = task / blocks % chunks * chunk;
+    c1 = std::min(g.C, c0 + chunk);
+    ot0 = task % blocks * per_block;
+    ot1 = std::min(g.OT, ot0 + per_block);
+    return c0 < c1 && ot0 < ot1;
+  }
+};
+
+// The output planes [lo, hi) within [ot0, ot1) whose T window holds input plane t.
+inline Cover fed_planes(int64_t t, const PoolGeometry& g, int64_t ot0, int64_t ot1) {
+  const Cover ct = covering(t, g.stride[0], g.pad[0], g.kernel[0], g.OT);
+  return {std::max(ct.lo, ot0), std::max(std::max(ct.lo, ot0), std::min(ct.hi, ot1))};
+}
+
 template <typename T>
 void max_forward_fold(const T* x, T* y, const PoolGeometry& g, int threads) {
   using A = typename Acc<T>::type;
   constexpr int L = Simd<A>::L;
   const int64_t C = g.C, kT = g.kernel[0], sT = g.stride[0];
-  const int64_t want = ceil_div(threads, g.N);
-  const int64_t chunks = std::min<int64_t>(want, std::max<int64_t>(1, C / (kBlock * L)));
-  const int64_t chunk = ceil_div(ceil_div(C, chunks), L) * L;
-  const int64_t blocks = std::min(g.OT, ceil_div(want, chunks));
-  const int64_t per_block = ceil_div(g.OT, blocks);
-  const int64_t tasks = g.N * chunks * blocks;
+  const FoldTasks tasks(g, threads, L);
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t task = 0; task < tasks; ++task) {
-    const int64_t n = task / (chunks * blocks), ci = task / blocks % chunks, bi = task % blocks;
-    const int64_t c0 = ci * chunk, c1 = std::min(C, c0 + chunk);
-    const int64_t ot0 = bi * per_block, ot1 = std::min(g.OT, ot0 + per_block);
-    if (ot0 >= ot1 || c0 >= c1) continue;
+  for (int64_t task = 0; task < tasks.count; ++task) {
+    int64_t n, c0, c1, ot0, ot1;
+    if (!tasks.at(task, g, n, c0, c1, ot0, ot1)) continue;
     const int64_t t_lo = window(ot0, sT, g.pad[0], kT, g.T).lo, t_hi = window(ot1 - 1, sT, g.pad[0], kT, g.T).hi;
     bool first[kMaxFolds];
     for (int64_t t = t_lo; t < t_hi; ++t) {
-      const Cover ct = covering(t, sT, g.pad[0], kT, g.OT);
-      const int64_t o_lo = std::max(ct.lo, ot0), o_hi = std::min(ct.hi, ot1);
-      const int nouts = static_cast<int>(std::max<int64_t>(o_hi - o_lo, 0));
+      const Cover fed = fed_planes(t, g, ot0, ot1);
+      const int64_t o_lo = fed.lo;
+      const int nouts = static_cast<int>(fed.hi - fed.lo);
       if (nouts == 0) continue;
       for (int j = 0; j < nouts; ++j) first[j] = t == window(o_lo + j, sT, g.pad[0], kT, g.T).lo;
       for (int64_t oh = 0; oh < g.OH; ++oh) {
@@ -480,8 +514,7 @@ void max_forward_fold(const T* x, T* y, const PoolGeometry& g, int threads) {
 template <typename T, bool kMax>
 void pool_forward(const T* x, T* y, const PoolGeometry& g, int threads) {
   if constexpr (kMax) {
-    if (g.kernel[0] > g.stride[0] && ceil_div(g.kernel[0], g.stride[0]) <= kMaxFolds)
-      return max_forward_fold<T>(x, y, g, threads);
+    if (use_fold(g)) return max_forward_fold<T>(x, y, g, threads);
   }
   forward_direct<T, kMax>(x, y, g, threads);
 }
@@ -489,17 +522,17 @@ void pool_forward(const T* x, T* y, const PoolGeometry& g, int threads) {
 // ---------------------------------------------------------------------------------------------
 // Backward.
 
-// Tap (flat (t, h, w) position in the unclipped window) of the first maximum of one output element;
-// a NaN is the maximum (the first NaN wins); a window of -inf only goes to its first real cell.
-template <typename T, typename I, int R, bool kFull>
-inline void argmax_exact(const T* x, I* idx, const Taps& k, int64_t C, int n, int64_t first_tap,
-                         int64_t kH, int64_t kW) {
+// First maximum of one window (R vectors of channels) and its tap: the flat (t, h, w) position in
+// the unclipped window, first_tap being that of the window's first real cell. A NaN is the maximum
+// (the first NaN wins); a window of -inf keeps its first real cell.
+template <typename T, int R, bool kFull>
+inline void argmax_exact(const T* x, const Taps& k, int64_t C, int n, int64_t first_tap, int64_t kH, int64_t kW,
+                         typename Simd<typename Acc<T>::type>::F (&best)[R],
+                         typename Simd<typename Acc<T>::type>::M (&where)[R]) {
   using A = typename Acc<T>::type;
   using F = typename Simd<A>::F;
   using M = typename Simd<A>::M;
   constexpr int L = Simd<A>::L;
-  F best[R];
-  M where[R];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     best[r] = splat<F>(-std::numeric_limits<A>::infinity());
@@ -520,21 +553,19 @@ inline void argmax_exact(const T* x, I* idx, const Taps& k, int64_t C, int n, in
         }
       }
     }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) store_index<A, kFull>(idx + r * L, where[r], n);
 }
 
 // Same result as argmax_exact with half the instructions per tap: NaNs are skipped by `v > best`
 // and detected by a running sum of the taps; blocks with a NaN sum are redone exactly.
-template <typename T, typename I, int R, bool kFull>
-inline void argmax_vectors(const T* x, I* idx, const Taps& k, int64_t C, int n, int64_t first_tap,
-                           int64_t kH, int64_t kW) {
+template <typename T, int R, bool kFull>
+inline void argmax_regs(const T* x, const Taps& k, int64_t C, int n, int64_t first_tap, int64_t kH, int64_t kW,
+                        typename Simd<typename Acc<T>::type>::F (&best)[R],
+                        typename Simd<typename Acc<T>::type>::M (&where)[R]) {
   using A = typename Acc<T>::type;
   using F = typename Simd<A>::F;
   using M = typename Simd<A>::M;
   constexpr int L = Simd<A>::L;
-  F best[R], sum[R];
-  M where[R];
+  F sum[R];
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) {
     best[r] = splat<F>(-std::numeric_limits<A>::infinity());
@@ -560,12 +591,53 @@ inline void argmax_vectors(const T* x, I* idx, const Taps& k, int64_t C, int n, 
   F nan = F{};
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) nan += sum[r];
-  if (__builtin_expect(any_nan(nan), 0)) {
-    argmax_exact<T, I, R, kFull>(x, idx, k, C, n, first_tap, kH, kW);
-    return;
-  }
+  if (__builtin_expect(any_nan(nan), 0)) argmax_exact<T, R, kFull>(x, k, C, n, first_tap, kH, kW, best, where);
+}
+
+template <typename T, typename I, int R, bool kFull>
+inline void argmax_vectors(const T* x, I* idx, const Taps& k, int64_t C, int n, int64_t first_tap,
+                           int64_t kH, int64_t kW) {
+  using A = typename Acc<T>::type;
+  constexpr int L = Simd<A>::L;
+  typename Simd<A>::F best[R];
+  typename Simd<A>::M where[R];
+  argmax_regs<T, R, kFull>(x, k, C, n, first_tap, kH, kW, best, where);
 #pragma GCC unroll 8
   for (int r = 0; r < R; ++r) store_index<A, kFull>(idx + r * L, where[r], n);
+}
+
+// Argmax of the (h, w) window of one input plane, folded into the outputs whose T window holds the
+// plane (in t order, like max_forward_fold): the first plane of a window stores its value and tap,
+// later planes replace them when strictly greater (or the first NaN). `vals` is scratch storage for
+// the running maxima (storage type: exact).
+template <typename T, typename I, int R, bool kFull>
+inline void fold_argmax_vectors(const T* x, T* const* vals, I* const* idx, const bool* first, const int64_t* tap_t,
+                                int nouts, const Taps& k, int64_t C, int n, int64_t first_tap, int64_t kH,
+                                int64_t kW) {
+  using A = typename Acc<T>::type;
+  using F = typename Simd<A>::F;
+  using M = typename Simd<A>::M;
+  constexpr int L = Simd<A>::L;
+  F best[R];
+  M where[R];
+  argmax_regs<T, R, kFull>(x, k, C, n, first_tap, kH, kW, best, where);
+  for (int j = 0; j < nouts; ++j) {
+    const M shift = splat<M>(tap_t[j]);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      F v = best[r];
+      M i = where[r] + shift;
+      if (!first[j]) {
+        const F old = load<A, kFull>(vals[j] + r * L, n);
+        const M old_i = load_index<A, kFull>(idx[j] + r * L, n);
+        const M take = (v > old) | ((v != v) & (old == old));
+        v = take ? v : old;
+        i = take ? i : old_i;
+      }
+      store<A, kFull>(vals[j] + r * L, v, n);
+      store_index<A, kFull>(idx[j] + r * L, i, n);
+    }
+  }
 }
 
 // The windows covering one input cell: counts per dimension, output element strides of T and H,
@@ -650,9 +722,56 @@ void pool_backward_impl(const T* grad_out, const T* x, T* grad_in, const PoolGeo
   }
   const Tasks out_tasks = split_tasks(g.N * g.OT * g.OH, C, threads, kBlock * L);
   const Tasks in_tasks = split_tasks(g.N * g.T * g.H, C, threads, kBlock * L);
+  const FoldTasks fold_tasks(g, threads, L);
+  const bool fold = kMax && use_fold(g);
+  // The fold keeps running maxima in storage type T: in grad_in (written only by the gather that
+  // follows) when the output is not larger than the input (large padding can make it larger).
+  const int64_t out_numel = g.N * g.OT * g.OH * g.OW * C;
+  std::unique_ptr<T[]> own_vals(fold && out_numel > g.N * g.T * g.H * g.W * C ? new T[out_numel] : nullptr);
+  T* vals = own_vals ? own_vals.get() : grad_in;
 #pragma omp parallel num_threads(threads)
   {
-    if constexpr (kMax) {
+    if (fold) {
+#pragma omp for schedule(static)
+      for (int64_t task = 0; task < fold_tasks.count; ++task) {
+        int64_t n, c0, c1, ot0, ot1;
+        if (!fold_tasks.at(task, g, n, c0, c1, ot0, ot1)) continue;
+        const int64_t t_lo = window(ot0, g.stride[0], g.pad[0], kT, g.T).lo;
+        const int64_t t_hi = window(ot1 - 1, g.stride[0], g.pad[0], kT, g.T).hi;
+        const int64_t plane = g.OH * g.OW * C;
+        bool first[kMaxFolds];
+        int64_t tap_t[kMaxFolds];
+        for (int64_t t = t_lo; t < t_hi; ++t) {
+          const Cover fed = fed_planes(t, g, ot0, ot1);
+          const int nouts = static_cast<int>(fed.hi - fed.lo);
+          for (int j = 0; j < nouts; ++j) {
+            const Span sj = window(fed.lo + j, g.stride[0], g.pad[0], kT, g.T);
+            first[j] = t == sj.lo;
+            tap_t[j] = (t - sj.start) * kH * kW;
+          }
+          for (int64_t oh = 0; oh < g.OH && nouts > 0; ++oh) {
+            const Span sh = window(oh, g.stride[1], g.pad[1], kH, g.H);
+            for (int64_t ow = 0; ow < g.OW; ++ow) {
+              const Span sw = window(ow, g.stride[2], g.pad[2], kW, g.W);
+              const Taps k{1, sh.hi - sh.lo, sw.hi - sw.lo, 0, g.W * C};
+              const int64_t first_tap = (sh.lo - sh.start) * kW + (sw.lo - sw.start);
+              const T* p = x + g.in_offset(n, t, sh.lo, sw.lo);
+              const int64_t o = g.out_offset(n, fed.lo, oh, ow);
+              channel_vectors<L>(c0, c1, [&](auto R, auto full, int64_t c, int lanes) {
+                T* v[kMaxFolds];
+                I* q[kMaxFolds];
+                for (int j = 0; j < nouts; ++j) {
+                  v[j] = vals + o + j * plane + c;
+                  q[j] = idx.get() + o + j * plane + c;
+                }
+                fold_argmax_vectors<T, I, decltype(R)::value, decltype(full)::value>(
+                    p + c, v, q, first, tap_t, nouts, k, C, lanes, first_tap, kH, kW);
+              });
+            }
+          }
+        }
+      }
+    } else if (kMax) {
 #pragma omp for schedule(static)
       for (int64_t task = 0; task < out_tasks.count; ++task) {
         const int64_t row = task / out_tasks.chunks;

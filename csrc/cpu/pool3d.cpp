@@ -267,7 +267,9 @@ inline Cover covering(int64_t i, int64_t stride, int64_t pad, int64_t kernel, in
 }
 
 // Work split: `rows` rows of C channels; when rows are few, rows x channel chunks (multiples of
-// `granule` lanes) so that every thread gets several tasks.
+// `granule` lanes) so that every thread gets several tasks. Tasks are handed out dynamically
+// (schedule(dynamic, 1)): on a shared machine a preempted thread delays only its current task, not a
+// static share of the work.
 struct Tasks {
   int64_t chunks, chunk, count;
 };
@@ -388,7 +390,7 @@ void forward_direct(const T* x, T* y, const PoolGeometry& g, int threads) {
   constexpr int L = Simd<A>::L;
   const int64_t C = g.C;
   const Tasks tasks = split_tasks(g.N * g.OT * g.OH, C, threads, kBlock * L);
-#pragma omp parallel for num_threads(threads) schedule(static)
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
   for (int64_t task = 0; task < tasks.count; ++task) {
     const int64_t row = task / tasks.chunks;
     const int64_t c0 = task % tasks.chunks * tasks.chunk, c1 = std::min(C, c0 + tasks.chunk);
@@ -411,10 +413,10 @@ void forward_direct(const T* x, T* y, const PoolGeometry& g, int threads) {
 // Max pooling whose windows overlap along T (kT > sT): each input plane t is max-pooled over (h, w)
 // once and folded into the (up to ceil(kT / sT)) output planes whose window holds it, in t order.
 // Scanning (h, w) first and t last picks the same first maximum as the direct (t, h, w) scan, with
-// about kH*kW*sT + 2*kT memory operations per output instead of kT*kH*kW, and each input plane is
-// read once. The output is the accumulator: the maximum of storage values is a storage value, so
-// fp16 / bf16 lose nothing. Tasks are (n, channel chunk, block of output planes); planes at block
-// edges are pooled by both blocks.
+// about kH*kW*sT + 2*kT memory operations per output instead of kT*kH*kW. The output is the
+// accumulator: the maximum of storage values is a storage value, so fp16 / bf16 lose nothing.
+// Tasks are output rows (n, oh) across all planes (split into channel chunks when few), so no
+// plane is pooled twice.
 
 // Max of the (h, w) window of one input plane (R vectors of channels), folded into the outputs whose
 // T window holds this plane: the first plane of a window stores, later ones merge.
@@ -443,35 +445,13 @@ inline bool use_fold(const PoolGeometry& g) {
   return g.kernel[0] > g.stride[0] && ceil_div(g.kernel[0], g.stride[0]) <= kMaxFolds;
 }
 
-// Tasks of the fold paths: (n, channel chunk, block of output planes). Channels are split (in whole
-// vectors) before planes, since planes at block edges are pooled twice.
-struct FoldTasks {
-  int64_t chunks, chunk, blocks, per_block, count;
-
-  FoldTasks(const PoolGeometry& g, int threads, int lanes) {
-    const int64_t want = ceil_div(threads, g.N);
-    chunks = std::min<int64_t>(want, std::max<int64_t>(1, g.C / (kBlock * lanes)));
-    chunk = ceil_div(ceil_div(g.C, chunks), lanes) * lanes;
-    blocks = std::min(g.OT, ceil_div(want, chunks));
-    per_block = ceil_div(g.OT, blocks);
-    count = g.N * chunks * blocks;
-  }
-  // Task -> n, channels [c0, c1), output planes [ot0, ot1); false when empty.
-  bool at(int64_t task, const PoolGeometry& g, int64_t& n, int64_t& c0, int64_t& c1, int64_t& ot0,
-          int64_t& ot1) const {
-    n = task / (chunks * blocks);
-    c0 = task / blocks % chunks * chunk;
-    c1 = std::min(g.C, c0 + chunk);
-    ot0 = task % blocks * per_block;
-    ot1 = std::min(g.OT, ot0 + per_block);
-    return c0 < c1 && ot0 < ot1;
-  }
+// The output planes [lo, lo + count) whose T window holds input plane t.
+struct Fed {
+  int64_t lo, count;
 };
-
-// The output planes [lo, hi) within [ot0, ot1) whose T window holds input plane t.
-inline Cover fed_planes(int64_t t, const PoolGeometry& g, int64_t ot0, int64_t ot1) {
+inline Fed fed_planes(int64_t t, const PoolGeometry& g) {
   const Cover ct = covering(t, g.stride[0], g.pad[0], g.kernel[0], g.OT);
-  return {std::max(ct.lo, ot0), std::max(std::max(ct.lo, ot0), std::min(ct.hi, ot1))};
+  return {ct.lo, std::max<int64_t>(ct.hi - ct.lo, 0)};
 }
 
 template <typename T>
@@ -479,33 +459,29 @@ void max_forward_fold(const T* x, T* y, const PoolGeometry& g, int threads) {
   using A = typename Acc<T>::type;
   constexpr int L = Simd<A>::L;
   const int64_t C = g.C, kT = g.kernel[0], sT = g.stride[0];
-  const FoldTasks tasks(g, threads, L);
-#pragma omp parallel for num_threads(threads) schedule(static)
+  const int64_t plane = g.OH * g.OW * C;
+  const Tasks tasks = split_tasks(g.N * g.OH, C, threads, L);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
   for (int64_t task = 0; task < tasks.count; ++task) {
-    int64_t n, c0, c1, ot0, ot1;
-    if (!tasks.at(task, g, n, c0, c1, ot0, ot1)) continue;
-    const int64_t t_lo = window(ot0, sT, g.pad[0], kT, g.T).lo, t_hi = window(ot1 - 1, sT, g.pad[0], kT, g.T).hi;
+    const int64_t row = task / tasks.chunks;
+    const int64_t c0 = task % tasks.chunks * tasks.chunk, c1 = std::min(C, c0 + tasks.chunk);
+    const int64_t n = row / g.OH, oh = row % g.OH;
+    const Span sh = window(oh, g.stride[1], g.pad[1], g.kernel[1], g.H);
     bool first[kMaxFolds];
-    for (int64_t t = t_lo; t < t_hi; ++t) {
-      const Cover fed = fed_planes(t, g, ot0, ot1);
-      const int64_t o_lo = fed.lo;
-      const int nouts = static_cast<int>(fed.hi - fed.lo);
-      if (nouts == 0) continue;
-      for (int j = 0; j < nouts; ++j) first[j] = t == window(o_lo + j, sT, g.pad[0], kT, g.T).lo;
-      for (int64_t oh = 0; oh < g.OH; ++oh) {
-        const Span sh = window(oh, g.stride[1], g.pad[1], g.kernel[1], g.H);
-        for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const Span sw = window(ow, g.stride[2], g.pad[2], g.kernel[2], g.W);
-          const Taps k{1, sh.hi - sh.lo, sw.hi - sw.lo, 0, g.W * C};
-          const T* p = x + g.in_offset(n, t, sh.lo, sw.lo);
-          T* q = y + g.out_offset(n, o_lo, oh, ow);
-          const int64_t plane = g.OH * g.OW * C;
-          channel_vectors<L>(c0, c1, [&](auto R, auto full, int64_t c, int lanes) {
-            T* outs[kMaxFolds];
-            for (int j = 0; j < nouts; ++j) outs[j] = q + j * plane + c;
-            fold_vectors<T, decltype(R)::value, decltype(full)::value>(p + c, outs, first, nouts, k, C, lanes);
-          });
-        }
+    for (int64_t t = 0; t < g.T; ++t) {
+      const Fed fed = fed_planes(t, g);
+      const int nouts = static_cast<int>(fed.count);
+      for (int j = 0; j < nouts; ++j) first[j] = t == window(fed.lo + j, sT, g.pad[0], kT, g.T).lo;
+      for (int64_t ow = 0; ow < g.OW && nouts > 0; ++ow) {
+        const Span sw = window(ow, g.stride[2], g.pad[2], g.kernel[2], g.W);
+        const Taps k{1, sh.hi - sh.lo, sw.hi - sw.lo, 0, g.W * C};
+        const T* p = x + g.in_offset(n, t, sh.lo, sw.lo);
+        T* q = y + g.out_offset(n, fed.lo, oh, ow);
+        channel_vectors<L>(c0, c1, [&](auto R, auto full, int64_t c, int lanes) {
+          T* outs[kMaxFolds];
+          for (int j = 0; j < nouts; ++j) outs[j] = q + j * plane + c;
+          fold_vectors<T, decltype(R)::value, decltype(full)::value>(p + c, outs, first, nouts, k, C, lanes);
+        });
       }
     }
   }
@@ -722,7 +698,7 @@ void pool_backward_impl(const T* grad_out, const T* x, T* grad_in, const PoolGeo
   }
   const Tasks out_tasks = split_tasks(g.N * g.OT * g.OH, C, threads, kBlock * L);
   const Tasks in_tasks = split_tasks(g.N * g.T * g.H, C, threads, kBlock * L);
-  const FoldTasks fold_tasks(g, threads, L);
+  const Tasks fold_tasks = split_tasks(g.N * g.OH, C, threads, L);
   const bool fold = kMax && use_fold(g);
   // The fold keeps running maxima in storage type T: in grad_in (written only by the gather that
   // follows) when the output is not larger than the input (large padding can make it larger).
@@ -732,47 +708,45 @@ void pool_backward_impl(const T* grad_out, const T* x, T* grad_in, const PoolGeo
 #pragma omp parallel num_threads(threads)
   {
     if (fold) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
       for (int64_t task = 0; task < fold_tasks.count; ++task) {
-        int64_t n, c0, c1, ot0, ot1;
-        if (!fold_tasks.at(task, g, n, c0, c1, ot0, ot1)) continue;
-        const int64_t t_lo = window(ot0, g.stride[0], g.pad[0], kT, g.T).lo;
-        const int64_t t_hi = window(ot1 - 1, g.stride[0], g.pad[0], kT, g.T).hi;
+        const int64_t row = task / fold_tasks.chunks;
+        const int64_t c0 = task % fold_tasks.chunks * fold_tasks.chunk;
+        const int64_t c1 = std::min(C, c0 + fold_tasks.chunk);
+        const int64_t n = row / g.OH, oh = row % g.OH;
+        const Span sh = window(oh, g.stride[1], g.pad[1], kH, g.H);
         const int64_t plane = g.OH * g.OW * C;
         bool first[kMaxFolds];
         int64_t tap_t[kMaxFolds];
-        for (int64_t t = t_lo; t < t_hi; ++t) {
-          const Cover fed = fed_planes(t, g, ot0, ot1);
-          const int nouts = static_cast<int>(fed.hi - fed.lo);
+        for (int64_t t = 0; t < g.T; ++t) {
+          const Fed fed = fed_planes(t, g);
+          const int nouts = static_cast<int>(fed.count);
           for (int j = 0; j < nouts; ++j) {
             const Span sj = window(fed.lo + j, g.stride[0], g.pad[0], kT, g.T);
             first[j] = t == sj.lo;
             tap_t[j] = (t - sj.start) * kH * kW;
           }
-          for (int64_t oh = 0; oh < g.OH && nouts > 0; ++oh) {
-            const Span sh = window(oh, g.stride[1], g.pad[1], kH, g.H);
-            for (int64_t ow = 0; ow < g.OW; ++ow) {
-              const Span sw = window(ow, g.stride[2], g.pad[2], kW, g.W);
-              const Taps k{1, sh.hi - sh.lo, sw.hi - sw.lo, 0, g.W * C};
-              const int64_t first_tap = (sh.lo - sh.start) * kW + (sw.lo - sw.start);
-              const T* p = x + g.in_offset(n, t, sh.lo, sw.lo);
-              const int64_t o = g.out_offset(n, fed.lo, oh, ow);
-              channel_vectors<L>(c0, c1, [&](auto R, auto full, int64_t c, int lanes) {
-                T* v[kMaxFolds];
-                I* q[kMaxFolds];
-                for (int j = 0; j < nouts; ++j) {
-                  v[j] = vals + o + j * plane + c;
-                  q[j] = idx.get() + o + j * plane + c;
-                }
-                fold_argmax_vectors<T, I, decltype(R)::value, decltype(full)::value>(
-                    p + c, v, q, first, tap_t, nouts, k, C, lanes, first_tap, kH, kW);
-              });
-            }
+          for (int64_t ow = 0; ow < g.OW && nouts > 0; ++ow) {
+            const Span sw = window(ow, g.stride[2], g.pad[2], kW, g.W);
+            const Taps k{1, sh.hi - sh.lo, sw.hi - sw.lo, 0, g.W * C};
+            const int64_t first_tap = (sh.lo - sh.start) * kW + (sw.lo - sw.start);
+            const T* p = x + g.in_offset(n, t, sh.lo, sw.lo);
+            const int64_t o = g.out_offset(n, fed.lo, oh, ow);
+            channel_vectors<L>(c0, c1, [&](auto R, auto full, int64_t c, int lanes) {
+              T* v[kMaxFolds];
+              I* q[kMaxFolds];
+              for (int j = 0; j < nouts; ++j) {
+                v[j] = vals + o + j * plane + c;
+                q[j] = idx.get() + o + j * plane + c;
+              }
+              fold_argmax_vectors<T, I, decltype(R)::value, decltype(full)::value>(
+                  p + c, v, q, first, tap_t, nouts, k, C, lanes, first_tap, kH, kW);
+            });
           }
         }
       }
     } else if (kMax) {
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
       for (int64_t task = 0; task < out_tasks.count; ++task) {
         const int64_t row = task / out_tasks.chunks;
         const int64_t c0 = task % out_tasks.chunks * out_tasks.chunk, c1 = std::min(C, c0 + out_tasks.chunk);
@@ -793,7 +767,7 @@ void pool_backward_impl(const T* grad_out, const T* x, T* grad_in, const PoolGeo
       }
     }  // implicit barrier: every index is written before the gather reads it
 
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < in_tasks.count; ++task) {
       const int64_t row = task / in_tasks.chunks;
       const int64_t c0 = task % in_tasks.chunks * in_tasks.chunk, c1 = std::min(C, c0 + in_tasks.chunk);

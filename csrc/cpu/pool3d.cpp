@@ -810,6 +810,17 @@ void pool_backward(const T* grad_out, const T* x, T* grad_in, const PoolGeometry
 // ---------------------------------------------------------------------------------------------
 // Python entry points.
 
+// Threads worth waking for `work` (tap visits): small problems run on the calling thread, since
+// waking a sleeping OpenMP team costs more than they take.
+int worth_threads(int threads, int64_t work) {
+  constexpr int64_t kGrain = 1 << 16;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(threads, work / kGrain)));
+}
+
+int64_t tap_visits(const PoolGeometry& g) {
+  return g.N * g.OT * g.OH * g.OW * g.C * g.kernel[0] * g.kernel[1] * g.kernel[2];
+}
+
 PoolGeometry make_geometry(const std::array<int64_t, 5>& in_ndhwc, const Int3& out_dhw,
                            const Int3& kernel, const Int3& stride, const Int3& pad) {
   return PoolGeometry{in_ndhwc[0], in_ndhwc[1], in_ndhwc[2], in_ndhwc[3], in_ndhwc[4],
@@ -823,6 +834,7 @@ void pool3d_forward(const std::string& mode, uintptr_t x, uintptr_t y, const std
   const PoolGeometry g = make_geometry(in_ndhwc, out_dhw, kernel, stride, pad);
   const bool is_max = mode == "max";
   if (!is_max && mode != "avg") throw std::invalid_argument("pool3d: mode must be 'max' or 'avg'");
+  threads = worth_threads(threads, tap_visits(g));
   py::gil_scoped_release release;
   dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
@@ -840,6 +852,7 @@ void pool3d_backward(const std::string& mode, uintptr_t grad_out, uintptr_t x, u
   const PoolGeometry g = make_geometry(in_ndhwc, out_dhw, kernel, stride, pad);
   const bool is_max = mode == "max";
   if (!is_max && mode != "avg") throw std::invalid_argument("pool3d: mode must be 'max' or 'avg'");
+  threads = worth_threads(threads, 2 * tap_visits(g));
   py::gil_scoped_release release;
   dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);

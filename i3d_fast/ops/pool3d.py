@@ -89,8 +89,8 @@ def pool3d_backward_op(grad_out: torch.Tensor, x: Optional[torch.Tensor], input_
     impl = _impl(backend, grad_out, mode)
     if grad_out.numel() == 0:
         return grad_out.new_zeros(input_shape).contiguous(memory_format=torch.channels_last_3d)
-    return impl.pool3d_backward(grad_out, x, tuple(input_shape), mode, tuple(kernel),
-                                                    tuple(stride), nested_pads(pads))
+    return impl.pool3d_backward(grad_out, x, tuple(input_shape), mode, tuple(kernel), tuple(stride),
+                                nested_pads(pads))
 
 
 @pool3d_backward_op.register_fake
@@ -152,7 +152,8 @@ def max_pool3d(x: torch.Tensor, kernel_size: Union[int, Sequence[int]], stride: 
         backend: "auto", "triton", "cpu", "aten" or "reference".
     Returns:
         Tensor[N, C, T', H', W'] in channels_last_3d memory. Ties and NaNs: the gradient goes to the
-        first maximum in (t, h, w) order; a NaN in a window is its maximum.
+        first maximum in (t, h, w) order among real cells (a window of -inf sends it to its first real
+        cell); a NaN in a window is its maximum.
     """
     return _pool(x, "max", kernel_size, stride, padding, backend, "max_pool3d")
 

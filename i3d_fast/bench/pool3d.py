@@ -13,6 +13,7 @@ CPU rows are fp32; GPU rows bf16 (ATen without cuDNN), "not measured" when there
 """
 from __future__ import annotations
 
+import time
 from typing import Callable, List
 
 import torch
@@ -73,7 +74,23 @@ def _case_rows(case: str, timings, note_ours: str = "") -> List[Row]:
     return rows
 
 
-def _measure_case(x, name, kernel, stride, padding, repeat, device) -> List[Row]:
+def _measure(fn: Callable[[], object], quick: bool, device: str):
+    """Median of enough runs to survive a busy machine: at least 9 (3 with --quick), more for fast
+    cases (up to 101, about 0.3 s of runs), since one preempted run of two threads can cost a
+    scheduler tick (~4-8 ms), more than a whole fast case."""
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+    fn()
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    once = max(time.perf_counter() - start, 1e-6)
+    floor = 3 if quick else 9
+    repeat = max(floor, min(101, int((0.05 if quick else 0.3) / once)))
+    return measure(fn, repeat, warmup=0, device=device)
+
+
+def _measure_case(x, name, kernel, stride, padding, quick, device) -> List[Row]:
     is_avg = name.startswith("Logits")
     ours = avg_pool3d if is_avg else max_pool3d
     aten_kernel = F.avg_pool3d if is_avg else F.max_pool3d
@@ -88,10 +105,10 @@ def _measure_case(x, name, kernel, stride, padding, repeat, device) -> List[Row]
         providers[KERNEL_ALONE] = lambda t: aten_kernel(t, kernel, stride)
     order = [BASELINE, KERNEL_ALONE, OURS]
     with torch.no_grad():
-        timings = {p: measure(lambda f=providers[p]: f(x), repeat, device=device) for p in order if p in providers}
+        timings = {p: _measure(lambda f=providers[p]: f(x), quick, device) for p in order if p in providers}
     rows += _case_rows(f"{shape} fwd {precision}", timings)
     steps = {p: _fwd_bwd(providers[p], x) for p in order if p in providers}
-    timings = {p: measure(steps[p], repeat, device=device) for p in order if p in steps}
+    timings = {p: _measure(steps[p], quick, device) for p in order if p in steps}
     note = "backward recomputes the argmax (no int64 indices)" if not is_avg else ""
     rows += _case_rows(f"{shape} fwd+bwd {precision}", timings, note)
     return rows
@@ -100,17 +117,16 @@ def _measure_case(x, name, kernel, stride, padding, repeat, device) -> List[Row]
 def run(quick: bool = False, device: str = "cpu") -> List[Row]:
     """CPU: fp32 rows measured, GPU rows "not measured". CUDA: bf16 rows measured (ATen without cuDNN)."""
     rows: List[Row] = []
-    repeat = 3 if quick else 9
     for name, shape, kernel, stride, padding in I3D_POOLS:
         shape = _shape(shape, kernel, quick)
         if device == "cpu":
             x = torch.randn(shape).contiguous(memory_format=torch.channels_last_3d)
-            rows += _measure_case(x, name, kernel, stride, padding, repeat, device)
+            rows += _measure_case(x, name, kernel, stride, padding, quick, device)
         else:
             x = torch.randn(shape, device=device, dtype=torch.bfloat16).contiguous(
                 memory_format=torch.channels_last_3d)
             with torch.backends.cudnn.flags(enabled=False):
-                rows += _measure_case(x, name, kernel, stride, padding, repeat, device)
+                rows += _measure_case(x, name, kernel, stride, padding, quick, device)
     if device == "cpu":
         why = "not measured (no GPU)" if not torch.cuda.is_available() else "not measured (--cpu)"
         for name, shape, kernel, stride, padding in I3D_POOLS:

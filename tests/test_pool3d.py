@@ -108,7 +108,7 @@ def test_cpu_gradcheck_float64(backend):
 
 def test_opcheck():
     x = torch.randn(2, 3, 4, 5, 6, requires_grad=True)
-    for mode, backend in itertools.product(("max", "avg"), ("cpu", "reference")):
+    for mode, backend in itertools.product(("max", "avg"), ("cpu", "reference", "triton")):
         torch.library.opcheck(torch.ops.i3d_fast.pool3d.default,
                               (x, mode, [3, 3, 3], [2, 1, 2], [1, 1, 0, 2, 1, 1], backend))
 
@@ -128,11 +128,40 @@ def test_torch_compile_traces_the_custom_op():
 
 @pytest.mark.parametrize("bad, message", [
     (torch.randn(2, 3, 4, 5), "5-D"),
+    (torch.randn(1, 2, 3, 4, 5, 6), "5-D"),
+    (torch.randn(5), "5-D"),
     (torch.randint(0, 5, (1, 1, 4, 4, 4)), "floating-point"),
+    (torch.zeros(1, 1, 4, 4, 4, dtype=torch.bool), "floating-point"),
+    (torch.zeros(1, 1, 4, 4, 4, dtype=torch.complex64), "floating-point"),
+    (torch.zeros(1, 1, 0, 4, 4), "empty along T"),
+    ([[1.0]], "Tensor"),
 ])
-def test_bad_inputs_raise_clear_errors(bad, message):
+@pytest.mark.parametrize("op", [max_pool3d, avg_pool3d])
+def test_bad_inputs_raise_clear_errors(op, bad, message):
     with pytest.raises((ValueError, TypeError), match=message):
-        max_pool3d(bad, 3, 2)
+        op(bad, 3, 2, "same")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"kernel_size": 0}, "kernel_size"),
+    ({"kernel_size": (3, 3)}, "kernel_size"),
+    ({"kernel_size": 3, "stride": (1, 0, 1)}, "stride"),
+    ({"kernel_size": 3, "padding": "full"}, "padding"),
+    ({"kernel_size": 3, "padding": (1, -1, 0)}, "padding"),
+])
+def test_bad_arguments_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        max_pool3d(torch.randn(1, 2, 4, 4, 4), **kwargs)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS + ["reference"])
+def test_empty_batch_or_channels(backend):
+    for shape in ((0, 3, 4, 5, 6), (2, 0, 4, 5, 6)):
+        x = torch.randn(shape, requires_grad=True)
+        y = max_pool3d(x, 3, 2, "same", backend=backend)
+        assert y.shape == shape[:2] + (2, 3, 3)
+        y.sum().backward()
+        assert x.grad.shape == shape
 
 
 def test_kernel_larger_than_padded_input():
@@ -142,10 +171,115 @@ def test_kernel_larger_than_padded_input():
         max_pool3d(torch.randn(1, 1, 4, 5, 5), 2, 1, 2)
 
 
-def test_non_contiguous_input_gives_the_right_result():
-    x = torch.randn(2, 6, 7, 8, 9, dtype=torch.float64)[:, ::2, :, 1:, ::2]
-    assert not x.is_contiguous()
-    torch.testing.assert_close(max_pool3d(x, 3, 2, backend="cpu"), max_pool3d(x, 3, 2, backend="reference"))
+def _strided_views():
+    base = torch.randn(2, 6, 7, 8, 9, dtype=torch.float64)
+    cl = base.contiguous(memory_format=torch.channels_last_3d)
+    return {
+        "sliced": base[:, ::2, :, 1:, ::2],
+        "channels_last_sliced": cl[:, 1:, ::2, :, 1::2],  # channels-last memory, odd strides
+        "expanded": torch.randn(1, 3, 1, 6, 1, dtype=torch.float64).expand(2, 3, 5, 6, 7),  # zero strides
+        "permuted": torch.randn(2, 7, 8, 4, 5, dtype=torch.float64).permute(0, 3, 4, 1, 2),
+        "negative_values_channels_last_contiguous": cl - 3.0,
+    }
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("view", sorted(_strided_views()))
+@pytest.mark.parametrize("op", [max_pool3d, avg_pool3d])
+def test_non_contiguous_input_gives_the_right_result(op, view, backend):
+    x = _strided_views()[view]
+    expected = op(x, 3, 2, "same", backend="reference")
+    torch.testing.assert_close(op(x, 3, 2, "same", backend=backend), expected, rtol=1e-12, atol=1e-12)
+    grad_out = torch.randn_like(expected)[..., ::1].transpose(2, 4).contiguous().transpose(2, 4)  # odd strides
+    grads = []
+    for b in ("reference", backend):
+        leaf = x.detach().clone().requires_grad_(True)
+        op(leaf, 3, 2, "same", backend=b).backward(grad_out)
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)
+
+
+# Channel counts hitting every vector path of the C++ kernels: for float32 (16 lanes) 213 = 8 x 16
+# (block of 8) + 4 x 16 (block of 4) + 16 (single) + 5 (partial); float64 has 8 lanes.
+WIDE_CONFIGS = [
+    ((3, 3, 3), (1, 1, 1), "same"),   # overlapping T windows: the plane path
+    ((3, 3, 3), (2, 2, 2), "same"),   # plane path, strided
+    ((1, 3, 3), (1, 2, 2), "same"),   # direct path
+    ((2, 2, 2), (2, 2, 2), "same"),   # direct, kT == sT
+    ((3, 2, 3), (2, 1, 3), ((1, 2), (0, 1), (2, 0))),
+    ((1, 1, 1), (2, 3, 2), "valid"),  # stride > kernel: some input cells get no gradient
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel, stride, padding", WIDE_CONFIGS)
+@pytest.mark.parametrize("op", [max_pool3d, avg_pool3d])
+def test_cpu_vector_paths_match_reference(op, kernel, stride, padding, dtype):
+    x = _input((2, 213, 5, 6, 7), dtype=dtype)
+    expected = op(x.double(), kernel, stride, padding, backend="reference")
+    actual = op(x, kernel, stride, padding, backend="cpu")
+    tol = 1e-12 if dtype == torch.float64 else 1e-6
+    if op is max_pool3d:
+        assert torch.equal(actual.double(), expected)
+    else:
+        torch.testing.assert_close(actual.double(), expected, rtol=tol, atol=tol)
+    grad_out = torch.randn(expected.shape, dtype=dtype)
+    grads = []
+    for b, t in (("reference", x.double()), ("cpu", x)):
+        leaf = t.clone().requires_grad_(True)
+        op(leaf, kernel, stride, padding, backend=b).backward(grad_out.to(t.dtype))
+        grads.append(leaf.grad.double())
+    torch.testing.assert_close(grads[1], grads[0], rtol=tol, atol=tol)
+
+
+def test_cpu_large_window_uses_wide_tap_index():
+    x = _input((1, 21, 2, 13, 12))  # kernel of 2 x 12 x 12 = 288 taps: int32 tap indices
+    grads = []
+    for b in ("reference", "cpu"):
+        leaf = x.clone().requires_grad_(True)
+        y = max_pool3d(leaf, (2, 12, 12), 1, "valid", backend=b)
+        y.backward(torch.arange(y.numel(), dtype=y.dtype).reshape(y.shape))
+        grads.append(leaf.grad)
+    assert torch.equal(grads[1], grads[0])
+
+
+def _nasty(shape, dtype=torch.float64):
+    """Values with ties, +-inf and NaN, placed so that windows of every path meet them."""
+    x = torch.randint(-3, 3, shape).to(dtype)  # many ties
+    flat = x.view(-1)
+    n = flat.numel()
+    flat[torch.randperm(n)[: n // 40]] = float("inf")
+    flat[torch.randperm(n)[: n // 40]] = float("-inf")
+    flat[torch.randperm(n)[: n // 60]] = float("nan")
+    return x
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("kernel, stride, padding", WIDE_CONFIGS[:4])
+def test_cpu_max_ties_nan_and_inf_match_reference(kernel, stride, padding, dtype):
+    x = _nasty((2, 37, 5, 6, 7), dtype)
+    expected = max_pool3d(x.double(), kernel, stride, padding, backend="reference")
+    actual = max_pool3d(x, kernel, stride, padding, backend="cpu")
+    torch.testing.assert_close(actual.double(), expected, rtol=0, atol=0, equal_nan=True)
+    assert torch.isnan(expected).any() and torch.isinf(expected).any()
+    grad_out = torch.randn(expected.shape, dtype=dtype)
+    grads = []
+    for b, t in (("reference", x.double()), ("cpu", x)):
+        leaf = t.clone().requires_grad_(True)
+        max_pool3d(leaf, kernel, stride, padding, backend=b).backward(grad_out.to(t.dtype))
+        grads.append(leaf.grad.double())
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_all_minus_inf_window_sends_its_gradient_to_its_first_real_cell(backend):
+    x = torch.full((1, 20, 1, 3, 3), float("-inf"), dtype=torch.float64, requires_grad=True)
+    max_pool3d(x, (1, 3, 3), 2, "same", backend=backend).sum().backward()
+    # SAME pads (1, 1) along H and W: the windows cover rows/cols [-1, 2) and [1, 4), so their first
+    # real cells are 0 and 1 (never a padded cell, where the gradient would be lost)
+    expected = torch.zeros_like(x)
+    expected[..., :2, :2] = 1
+    assert torch.equal(x.grad, expected)
 
 
 def test_no_backend_error_names_every_backend_and_reason():
@@ -157,5 +291,42 @@ def test_no_backend_error_names_every_backend_and_reason():
     text = str(info.value)
     for name in ("cpu", "aten", "reference"):
         assert f"  {name}: supports" in text
+    assert "  triton: runs CPU tensors (interpreted) only when requested" in text
     with pytest.raises(ValueError, match="unknown backend"):
         max_pool3d(torch.randn(1, 1, 4, 4, 4), 2, backend="cudnn")
+
+
+@pytest.mark.parametrize("threads", [1, 3, 4])
+def test_cpu_work_splits_match_reference(threads):
+    """Thread counts that split the work into channel chunks and blocks of output planes."""
+    x = _nasty((1, 300, 7, 5, 6), torch.float32)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for kernel, stride, padding in WIDE_CONFIGS:
+            for op in (max_pool3d, avg_pool3d):
+                expected = op(x.double(), kernel, stride, padding, backend="reference")
+                actual = op(x, kernel, stride, padding, backend="cpu")
+                torch.testing.assert_close(actual.double(), expected, rtol=1e-6, atol=1e-6, equal_nan=True)
+                leaf = x.clone().requires_grad_(True)
+                op(leaf, kernel, stride, padding, backend="cpu").backward(torch.ones_like(actual))
+                ref = x.double().requires_grad_(True)
+                op(ref, kernel, stride, padding, backend="reference").backward(torch.ones_like(expected))
+                torch.testing.assert_close(leaf.grad.double(), ref.grad, rtol=1e-6, atol=1e-6, equal_nan=True)
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.parametrize("op", [max_pool3d, avg_pool3d])
+def test_cpu_output_larger_than_input(op):
+    """Padding of k - 1 on both sides: more outputs than inputs (the max backward's scratch)."""
+    x = _input((2, 37, 2, 2, 3))
+    expected = op(x, 3, 1, 2, backend="reference")
+    torch.testing.assert_close(op(x, 3, 1, 2, backend="cpu"), expected, rtol=1e-12, atol=1e-12)
+    grad_out = torch.randn_like(expected)
+    grads = []
+    for b in ("reference", "cpu"):
+        leaf = x.clone().requires_grad_(True)
+        op(leaf, 3, 1, 2, backend=b).backward(grad_out)
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)

@@ -1,12 +1,26 @@
-"""Pooling benchmarks: every pooling shape of I3D at 64x224x224, ours vs ATen, channels_last_3d."""
+"""Pooling benchmarks: every pooling shape of I3D at 64x224x224, ours vs ATen, channels_last_3d.
+
+For every shape, forward and forward+backward, side by side in one run:
+  - "ATen" (the baseline): the same result from stock ATen. SAME max pooling needs an explicit
+    -inf pad before ``max_pool3d``; forward+backward is plain autograd through pad + pool (ATen
+    keeps an int64 index tensor for the backward).
+  - "ATen kernel alone (VALID, less output)": ``max_pool3d`` / ``avg_pool3d`` without the pad: a
+    smaller output and not the SAME result, shown so the pad's cost is visible.
+  - "i3d_fast": ``max_pool3d`` / ``avg_pool3d`` with backend "auto" (C++ on the CPU, Triton on CUDA);
+    its backward recomputes the argmax from the saved input. Its note gives the speedup over the
+    kernel alone too.
+CPU rows are fp32; GPU rows bf16 (ATen without cuDNN), "not measured" when there is no GPU.
+"""
 from __future__ import annotations
 
-from typing import List
+import time
+from typing import Callable, List
 
 import torch
 import torch.nn.functional as F
 
 from ..ops import avg_pool3d, max_pool3d
+from ..ops.padding import resolve_padding
 from .report import Row
 from .timing import measure
 
@@ -22,25 +36,104 @@ I3D_POOLS = (
     ("Logits.avg_pool", (1, 1024, 8, 7, 7), (2, 7, 7), (1, 1, 1), "valid"),
 )
 
+BASELINE = "ATen"
+KERNEL_ALONE = "ATen kernel alone (VALID, less output)"
+OURS = "i3d_fast"
+
+
+def _aten_same(x: torch.Tensor, is_avg: bool, kernel, stride, padding) -> torch.Tensor:
+    """Stock ATen giving our result: -inf pad + max_pool3d (SAME), or avg_pool3d (VALID)."""
+    if is_avg:
+        if padding != "valid":
+            raise ValueError("the ATen baseline covers VALID average pooling only (I3D's head)")
+        return F.avg_pool3d(x, kernel, stride)
+    (t0, t1), (h0, h1), (w0, w1) = resolve_padding(x.shape[2:], kernel, stride, padding)
+    return F.max_pool3d(F.pad(x, (w0, w1, h0, h1, t0, t1), value=float("-inf")), kernel, stride)
+
+
+def _fwd_bwd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], object]:
+    """forward + backward w.r.t. x with a fixed upstream gradient (torch.autograd.grad: no accumulation)."""
+    leaf = x.detach().requires_grad_(True)
+    with torch.no_grad():
+        grad = torch.randn_like(forward(leaf))
+    return lambda: torch.autograd.grad(forward(leaf), leaf, grad)
+
+
+def _shape(shape, kernel, quick: bool):
+    return shape[:2] + (max(shape[2] // 4, kernel[0]),) + shape[3:] if quick else shape
+
+
+def _case_rows(case: str, timings, note_ours: str = "") -> List[Row]:
+    """Rows for one case from {provider: Timing}; our row also gives the speedup over the kernel alone."""
+    rows = [Row("pool3d", case, BASELINE, timings[BASELINE], baseline=True)]
+    extra = {}
+    if KERNEL_ALONE in timings:
+        rows.append(Row("pool3d", case, KERNEL_ALONE, timings[KERNEL_ALONE]))
+        extra["speedup vs kernel alone"] = round(timings[KERNEL_ALONE].median_ms / timings[OURS].median_ms, 2)
+    rows.append(Row("pool3d", case, OURS, timings[OURS], note=note_ours, extra=extra))
+    return rows
+
+
+def _measure(fn: Callable[[], object], quick: bool, device: str):
+    """Median of enough runs to survive a busy machine: at least 9 (3 with --quick), more for fast
+    cases (up to 101, about 0.3 s of runs), since one preempted run of two threads can cost a
+    scheduler tick (~4-8 ms), more than a whole fast case."""
+    sync = torch.cuda.synchronize if device != "cpu" else (lambda: None)
+    fn()
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    once = max(time.perf_counter() - start, 1e-6)
+    floor = 3 if quick else 9
+    repeat = max(floor, min(101, int((0.05 if quick else 0.3) / once)))
+    return measure(fn, repeat, warmup=0, device=device)
+
+
+def _measure_case(x, name, kernel, stride, padding, quick, device) -> List[Row]:
+    is_avg = name.startswith("Logits")
+    ours = avg_pool3d if is_avg else max_pool3d
+    aten_kernel = F.avg_pool3d if is_avg else F.max_pool3d
+    precision = str(x.dtype).replace("torch.", "").replace("float", "fp").replace("bfp16", "bf16")
+    shape = f"{name} {list(x.shape)} k{kernel} s{stride} {padding.upper()}"
+    rows: List[Row] = []
+    providers = {
+        BASELINE: lambda t: _aten_same(t, is_avg, kernel, stride, padding),
+        OURS: lambda t: ours(t, kernel, stride, padding),
+    }
+    if padding == "same":
+        providers[KERNEL_ALONE] = lambda t: aten_kernel(t, kernel, stride)
+    order = [BASELINE, KERNEL_ALONE, OURS]
+    with torch.no_grad():
+        timings = {p: _measure(lambda f=providers[p]: f(x), quick, device) for p in order if p in providers}
+    rows += _case_rows(f"{shape} fwd {precision}", timings)
+    steps = {p: _fwd_bwd(providers[p], x) for p in order if p in providers}
+    timings = {p: _measure(steps[p], quick, device) for p in order if p in steps}
+    note = "backward recomputes the argmax (no int64 indices)" if not is_avg else ""
+    rows += _case_rows(f"{shape} fwd+bwd {precision}", timings, note)
+    return rows
+
 
 def run(quick: bool = False, device: str = "cpu") -> List[Row]:
+    """CPU: fp32 rows measured, GPU rows "not measured". CUDA: bf16 rows measured (ATen without cuDNN)."""
     rows: List[Row] = []
-    repeat = 3 if quick else 9
     for name, shape, kernel, stride, padding in I3D_POOLS:
-        if quick:
-            shape = shape[:2] + (max(shape[2] // 4, kernel[0]),) + shape[3:]
-        x = torch.randn(shape, device=device).contiguous(memory_format=torch.channels_last_3d)
-        is_avg = name.startswith("Logits")
-        ours = avg_pool3d if is_avg else max_pool3d
-        aten = F.avg_pool3d if is_avg else F.max_pool3d
-        case = f"{name} {list(shape)} k{kernel} s{stride} {padding.upper()} fwd fp32"
-        with torch.no_grad():
-            # Baseline: what the same result costs with ATen (SAME max pooling needs a -inf pad first).
-            rows.append(Row("pool3d", case, "ATen", measure(lambda: ours(x, kernel, stride, padding, backend="aten"),
-                                                            repeat, device=device), baseline=True))
-            if padding == "same":
-                rows.append(Row("pool3d", case, "ATen kernel alone (VALID, less output)",
-                                measure(lambda: aten(x, kernel, stride), repeat, device=device)))
-            rows.append(Row("pool3d", case, "i3d_fast", measure(lambda: ours(x, kernel, stride, padding), repeat,
-                                                                  device=device)))
+        shape = _shape(shape, kernel, quick)
+        if device == "cpu":
+            x = torch.randn(shape).contiguous(memory_format=torch.channels_last_3d)
+            rows += _measure_case(x, name, kernel, stride, padding, quick, device)
+        else:
+            x = torch.randn(shape, device=device, dtype=torch.bfloat16).contiguous(
+                memory_format=torch.channels_last_3d)
+            with torch.backends.cudnn.flags(enabled=False):
+                rows += _measure_case(x, name, kernel, stride, padding, quick, device)
+    if device == "cpu":
+        why = "not measured (no GPU)" if not torch.cuda.is_available() else "not measured (--cpu)"
+        for name, shape, kernel, stride, padding in I3D_POOLS:
+            shape = _shape(shape, kernel, quick)
+            for step in ("fwd", "fwd+bwd"):
+                case = f"{name} {list(shape)} k{kernel} s{stride} {padding.upper()} {step} bf16 GPU"
+                for provider in (BASELINE, OURS + " (Triton)"):
+                    rows.append(Row("pool3d", case, provider, None, baseline=provider == BASELINE, note=why))
     return rows
+

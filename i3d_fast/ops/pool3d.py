@@ -1,8 +1,9 @@
 """3D max and average pooling: TF "SAME", "VALID" or explicit padding, padded cells ignored.
 
 One custom op ``i3d_fast::pool3d`` (and its backward) serves both modes on every backend:
-``cpu`` (C++), ``aten`` (stock ATen ops: the baseline and the fallback on other devices) and
-``reference`` (plain PyTorch windows, float64-capable: the test oracle).
+``triton`` (CUDA; CPU tensors only through TRITON_INTERPRET=1 when asked for by name), ``cpu``
+(C++), ``aten`` (stock ATen ops: the baseline and the fallback on other devices) and ``reference``
+(plain PyTorch windows, float64-capable: the test oracle).
 Inputs are ``Tensor[N, C, T, H, W]`` in any memory format; outputs are channels_last_3d.
 """
 from __future__ import annotations
@@ -19,6 +20,14 @@ from . import dispatch
 from .padding import PaddingArg, Pads, flat_pads, nested_pads, output_size, resolve_padding, triple
 
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+TRITON_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _reject_triton(x: torch.Tensor, mode: str, explicit: bool) -> Optional[str]:
+    why = dispatch.reject_unless_triton_device(x, explicit) or dispatch.reject_dtype(x, TRITON_FLOATS)
+    if why is None and x.numel() // max(x.shape[1], 1) >= 2**31:
+        why = f"indexes cells (N*T*H*W) in int32; got {x.numel() // x.shape[1]} cells"
+    return why
 
 
 def _reject_reference(x: torch.Tensor, mode: str, explicit: bool) -> Optional[str]:
@@ -35,7 +44,14 @@ def _reject_cpu(x: torch.Tensor, mode: str, explicit: bool) -> Optional[str]:
     return cpu_kernels.reject_unless_available(x) or dispatch.reject_dtype(x, FLOATS)
 
 
+def _triton_impl():
+    from ..kernels.triton import pool3d as triton_pool3d
+
+    return triton_pool3d
+
+
 BACKENDS = (
+    dispatch.Backend("triton", _reject_triton, _triton_impl),
     dispatch.Backend("cpu", _reject_cpu, lambda: cpu_pool3d),
     dispatch.Backend("aten", _reject_aten, lambda: aten_pool3d),
     dispatch.Backend("reference", _reject_reference, lambda: reference_pool3d),
@@ -50,21 +66,31 @@ def _impl(requested: str, x: torch.Tensor, mode: str):
 def pool3d_op(x: torch.Tensor, mode: str, kernel: List[int], stride: List[int], pads: List[int],
               backend: str) -> torch.Tensor:
     """Validated arguments only (see :func:`max_pool3d` / :func:`avg_pool3d`); pads = [t0, t1, h0, h1, w0, w1]."""
-    return _impl(backend, x, mode).pool3d(x, mode, tuple(kernel), tuple(stride), nested_pads(pads))
+    impl = _impl(backend, x, mode)
+    if x.numel() == 0:  # N or C is 0
+        return _empty_output(x, kernel, stride, pads)
+    return impl.pool3d(x, mode, tuple(kernel), tuple(stride), nested_pads(pads))
+
+
+def _empty_output(x, kernel, stride, pads):
+    out = [output_size(s, k, st, p) for s, k, st, p in zip(x.shape[2:], kernel, stride, nested_pads(pads))]
+    return x.new_empty((x.shape[0], x.shape[1], *out)).contiguous(memory_format=torch.channels_last_3d)
 
 
 @pool3d_op.register_fake
 def _(x, mode, kernel, stride, pads, backend):
-    out = [output_size(s, k, st, p) for s, k, st, p in zip(x.shape[2:], kernel, stride, nested_pads(pads))]
-    return x.new_empty((x.shape[0], x.shape[1], *out)).contiguous(memory_format=torch.channels_last_3d)
+    return _empty_output(x, kernel, stride, pads)
 
 
 @torch.library.custom_op("i3d_fast::pool3d_backward", mutates_args=())
 def pool3d_backward_op(grad_out: torch.Tensor, x: Optional[torch.Tensor], input_shape: List[int], mode: str,
                        kernel: List[int], stride: List[int], pads: List[int], backend: str) -> torch.Tensor:
     """Gradient of :func:`pool3d_op`; max pooling recomputes its argmax from ``x`` (no index tensor)."""
-    return _impl(backend, grad_out, mode).pool3d_backward(grad_out, x, tuple(input_shape), mode, tuple(kernel),
-                                                    tuple(stride), nested_pads(pads))
+    impl = _impl(backend, grad_out, mode)
+    if grad_out.numel() == 0:
+        return grad_out.new_zeros(input_shape).contiguous(memory_format=torch.channels_last_3d)
+    return impl.pool3d_backward(grad_out, x, tuple(input_shape), mode, tuple(kernel), tuple(stride),
+                                nested_pads(pads))
 
 
 @pool3d_backward_op.register_fake
@@ -97,6 +123,9 @@ def _validate(x: torch.Tensor, kernel_size, stride, padding, name: str):
     stride = kernel if stride is None else triple(stride, "stride")
     pads = resolve_padding(x.shape[2:], kernel, stride, padding)
     for dim, size, k, (before, after) in zip("THW", x.shape[2:], kernel, pads):
+        if size == 0:
+            raise ValueError(f"{name}: input of shape {tuple(x.shape)} is empty along {dim}; pooling needs at least "
+                             "one cell per window")
         if before >= k or after >= k:
             raise ValueError(f"{name}: padding {(before, after)} along {dim} must be smaller than the kernel ({k}), "
                              "or some windows would hold only padding")
@@ -120,10 +149,11 @@ def max_pool3d(x: torch.Tensor, kernel_size: Union[int, Sequence[int]], stride: 
         kernel_size, stride: int or (T, H, W); stride defaults to the kernel size.
         padding: "same" (TensorFlow: the odd cell at the end), "valid", or explicit (see
             :func:`i3d_fast.ops.padding.resolve_padding`).
-        backend: "auto", "cpu", "aten" or "reference".
+        backend: "auto", "triton", "cpu", "aten" or "reference".
     Returns:
         Tensor[N, C, T', H', W'] in channels_last_3d memory. Ties and NaNs: the gradient goes to the
-        first maximum in (t, h, w) order; a NaN in a window is its maximum.
+        first maximum in (t, h, w) order among real cells (a window of -inf sends it to its first real
+        cell); a NaN in a window is its maximum.
     """
     return _pool(x, "max", kernel_size, stride, padding, backend, "max_pool3d")
 

@@ -52,12 +52,18 @@ def pool3d(x: torch.Tensor, mode: str, kernel: Triple, stride: Triple, pads: Pad
 def pool3d_backward(grad_out: torch.Tensor, x: Optional[torch.Tensor], input_shape, mode: str, kernel: Triple,
                     stride: Triple, pads: Pads) -> torch.Tensor:
     """Gradient of :func:`pool3d`: max sends each output gradient to the first maximum of its window
-    (``x`` needed), average spreads it over the window's real cells."""
+    among real cells, in (t, h, w) order (``x`` needed), average spreads it over the window's real
+    cells."""
     n, c, *sizes = input_shape
     idx = _window_index(sizes, kernel, stride, pads, grad_out.device)
     if mode == "max":
         win = _padded(x, pads, float("-inf")).flatten(2)[:, :, idx]
-        targets = idx.expand(n, c, *idx.shape).gather(-1, win.argmax(-1, keepdim=True)).squeeze(-1)
+        real = _padded(torch.ones((1, 1, *sizes), dtype=torch.bool, device=x.device), pads, False).flatten(2)[:, :, idx]
+        top = win.amax(-1, keepdim=True)  # NaN if the window holds one
+        # first real cell equal to the maximum (the first NaN when it is NaN): a window of -inf
+        # sends its gradient to its first real cell, never to padding
+        hit = ((win == top) | (win.isnan() & top.isnan())) & real
+        targets = idx.expand(n, c, *idx.shape).gather(-1, hit.to(torch.uint8).argmax(-1, keepdim=True)).squeeze(-1)
         values = grad_out
     else:
         targets = idx.expand(n, c, *idx.shape)

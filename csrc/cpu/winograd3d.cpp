@@ -1,0 +1,444 @@
+// 3D Winograd convolution F(2x2x2, 3x3x3) on channels-last (NDHWC) float32 tensors: 3x3x3 kernel,
+// stride 1, one cell of zero padding on every side (TF "SAME" for k = 3, s = 1).
+//
+// Along one dimension (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks"), two
+// outputs of a 3-tap correlation are y = A^T [(G g) * (B^T d)] with
+//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],
+//   A^T = [1 1 1 0; 0 1 -1 -1],
+// applied separably along T, H and W. A "tile" is a 2x2x2 block of outputs; it reads a 4x4x4 block
+// of input. In the transformed domain the convolution becomes 64 independent matrix products, one
+// per transform position xi: M[xi] (tiles x Cout) = V[xi] (tiles x Cin) . U[xi] (Cin x Cout), i.e.
+// 64 multiplies per 8 outputs and input channel instead of 216.
+//
+// Schedule: tiles are cut into chunks. A thread transforms one chunk's input (V: [64][P][Cin],
+// channels contiguous, vectorised across channels), then for each panel of up to 64 output
+// channels runs the 64 products with a register-blocked micro-kernel (M: [64][P][panel]) and
+// inverse-transforms M straight into the destination rows, adding the bias and applying ReLU.
+// The chunk size keeps V and M in the thread's L2 cache; only the transformed weights U stream
+// in from L3. The input may be a channel slice of a wider tensor (row stride ldx) and the output
+// channels may be split over several destinations, each a channel slice of its own tensor.
+#include <omp.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <array>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <stdexcept>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+#include "cpu/cpu_utils.h"
+
+namespace py = pybind11;
+
+namespace i3d {
+namespace {
+
+// GCC vector extensions: AVX-512 with -march=native, several narrower instructions elsewhere.
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+
+constexpr int kPositions = 64;  // 4 x 4 x 4 transform positions
+constexpr int kPanel = 64;      // output channels per GEMM panel (4 vectors of 16)
+constexpr int64_t kL2Budget = 640 * 1024;  // bytes of V + M per thread
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+template <typename Vec>
+inline Vec load(const float* p) {
+  Vec v;
+  std::memcpy(&v, p, sizeof(Vec));
+  return v;
+}
+template <typename Vec>
+inline void store(float* p, Vec v) {
+  std::memcpy(p, &v, sizeof(Vec));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transformed weights U. Output channels are padded with zeros to Coutp = a multiple of 16 and
+// cut into panels of kPanel (the last one may be narrower). Panel j holds, for each position xi,
+// a [Cin][width_j] row-major block, so the micro-kernel reads one contiguous stream.
+struct WeightLayout {
+  int64_t cin, cout, coutp;
+  WeightLayout(int64_t cin_, int64_t cout_) : cin(cin_), cout(cout_), coutp(round_up(cout_, 16)) {}
+  int64_t panels() const { return ceil_div(coutp, kPanel); }
+  int64_t width(int64_t panel) const { return std::min<int64_t>(kPanel, coutp - panel * kPanel); }
+  // Offset of panel `panel`: every earlier panel is full.
+  int64_t offset(int64_t panel) const { return panel * kPositions * cin * kPanel; }
+  int64_t size() const { return kPositions * cin * coutp; }
+};
+
+// G g along one dimension: 3 taps -> 4 transform positions.
+inline void weight_1d(const double g[3], double u[4]) {
+  u[0] = g[0];
+  u[1] = 0.5 * (g[0] + g[1] + g[2]);
+  u[2] = 0.5 * (g[0] - g[1] + g[2]);
+  u[3] = g[2];
+}
+
+// w: Tensor[Cout, Cin, 3, 3, 3] contiguous; u: WeightLayout(cin, cout).size() floats. Computed in
+// double, rounded once.
+void transform_weight(const float* w, float* u, int64_t cout, int64_t cin, int threads) {
+  const WeightLayout L(cin, cout);
+  const int64_t panels = L.panels();
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) collapse(2)
+  for (int64_t panel = 0; panel < panels; ++panel) {
+    for (int64_t ci = 0; ci < cin; ++ci) {
+      const int64_t width = L.width(panel);
+      float* base = u + L.offset(panel) + ci * width;
+      for (int64_t j = 0; j < width; ++j) {
+        const int64_t co = panel * kPanel + j;
+        double out[kPositions] = {};
+        if (co < cout) {
+          const float* g = w + (co * cin + ci) * 27;
+          double a[4][3][3], b[4][4][3];
+          for (int kh = 0; kh < 3; ++kh)
+            for (int kw = 0; kw < 3; ++kw) {
+              const double col[3] = {g[kh * 3 + kw], g[9 + kh * 3 + kw], g[18 + kh * 3 + kw]};
+              double t[4];
+              weight_1d(col, t);
+              for (int i = 0; i < 4; ++i) a[i][kh][kw] = t[i];
+            }
+          for (int i = 0; i < 4; ++i)
+            for (int kw = 0; kw < 3; ++kw) {
+              const double col[3] = {a[i][0][kw], a[i][1][kw], a[i][2][kw]};
+              double t[4];
+              weight_1d(col, t);
+              for (int k = 0; k < 4; ++k) b[i][k][kw] = t[k];
+            }
+          for (int i = 0; i < 4; ++i)
+            for (int k = 0; k < 4; ++k) weight_1d(b[i][k], out + (i * 4 + k) * 4);
+        }
+        for (int xi = 0; xi < kPositions; ++xi) base[xi * cin * width + j] = static_cast<float>(out[xi]);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input transform B^T d B of one tile for one group of channels. d[64]: the 4x4x4 cells in (t, h, w)
+// order, in place. Adds and subtracts only.
+template <typename Vec>
+inline void input_1d(Vec& a, Vec& b, Vec& c, Vec& d) {
+  const Vec t0 = a - c, t1 = b + c, t2 = c - b, t3 = b - d;
+  a = t0;
+  b = t1;
+  c = t2;
+  d = t3;
+}
+
+template <typename Vec>
+inline void input_tile(const float* const* rows, int64_t c, float* v, int64_t v_stride) {
+  Vec d[kPositions];
+  for (int i = 0; i < kPositions; ++i) d[i] = load<Vec>(rows[i] + c);
+  for (int i = 0; i < kPositions; i += 4) input_1d(d[i], d[i + 1], d[i + 2], d[i + 3]);
+  for (int t = 0; t < 4; ++t)
+    for (int w = 0; w < 4; ++w) input_1d(d[t * 16 + w], d[t * 16 + 4 + w], d[t * 16 + 8 + w], d[t * 16 + 12 + w]);
+  for (int i = 0; i < 16; ++i) input_1d(d[i], d[16 + i], d[32 + i], d[48 + i]);
+  for (int xi = 0; xi < kPositions; ++xi) store(v + xi * v_stride + c, d[xi]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Micro-kernel: c[R][16 CV] = a[R][k] . b[k][16 CV] (b packed with row length 16 CV). The R x CV
+// accumulators live in registers for the whole k loop; each step loads CV vectors of b and
+// broadcasts R scalars of a.
+// k >= 1 (a do-while: a loop that may run zero times makes GCC keep the accumulators in memory).
+template <int R, int CV>
+void micro_kernel(const float* a, int64_t lda, const float* b, int64_t k, float* c, int64_t ldc) {
+  v16 acc[R][CV];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < CV; ++j) acc[r][j] = v16{};
+  int64_t kk = 0;
+  do {
+    v16 bv[CV];
+    for (int j = 0; j < CV; ++j) bv[j] = load<v16>(b + (kk * CV + j) * 16);
+    for (int r = 0; r < R; ++r) {
+      const float s = a[r * lda + kk];
+      for (int j = 0; j < CV; ++j) acc[r][j] += s * bv[j];
+    }
+  } while (++kk < k);
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < CV; ++j) store(c + r * ldc + j * 16, acc[r][j]);
+}
+
+// Rows per micro-kernel call for a panel of CV vectors: about 24 accumulators (of 32 registers).
+template <int CV>
+constexpr int kRows = CV == 4 ? 6 : CV == 3 ? 8 : CV == 2 ? 12 : 12;
+
+using MicroKernel = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t);
+
+template <int CV, int... R>
+constexpr std::array<MicroKernel, sizeof...(R)> kernel_table(std::integer_sequence<int, R...>) {
+  return {&micro_kernel<R + 1, CV>...};
+}
+
+// c[rows][16 CV] = a[rows][k] . b[k][16 CV], in blocks of kRows<CV> rows.
+template <int CV>
+void panel_gemm(const float* a, int64_t lda, int64_t rows, const float* b, int64_t k, float* c) {
+  constexpr int R = kRows<CV>;
+  static constexpr auto table = kernel_table<CV>(std::make_integer_sequence<int, R>{});
+  constexpr int64_t ldc = 16 * CV;
+  int64_t r0 = 0;
+  for (; r0 + R <= rows; r0 += R) micro_kernel<R, CV>(a + r0 * lda, lda, b, k, c + r0 * ldc, ldc);
+  if (r0 < rows) table[rows - r0 - 1](a + r0 * lda, lda, b, k, c + r0 * ldc, ldc);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output transform A^T m A of one tile for 16 channels: m[64] -> y[8] in (t, h, w) order.
+inline void output_tile(const float* m, int64_t m_stride, v16 y[8]) {
+  v16 a[32];
+  for (int i = 0; i < 16; ++i) {  // along w: (t, h) rows of 4
+    const v16 m0 = load<v16>(m + (4 * i) * m_stride), m1 = load<v16>(m + (4 * i + 1) * m_stride);
+    const v16 m2 = load<v16>(m + (4 * i + 2) * m_stride), m3 = load<v16>(m + (4 * i + 3) * m_stride);
+    a[2 * i] = m0 + m1 + m2;
+    a[2 * i + 1] = m1 - m2 - m3;
+  }
+  v16 b[16];  // along h: a is [t][h][w2]
+  for (int t = 0; t < 4; ++t)
+    for (int w = 0; w < 2; ++w) {
+      const v16 h0 = a[t * 8 + w], h1 = a[t * 8 + 2 + w], h2 = a[t * 8 + 4 + w], h3 = a[t * 8 + 6 + w];
+      b[t * 4 + w] = h0 + h1 + h2;
+      b[t * 4 + 2 + w] = h1 - h2 - h3;
+    }
+  for (int i = 0; i < 4; ++i) {  // along t: b is [t][h2][w2]
+    y[i] = b[i] + b[4 + i] + b[8 + i];
+    y[4 + i] = b[4 + i] - b[8 + i] - b[12 + i];
+  }
+}
+
+// One destination of output channels: `count` channels written at ptr + row * ld; they are output
+// channels [start, start + count).
+struct Dest {
+  float* ptr;
+  int64_t ld, start, count;
+};
+
+// Outputs at least this large go to memory with non-temporal stores: they cannot stay in the
+// caches anyway, and streaming them skips reading every line before it is overwritten.
+constexpr int64_t kStreamBytes = int64_t(24) << 20;
+
+// Stores channels [c0, c0 + n) (n <= 16) of one output row into the destinations holding them.
+inline void store_channels(const std::vector<Dest>& dests, int64_t row, int64_t c0, int n, v16 v, bool stream) {
+  for (const Dest& d : dests) {
+    const int64_t lo = std::max(c0, d.start), hi = std::min(c0 + n, d.start + d.count);
+    if (lo >= hi) continue;
+    float* p = d.ptr + row * d.ld + (lo - d.start);
+    if (hi - lo == 16) {
+#ifdef __AVX512F__
+      if (stream && (reinterpret_cast<uintptr_t>(p) & 63) == 0) {  // one whole cache line
+        _mm512_stream_ps(p, reinterpret_cast<__m512>(v));
+        continue;
+      }
+#endif
+      store(p, v);
+    } else {
+      for (int64_t c = lo; c < hi; ++c) p[c - lo] = v[c - c0];
+    }
+  }
+}
+
+struct Geometry {
+  int64_t N, T, H, W;     // input = output sizes
+  int64_t TT, TH, TW;     // tiles per dimension
+  int64_t cin, ldx, cout;
+
+  int64_t tiles() const { return N * TT * TH * TW; }
+  // (n, tile t, tile h, tile w) of tile `i`.
+  std::array<int64_t, 4> tile(int64_t i) const {
+    const int64_t tw = i % TW, th = (i / TW) % TH, tt = (i / (TW * TH)) % TT, n = i / (TW * TH * TT);
+    return {n, tt, th, tw};
+  }
+};
+
+// V[xi][p][cin] for tiles [first, first + count): B^T d B of each tile's 4x4x4 input cells, with
+// cells outside the input read from a row of zeros.
+void transform_chunk(const float* x, const float* zeros, const Geometry& g, int64_t first, int64_t count,
+                     int64_t P, float* V) {
+  const float* rows[kPositions];
+  const int64_t v_stride = P * g.cin;
+  for (int64_t p = 0; p < count; ++p) {
+    const auto [n, tt, th, tw] = g.tile(first + p);
+    for (int i = 0; i < 4; ++i) {
+      const int64_t t = 2 * tt - 1 + i;
+      for (int j = 0; j < 4; ++j) {
+        const int64_t h = 2 * th - 1 + j;
+        for (int k = 0; k < 4; ++k) {
+          const int64_t w = 2 * tw - 1 + k;
+          const bool inside = t >= 0 && t < g.T && h >= 0 && h < g.H && w >= 0 && w < g.W;
+          rows[(i * 4 + j) * 4 + k] = inside ? x + (((n * g.T + t) * g.H + h) * g.W + w) * g.ldx : zeros;
+        }
+      }
+    }
+    float* v = V + p * g.cin;
+    int64_t c = 0;
+    for (; c + 16 <= g.cin; c += 16) input_tile<v16>(rows, c, v, v_stride);
+    if (c + 8 <= g.cin) {
+      input_tile<v8>(rows, c, v, v_stride);
+      c += 8;
+    }
+    if (c + 4 <= g.cin) {
+      input_tile<v4>(rows, c, v, v_stride);
+      c += 4;
+    }
+    for (; c < g.cin; ++c) input_tile<float>(rows, c, v, v_stride);
+  }
+}
+
+// Output transform of M[xi][p][width] for tiles [first, first + count), output channels
+// [c_first, c_first + width) of which those < cout are stored.
+void store_chunk(const float* M, const Geometry& g, int64_t first, int64_t count, int64_t P, int64_t width,
+                 int64_t c_first, const float* bias, bool relu, const std::vector<Dest>& dests, bool stream) {
+  const int64_t m_stride = P * width;
+  for (int64_t p = 0; p < count; ++p) {
+    const auto [n, tt, th, tw] = g.tile(first + p);
+    for (int64_t j = 0; j < width; j += 16) {
+      const int64_t c0 = c_first + j;
+      if (c0 >= g.cout) break;
+      const int valid = static_cast<int>(std::min<int64_t>(16, g.cout - c0));
+      v16 y[8];
+      output_tile(M + p * width + j, m_stride, y);
+      const v16 b = bias ? load<v16>(bias + c0) : v16{};
+      for (int i = 0; i < 2; ++i) {
+        const int64_t t = 2 * tt + i;
+        if (t >= g.T) break;
+        for (int k = 0; k < 2; ++k) {
+          const int64_t h = 2 * th + k;
+          if (h >= g.H) break;
+          for (int l = 0; l < 2; ++l) {
+            const int64_t w = 2 * tw + l;
+            if (w >= g.W) break;
+            v16 out = y[(i * 2 + k) * 2 + l] + b;
+            if (relu) out = out < 0 ? v16{} : out;  // NaN stays NaN
+            store_channels(dests, ((n * g.T + t) * g.H + h) * g.W + w, c0, valid, out, stream);
+          }
+        }
+      }
+    }
+  }
+}
+
+struct AlignedBuffer {
+  float* data;
+  explicit AlignedBuffer(int64_t floats)
+      : data(static_cast<float*>(std::aligned_alloc(64, round_up(std::max<int64_t>(floats, 1) * 4, 64)))) {
+    if (!data) throw std::bad_alloc();
+  }
+  ~AlignedBuffer() { std::free(data); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+};
+
+// Tiles per chunk: V + M within kL2Budget, a multiple of the micro-kernel's rows, and no more
+// than an even share of the tiles for each thread.
+int64_t chunk_tiles(const Geometry& g, int threads, int64_t requested) {
+  if (requested > 0) return requested;
+  const int64_t fit = kL2Budget / (4 * kPositions * (g.cin + kPanel));
+  const int64_t step = fit >= 12 ? 12 : 6;
+  const int64_t share = round_up(ceil_div(g.tiles(), threads), 6);
+  return std::min(share, std::max<int64_t>(6, fit / step * step));
+}
+
+void winograd_forward(const float* x, const float* u, const float* bias, bool relu, const Geometry& g,
+                      const std::vector<Dest>& dests, int threads, int64_t requested_chunk) {
+  const WeightLayout L(g.cin, g.cout);
+  const int64_t tiles = g.tiles();
+  const int64_t P = chunk_tiles(g, threads, requested_chunk);
+  const int64_t chunks = ceil_div(tiles, P);
+  const std::vector<float> zeros(g.cin, 0.0f);
+  std::vector<float> padded_bias;
+  if (bias) {  // zero-padded to whole vectors
+    padded_bias.assign(L.coutp, 0.0f);
+    std::copy(bias, bias + g.cout, padded_bias.begin());
+  }
+  const float* b = bias ? padded_bias.data() : nullptr;
+  int64_t out_bytes = 0;
+  for (const Dest& d : dests) out_bytes += g.N * g.T * g.H * g.W * d.ld * 4;
+  const bool stream = out_bytes >= kStreamBytes;
+#pragma omp parallel num_threads(threads)
+  {
+    AlignedBuffer V(kPositions * P * g.cin), M(kPositions * P * kPanel);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      const int64_t first = chunk * P, count = std::min(P, tiles - first);
+      transform_chunk(x, zeros.data(), g, first, count, P, V.data);
+      for (int64_t panel = 0; panel < L.panels(); ++panel) {
+        const int64_t width = L.width(panel);
+        const float* up = u + L.offset(panel);
+        for (int xi = 0; xi < kPositions; ++xi) {
+          const float* a = V.data + xi * P * g.cin;
+          const float* bw = up + xi * g.cin * width;
+          float* c = M.data + xi * P * width;
+          switch (width / 16) {
+            case 4: panel_gemm<4>(a, g.cin, count, bw, g.cin, c); break;
+            case 3: panel_gemm<3>(a, g.cin, count, bw, g.cin, c); break;
+            case 2: panel_gemm<2>(a, g.cin, count, bw, g.cin, c); break;
+            default: panel_gemm<1>(a, g.cin, count, bw, g.cin, c); break;
+          }
+        }
+        store_chunk(M.data, g, first, count, P, width, panel * kPanel, b, relu, dests, stream);
+      }
+    }
+#ifdef __AVX512F__
+    _mm_sfence();  // streamed stores are visible before the caller reads the output
+#endif
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+int64_t packed_size(int64_t cout, int64_t cin) { return WeightLayout(cin, cout).size(); }
+
+void prepare_weight(uintptr_t weight, uintptr_t packed, int64_t cout, int64_t cin, int threads) {
+  py::gil_scoped_release release;
+  transform_weight(as_ptr<const float>(weight), as_ptr<float>(packed), cout, cin, threads);
+}
+
+void forward(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64_t cin, uintptr_t packed,
+             int64_t cout, uintptr_t bias, bool relu, const std::vector<std::tuple<uintptr_t, int64_t, int64_t>>& dests,
+             int threads, int64_t chunk) {
+  const auto [N, T, H, W] = ndhw;
+  if (N < 1 || T < 1 || H < 1 || W < 1 || cin < 1 || cout < 1 || ldx < cin)
+    throw std::invalid_argument("winograd3d_forward: bad sizes");
+  std::vector<Dest> out;
+  int64_t start = 0;
+  for (const auto& [ptr, ld, count] : dests) {
+    if (count < 1 || ld < count) throw std::invalid_argument("winograd3d_forward: bad destination");
+    out.push_back(Dest{as_ptr<float>(ptr), ld, start, count});
+    start += count;
+  }
+  if (start != cout) throw std::invalid_argument("winograd3d_forward: destinations must hold cout channels");
+  const Geometry g{N, T, H, W, ceil_div(T, 2), ceil_div(H, 2), ceil_div(W, 2), cin, ldx, cout};
+  py::gil_scoped_release release;
+  winograd_forward(as_ptr<const float>(x), as_ptr<const float>(packed), bias ? as_ptr<const float>(bias) : nullptr,
+                   relu, g, out, std::max(threads, 1), chunk);
+}
+
+}  // namespace
+
+void register_winograd3d(py::module_& m) {
+  m.def("winograd3d_packed_size", &packed_size, py::arg("cout"), py::arg("cin"),
+        "Floats in the transformed (packed) weight of a [cout, cin, 3, 3, 3] convolution.");
+  m.def("winograd3d_prepare_weight", &prepare_weight, py::arg("weight"), py::arg("packed"), py::arg("cout"),
+        py::arg("cin"), py::arg("threads"),
+        "Winograd F(2,3) weight transform U = G g G^T per dimension of a contiguous float32 "
+        "[cout, cin, 3, 3, 3] weight into a 64-byte aligned buffer of winograd3d_packed_size floats.");
+  m.def("winograd3d_forward", &forward, py::arg("x"), py::arg("ldx"), py::arg("ndhw"), py::arg("cin"),
+        py::arg("packed"), py::arg("cout"), py::arg("bias"), py::arg("relu"), py::arg("dests"),
+        py::arg("threads"), py::arg("chunk") = 0,
+        "3x3x3 stride-1 pad-1 convolution of float32 NDHWC rows x (cin channels, row stride ldx) with a "
+        "packed weight; bias (0 = none, else cout floats) and ReLU fused. dests: (pointer, row stride, "
+        "channel count) per destination, taking the output channels in order. chunk: tiles per work "
+        "item (0 = sized for the L2 cache).");
+}
+
+}  // namespace i3d

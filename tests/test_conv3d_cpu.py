@@ -1,0 +1,140 @@
+"""The C++ Winograd F(2x2x2, 3x3x3) conv3d backend ("cpu") against the float64 reference.
+
+Accuracy bound: Winograd rounds differently from a direct convolution. Its max abs error vs float64
+must stay within ERROR_FACTOR times that of ATen's own float32 ``F.conv3d`` on the same inputs.
+Measured on I3D's 3x3x3 channel counts (Cin 16..192, Cout 32..384, 8x14x14 and 8x7x7 inputs; ReLU'd,
+signed, offset and [0, 100) inputs) the ratio is 0.3x-2.3x (largest at Cin = 192), and 0.2x-0.4x of
+the error of oneDNN's ``_convolution_pointwise`` (the ``aten`` backend); 4x leaves room for the
+shapes and seeds the measurement did not cover without hiding a wrong transform (errors of 1e-2+).
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from i3d_fast.kernels import cpu as cpu_kernels
+from i3d_fast.ops import conv3d, dispatch
+from i3d_fast.ops.conv3d import BACKENDS, inception_block_op
+
+pytestmark = pytest.mark.skipif(cpu_kernels.reject_unless_available(torch.zeros(1)) is not None,
+                                reason="the C++ extension i3d_fast._C is not built")
+
+CL = torch.channels_last_3d
+ERROR_FACTOR = 4.0
+
+
+def _data(n, cin, cout, shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, cin, *shape, generator=g, dtype=torch.float64)
+    w = torch.randn(cout, cin, 3, 3, 3, generator=g, dtype=torch.float64) / (27 * cin) ** 0.5
+    scale = torch.rand(cout, generator=g, dtype=torch.float64) + 0.5
+    shift = torch.randn(cout, generator=g, dtype=torch.float64)
+    return x, w, scale, shift
+
+
+def _check(actual, x, w, scale, shift, relu):
+    """actual (float32) vs the float64 reference, within ERROR_FACTOR x ATen's float32 error."""
+    expected = conv3d(x, w, scale, shift, 1, "same", relu, backend="reference")
+    aten = F.conv3d(x.float(), (w * scale.view(-1, 1, 1, 1, 1)).float(), shift.float(), padding=1)
+    aten = torch.relu(aten) if relu else aten
+    ours = (actual.double() - expected).abs().max().item()
+    theirs = (aten.double() - expected).abs().max().item()
+    assert ours <= ERROR_FACTOR * theirs + 1e-7, (ours, theirs)
+
+
+# Cin covers the 16-, 8-, 4- and 1-channel input transforms; Cout covers output panels of 64, 48
+# (3 vectors), 32 and 16 channels and a partial last vector; odd sizes make partial tiles.
+@pytest.mark.parametrize("n, cin, cout, shape", [
+    (2, 5, 7, (3, 5, 4)),
+    (1, 16, 64, (4, 4, 4)),
+    (1, 24, 40, (1, 1, 1)),
+    (2, 37, 96, (5, 3, 6)),
+    (1, 13, 130, (2, 7, 3)),
+    (1, 8, 210, (3, 2, 5)),
+])
+@pytest.mark.parametrize("relu", [False, True])
+def test_matches_reference(n, cin, cout, shape, relu):
+    x, w, scale, shift = _data(n, cin, cout, shape)
+    actual = conv3d(x.float(), w.float(), scale.float(), shift.float(), 1, "same", relu, backend="cpu")
+    assert actual.dtype == torch.float32 and actual.is_contiguous(memory_format=CL)
+    _check(actual, x, w, scale, shift, relu)
+
+
+def test_many_tiles_over_several_chunks_and_threads():
+    x, w, scale, shift = _data(1, 20, 70, (9, 13, 11), seed=1)
+    actual = conv3d(x.float(), w.float(), None, shift.float(), 1, "same", True, backend="cpu")
+    _check(actual, x, w, torch.ones_like(scale), shift, True)
+
+
+def test_channel_slice_input_and_output():
+    x, w, scale, shift = _data(2, 11, 19, (3, 4, 5), seed=2)
+    wide = torch.randn(2, 17, 3, 4, 5).contiguous(memory_format=CL)
+    wide[:, 4:15] = x.float()
+    out = torch.full((2, 30, 3, 4, 5), 7.0).contiguous(memory_format=CL)
+    result = conv3d(wide[:, 4:15], w.float(), scale.float(), shift.float(), 1, "same", True, out=out,
+                    channel_offset=6, backend="cpu")
+    assert result is out
+    _check(out[:, 6:25], x, w, scale, shift, True)
+    assert (out[:, :6] == 7).all() and (out[:, 25:] == 7).all()
+
+
+def test_destinations_split_inside_a_vector():
+    from i3d_fast.kernels.cpu import conv3d as cpu_conv3d
+
+    x, w, _, shift = _data(1, 6, 21, (2, 3, 3), seed=3)
+    a = torch.zeros(1, 9, 2, 3, 3).contiguous(memory_format=CL)
+    b = torch.zeros(1, 20, 2, 3, 3).contiguous(memory_format=CL)
+    cpu_conv3d.conv3d(x.float(), w.float(), None, shift.float(), (1, 1, 1), ((1, 1),) * 3, False,
+                      [(a, 2, 5), (b, 3, 16)])
+    together = torch.cat([a[:, 2:7], b[:, 3:19]], 1)
+    _check(together, x, w, torch.ones(21, dtype=torch.float64), shift, False)
+    assert (a[:, :2] == 0).all() and (a[:, 7:] == 0).all() and (b[:, :3] == 0).all() and (b[:, 19:] == 0).all()
+
+
+def test_non_channels_last_input_and_in_place_weight_change():
+    x, w, _, _ = _data(1, 4, 5, (3, 3, 3), seed=4)
+    w32 = w.float()
+    first = conv3d(x.float(), w32, backend="cpu")  # contiguous NCDHW input: copied to channels-last
+    _check(first, x, w, torch.ones(5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64), False)
+    w32.mul_(-2)  # the cached transformed weight must not be reused
+    second = conv3d(x.float(), w32, backend="cpu")
+    _check(second, x, -2 * w, torch.ones(5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64), False)
+
+
+def test_auto_picks_cpu_only_for_what_it_runs():
+    x, w = torch.zeros(1, 4, 3, 3, 3), torch.zeros(5, 4, 3, 3, 3)
+    same = ((1, 1),) * 3
+
+    def select(backend, *args):
+        return dispatch.select("i3d_fast.conv3d", backend, BACKENDS, *args).name
+
+    assert select("auto", x, w, (1, 1, 1), same, None) == "cpu"
+    cases = [(x.double(), w.double(), (1, 1, 1), same, None, "float32 only"),
+             (x, w, (2, 2, 2), same, None, "stride-1"),
+             (x, w, (1, 1, 1), ((0, 0),) * 3, None, "padding 1"),
+             (x, torch.zeros(5, 4, 1, 1, 1), (1, 1, 1), ((0, 0),) * 3, None, "3x3x3 kernels"),
+             (x, w, (1, 1, 1), same, (3, 3, 3), "max pool")]
+    for xx, ww, stride, pads, pool, reason in cases:
+        assert select("auto", xx, ww, stride, pads, pool) != "cpu"
+        with pytest.raises(dispatch.NoBackendError, match=reason):
+            select("cpu", xx, ww, stride, pads, pool)
+
+
+def test_inception_block_uses_cpu_and_matches_reference():
+    widths = [3, 20, 18, 5, 7, 4]  # b0, b1a, b1b, b2a, b2b, b3b
+    b0, b1a, b1b, b2a, b2b, b3b = widths
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(1, 9, 3, 5, 4, generator=g, dtype=torch.float64)
+    shapes = [(b0 + b1a + b2a, 9, 1), (b1b, b1a, 3), (b2b, b2a, 3), (b3b, 9, 1)]
+    weights = [torch.randn(o, i, k, k, k, generator=g, dtype=torch.float64) / (i * k ** 3) ** 0.5
+               for o, i, k in shapes]
+    shifts = [torch.randn(o, generator=g, dtype=torch.float64) for o, _, _ in shapes]
+    expected = inception_block_op(x, weights, shifts, widths, False, "reference")
+    actual = inception_block_op(x.float(), [w.float() for w in weights], [s.float() for s in shifts], widths,
+                                False, "auto")
+    torch.testing.assert_close(actual.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_opcheck():
+    x, w, scale, shift = (t.float() for t in _data(1, 3, 4, (3, 4, 5)))
+    torch.library.opcheck(torch.ops.i3d_fast.conv3d.default,
+                          (x.requires_grad_(), w, scale, shift, [1, 1, 1], [1, 1, 1, 1, 1, 1], True, False, "cpu"))

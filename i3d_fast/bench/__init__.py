@@ -6,10 +6,10 @@ from typing import Dict, Iterable, List
 
 import torch
 
-from . import model, pool3d
+from . import conv3d, model, pool3d
 from .report import Row, format_table, machine, write_json
 
-SUITES = {"pool3d": pool3d.run, "model": model.run}
+SUITES = {"pool3d": pool3d.run, "model": model.run, "conv3d": conv3d.run}
 
 
 def run(suites: Iterable[str] = tuple(SUITES), quick: bool = False, device: str = "cpu") -> List[Row]:

@@ -1,0 +1,81 @@
+"""3x3x3 convolution benchmarks: every 3x3x3 (stride 1, SAME) layer of I3D on a 64x224x224 clip,
+fp32 channels_last_3d with fused bias + ReLU: oneDNN's direct convolution (what the ``aten``
+backend runs) vs the ``cpu`` backend's Winograd F(2x2x2, 3x3x3). Providers are timed interleaved.
+
+Extra columns: GFLOP/s "direct" counts a direct convolution's 2 * 27 * Cin * Cout FLOPs per output
+(comparable across providers); "actual" counts the multiply-adds the Winograd kernel really does
+(64 per 2x2x2 tile and channel pair, partial tiles included).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, Tuple
+
+import torch
+
+from ..kernels.cpu import conv3d as cpu_conv3d
+from .report import Row
+from .timing import measure_interleaved
+
+CL = torch.channels_last_3d
+
+# (layer, Cin, Cout, T, H, W): the 3x3x3 convolutions of I3D at 64x224x224 (Mixed: b1b and b2b).
+I3D_3X3X3: Tuple[Tuple[str, int, int, int, int, int], ...] = (
+    ("Conv3d_2c_3x3", 64, 192, 32, 56, 56),
+    ("Mixed_3b.b1b", 96, 128, 32, 28, 28), ("Mixed_3b.b2b", 16, 32, 32, 28, 28),
+    ("Mixed_3c.b1b", 128, 192, 32, 28, 28), ("Mixed_3c.b2b", 32, 96, 32, 28, 28),
+    ("Mixed_4b.b1b", 96, 208, 16, 14, 14), ("Mixed_4b.b2b", 16, 48, 16, 14, 14),
+    ("Mixed_4c.b1b", 112, 224, 16, 14, 14), ("Mixed_4c.b2b", 24, 64, 16, 14, 14),
+    ("Mixed_4d.b1b", 128, 256, 16, 14, 14), ("Mixed_4d.b2b", 24, 64, 16, 14, 14),
+    ("Mixed_4e.b1b", 144, 288, 16, 14, 14), ("Mixed_4e.b2b", 32, 64, 16, 14, 14),
+    ("Mixed_4f.b1b", 160, 320, 16, 14, 14), ("Mixed_4f.b2b", 32, 128, 16, 14, 14),
+    ("Mixed_5b.b1b", 160, 320, 8, 7, 7), ("Mixed_5b.b2b", 32, 128, 8, 7, 7),
+    ("Mixed_5c.b1b", 192, 384, 8, 7, 7), ("Mixed_5c.b2b", 48, 128, 8, 7, 7),
+)
+PROVIDERS = ("oneDNN direct (mkldnn._convolution_pointwise)", "i3d_fast cpu (Winograd F(2x2x2,3x3x3))")
+
+
+def flops(cin: int, cout: int, t: int, h: int, w: int) -> Tuple[float, float]:
+    """(direct, Winograd) FLOPs of one convolution: 2 per multiply-add."""
+    tiles = math.ceil(t / 2) * math.ceil(h / 2) * math.ceil(w / 2)
+    return 2.0 * 27 * cin * cout * t * h * w, 2.0 * 64 * cin * cout * tiles
+
+
+def workloads(cin: int, cout: int, t: int, h: int, w: int):
+    """(oneDNN, Winograd) callables for one layer; both write relu(conv + bias) to a new tensor."""
+    x = torch.randn(1, cin, t, h, w).contiguous(memory_format=CL)
+    weight = (torch.randn(cout, cin, 3, 3, 3) / (27 * cin) ** 0.5).contiguous(memory_format=CL)
+    bias = torch.randn(cout)
+    packed = cpu_conv3d.prepare_weight(weight)  # as the fused model: transformed once
+
+    def onednn():
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, [1, 1, 1], [1, 1, 1], [1, 1, 1], 1,
+                                                        "relu", [None], "")
+
+    def winograd():
+        out = torch.empty(1, cout, t, h, w, memory_format=CL)
+        cpu_conv3d.conv3d_packed(x, packed, cout, bias, True, [(out, 0, cout)])
+        return out
+
+    return onednn, winograd
+
+
+def run(quick: bool = False, device: str = "cpu") -> List[Row]:
+    if device != "cpu":
+        return [Row("conv3d", f"{layer} 3x3x3", p, None, baseline=i == 0, note="CPU-only suite")
+                for layer, *_ in I3D_3X3X3 for i, p in enumerate(PROVIDERS)]
+    rows: List[Row] = []
+    repeat = 3 if quick else 7
+    for layer, cin, cout, t, h, w in I3D_3X3X3:
+        if quick:
+            t = max(t // 4, 2)
+        direct, actual = flops(cin, cout, t, h, w)
+        case = f"{layer} [1, {cin}, {t}, {h}, {w}] -> {cout} fp32 ReLU"
+        with torch.no_grad():
+            timings = measure_interleaved(workloads(cin, cout, t, h, w), repeat)
+        for i, (provider, timing) in enumerate(zip(PROVIDERS, timings)):
+            extra = {"direct GFLOP/s": round(direct / timing.median_ms / 1e6, 1)}
+            if i == 1:
+                extra["actual GFLOP/s"] = round(actual / timing.median_ms / 1e6, 1)
+            rows.append(Row("conv3d", case, provider, timing, baseline=i == 0, extra=extra))
+    return rows

@@ -1,11 +1,12 @@
-"""The C++ Winograd F(2x2x2, 3x3x3) conv3d backend ("cpu") against the float64 reference.
+"""The C++ conv3d backend ("cpu") against the float64 reference: Winograd F(2x2x2, 3x3x3) for 3x3x3
+convolutions, a GEMM (optionally of a max-pooled input) for 1x1x1 ones.
 
-Accuracy bound: Winograd rounds differently from a direct convolution. Its max abs error vs float64
-must stay within ERROR_FACTOR times that of ATen's own float32 ``F.conv3d`` on the same inputs.
-Measured on I3D's 3x3x3 channel counts (Cin 16..192, Cout 32..384, 8x14x14 and 8x7x7 inputs; ReLU'd,
-signed, offset and [0, 100) inputs) the ratio is 0.3x-2.3x (largest at Cin = 192), and 0.2x-0.4x of
-the error of oneDNN's ``_convolution_pointwise`` (the ``aten`` backend); 4x leaves room for the
-shapes and seeds the measurement did not cover without hiding a wrong transform (errors of 1e-2+).
+Winograd accuracy bound: Winograd rounds differently from a direct convolution. Its max abs error vs
+float64 must stay within ERROR_FACTOR times that of ATen's own float32 ``F.conv3d`` on the same
+inputs. Measured on I3D's 3x3x3 channel counts (Cin 16..192, Cout 32..384, 8x14x14 and 8x7x7 inputs;
+ReLU'd, signed, offset and [0, 100) inputs) the ratio is 0.3x-2.3x (largest at Cin = 192), and
+0.2x-0.4x of the error of oneDNN's ``_convolution_pointwise`` (the ``aten`` backend); 4x leaves room
+for shapes and seeds the measurement did not cover without hiding a wrong transform (errors of 1e-2+).
 """
 import pytest
 import torch
@@ -101,22 +102,50 @@ def test_non_channels_last_input_and_in_place_weight_change():
 
 
 def test_auto_picks_cpu_only_for_what_it_runs():
-    x, w = torch.zeros(1, 4, 3, 3, 3), torch.zeros(5, 4, 3, 3, 3)
-    same = ((1, 1),) * 3
+    x, w3, w1 = torch.zeros(1, 4, 3, 3, 3), torch.zeros(5, 4, 3, 3, 3), torch.zeros(5, 4, 1, 1, 1)
+    pad1, pad0, ones = ((1, 1),) * 3, ((0, 0),) * 3, (1, 1, 1)
 
     def select(backend, *args):
         return dispatch.select("i3d_fast.conv3d", backend, BACKENDS, *args).name
 
-    assert select("auto", x, w, (1, 1, 1), same, None) == "cpu"
-    cases = [(x.double(), w.double(), (1, 1, 1), same, None, "float32 only"),
-             (x, w, (2, 2, 2), same, None, "stride-1"),
-             (x, w, (1, 1, 1), ((0, 0),) * 3, None, "padding 1"),
-             (x, torch.zeros(5, 4, 1, 1, 1), (1, 1, 1), ((0, 0),) * 3, None, "3x3x3 kernels"),
-             (x, w, (1, 1, 1), same, (3, 3, 3), "max pool")]
+    assert select("auto", x, w3, ones, pad1, None) == "cpu"
+    assert select("auto", x, w1, ones, pad0, None) == "cpu"
+    assert select("auto", x, w1, ones, pad0, (3, 3, 3)) == "cpu"
+    cases = [(x.double(), w3.double(), ones, pad1, None, "float32 only"),
+             (x, w3, (2, 2, 2), pad1, None, "stride-1"),
+             (x, w3, ones, pad0, None, "padding 1"),
+             (x, w1, ones, pad1, None, "unpadded 1x1x1"),
+             (x, torch.zeros(5, 4, 2, 3, 1), ones, pad0, None, "3x3x3 .Winograd. and 1x1x1"),
+             (x, w3, ones, pad1, (3, 3, 3), "max pool into 1x1x1")]
     for xx, ww, stride, pads, pool, reason in cases:
         assert select("auto", xx, ww, stride, pads, pool) != "cpu"
         with pytest.raises(dispatch.NoBackendError, match=reason):
             select("cpu", xx, ww, stride, pads, pool)
+
+
+# Cin covers the 16-, 8-, 4- and 1-channel pooling paths; pools: I3D's 3x3x3 and others.
+@pytest.mark.parametrize("n, cin, cout, shape, pool", [
+    (2, 5, 7, (3, 4, 5), None),
+    (1, 37, 70, (2, 3, 5), (3, 3, 3)),
+    (1, 16, 130, (1, 1, 1), (3, 3, 3)),
+    (2, 29, 33, (4, 3, 2), (1, 3, 3)),
+    (1, 12, 48, (3, 5, 4), (2, 2, 2)),
+])
+@pytest.mark.parametrize("relu", [False, True])
+def test_pointwise_matches_reference(n, cin, cout, shape, pool, relu):
+    from i3d_fast.kernels.cpu import conv3d as cpu_conv3d
+    from i3d_fast.kernels.reference import conv3d as reference_conv3d
+
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(n, cin, *shape, generator=g, dtype=torch.float64)
+    x[0, 1, 0, 0, 0] = float("nan")  # max pooling propagates NaN, like the reference
+    w = torch.randn(cout, cin, 1, 1, 1, generator=g, dtype=torch.float64) / cin ** 0.5
+    shift = torch.randn(cout, generator=g, dtype=torch.float64)
+    no_pad = ((0, 0),) * 3
+    expected = reference_conv3d.conv3d_forward(x, w, None, shift, (1, 1, 1), no_pad, relu, pool)
+    actual = cpu_conv3d.conv3d(x.float(), w.float(), None, shift.float(), (1, 1, 1), no_pad, relu, None, pool)
+    assert actual.is_contiguous(memory_format=CL)
+    torch.testing.assert_close(actual.double(), expected, rtol=1e-5, atol=1e-5, equal_nan=True)
 
 
 def test_inception_block_uses_cpu_and_matches_reference():

@@ -23,62 +23,24 @@
 
 #include <algorithm>
 #include <array>
-#include <cstdlib>
-#include <cstring>
-#include <new>
 #include <stdexcept>
 #include <tuple>
-#include <utility>
 #include <vector>
 
-#ifdef __AVX512F__
-#include <immintrin.h>
-#endif
-
 #include "cpu/cpu_utils.h"
+#include "cpu/gemm_panel.h"
 
 namespace py = pybind11;
 
 namespace i3d {
 namespace {
 
-// GCC vector extensions: AVX-512 with -march=native, several narrower instructions elsewhere.
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v8 __attribute__((vector_size(32)));
-typedef float v4 __attribute__((vector_size(16)));
+using namespace gemm;
 
 constexpr int kPositions = 64;  // 4 x 4 x 4 transform positions
-constexpr int kPanel = 64;      // output channels per GEMM panel (4 vectors of 16)
 constexpr int64_t kL2Budget = 640 * 1024;  // bytes of V + M per thread
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
-
-template <typename Vec>
-inline Vec load(const float* p) {
-  Vec v;
-  std::memcpy(&v, p, sizeof(Vec));
-  return v;
-}
-template <typename Vec>
-inline void store(float* p, Vec v) {
-  std::memcpy(p, &v, sizeof(Vec));
-}
-
-// ---------------------------------------------------------------------------------------------
-// Transformed weights U. Output channels are padded with zeros to Coutp = a multiple of 16 and
-// cut into panels of kPanel (the last one may be narrower). Panel j holds, for each position xi,
-// a [Cin][width_j] row-major block, so the micro-kernel reads one contiguous stream.
-struct WeightLayout {
-  int64_t cin, cout, coutp;
-  WeightLayout(int64_t cin_, int64_t cout_) : cin(cin_), cout(cout_), coutp(round_up(cout_, 16)) {}
-  int64_t panels() const { return ceil_div(coutp, kPanel); }
-  int64_t width(int64_t panel) const { return std::min<int64_t>(kPanel, coutp - panel * kPanel); }
-  // Offset of panel `panel`: every earlier panel is full.
-  int64_t offset(int64_t panel) const { return panel * kPositions * cin * kPanel; }
-  int64_t size() const { return kPositions * cin * coutp; }
-};
-
+// Transformed weights U: PanelLayout(kPositions, cin, cout).
 // G g along one dimension: 3 taps -> 4 transform positions.
 inline void weight_1d(const double g[3], double u[4]) {
   u[0] = g[0];
@@ -87,16 +49,16 @@ inline void weight_1d(const double g[3], double u[4]) {
   u[3] = g[2];
 }
 
-// w: Tensor[Cout, Cin, 3, 3, 3] contiguous; u: WeightLayout(cin, cout).size() floats. Computed in
-// double, rounded once.
+// w: Tensor[Cout, Cin, 3, 3, 3] contiguous; u: PanelLayout(kPositions, cin, cout).size() floats.
+// Computed in double, rounded once.
 void transform_weight(const float* w, float* u, int64_t cout, int64_t cin, int threads) {
-  const WeightLayout L(cin, cout);
+  const PanelLayout L(kPositions, cin, cout);
   const int64_t panels = L.panels();
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) collapse(2)
   for (int64_t panel = 0; panel < panels; ++panel) {
     for (int64_t ci = 0; ci < cin; ++ci) {
       const int64_t width = L.width(panel);
-      float* base = u + L.offset(panel) + ci * width;
+      float* base = u + L.offset(panel, 0) + ci * width;
       for (int64_t j = 0; j < width; ++j) {
         const int64_t co = panel * kPanel + j;
         double out[kPositions] = {};
@@ -150,51 +112,6 @@ inline void input_tile(const float* const* rows, int64_t c, float* v, int64_t v_
 }
 
 // ---------------------------------------------------------------------------------------------
-// Micro-kernel: c[R][16 CV] = a[R][k] . b[k][16 CV] (b packed with row length 16 CV). The R x CV
-// accumulators live in registers for the whole k loop; each step loads CV vectors of b and
-// broadcasts R scalars of a.
-// k >= 1 (a do-while: a loop that may run zero times makes GCC keep the accumulators in memory).
-template <int R, int CV>
-void micro_kernel(const float* a, int64_t lda, const float* b, int64_t k, float* c, int64_t ldc) {
-  v16 acc[R][CV];
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < CV; ++j) acc[r][j] = v16{};
-  int64_t kk = 0;
-  do {
-    v16 bv[CV];
-    for (int j = 0; j < CV; ++j) bv[j] = load<v16>(b + (kk * CV + j) * 16);
-    for (int r = 0; r < R; ++r) {
-      const float s = a[r * lda + kk];
-      for (int j = 0; j < CV; ++j) acc[r][j] += s * bv[j];
-    }
-  } while (++kk < k);
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < CV; ++j) store(c + r * ldc + j * 16, acc[r][j]);
-}
-
-// Rows per micro-kernel call for a panel of CV vectors: about 24 accumulators (of 32 registers).
-template <int CV>
-constexpr int kRows = CV == 4 ? 6 : CV == 3 ? 8 : CV == 2 ? 12 : 12;
-
-using MicroKernel = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t);
-
-template <int CV, int... R>
-constexpr std::array<MicroKernel, sizeof...(R)> kernel_table(std::integer_sequence<int, R...>) {
-  return {&micro_kernel<R + 1, CV>...};
-}
-
-// c[rows][16 CV] = a[rows][k] . b[k][16 CV], in blocks of kRows<CV> rows.
-template <int CV>
-void panel_gemm(const float* a, int64_t lda, int64_t rows, const float* b, int64_t k, float* c) {
-  constexpr int R = kRows<CV>;
-  static constexpr auto table = kernel_table<CV>(std::make_integer_sequence<int, R>{});
-  constexpr int64_t ldc = 16 * CV;
-  int64_t r0 = 0;
-  for (; r0 + R <= rows; r0 += R) micro_kernel<R, CV>(a + r0 * lda, lda, b, k, c + r0 * ldc, ldc);
-  if (r0 < rows) table[rows - r0 - 1](a + r0 * lda, lda, b, k, c + r0 * ldc, ldc);
-}
-
-// ---------------------------------------------------------------------------------------------
 // Output transform A^T m A of one tile for 16 channels: m[64] -> y[8] in (t, h, w) order.
 inline void output_tile(const float* m, int64_t m_stride, v16 y[8]) {
   v16 a[32];
@@ -214,37 +131,6 @@ inline void output_tile(const float* m, int64_t m_stride, v16 y[8]) {
   for (int i = 0; i < 4; ++i) {  // along t: b is [t][h2][w2]
     y[i] = b[i] + b[4 + i] + b[8 + i];
     y[4 + i] = b[4 + i] - b[8 + i] - b[12 + i];
-  }
-}
-
-// One destination of output channels: `count` channels written at ptr + row * ld; they are output
-// channels [start, start + count).
-struct Dest {
-  float* ptr;
-  int64_t ld, start, count;
-};
-
-// Outputs at least this large go to memory with non-temporal stores: they cannot stay in the
-// caches anyway, and streaming them skips reading every line before it is overwritten.
-constexpr int64_t kStreamBytes = int64_t(24) << 20;
-
-// Stores channels [c0, c0 + n) (n <= 16) of one output row into the destinations holding them.
-inline void store_channels(const std::vector<Dest>& dests, int64_t row, int64_t c0, int n, v16 v, bool stream) {
-  for (const Dest& d : dests) {
-    const int64_t lo = std::max(c0, d.start), hi = std::min(c0 + n, d.start + d.count);
-    if (lo >= hi) continue;
-    float* p = d.ptr + row * d.ld + (lo - d.start);
-    if (hi - lo == 16) {
-#ifdef __AVX512F__
-      if (stream && (reinterpret_cast<uintptr_t>(p) & 63) == 0) {  // one whole cache line
-        _mm512_stream_ps(p, reinterpret_cast<__m512>(v));
-        continue;
-      }
-#endif
-      store(p, v);
-    } else {
-      for (int64_t c = lo; c < hi; ++c) p[c - lo] = v[c - c0];
-    }
   }
 }
 
@@ -308,7 +194,7 @@ void store_chunk(const float* M, const Geometry& g, int64_t first, int64_t count
       const int valid = static_cast<int>(std::min<int64_t>(16, g.cout - c0));
       v16 y[8];
       output_tile(M + p * width + j, m_stride, y);
-      const v16 b = bias ? load<v16>(bias + c0) : v16{};
+      const v16 b = load<v16>(bias + c0);
       for (int i = 0; i < 2; ++i) {
         const int64_t t = 2 * tt + i;
         if (t >= g.T) break;
@@ -328,17 +214,6 @@ void store_chunk(const float* M, const Geometry& g, int64_t first, int64_t count
   }
 }
 
-struct AlignedBuffer {
-  float* data;
-  explicit AlignedBuffer(int64_t floats)
-      : data(static_cast<float*>(std::aligned_alloc(64, round_up(std::max<int64_t>(floats, 1) * 4, 64)))) {
-    if (!data) throw std::bad_alloc();
-  }
-  ~AlignedBuffer() { std::free(data); }
-  AlignedBuffer(const AlignedBuffer&) = delete;
-  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
-};
-
 // Tiles per chunk: V + M within kL2Budget, a multiple of the micro-kernel's rows, and no more
 // than an even share of the tiles for each thread.
 int64_t chunk_tiles(const Geometry& g, int threads, int64_t requested) {
@@ -351,52 +226,36 @@ int64_t chunk_tiles(const Geometry& g, int threads, int64_t requested) {
 
 void winograd_forward(const float* x, const float* u, const float* bias, bool relu, const Geometry& g,
                       const std::vector<Dest>& dests, int threads, int64_t requested_chunk) {
-  const WeightLayout L(g.cin, g.cout);
+  const PanelLayout L(kPositions, g.cin, g.cout);
   const int64_t tiles = g.tiles();
   const int64_t P = chunk_tiles(g, threads, requested_chunk);
   const int64_t chunks = ceil_div(tiles, P);
   const std::vector<float> zeros(g.cin, 0.0f);
-  std::vector<float> padded_bias;
-  if (bias) {  // zero-padded to whole vectors
-    padded_bias.assign(L.coutp, 0.0f);
-    std::copy(bias, bias + g.cout, padded_bias.begin());
-  }
-  const float* b = bias ? padded_bias.data() : nullptr;
-  int64_t out_bytes = 0;
-  for (const Dest& d : dests) out_bytes += g.N * g.T * g.H * g.W * d.ld * 4;
-  const bool stream = out_bytes >= kStreamBytes;
+  const std::vector<float> b = padded_bias(bias, g.cout);
+  const bool stream = streams(dests, g.N * g.T * g.H * g.W);
+  const int64_t v_size = round_up(kPositions * P * g.cin, 16), m_size = kPositions * P * kPanel;
+  AlignedBuffer scratch(threads * (v_size + m_size));
 #pragma omp parallel num_threads(threads)
   {
-    AlignedBuffer V(kPositions * P * g.cin), M(kPositions * P * kPanel);
+    float* V = scratch.data + omp_get_thread_num() * (v_size + m_size);
+    float* M = V + v_size;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       const int64_t first = chunk * P, count = std::min(P, tiles - first);
-      transform_chunk(x, zeros.data(), g, first, count, P, V.data);
+      transform_chunk(x, zeros.data(), g, first, count, P, V);
       for (int64_t panel = 0; panel < L.panels(); ++panel) {
         const int64_t width = L.width(panel);
-        const float* up = u + L.offset(panel);
-        for (int xi = 0; xi < kPositions; ++xi) {
-          const float* a = V.data + xi * P * g.cin;
-          const float* bw = up + xi * g.cin * width;
-          float* c = M.data + xi * P * width;
-          switch (width / 16) {
-            case 4: panel_gemm<4>(a, g.cin, count, bw, g.cin, c); break;
-            case 3: panel_gemm<3>(a, g.cin, count, bw, g.cin, c); break;
-            case 2: panel_gemm<2>(a, g.cin, count, bw, g.cin, c); break;
-            default: panel_gemm<1>(a, g.cin, count, bw, g.cin, c); break;
-          }
-        }
-        store_chunk(M.data, g, first, count, P, width, panel * kPanel, b, relu, dests, stream);
+        for (int xi = 0; xi < kPositions; ++xi)
+          panel_gemm(V + xi * P * g.cin, g.cin, count, u + L.offset(panel, xi), g.cin, width, M + xi * P * width);
+        store_chunk(M, g, first, count, P, width, panel * kPanel, b.data(), relu, dests, stream);
       }
     }
-#ifdef __AVX512F__
-    _mm_sfence();  // streamed stores are visible before the caller reads the output
-#endif
+    finish_streaming();
   }
 }
 
 // ---------------------------------------------------------------------------------------------
-int64_t packed_size(int64_t cout, int64_t cin) { return WeightLayout(cin, cout).size(); }
+int64_t packed_size(int64_t cout, int64_t cin) { return PanelLayout(kPositions, cin, cout).size(); }
 
 void prepare_weight(uintptr_t weight, uintptr_t packed, int64_t cout, int64_t cin, int threads) {
   py::gil_scoped_release release;

@@ -54,7 +54,7 @@ def workloads(cin: int, cout: int, t: int, h: int, w: int):
 
     def winograd():
         out = torch.empty(1, cout, t, h, w, memory_format=CL)
-        cpu_conv3d.conv3d_packed(x, packed, cout, bias, True, [(out, 0, cout)])
+        cpu_conv3d.conv3d_packed(x, packed, bias, True, [(out, 0, cout)])
         return out
 
     return onednn, winograd

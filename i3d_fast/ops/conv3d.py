@@ -5,7 +5,8 @@ channel slice of a larger output so Inception blocks never concatenate.
 Custom ops: ``i3d_fast::conv3d`` (functional, differentiable), ``i3d_fast::conv3d_into`` (writes
 into ``out[:, offset:offset + Cout]``) and ``i3d_fast::inception_block`` (a whole Mixed block,
 inference). Backends: ``triton`` (CUDA, or CPU under TRITON_INTERPRET=1 when asked for),
-``cpu`` (C++ 3D Winograd F(2x2x2, 3x3x3): float32 3x3x3 stride-1 SAME convolutions on the CPU),
+``cpu`` (C++, float32: 3D Winograd F(2x2x2, 3x3x3) for 3x3x3 stride-1 SAME convolutions, a GEMM
+for 1x1x1 ones, with branch 3's max pool fused into the load),
 ``aten`` (oneDNN/BLAS: the CPU fast path and the fallback) and ``reference`` (the fp64 oracle).
 """
 from __future__ import annotations

@@ -1,19 +1,22 @@
-"""C++ 3D Winograd convolution F(2x2x2, 3x3x3) (csrc/cpu/winograd3d.cpp) on channels-last tensors.
+"""C++ float32 convolutions on channels-last tensors, with the scale/shift epilogue and ReLU fused:
 
-Runs 3x3x3 stride-1 convolutions with one cell of zero padding per side (what TF "SAME" gives for
-k = 3, s = 1) in float32, with the scale/shift epilogue and ReLU fused into the output transform:
-64 multiplies per 2x2x2 outputs and input channel instead of 216. The input may be a channel slice of
-a wider channels_last_3d tensor (e.g. ``mid[:, :b1a]`` in an Inception block) and the output channels
-go straight into the destination channel slices: no copies.
+- 3x3x3 stride-1 convolutions with one cell of zero padding per side (what TF "SAME" gives for
+  k = 3, s = 1): 3D Winograd F(2x2x2, 3x3x3) (csrc/cpu/winograd3d.cpp), 64 multiplies per 2x2x2
+  outputs and input channel instead of 216.
+- 1x1x1 stride-1 unpadded convolutions: one GEMM (csrc/cpu/pointwise_conv3d.cpp), optionally of a
+  stride-1 SAME max pool of the input computed on load (Inception branch 3).
 
-The weight transform ``U = G g G^T`` is done by :func:`prepare_weight`; :func:`conv3d` caches it per
-weight tensor (while that tensor lives and is not modified in place), so a model calling it with
-the same weights pays for it once.
+The input may be a channel slice of a wider channels_last_3d tensor (e.g. ``mid[:, :b1a]`` in an
+Inception block) and the output channels go straight into the destination channel slices: no copies.
+
+Weights are transformed / packed by :func:`prepare_weight`; :func:`conv3d` caches that per weight
+tensor (while the tensor lives and is not modified in place), so a model calling it with the same
+weights pays for it once.
 """
 from __future__ import annotations
 
 import weakref
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
@@ -21,51 +24,62 @@ from ...ops.padding import Pads, Triple
 from . import extension, threads
 
 CL = torch.channels_last_3d
-SAME_3x3x3 = ((1, 1), (1, 1), (1, 1))
+PAD_1 = ((1, 1), (1, 1), (1, 1))
+PAD_0 = ((0, 0), (0, 0), (0, 0))
 
 
 def unsupported(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads,
                 pool: Optional[Triple]) -> Optional[str]:
-    """Why this kernel cannot run the convolution (None when it can). Device and extension are
+    """Why these kernels cannot run the convolution (None when they can). Device and extension are
     checked by the op."""
     if x.dtype != torch.float32:
         return f"supports float32 only, got {str(x.dtype).replace('torch.', '')}"
-    if tuple(weight.shape[2:]) != (3, 3, 3):
-        return f"runs 3x3x3 kernels only, got {tuple(weight.shape[2:])}"
     if tuple(stride) != (1, 1, 1):
         return f"runs stride-1 convolutions only, got stride {tuple(stride)}"
-    if tuple(map(tuple, pads)) != SAME_3x3x3:
-        return f"needs zero padding 1 on every side (SAME for 3x3x3), got pads {tuple(map(tuple, pads))}"
-    if pool is not None:
-        return "does not fuse a max pool into its input load"
-    return None
+    kernel, pads = tuple(weight.shape[2:]), tuple(map(tuple, pads))
+    if kernel == (3, 3, 3):
+        if pads != PAD_1:
+            return f"runs 3x3x3 kernels with zero padding 1 on every side (SAME) only, got pads {pads}"
+        if pool is not None:
+            return "fuses a max pool into 1x1x1 convolutions only"
+        return None
+    if kernel == (1, 1, 1):
+        return None if pads == PAD_0 else f"runs unpadded 1x1x1 kernels only, got pads {pads}"
+    return f"runs 3x3x3 (Winograd) and 1x1x1 (GEMM) kernels only, got {kernel}"
 
 
-def prepare_weight(weight: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Transformed, packed weights for :func:`conv3d_packed`.
+class PackedWeight(NamedTuple):
+    """Weights in the layout of the C++ kernels (see :func:`prepare_weight`)."""
+    data: torch.Tensor  # 1-D float32
+    kernel: int  # 3 (Winograd) or 1 (GEMM)
+    cin: int
+    cout: int
+
+
+def prepare_weight(weight: torch.Tensor, scale: Optional[torch.Tensor] = None) -> PackedWeight:
+    """Winograd-transformed (3x3x3: ``U = G g G^T`` per dimension) or packed (1x1x1) weights.
 
     Args:
-        weight: Tensor[Cout, Cin, 3, 3, 3] (any float dtype; CPU).
+        weight: Tensor[Cout, Cin, 3, 3, 3] or Tensor[Cout, Cin, 1, 1, 1] (any float dtype; CPU).
         scale: optional Tensor[Cout] folded into the weights (in float64) first.
-    Returns:
-        1-D float32 Tensor of ``64 * Cin * roundup(Cout, 16)`` values (layout: csrc/cpu/winograd3d.cpp).
     """
-    cout, cin = weight.shape[:2]
+    cout, cin, k = weight.shape[0], weight.shape[1], weight.shape[2]
     w = weight.detach().double()
     if scale is not None:
         w = w * scale.detach().double().view(-1, 1, 1, 1, 1)
     w = w.float().contiguous()
     ext = extension()
-    packed = torch.empty(ext.winograd3d_packed_size(cout, cin), dtype=torch.float32)
-    ext.winograd3d_prepare_weight(w.data_ptr(), packed.data_ptr(), cout, cin, threads())
-    return packed
+    name = "winograd3d" if k == 3 else "pointwise_conv3d"
+    data = torch.empty(getattr(ext, f"{name}_packed_size")(cout, cin), dtype=torch.float32)
+    getattr(ext, f"{name}_prepare_weight")(w.data_ptr(), data.data_ptr(), cout, cin, threads())
+    return PackedWeight(data, k, cin, cout)
 
 
 # id(weight) -> (weak reference to it, its version and data pointer when packed, packed weights)
-_CACHE: Dict[int, Tuple[weakref.ref, int, int, torch.Tensor]] = {}
+_CACHE: Dict[int, Tuple[weakref.ref, int, int, PackedWeight]] = {}
 
 
-def _cached_weight(weight: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
+def _cached_weight(weight: torch.Tensor, scale: Optional[torch.Tensor]) -> PackedWeight:
     if scale is not None or weight.requires_grad:
         return prepare_weight(weight, scale)
     key = id(weight)
@@ -95,23 +109,30 @@ def _row_stride(t: torch.Tensor) -> Optional[int]:
     return ld if ld >= c else None
 
 
-def conv3d_packed(x: torch.Tensor, packed: torch.Tensor, cout: int, shift: Optional[torch.Tensor], relu: bool,
-                  destinations: Sequence[Tuple[torch.Tensor, int, int]]) -> None:
-    """Writes relu?(conv3d(x, w, padding 1) + shift) into ``destinations`` = [(out, channel offset,
-    count), ...] (channels_last_3d outs, float32, counts summing to ``cout``), with ``packed`` from
-    :func:`prepare_weight`. x: float32 Tensor[N, Cin, T, H, W], channels-last rows (a channel slice of
-    a wider tensor is read in place; anything else is copied first)."""
+def conv3d_packed(x: torch.Tensor, weight: PackedWeight, shift: Optional[torch.Tensor], relu: bool,
+                  destinations: Sequence[Tuple[torch.Tensor, int, int]], pool: Optional[Triple] = None) -> None:
+    """Writes relu?(conv3d(x, w) + shift) into ``destinations`` = [(out, channel offset, count), ...]
+    (channels_last_3d float32 outs, counts summing to Cout). 3x3x3: zero padding 1; 1x1x1: ``pool``
+    = (kT, kH, kW) convolves a stride-1 SAME max pool of x instead. x: float32 Tensor[N, Cin, T, H, W]
+    in channels-last rows (a channel slice of a wider tensor is read in place; other layouts are
+    copied first)."""
     ld = _row_stride(x)
     if ld is None:
         x = x.contiguous(memory_format=CL)
         ld = x.shape[1]
     n, cin, t, h, w = x.shape
-    dests = []
-    for out, offset, count in destinations:
-        dests.append((out.data_ptr() + offset * out.element_size(), out.shape[1], count))
+    dests = [(out.data_ptr() + offset * out.element_size(), out.shape[1], count)
+             for out, offset, count in destinations]
     bias = None if shift is None else shift.to(torch.float32).contiguous()
-    extension().winograd3d_forward(x.data_ptr(), ld, (n, t, h, w), cin, packed.data_ptr(), cout,
-                                   0 if bias is None else bias.data_ptr(), relu, dests, threads())
+    bias_ptr = 0 if bias is None else bias.data_ptr()
+    ext = extension()
+    if weight.kernel == 3:
+        ext.winograd3d_forward(x.data_ptr(), ld, (n, t, h, w), cin, weight.data.data_ptr(), weight.cout, bias_ptr,
+                               relu, dests, threads())
+    else:
+        ext.pointwise_conv3d_forward(x.data_ptr(), ld, (n, t, h, w), cin, weight.data.data_ptr(), weight.cout,
+                                     bias_ptr, relu, tuple(pool) if pool is not None else (0, 0, 0), dests,
+                                     threads())
 
 
 def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
@@ -120,11 +141,10 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor],
     """See :func:`i3d_fast.ops.conv3d`; only what :func:`unsupported` accepts. Returns a new
     channels_last_3d tensor when ``destinations`` is None, else writes the output channels in order
     into the (tensor, offset, count) destinations."""
-    cout = weight.shape[0]
     packed = _cached_weight(weight, scale)
     if destinations is None:
-        out = torch.empty((x.shape[0], cout, *x.shape[2:]), dtype=x.dtype, memory_format=CL)
-        conv3d_packed(x, packed, cout, shift, relu, [(out, 0, cout)])
+        out = torch.empty((x.shape[0], packed.cout, *x.shape[2:]), dtype=x.dtype, memory_format=CL)
+        conv3d_packed(x, packed, shift, relu, [(out, 0, packed.cout)], pool)
         return out
-    conv3d_packed(x, packed, cout, shift, relu, destinations)
+    conv3d_packed(x, packed, shift, relu, destinations, pool)
     return None

@@ -89,8 +89,8 @@ void transform_weight(const float* w, float* u, int64_t cout, int64_t cin, int t
 }
 
 // ---------------------------------------------------------------------------------------------
-// Input transform B^T d B of one tile for one group of channels. d[64]: the 4x4x4 cells in (t, h, w)
-// order, in place. Adds and subtracts only.
+// Input transform B^T d B of one tile for one group of channels (adds and subtracts only).
+// B^T along one dimension, in place.
 template <typename Vec>
 inline void input_1d(Vec& a, Vec& b, Vec& c, Vec& d) {
   const Vec t0 = a - c, t1 = b + c, t2 = c - b, t3 = b - d;
@@ -100,37 +100,51 @@ inline void input_1d(Vec& a, Vec& b, Vec& c, Vec& d) {
   d = t3;
 }
 
+// rows[64]: the tile's 4x4x4 input cells in (t, h, w) order; position xi goes to v + xi * v_stride.
 template <typename Vec>
 inline void input_tile(const float* const* rows, int64_t c, float* v, int64_t v_stride) {
+  // Along t first, through a small buffer, then one t-slice (16 values) at a time along h and w:
+  // few enough live values to stay in registers.
   Vec d[kPositions];
-  for (int i = 0; i < kPositions; ++i) d[i] = load<Vec>(rows[i] + c);
-  for (int i = 0; i < kPositions; i += 4) input_1d(d[i], d[i + 1], d[i + 2], d[i + 3]);
-  for (int t = 0; t < 4; ++t)
-    for (int w = 0; w < 4; ++w) input_1d(d[t * 16 + w], d[t * 16 + 4 + w], d[t * 16 + 8 + w], d[t * 16 + 12 + w]);
-  for (int i = 0; i < 16; ++i) input_1d(d[i], d[16 + i], d[32 + i], d[48 + i]);
-  for (int xi = 0; xi < kPositions; ++xi) store(v + xi * v_stride + c, d[xi]);
+  for (int hw = 0; hw < 16; ++hw) {
+    Vec a = load<Vec>(rows[hw] + c), b = load<Vec>(rows[16 + hw] + c);
+    Vec e = load<Vec>(rows[32 + hw] + c), f = load<Vec>(rows[48 + hw] + c);
+    input_1d(a, b, e, f);
+    d[hw] = a;
+    d[16 + hw] = b;
+    d[32 + hw] = e;
+    d[48 + hw] = f;
+  }
+  for (int t = 0; t < 4; ++t) {
+    Vec s[16];
+    for (int i = 0; i < 16; ++i) s[i] = d[t * 16 + i];
+    for (int h = 0; h < 4; ++h) input_1d(s[h * 4], s[h * 4 + 1], s[h * 4 + 2], s[h * 4 + 3]);
+    for (int w = 0; w < 4; ++w) input_1d(s[w], s[4 + w], s[8 + w], s[12 + w]);
+    for (int i = 0; i < 16; ++i) store(v + (t * 16 + i) * v_stride + c, s[i]);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
 // Output transform A^T m A of one tile for 16 channels: m[64] -> y[8] in (t, h, w) order.
 inline void output_tile(const float* m, int64_t m_stride, v16 y[8]) {
-  v16 a[32];
-  for (int i = 0; i < 16; ++i) {  // along w: (t, h) rows of 4
-    const v16 m0 = load<v16>(m + (4 * i) * m_stride), m1 = load<v16>(m + (4 * i + 1) * m_stride);
-    const v16 m2 = load<v16>(m + (4 * i + 2) * m_stride), m3 = load<v16>(m + (4 * i + 3) * m_stride);
-    a[2 * i] = m0 + m1 + m2;
-    a[2 * i + 1] = m1 - m2 - m3;
-  }
-  v16 b[16];  // along h: a is [t][h][w2]
-  for (int t = 0; t < 4; ++t)
-    for (int w = 0; w < 2; ++w) {
-      const v16 h0 = a[t * 8 + w], h1 = a[t * 8 + 2 + w], h2 = a[t * 8 + 4 + w], h3 = a[t * 8 + 6 + w];
-      b[t * 4 + w] = h0 + h1 + h2;
-      b[t * 4 + 2 + w] = h1 - h2 - h3;
+  v16 b[4][4];  // [t][h2 * 2 + w2]: one t-slice at a time along w, then h
+  for (int t = 0; t < 4; ++t) {
+    v16 a[8];  // [h][w2]
+    for (int h = 0; h < 4; ++h) {
+      const float* p = m + (t * 16 + h * 4) * m_stride;
+      const v16 m0 = load<v16>(p), m1 = load<v16>(p + m_stride);
+      const v16 m2 = load<v16>(p + 2 * m_stride), m3 = load<v16>(p + 3 * m_stride);
+      a[h * 2] = m0 + m1 + m2;
+      a[h * 2 + 1] = m1 - m2 - m3;
     }
-  for (int i = 0; i < 4; ++i) {  // along t: b is [t][h2][w2]
-    y[i] = b[i] + b[4 + i] + b[8 + i];
-    y[4 + i] = b[4 + i] - b[8 + i] - b[12 + i];
+    for (int w = 0; w < 2; ++w) {
+      b[t][w] = a[w] + a[2 + w] + a[4 + w];
+      b[t][2 + w] = a[2 + w] - a[4 + w] - a[6 + w];
+    }
+  }
+  for (int i = 0; i < 4; ++i) {  // along t
+    y[i] = b[0][i] + b[1][i] + b[2][i];
+    y[4 + i] = b[1][i] - b[2][i] - b[3][i];
   }
 }
 

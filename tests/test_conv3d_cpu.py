@@ -101,6 +101,16 @@ def test_non_channels_last_input_and_in_place_weight_change():
     _check(second, x, -2 * w, torch.ones(5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64), False)
 
 
+def test_inference_mode_weight_changed_in_place():
+    x, w, _, _ = _data(1, 4, 5, (3, 3, 3), seed=7)
+    ones, zeros = torch.ones(5, dtype=torch.float64), torch.zeros(5, dtype=torch.float64)
+    with torch.inference_mode():
+        w32 = w.float()  # an inference tensor: no version counter, so never cached
+        _check(conv3d(x.float(), w32, backend="cpu"), x, w, ones, zeros, False)
+        w32.mul_(3)
+        _check(conv3d(x.float(), w32, backend="cpu"), x, 3 * w, ones, zeros, False)
+
+
 def test_auto_picks_cpu_only_for_what_it_runs():
     x, w3, w1 = torch.zeros(1, 4, 3, 3, 3), torch.zeros(5, 4, 3, 3, 3), torch.zeros(5, 4, 1, 1, 1)
     pad1, pad0, ones = ((1, 1),) * 3, ((0, 0),) * 3, (1, 1, 1)

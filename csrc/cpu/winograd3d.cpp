@@ -58,7 +58,7 @@ void transform_weight(const float* w, float* u, int64_t cout, int64_t cin, int t
   for (int64_t panel = 0; panel < panels; ++panel) {
     for (int64_t ci = 0; ci < cin; ++ci) {
       const int64_t width = L.width(panel);
-      float* base = u + L.offset(panel, 0) + ci * width;
+      float rows[kPositions][kPanel];  // this input channel's block, written out row by row
       for (int64_t j = 0; j < width; ++j) {
         const int64_t co = panel * kPanel + j;
         double out[kPositions] = {};
@@ -82,8 +82,10 @@ void transform_weight(const float* w, float* u, int64_t cout, int64_t cin, int t
           for (int i = 0; i < 4; ++i)
             for (int k = 0; k < 4; ++k) weight_1d(b[i][k], out + (i * 4 + k) * 4);
         }
-        for (int xi = 0; xi < kPositions; ++xi) base[xi * cin * width + j] = static_cast<float>(out[xi]);
+        for (int xi = 0; xi < kPositions; ++xi) rows[xi][j] = static_cast<float>(out[xi]);
       }
+      for (int xi = 0; xi < kPositions; ++xi)
+        std::copy(rows[xi], rows[xi] + width, u + L.offset(panel, xi) + ci * width);
     }
   }
 }

@@ -143,10 +143,14 @@ class FusedTwoStreamI3D(nn.Module):
 def fuse(model: nn.Module, dtype: torch.dtype = torch.float32, backend: str = "auto", allow_tf32: bool = False):
     """Inference-only fused copy of an :class:`InceptionI3d` or :class:`TwoStreamI3D` (BatchNorm uses
     its running statistics, as in ``eval()``). ``dtype``: float32, float16 or bfloat16 compute;
-    ``backend``: the conv backend ("auto", "triton", "aten", "reference")."""
+    ``backend``: the conv backend ("auto", "triton", "cpu", "aten", "reference").
+
+    The folded weights are ordinary tensors even when built under ``torch.inference_mode()``, so
+    that kernels can cache their transformed forms (see :mod:`i3d_fast.kernels.cpu.conv3d`)."""
     kwargs = dict(dtype=dtype, backend=backend, allow_tf32=allow_tf32)
-    if isinstance(model, TwoStreamI3D):
-        return FusedTwoStreamI3D(model, **kwargs).to(next(model.parameters()).device)
-    if isinstance(model, InceptionI3d):
-        return FusedInceptionI3d(model, **kwargs).to(next(model.parameters()).device)
+    with torch.inference_mode(False):
+        if isinstance(model, TwoStreamI3D):
+            return FusedTwoStreamI3D(model, **kwargs).to(next(model.parameters()).device)
+        if isinstance(model, InceptionI3d):
+            return FusedInceptionI3d(model, **kwargs).to(next(model.parameters()).device)
     raise TypeError(f"fuse() takes an InceptionI3d or TwoStreamI3D, got {type(model).__name__}")

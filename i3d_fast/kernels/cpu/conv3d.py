@@ -10,8 +10,8 @@ The input may be a channel slice of a wider channels_last_3d tensor (e.g. ``mid[
 Inception block) and the output channels go straight into the destination channel slices: no copies.
 
 Weights are transformed / packed by :func:`prepare_weight`; :func:`conv3d` caches that per weight
-tensor (while the tensor lives and is not modified in place), so a model calling it with the same
-weights pays for it once.
+tensor (while the tensor lives and is not modified in place; not for inference-mode tensors, whose
+changes cannot be told), so a model calling it with the same weights pays for it once.
 """
 from __future__ import annotations
 
@@ -80,7 +80,8 @@ _CACHE: Dict[int, Tuple[weakref.ref, int, int, PackedWeight]] = {}
 
 
 def _cached_weight(weight: torch.Tensor, scale: Optional[torch.Tensor]) -> PackedWeight:
-    if scale is not None or weight.requires_grad:
+    # Inference tensors have no version counter to tell an in-place change: never cached.
+    if scale is not None or weight.requires_grad or weight.is_inference():
         return prepare_weight(weight, scale)
     key = id(weight)
     entry = _CACHE.get(key)

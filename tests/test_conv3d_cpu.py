@@ -112,7 +112,7 @@ def test_inference_mode_weight_changed_in_place():
 
 
 def test_auto_picks_cpu_only_for_what_it_runs():
-    x, w3, w1 = torch.zeros(1, 4, 3, 3, 3), torch.zeros(5, 4, 3, 3, 3), torch.zeros(5, 4, 1, 1, 1)
+    x, w3, w1 = torch.zeros(1, 16, 3, 3, 3), torch.zeros(8, 16, 3, 3, 3), torch.zeros(5, 16, 1, 1, 1)
     pad1, pad0, ones = ((1, 1),) * 3, ((0, 0),) * 3, (1, 1, 1)
 
     def select(backend, *args):
@@ -125,12 +125,18 @@ def test_auto_picks_cpu_only_for_what_it_runs():
              (x, w3, (2, 2, 2), pad1, None, "stride-1"),
              (x, w3, ones, pad0, None, "padding 1"),
              (x, w1, ones, pad1, None, "unpadded 1x1x1"),
-             (x, torch.zeros(5, 4, 2, 3, 1), ones, pad0, None, "3x3x3 .Winograd. and 1x1x1"),
+             (x, torch.zeros(5, 16, 2, 3, 1), ones, pad0, None, "3x3x3 .Winograd. and 1x1x1"),
              (x, w3, ones, pad1, (3, 3, 3), "max pool into 1x1x1")]
     for xx, ww, stride, pads, pool, reason in cases:
         assert select("auto", xx, ww, stride, pads, pool) != "cpu"
         with pytest.raises(dispatch.NoBackendError, match=reason):
             select("cpu", xx, ww, stride, pads, pool)
+    # Runnable, but "auto" prefers oneDNN: few channels, or a plane of 100+ positions.
+    wide = torch.zeros(16, 16, 3, 3, 3)
+    for xx, ww in [(x[:, :4], torch.zeros(5, 4, 3, 3, 3)), (torch.zeros(1, 16, 1, 10, 10), wide)]:
+        assert select("auto", xx, ww, ones, pad1, None) == "aten"
+        assert select("cpu", xx, ww, ones, pad1, None) == "cpu"
+    assert select("auto", torch.zeros(1, 16, 1, 9, 11), wide, ones, pad1, None) == "cpu"
 
 
 # Cin covers the 16-, 8-, 4- and 1-channel pooling paths; pools: I3D's 3x3x3 and others.

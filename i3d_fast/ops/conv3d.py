@@ -33,7 +33,8 @@ def _reject_triton(x: torch.Tensor, weight, stride, pads, pool, explicit: bool) 
 
 
 def _reject_cpu(x: torch.Tensor, weight, stride, pads, pool, explicit: bool) -> Optional[str]:
-    return cpu_kernels.reject_unless_available(x) or cpu_conv3d.unsupported(x, weight, stride, pads, pool)
+    why = cpu_kernels.reject_unless_available(x) or cpu_conv3d.unsupported(x, weight, stride, pads, pool)
+    return why or (None if explicit else cpu_conv3d.slower_than_onednn(x, weight))
 
 
 def _reject_any(x: torch.Tensor, weight, stride, pads, pool, explicit: bool) -> Optional[str]:

@@ -15,6 +15,7 @@ changes cannot be told), so a model calling it with the same weights pays for it
 """
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Dict, NamedTuple, Optional, Sequence, Tuple
 
@@ -46,6 +47,23 @@ def unsupported(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pad
     if kernel == (1, 1, 1):
         return None if pads == PAD_0 else f"runs unpadded 1x1x1 kernels only, got pads {pads}"
     return f"runs 3x3x3 (Winograd) and 1x1x1 (GEMM) kernels only, got {kernel}"
+
+
+def slower_than_onednn(x: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
+    """Why ``backend="auto"`` leaves a convolution these kernels can run to oneDNN, from crossovers
+    measured on the 2-core AMD EPYC (Zen 4) development machine, 1 thread: Winograd 3x3x3 ties
+    oneDNN at Cin * Cout = 64-128 (4 -> 4 channels: 0.7x) and loses on inputs that are planes
+    (a size-1 dimension) of 100 positions or more, where a direct convolution skips the padded taps
+    (1x10x10: 1.0x, 1x14x14: 0.77x, 1x56x56: 0.48x)."""
+    if tuple(weight.shape[2:]) != (3, 3, 3):
+        return None
+    cout, cin = weight.shape[:2]
+    if cin * cout < 128:
+        return f"oneDNN is as fast for few channels (Cin * Cout = {cin * cout} < 128)"
+    spatial = tuple(x.shape[2:])
+    if 1 in spatial and math.prod(spatial) >= 100:
+        return f"oneDNN is faster on planar inputs ({spatial}: a size-1 dimension, 100+ positions)"
+    return None
 
 
 class PackedWeight(NamedTuple):

@@ -62,43 +62,56 @@ inline Vec max_nan(Vec acc, Vec v) {
 }
 inline float max_nan(float acc, float v) { return (v > acc || v != v) ? v : acc; }
 
-// Max over the SAME window (stride 1, padding (k - 1) / 2 before) of channels [c, c + |Vec|) of `row`.
+// Pools channels [c, c + |Vec|) of the outputs w in [w0, w1) of one (n, t, h) line: the maximum over
+// the t and h window of each input column first (col), then over the w window of those. `col` has
+// room for w1 - w0 + kw - 1 vectors.
 template <typename Vec>
-inline void pool_channels(const float* x, const Geometry& g, const std::array<int64_t, 6>& window, int64_t n,
-                          int64_t c, float* out) {
-  Vec acc = load<Vec>(x + (((n * g.T + window[0]) * g.H + window[2]) * g.W + window[4]) * g.ldx + c);
-  for (int64_t t = window[0]; t < window[1]; ++t)
-    for (int64_t h = window[2]; h < window[3]; ++h) {
-      const float* p = x + ((n * g.T + t) * g.H + h) * g.W * g.ldx + c;
-      for (int64_t w = window[4]; w < window[5]; ++w) acc = max_nan(acc, load<Vec>(p + w * g.ldx));
-    }
-  store(out + c, acc);
+inline void pool_line(const float* x, const Geometry& g, const int64_t window[4], int64_t n, int64_t w0, int64_t w1,
+                      int64_t c, Vec* col, float* out) {
+  const int64_t before = (g.pool[2] - 1) / 2;
+  const int64_t lo = std::max<int64_t>(w0 - before, 0), hi = std::min(w1 - before + g.pool[2] - 1, g.W);
+  for (int64_t w = lo; w < hi; ++w) {
+    const float* p = x + (((n * g.T + window[0]) * g.H + window[2]) * g.W + w) * g.ldx + c;
+    Vec acc = load<Vec>(p);
+    for (int64_t t = window[0]; t < window[1]; ++t)
+      for (int64_t h = window[2]; h < window[3]; ++h)
+        acc = max_nan(acc, load<Vec>(x + (((n * g.T + t) * g.H + h) * g.W + w) * g.ldx + c));
+    col[w - lo] = acc;
+  }
+  for (int64_t w = w0; w < w1; ++w) {
+    const int64_t a = std::max<int64_t>(w - before, 0), b = std::min(w - before + g.pool[2], g.W);
+    Vec acc = col[a - lo];
+    for (int64_t k = a + 1; k < b; ++k) acc = max_nan(acc, col[k - lo]);
+    store(out + (w - w0) * g.cin + c, acc);
+  }
 }
 
-// a[count][cin] = max pool of rows [first, first + count).
-void pool_rows(const float* x, const Geometry& g, int64_t first, int64_t count, float* a) {
-  for (int64_t r = 0; r < count; ++r) {
+// a[count][cin] = max pool of rows [first, first + count), one (n, t, h) line segment at a time.
+void pool_rows(const float* x, const Geometry& g, int64_t first, int64_t count, float* a, v16* col) {
+  for (int64_t r = 0; r < count;) {
     const int64_t row = first + r;
-    const int64_t w = row % g.W, h = (row / g.W) % g.H, t = (row / (g.W * g.H)) % g.T, n = row / (g.W * g.H * g.T);
-    const int64_t pos[3] = {t, h, w}, size[3] = {g.T, g.H, g.W};
-    std::array<int64_t, 6> window;
-    for (int d = 0; d < 3; ++d) {
+    const int64_t w0 = row % g.W, h = (row / g.W) % g.H, t = (row / (g.W * g.H)) % g.T, n = row / (g.W * g.H * g.T);
+    const int64_t w1 = std::min(g.W, w0 + count - r);
+    int64_t window[4];  // [t0, t1, h0, h1): the real cells of the t and h windows
+    const int64_t pos[2] = {t, h}, size[2] = {g.T, g.H};
+    for (int d = 0; d < 2; ++d) {
       const int64_t start = pos[d] - (g.pool[d] - 1) / 2;
       window[2 * d] = std::max<int64_t>(start, 0);
       window[2 * d + 1] = std::min(start + g.pool[d], size[d]);
     }
     float* out = a + r * g.cin;
     int64_t c = 0;
-    for (; c + 16 <= g.cin; c += 16) pool_channels<v16>(x, g, window, n, c, out);
+    for (; c + 16 <= g.cin; c += 16) pool_line<v16>(x, g, window, n, w0, w1, c, col, out);
     if (c + 8 <= g.cin) {
-      pool_channels<v8>(x, g, window, n, c, out);
+      pool_line<v8>(x, g, window, n, w0, w1, c, reinterpret_cast<v8*>(col), out);
       c += 8;
     }
     if (c + 4 <= g.cin) {
-      pool_channels<v4>(x, g, window, n, c, out);
+      pool_line<v4>(x, g, window, n, w0, w1, c, reinterpret_cast<v4*>(col), out);
       c += 4;
     }
-    for (; c < g.cin; ++c) pool_channels<float>(x, g, window, n, c, out);
+    for (; c < g.cin; ++c) pool_line<float>(x, g, window, n, w0, w1, c, reinterpret_cast<float*>(col), out);
+    r += w1 - w0;
   }
 }
 
@@ -112,19 +125,23 @@ void pointwise_forward(const float* x, const float* packed, const float* bias, b
   const bool pooled = g.pool[0] > 0;
   const std::vector<float> b = padded_bias(bias, g.cout);
   const bool stream = streams(dests, rows);
-  const int64_t a_size = pooled ? round_up(P * g.cin, 16) : 0, c_size = P * kPanel;
-  AlignedBuffer scratch(threads * (a_size + c_size));
+  // Per thread: pooled rows, column maxima (pool_line), GEMM output.
+  const int64_t a_size = pooled ? round_up(P * g.cin, 16) : 0;
+  const int64_t col_size = pooled ? 16 * (std::min(P, g.W) + g.pool[2]) : 0, c_size = P * kPanel;
+  const int64_t per_thread = a_size + col_size + c_size;
+  AlignedBuffer scratch(threads * per_thread);
 #pragma omp parallel num_threads(threads)
   {
-    float* A = scratch.data + omp_get_thread_num() * (a_size + c_size);
-    float* C = A + a_size;
+    float* A = scratch.data + omp_get_thread_num() * per_thread;
+    v16* col = reinterpret_cast<v16*>(A + a_size);
+    float* C = A + a_size + col_size;
 #pragma omp for schedule(dynamic, 1)
     for (int64_t first = 0; first < rows; first += P) {
       const int64_t count = std::min(P, rows - first);
       const float* a = x + first * g.ldx;
       int64_t lda = g.ldx;
       if (pooled) {
-        pool_rows(x, g, first, count, A);
+        pool_rows(x, g, first, count, A, col);
         a = A;
         lda = g.cin;
       }

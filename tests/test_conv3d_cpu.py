@@ -3,10 +3,10 @@ convolutions, a GEMM (optionally of a max-pooled input) for 1x1x1 ones.
 
 Winograd accuracy bound: Winograd rounds differently from a direct convolution. Its max abs error vs
 float64 must stay within ERROR_FACTOR times that of ATen's own float32 ``F.conv3d`` on the same
-inputs. Measured on I3D's 3x3x3 channel counts (Cin 16..192, Cout 32..384, 8x14x14 and 8x7x7 inputs;
-ReLU'd, signed, offset and [0, 100) inputs) the ratio is 0.3x-2.3x (largest at Cin = 192), and
-0.2x-0.4x of the error of oneDNN's ``_convolution_pointwise`` (the ``aten`` backend); 4x leaves room
-for shapes and seeds the measurement did not cover without hiding a wrong transform (errors of 1e-2+).
+inputs. Measured on all 19 of I3D's 3x3x3 channel pairs (Cin 16..192, Cout 32..384, 8x14x14 and 8x7x7
+inputs, ReLU'd and signed) the ratio is 0.6x-2.7x (largest with Cin >= 96), and 0.2x-0.44x of the
+error of oneDNN's ``_convolution_pointwise`` (the ``aten`` backend); 4x leaves room for shapes and
+seeds the measurement did not cover without hiding a wrong transform (errors of 1e-2 and more).
 """
 import pytest
 import torch

@@ -15,8 +15,10 @@
 // channels runs the 64 products with a register-blocked micro-kernel (M: [64][P][panel]) and
 // inverse-transforms M straight into the destination rows, adding the bias and applying ReLU.
 // The chunk size keeps V and M in the thread's L2 cache; only the transformed weights U stream
-// in from L3. The input may be a channel slice of a wider tensor (row stride ldx) and the output
-// channels may be split over several destinations, each a channel slice of its own tensor.
+// in from L3 (U is transformed once, see prepare_weight). The input may be a channel slice of a
+// wider tensor (row stride ldx) and the output channels may be split over several destinations,
+// each a channel slice of its own tensor; outputs too large for the caches are written with
+// non-temporal stores.
 #include <omp.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -40,7 +42,8 @@ using namespace gemm;
 constexpr int kPositions = 64;  // 4 x 4 x 4 transform positions
 constexpr int64_t kL2Budget = 640 * 1024;  // bytes of V + M per thread
 
-// Transformed weights U: PanelLayout(kPositions, cin, cout).
+// ---------------------------------------------------------------------------------------------
+// Weight transform. U is stored as PanelLayout(kPositions, cin, cout) (csrc/cpu/gemm_panel.h).
 // G g along one dimension: 3 taps -> 4 transform positions.
 inline void weight_1d(const double g[3], double u[4]) {
   u[0] = g[0];

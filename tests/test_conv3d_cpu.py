@@ -66,11 +66,12 @@ def test_many_tiles_over_several_chunks_and_threads():
     _check(actual, x, w, torch.ones_like(scale), shift, True)
 
 
-def test_channel_slice_input_and_output():
-    x, w, scale, shift = _data(2, 11, 19, (3, 4, 5), seed=2)
-    wide = torch.randn(2, 17, 3, 4, 5).contiguous(memory_format=CL)
+@pytest.mark.parametrize("shape", [(3, 4, 5), (4, 5, 1), (1, 1, 1)])
+def test_channel_slice_input_and_output(shape):
+    x, w, scale, shift = _data(2, 11, 19, shape, seed=2)
+    wide = torch.randn(2, 17, *shape).contiguous(memory_format=CL)
     wide[:, 4:15] = x.float()
-    out = torch.full((2, 30, 3, 4, 5), 7.0).contiguous(memory_format=CL)
+    out = torch.full((2, 30, *shape), 7.0).contiguous(memory_format=CL)
     result = conv3d(wide[:, 4:15], w.float(), scale.float(), shift.float(), 1, "same", True, out=out,
                     channel_offset=6, backend="cpu")
     assert result is out

@@ -18,6 +18,10 @@
 #include <immintrin.h>
 #endif
 
+// The vector types only pass between inline functions of one translation unit, so GCC's note that
+// 32/64-byte vector arguments change the ABI without AVX/AVX-512 (portable builds) does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 namespace i3d {
 namespace gemm {
 

@@ -304,6 +304,11 @@ void forward(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64
 }  // namespace
 
 void register_winograd3d(py::module_& m) {
+#ifdef __AVX512F__
+  m.attr("conv3d_avx512") = true;
+#else
+  m.attr("conv3d_avx512") = false;
+#endif
   m.def("winograd3d_packed_size", &packed_size, py::arg("cout"), py::arg("cin"),
         "Floats in the transformed (packed) weight of a [cout, cin, 3, 3, 3] convolution.");
   m.def("winograd3d_prepare_weight", &prepare_weight, py::arg("weight"), py::arg("packed"), py::arg("cout"),

@@ -50,11 +50,16 @@ def unsupported(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pad
 
 
 def slower_than_onednn(x: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
-    """Why ``backend="auto"`` leaves a convolution these kernels can run to oneDNN, from crossovers
-    measured on the 2-core AMD EPYC (Zen 4) development machine, 1 thread: Winograd 3x3x3 ties
-    oneDNN at Cin * Cout = 64-128 (4 -> 4 channels: 0.7x) and loses on inputs that are planes
-    (a size-1 dimension) of 100 positions or more, where a direct convolution skips the padded taps
-    (1x10x10: 1.0x, 1x14x14: 0.77x, 1x56x56: 0.48x)."""
+    """Why ``backend="auto"`` leaves a convolution these kernels can run to oneDNN.
+
+    The micro-kernels keep 24 vectors of 16 floats in registers: without AVX-512 (a portable
+    ``I3D_FAST_PORTABLE=1`` build, or an AVX2 machine) they spill and run several times slower than
+    oneDNN. Otherwise, from crossovers measured on the 2-core AMD EPYC (Zen 4) development machine
+    (1 thread): Winograd 3x3x3 ties oneDNN at Cin * Cout = 64-128 (4 -> 4 channels: 0.7x) and loses
+    on inputs that are planes (a size-1 dimension) of 100 positions or more, where a direct
+    convolution skips the padded taps (1x10x10: 1.0x, 1x14x14: 0.77x, 1x56x56: 0.48x)."""
+    if not extension().conv3d_avx512:
+        return "i3d_fast._C was built without AVX-512, which its GEMM micro-kernels need to be fast"
     if tuple(weight.shape[2:]) != (3, 3, 3):
         return None
     cout, cin = weight.shape[:2]

@@ -18,7 +18,7 @@ import tempfile
 
 import torch
 
-from i3d_fast.bench import conv3d as suite
+from i3d_fast.bench import conv3d_cuda as suite
 from i3d_fast.bench.report import format_table, machine, speedups, write_json
 
 TARGET = 1.3

@@ -6,10 +6,14 @@ namespace py = pybind11;
 namespace i3d {
 void register_pool3d(py::module_& m);
 void register_tvl1(py::module_& m);
+void register_winograd3d(py::module_& m);
+void register_pointwise_conv3d(py::module_& m);
 }  // namespace i3d
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "i3d_fast CPU kernels (C++17, OpenMP). Takes raw pointers; see i3d_fast.kernels.cpu.";
   i3d::register_pool3d(m);
   i3d::register_tvl1(m);
+  i3d::register_winograd3d(m);
+  i3d::register_pointwise_conv3d(m);
 }

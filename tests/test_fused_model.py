@@ -75,3 +75,16 @@ def test_fused_triton_backend_through_the_interpreter(small):
     with torch.no_grad():
         expected = small(x)
     assert _rel(i3d_fast.fuse(small, backend="triton")(x), expected) <= 1e-4
+
+
+def test_fold_unit_keeps_a_conv_bias_under_batchnorm():
+    from i3d_fast.layers import Unit3D
+    from i3d_fast.models.fused import fold_unit
+
+    unit = _randomise_batchnorm(Unit3D(3, 4, 3, bias=True))
+    unit.conv3d.bias.data.uniform_(-1, 1)
+    weight, shift = fold_unit(unit, torch.float64)
+    x = torch.randn(1, 3, 4, 5, 6, dtype=torch.float64)
+    expected = unit.double()(x)
+    actual = i3d_fast.ops.conv3d(x, weight, None, shift, 1, "same", True, backend="reference")
+    torch.testing.assert_close(actual, expected)

@@ -375,7 +375,7 @@ def test_gpu_matches_reference(name, dtype, tf32):
 def test_fused_mixed_block_matches_unfused(dtype):
     # One GEMM for b0|b1a|b2a (b0 in place, b1a|b2a to scratch), b1b / b2b on scratch slices, the
     # pool fused into b3b, all writing channel slices of one output: against the plain units + cat.
-    from i3d_fast.bench.conv3d import Block, BlockProviders, Conv
+    from i3d_fast.bench.conv3d_cuda import Block, BlockProviders, Conv
 
     shape, widths = (2, 24, 3, 4, 5), (8, 48, 16, 8, 8, 8)
     b0, b1a, b1b, b2a, b2b, b3b = widths
@@ -400,7 +400,7 @@ def test_fused_mixed_block_matches_unfused(dtype):
 
 
 def test_cudnn_kernel_names_are_recognised():
-    from i3d_fast.bench.conv3d import cudnn_kernel
+    from i3d_fast.bench.conv3d_cuda import cudnn_kernel
 
     assert cudnn_kernel(["void at::native::vol2col_kernel<float>", "sm90_xmma_fprop_implicit_gemm_bf16"]) \
         == "sm90_xmma_fprop_implicit_gemm_bf16"
@@ -442,3 +442,13 @@ def test_malformed_packed_weight_is_refused():
     bad = tc.PackedWeight(packed.data[:, :8], packed.cout, packed.cin, packed.kernel)
     with pytest.raises(ValueError, match="packed weight data must be a contiguous"):
         tc.conv3d(x, bad, scale, shift, (1, 1, 1), ((0, 0),) * 3, True, [(out, 0, 8)])
+
+
+def test_why_unsupported_checks_destinations():
+    x = _cl(torch.randn(1, 4, 2, 3, 3))
+    none = ((0, 0),) * 3
+    out = _cl(torch.zeros(1, 8, 2, 3, 3))
+    assert tc.why_unsupported(x, (8, 4, 1, 1, 1), (1, 1, 1), none, destinations=[(out, 0, 8)]) is None
+    planar = torch.zeros(1, 8, 2, 3, 3)  # NCDHW: channel stride is not 1
+    assert "channel stride 1" in tc.why_unsupported(x, (8, 4, 1, 1, 1), (1, 1, 1), none,
+                                                    destinations=[(planar, 0, 8)])

@@ -12,7 +12,7 @@ import torch
 
 from ..models import InceptionI3d, fuse
 from .report import Row
-from .timing import measure, peak_memory_in_subprocess, peak_rss_mb
+from .timing import measure_interleaved, peak_memory_in_subprocess, peak_rss_mb
 
 CL = torch.channels_last_3d
 PROVIDERS = ("reference model (channels_last_3d)", "i3d_fast.fuse(model)")
@@ -37,8 +37,9 @@ def run(quick: bool = False, device: str = "cpu") -> List[Row]:
     repeat = 3 if quick else 5
     case = f"I3D RGB forward [1, 3, {frames}, 224, 224] float32"
     rows = []
-    for i, provider in enumerate(PROVIDERS):
-        timing = measure(workload(provider, frames, device), repeat, device=device)
+    # Interleaved, run by run: on a shared machine a slow spell then falls on both providers.
+    timings = measure_interleaved([workload(p, frames, device) for p in PROVIDERS], repeat, device=device)
+    for i, (provider, timing) in enumerate(zip(PROVIDERS, timings)):
         extra = {}
         if device == "cpu":
             peak = peak_memory_in_subprocess(__name__, str(i), str(frames))

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import torch
 
@@ -36,9 +36,32 @@ def measure(fn: Callable[[], object], repeat: int = 7, warmup: int = 1, device: 
         fn()
         _sync(dev)
         times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
+    return _summary(times)
+
+
+def _summary(times: List[float]) -> Timing:
+    times = sorted(times)
     q = statistics.quantiles(times, n=5, method="inclusive") if len(times) > 1 else [times[0]] * 4
     return Timing(statistics.median(times), q[0], q[3], len(times))
+
+
+def measure_interleaved(fns: Sequence[Callable[[], object]], repeat: int = 7, warmup: int = 1,
+                        device: str = "cpu") -> List[Timing]:
+    """Like :func:`measure` for several providers at once, taking turns run by run so that a
+    noisy machine's slow spells fall on all of them alike."""
+    dev = torch.device(device)
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    _sync(dev)
+    times: List[List[float]] = [[] for _ in fns]
+    for _ in range(repeat):
+        for fn, t in zip(fns, times):
+            start = time.perf_counter()
+            fn()
+            _sync(dev)
+            t.append((time.perf_counter() - start) * 1e3)
+    return [_summary(t) for t in times]
 
 
 

@@ -18,14 +18,16 @@ CL = torch.channels_last_3d
 
 
 def fold_unit(unit: Unit3D, dtype: torch.dtype) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """(weight, shift) with an eval BatchNorm folded in: w * gamma / sqrt(var + eps), beta - mean * that."""
+    """(weight, shift) with an eval BatchNorm folded in: scale = gamma / sqrt(var + eps),
+    w * scale and beta + (conv bias - mean) * scale."""
     weight = unit.conv3d.weight.detach().double()
     shift = unit.conv3d.bias.detach().double() if unit.conv3d.bias is not None else None
     if unit.bn is not None:
         bn = unit.bn
         scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
         weight = weight * scale.view(-1, 1, 1, 1, 1)
-        shift = bn.bias.detach().double() - bn.running_mean.double() * scale
+        bias = 0.0 if shift is None else shift
+        shift = bn.bias.detach().double() + (bias - bn.running_mean.double()) * scale
     weight = weight.to(dtype).contiguous(memory_format=CL)
     return weight, None if shift is None else shift.to(dtype)
 
@@ -143,10 +145,14 @@ class FusedTwoStreamI3D(nn.Module):
 def fuse(model: nn.Module, dtype: torch.dtype = torch.float32, backend: str = "auto", allow_tf32: bool = False):
     """Inference-only fused copy of an :class:`InceptionI3d` or :class:`TwoStreamI3D` (BatchNorm uses
     its running statistics, as in ``eval()``). ``dtype``: float32, float16 or bfloat16 compute;
-    ``backend``: the conv backend ("auto", "triton", "aten", "reference")."""
+    ``backend``: the conv backend ("auto", "triton", "cpu", "aten", "reference").
+
+    The folded weights are ordinary tensors even when built under ``torch.inference_mode()``, so
+    that kernels can cache their transformed forms (see :mod:`i3d_fast.kernels.cpu.conv3d`)."""
     kwargs = dict(dtype=dtype, backend=backend, allow_tf32=allow_tf32)
-    if isinstance(model, TwoStreamI3D):
-        return FusedTwoStreamI3D(model, **kwargs).to(next(model.parameters()).device)
-    if isinstance(model, InceptionI3d):
-        return FusedInceptionI3d(model, **kwargs).to(next(model.parameters()).device)
+    with torch.inference_mode(False):
+        if isinstance(model, TwoStreamI3D):
+            return FusedTwoStreamI3D(model, **kwargs).to(next(model.parameters()).device)
+        if isinstance(model, InceptionI3d):
+            return FusedInceptionI3d(model, **kwargs).to(next(model.parameters()).device)
     raise TypeError(f"fuse() takes an InceptionI3d or TwoStreamI3D, got {type(model).__name__}")

@@ -5,6 +5,8 @@ channel slice of a larger output so Inception blocks never concatenate.
 Custom ops: ``i3d_fast::conv3d`` (functional, differentiable), ``i3d_fast::conv3d_into`` (writes
 into ``out[:, offset:offset + Cout]``) and ``i3d_fast::inception_block`` (a whole Mixed block,
 inference). Backends: ``triton`` (CUDA, or CPU under TRITON_INTERPRET=1 when asked for),
+``cpu`` (C++, float32: 3D Winograd F(2x2x2, 3x3x3) for 3x3x3 stride-1 SAME convolutions, a GEMM
+for 1x1x1 ones, with branch 3's max pool fused into the load),
 ``aten`` (oneDNN/BLAS: the CPU fast path and the fallback) and ``reference`` (the fp64 oracle).
 """
 from __future__ import annotations
@@ -13,7 +15,9 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..kernels import cpu as cpu_kernels
 from ..kernels.aten import conv3d as aten_conv3d
+from ..kernels.cpu import conv3d as cpu_conv3d
 from ..kernels.reference import conv3d as reference_conv3d
 from . import dispatch
 from .padding import PaddingArg, flat_pads, nested_pads, output_size, resolve_padding, triple
@@ -23,12 +27,19 @@ FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
-def _reject_triton(x, weight, stride, pads, pool, allow_tf32, explicit: bool) -> Optional[str]:
+# Every reject(x, weight, stride, pads, pool, allow_tf32, destinations, explicit=...) sees the
+# convolution it would run and where its output goes (None: a tensor of its own).
+def _reject_triton(x, weight, stride, pads, pool, allow_tf32, destinations, explicit: bool) -> Optional[str]:
     why = dispatch.reject_unless_triton_device(x, explicit) or dispatch.reject_dtype(x, TRITON_DTYPES)
-    return why or _triton_impl().why_unsupported(x, weight.shape, stride, pads, pool, allow_tf32)
+    return why or _triton_impl().why_unsupported(x, weight.shape, stride, pads, pool, allow_tf32, destinations)
 
 
-def _reject_any(x, weight, stride, pads, pool, allow_tf32, explicit: bool) -> Optional[str]:
+def _reject_cpu(x, weight, stride, pads, pool, allow_tf32, destinations, explicit: bool) -> Optional[str]:
+    why = cpu_kernels.reject_unless_available(x) or cpu_conv3d.unsupported(x, weight, stride, pads, pool)
+    return why or (None if explicit else cpu_conv3d.slower_than_onednn(x, weight))
+
+
+def _reject_any(x, weight, stride, pads, pool, allow_tf32, destinations, explicit: bool) -> Optional[str]:
     return dispatch.reject_dtype(x, FLOATS)
 
 
@@ -40,6 +51,7 @@ def _triton_impl():
 
 BACKENDS = (
     dispatch.Backend("triton", _reject_triton, _triton_impl),
+    dispatch.Backend("cpu", _reject_cpu, lambda: cpu_conv3d),
     dispatch.Backend("aten", _reject_any, lambda: aten_conv3d),
     dispatch.Backend("reference", _reject_any, lambda: reference_conv3d),
 )
@@ -56,7 +68,8 @@ def _run(backend, x, weight, scale, shift, stride, pads, relu, destinations, poo
     """Calls the selected kernel: every backend's ``conv3d`` returns a new channels_last_3d tensor
     when ``destinations`` is None, else writes into them."""
     stride, pads = tuple(stride), nested_pads(pads)
-    impl = dispatch.select("i3d_fast.conv3d", backend, BACKENDS, x, weight, stride, pads, pool, allow_tf32).impl()
+    impl = dispatch.select("i3d_fast.conv3d", backend, BACKENDS, x, weight, stride, pads, pool, allow_tf32,
+                           destinations).impl()
     return impl.conv3d(x, weight, scale, shift, stride, pads, relu, destinations, pool, allow_tf32)
 
 
@@ -175,7 +188,7 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor] 
         relu: apply ReLU after the shift.
         out: optional channels_last_3d Tensor[N, C_total, T', H', W']; the result goes to
             ``out[:, channel_offset:channel_offset + Cout]`` and ``out`` is returned (no autograd).
-        backend: "auto", "triton", "aten" or "reference".
+        backend: "auto", "triton", "cpu", "aten" or "reference".
         allow_tf32: let fp32 convolutions use TF32 tensor cores (Triton on CUDA).
     Returns:
         Tensor[N, Cout, T', H', W'] in channels_last_3d memory (or ``out``). Differentiable when

@@ -531,9 +531,10 @@ def _input_fits(shape, sx, kernel: Triple, pads: Pads, pool, sites: int, weight_
 
 
 def why_unsupported(x: torch.Tensor, weight_shape: Sequence[int], stride: Triple, pads: Pads,
-                    pool: Optional[Triple] = None, allow_tf32: bool = False) -> Optional[str]:
-    """Why :func:`conv3d` cannot run these inputs with an output of its own (a channels_last_3d
-    Tensor[N, Cout, OT, OH, OW]), or None when it can (for a backend's ``reject``)."""
+                    pool: Optional[Triple] = None, allow_tf32: bool = False,
+                    destinations: Optional[Sequence[Destination]] = None) -> Optional[str]:
+    """Why :func:`conv3d` cannot run these inputs into ``destinations`` (None: an output of its own,
+    a channels_last_3d Tensor[N, Cout, OT, OH, OW]), or None when it can (for a backend's ``reject``)."""
     try:
         precision = precision_of(x.dtype, allow_tf32)
         cout, cin, *kernel = weight_shape
@@ -549,7 +550,17 @@ def why_unsupported(x: torch.Tensor, weight_shape: Sequence[int], stride: Triple
             return "tensors too large for 32-bit offsets within a tile"
         vec = vector_elements(precision)
         in_aligned = _is_aligned(sx + [x_off, cin], vec)
-        choose_mode(precision, tuple(kernel), cin, pool is not None, in_aligned, cout % vec == 0)
+        out_aligned = cout % vec == 0
+        for i, (out, offset, count) in enumerate(destinations or ()):
+            if out.shape[1] > 1 and out.stride(1) != 1:
+                return f"destination {i} needs channel stride 1 (channels_last_3d)"
+            so = _strides(out)
+            if not _fits_int32(sites, x.shape[0], so, size, out.shape[1]):
+                return "tensors too large for 32-bit offsets within a tile"
+            out_aligned = out_aligned and _is_aligned(so + [_aligned_base(out)[1] + offset], vec)
+        if destinations:
+            out_aligned = out_aligned and destinations[0][2] % vec == 0
+        choose_mode(precision, tuple(kernel), cin, pool is not None, in_aligned, out_aligned)
     except (TypeError, ValueError) as e:
         return str(e)
     return None

@@ -1,0 +1,327 @@
+// 3D Winograd convolution F(2x2x2, 3x3x3) on channels-last (NDHWC) float32 tensors: 3x3x3 kernel,
+// stride 1, one cell of zero padding on every side (TF "SAME" for k = 3, s = 1).
+//
+// Along one dimension (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks"), two
+// outputs of a 3-tap correlation are y = A^T [(G g) * (B^T d)] with
+//   B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1],  G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1],
+//   A^T = [1 1 1 0; 0 1 -1 -1],
+// applied separably along T, H and W. A "tile" is a 2x2x2 block of outputs; it reads a 4x4x4 block
+// of input. In the transformed domain the convolution becomes 64 independent matrix products, one
+// per transform position xi: M[xi] (tiles x Cout) = V[xi] (tiles x Cin) . U[xi] (Cin x Cout), i.e.
+// 64 multiplies per 8 outputs and input channel instead of 216.
+//
+// Schedule: tiles are cut into chunks. A thread transforms one chunk's input (V: [64][P][Cin],
+// channels contiguous, vectorised across channels), then for each panel of up to 64 output
+// channels runs the 64 products with a register-blocked micro-kernel (M: [64][P][panel]) and
+// inverse-transforms M straight into the destination rows, adding the bias and applying ReLU.
+// The chunk size keeps V and M in the thread's L2 cache; only the transformed weights U stream
+// in from L3 (U is transformed once, see prepare_weight). The input may be a channel slice of a
+// wider tensor (row stride ldx) and the output channels may be split over several destinations,
+// each a channel slice of its own tensor; outputs too large for the caches are written with
+// non-temporal stores.
+#include <omp.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <array>
+#include <stdexcept>
+#include <tuple>
+#include <vector>
+
+#include "cpu/cpu_utils.h"
+#include "cpu/gemm_panel.h"
+
+namespace py = pybind11;
+
+namespace i3d {
+namespace {
+
+using namespace gemm;
+
+constexpr int kPositions = 64;  // 4 x 4 x 4 transform positions
+constexpr int64_t kL2Budget = 640 * 1024;  // bytes of V + M per thread
+
+// ---------------------------------------------------------------------------------------------
+// Weight transform. U is stored as PanelLayout(kPositions, cin, cout) (csrc/cpu/gemm_panel.h).
+// G g along one dimension: 3 taps -> 4 transform positions.
+inline void weight_1d(const double g[3], double u[4]) {
+  u[0] = g[0];
+  u[1] = 0.5 * (g[0] + g[1] + g[2]);
+  u[2] = 0.5 * (g[0] - g[1] + g[2]);
+  u[3] = g[2];
+}
+
+// w: Tensor[Cout, Cin, 3, 3, 3] contiguous; u: PanelLayout(kPositions, cin, cout).size() floats.
+// Computed in double, rounded once.
+void transform_weight(const float* w, float* u, int64_t cout, int64_t cin, int threads) {
+  const PanelLayout L(kPositions, cin, cout);
+  const int64_t panels = L.panels();
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) collapse(2)
+  for (int64_t panel = 0; panel < panels; ++panel) {
+    for (int64_t ci = 0; ci < cin; ++ci) {
+      const int64_t width = L.width(panel);
+      float rows[kPositions][kPanel];  // this input channel's block, written out row by row
+      for (int64_t j = 0; j < width; ++j) {
+        const int64_t co = panel * kPanel + j;
+        double out[kPositions] = {};
+        if (co < cout) {
+          const float* g = w + (co * cin + ci) * 27;
+          double a[4][3][3], b[4][4][3];
+          for (int kh = 0; kh < 3; ++kh)
+            for (int kw = 0; kw < 3; ++kw) {
+              const double col[3] = {g[kh * 3 + kw], g[9 + kh * 3 + kw], g[18 + kh * 3 + kw]};
+              double t[4];
+              weight_1d(col, t);
+              for (int i = 0; i < 4; ++i) a[i][kh][kw] = t[i];
+            }
+          for (int i = 0; i < 4; ++i)
+            for (int kw = 0; kw < 3; ++kw) {
+              const double col[3] = {a[i][0][kw], a[i][1][kw], a[i][2][kw]};
+              double t[4];
+              weight_1d(col, t);
+              for (int k = 0; k < 4; ++k) b[i][k][kw] = t[k];
+            }
+          for (int i = 0; i < 4; ++i)
+            for (int k = 0; k < 4; ++k) weight_1d(b[i][k], out + (i * 4 + k) * 4);
+        }
+        for (int xi = 0; xi < kPositions; ++xi) rows[xi][j] = static_cast<float>(out[xi]);
+      }
+      for (int xi = 0; xi < kPositions; ++xi)
+        std::copy(rows[xi], rows[xi] + width, u + L.offset(panel, xi) + ci * width);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input transform B^T d B of one tile for one group of channels (adds and subtracts only).
+// B^T along one dimension, in place.
+template <typename Vec>
+inline void input_1d(Vec& a, Vec& b, Vec& c, Vec& d) {
+  const Vec t0 = a - c, t1 = b + c, t2 = c - b, t3 = b - d;
+  a = t0;
+  b = t1;
+  c = t2;
+  d = t3;
+}
+
+// rows[64]: the tile's 4x4x4 input cells in (t, h, w) order; position xi goes to v + xi * v_stride.
+template <typename Vec>
+inline void input_tile(const float* const* rows, int64_t c, float* v, int64_t v_stride) {
+  // Along t first, through a small buffer, then one t-slice (16 values) at a time along h and w:
+  // few enough live values to stay in registers.
+  Vec d[kPositions];
+  for (int hw = 0; hw < 16; ++hw) {
+    Vec a = load<Vec>(rows[hw] + c), b = load<Vec>(rows[16 + hw] + c);
+    Vec e = load<Vec>(rows[32 + hw] + c), f = load<Vec>(rows[48 + hw] + c);
+    input_1d(a, b, e, f);
+    d[hw] = a;
+    d[16 + hw] = b;
+    d[32 + hw] = e;
+    d[48 + hw] = f;
+  }
+  for (int t = 0; t < 4; ++t) {
+    Vec s[16];
+    for (int i = 0; i < 16; ++i) s[i] = d[t * 16 + i];
+    for (int h = 0; h < 4; ++h) input_1d(s[h * 4], s[h * 4 + 1], s[h * 4 + 2], s[h * 4 + 3]);
+    for (int w = 0; w < 4; ++w) input_1d(s[w], s[4 + w], s[8 + w], s[12 + w]);
+    for (int i = 0; i < 16; ++i) store(v + (t * 16 + i) * v_stride + c, s[i]);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output transform A^T m A of one tile for 16 channels: m[64] -> y[8] in (t, h, w) order.
+inline void output_tile(const float* m, int64_t m_stride, v16 y[8]) {
+  v16 b[4][4];  // [t][h2 * 2 + w2]: one t-slice at a time along w, then h
+  for (int t = 0; t < 4; ++t) {
+    v16 a[8];  // [h][w2]
+    for (int h = 0; h < 4; ++h) {
+      const float* p = m + (t * 16 + h * 4) * m_stride;
+      const v16 m0 = load<v16>(p), m1 = load<v16>(p + m_stride);
+      const v16 m2 = load<v16>(p + 2 * m_stride), m3 = load<v16>(p + 3 * m_stride);
+      a[h * 2] = m0 + m1 + m2;
+      a[h * 2 + 1] = m1 - m2 - m3;
+    }
+    for (int w = 0; w < 2; ++w) {
+      b[t][w] = a[w] + a[2 + w] + a[4 + w];
+      b[t][2 + w] = a[2 + w] - a[4 + w] - a[6 + w];
+    }
+  }
+  for (int i = 0; i < 4; ++i) {  // along t
+    y[i] = b[0][i] + b[1][i] + b[2][i];
+    y[4 + i] = b[1][i] - b[2][i] - b[3][i];
+  }
+}
+
+struct Geometry {
+  int64_t N, T, H, W;     // input = output sizes
+  int64_t TT, TH, TW;     // tiles per dimension
+  int64_t cin, ldx, cout;
+
+  int64_t tiles() const { return N * TT * TH * TW; }
+  // (n, tile t, tile h, tile w) of tile `i`.
+  std::array<int64_t, 4> tile(int64_t i) const {
+    const int64_t tw = i % TW, th = (i / TW) % TH, tt = (i / (TW * TH)) % TT, n = i / (TW * TH * TT);
+    return {n, tt, th, tw};
+  }
+};
+
+// V[xi][p][cin] for tiles [first, first + count): B^T d B of each tile's 4x4x4 input cells, with
+// cells outside the input read from a row of zeros.
+void transform_chunk(const float* x, const float* zeros, const Geometry& g, int64_t first, int64_t count,
+                     int64_t P, float* V) {
+  const float* rows[kPositions];
+  const int64_t v_stride = P * g.cin;
+  for (int64_t p = 0; p < count; ++p) {
+    const auto [n, tt, th, tw] = g.tile(first + p);
+    for (int i = 0; i < 4; ++i) {
+      const int64_t t = 2 * tt - 1 + i;
+      for (int j = 0; j < 4; ++j) {
+        const int64_t h = 2 * th - 1 + j;
+        for (int k = 0; k < 4; ++k) {
+          const int64_t w = 2 * tw - 1 + k;
+          const bool inside = t >= 0 && t < g.T && h >= 0 && h < g.H && w >= 0 && w < g.W;
+          rows[(i * 4 + j) * 4 + k] = inside ? x + (((n * g.T + t) * g.H + h) * g.W + w) * g.ldx : zeros;
+        }
+      }
+    }
+    float* v = V + p * g.cin;
+    int64_t c = 0;
+    for (; c + 16 <= g.cin; c += 16) input_tile<v16>(rows, c, v, v_stride);
+    if (c + 8 <= g.cin) {
+      input_tile<v8>(rows, c, v, v_stride);
+      c += 8;
+    }
+    if (c + 4 <= g.cin) {
+      input_tile<v4>(rows, c, v, v_stride);
+      c += 4;
+    }
+    for (; c < g.cin; ++c) input_tile<float>(rows, c, v, v_stride);
+  }
+}
+
+// Output transform of M[xi][p][width] for tiles [first, first + count), output channels
+// [c_first, c_first + width) of which those < cout are stored.
+void store_chunk(const float* M, const Geometry& g, int64_t first, int64_t count, int64_t P, int64_t width,
+                 int64_t c_first, const float* bias, bool relu, const std::vector<Dest>& dests, bool stream) {
+  const int64_t m_stride = P * width;
+  for (int64_t p = 0; p < count; ++p) {
+    const auto [n, tt, th, tw] = g.tile(first + p);
+    for (int64_t j = 0; j < width; j += 16) {
+      const int64_t c0 = c_first + j;
+      if (c0 >= g.cout) break;
+      const int valid = static_cast<int>(std::min<int64_t>(16, g.cout - c0));
+      v16 y[8];
+      output_tile(M + p * width + j, m_stride, y);
+      const v16 b = load<v16>(bias + c0);
+      for (int i = 0; i < 2; ++i) {
+        const int64_t t = 2 * tt + i;
+        if (t >= g.T) break;
+        for (int k = 0; k < 2; ++k) {
+          const int64_t h = 2 * th + k;
+          if (h >= g.H) break;
+          for (int l = 0; l < 2; ++l) {
+            const int64_t w = 2 * tw + l;
+            if (w >= g.W) break;
+            v16 out = y[(i * 2 + k) * 2 + l] + b;
+            if (relu) out = out < 0 ? v16{} : out;  // NaN stays NaN
+            store_channels(dests, ((n * g.T + t) * g.H + h) * g.W + w, c0, valid, out, stream);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Tiles per chunk: V + M within kL2Budget, a multiple of the micro-kernel's rows, and no more
+// than an even share of the tiles for each thread.
+int64_t chunk_tiles(const Geometry& g, int threads, int64_t requested) {
+  if (requested > 0) return requested;
+  const int64_t fit = kL2Budget / (4 * kPositions * (g.cin + kPanel));
+  const int64_t step = fit >= 12 ? 12 : 6;
+  const int64_t share = round_up(ceil_div(g.tiles(), threads), 6);
+  return std::min(share, std::max<int64_t>(6, fit / step * step));
+}
+
+void winograd_forward(const float* x, const float* u, const float* bias, bool relu, const Geometry& g,
+                      const std::vector<Dest>& dests, int threads, int64_t requested_chunk) {
+  const PanelLayout L(kPositions, g.cin, g.cout);
+  const int64_t tiles = g.tiles();
+  const int64_t P = chunk_tiles(g, threads, requested_chunk);
+  const int64_t chunks = ceil_div(tiles, P);
+  const std::vector<float> zeros(g.cin, 0.0f);
+  const std::vector<float> b = padded_bias(bias, g.cout);
+  const bool stream = streams(dests, g.N * g.T * g.H * g.W);
+  const int64_t v_size = round_up(kPositions * P * g.cin, 16), m_size = kPositions * P * kPanel;
+  AlignedBuffer scratch(threads * (v_size + m_size));
+#pragma omp parallel num_threads(threads)
+  {
+    float* V = scratch.data + omp_get_thread_num() * (v_size + m_size);
+    float* M = V + v_size;
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      const int64_t first = chunk * P, count = std::min(P, tiles - first);
+      transform_chunk(x, zeros.data(), g, first, count, P, V);
+      for (int64_t panel = 0; panel < L.panels(); ++panel) {
+        const int64_t width = L.width(panel);
+        for (int xi = 0; xi < kPositions; ++xi)
+          panel_gemm(V + xi * P * g.cin, g.cin, count, u + L.offset(panel, xi), g.cin, width, M + xi * P * width);
+        store_chunk(M, g, first, count, P, width, panel * kPanel, b.data(), relu, dests, stream);
+      }
+    }
+    finish_streaming();
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+int64_t packed_size(int64_t cout, int64_t cin) { return PanelLayout(kPositions, cin, cout).size(); }
+
+void prepare_weight(uintptr_t weight, uintptr_t packed, int64_t cout, int64_t cin, int threads) {
+  py::gil_scoped_release release;
+  transform_weight(as_ptr<const float>(weight), as_ptr<float>(packed), cout, cin, threads);
+}
+
+void forward(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64_t cin, uintptr_t packed,
+             int64_t cout, uintptr_t bias, bool relu, const std::vector<std::tuple<uintptr_t, int64_t, int64_t>>& dests,
+             int threads, int64_t chunk) {
+  const auto [N, T, H, W] = ndhw;
+  if (N < 1 || T < 1 || H < 1 || W < 1 || cin < 1 || cout < 1 || ldx < cin)
+    throw std::invalid_argument("winograd3d_forward: bad sizes");
+  std::vector<Dest> out;
+  int64_t start = 0;
+  for (const auto& [ptr, ld, count] : dests) {
+    if (count < 1 || ld < count) throw std::invalid_argument("winograd3d_forward: bad destination");
+    out.push_back(Dest{as_ptr<float>(ptr), ld, start, count});
+    start += count;
+  }
+  if (start != cout) throw std::invalid_argument("winograd3d_forward: destinations must hold cout channels");
+  const Geometry g{N, T, H, W, ceil_div(T, 2), ceil_div(H, 2), ceil_div(W, 2), cin, ldx, cout};
+  py::gil_scoped_release release;
+  winograd_forward(as_ptr<const float>(x), as_ptr<const float>(packed), bias ? as_ptr<const float>(bias) : nullptr,
+                   relu, g, out, std::max(threads, 1), chunk);
+}
+
+}  // namespace
+
+void register_winograd3d(py::module_& m) {
+#ifdef __AVX512F__
+  m.attr("conv3d_avx512") = true;
+#else
+  m.attr("conv3d_avx512") = false;
+#endif
+  m.def("winograd3d_packed_size", &packed_size, py::arg("cout"), py::arg("cin"),
+        "Floats in the transformed (packed) weight of a [cout, cin, 3, 3, 3] convolution.");
+  m.def("winograd3d_prepare_weight", &prepare_weight, py::arg("weight"), py::arg("packed"), py::arg("cout"),
+        py::arg("cin"), py::arg("threads"),
+        "Winograd F(2,3) weight transform U = G g G^T per dimension of a contiguous float32 "
+        "[cout, cin, 3, 3, 3] weight into a 64-byte aligned buffer of winograd3d_packed_size floats.");
+  m.def("winograd3d_forward", &forward, py::arg("x"), py::arg("ldx"), py::arg("ndhw"), py::arg("cin"),
+        py::arg("packed"), py::arg("cout"), py::arg("bias"), py::arg("relu"), py::arg("dests"),
+        py::arg("threads"), py::arg("chunk") = 0,
+        "3x3x3 stride-1 pad-1 convolution of float32 NDHWC rows x (cin channels, row stride ldx) with a "
+        "packed weight; bias (0 = none, else cout floats) and ReLU fused. dests: (pointer, row stride, "
+        "channel count) per destination, taking the output channels in order. chunk: tiles per work "
+        "item (0 = sized for the L2 cache).");
+}
+
+}  // namespace i3d

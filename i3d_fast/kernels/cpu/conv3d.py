@@ -1,0 +1,174 @@
+"""C++ float32 convolutions on channels-last tensors, with the scale/shift epilogue and ReLU fused:
+
+- 3x3x3 stride-1 convolutions with one cell of zero padding per side (what TF "SAME" gives for
+  k = 3, s = 1): 3D Winograd F(2x2x2, 3x3x3) (csrc/cpu/winograd3d.cpp), 64 multiplies per 2x2x2
+  outputs and input channel instead of 216.
+- 1x1x1 stride-1 unpadded convolutions: one GEMM (csrc/cpu/pointwise_conv3d.cpp), optionally of a
+  stride-1 SAME max pool of the input computed on load (Inception branch 3).
+
+The input may be a channel slice of a wider channels_last_3d tensor (e.g. ``mid[:, :b1a]`` in an
+Inception block) and the output channels go straight into the destination channel slices: no copies.
+
+Weights are transformed / packed by :func:`prepare_weight`; :func:`conv3d` caches that per weight
+tensor (while the tensor lives and is not modified in place; not for inference-mode tensors, whose
+changes cannot be told), so a model calling it with the same weights pays for it once.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+
+from ...ops.padding import Pads, Triple
+from . import extension, threads
+
+CL = torch.channels_last_3d
+PAD_1 = ((1, 1), (1, 1), (1, 1))
+PAD_0 = ((0, 0), (0, 0), (0, 0))
+
+
+def unsupported(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads,
+                pool: Optional[Triple]) -> Optional[str]:
+    """Why these kernels cannot run the convolution (None when they can). Device and extension are
+    checked by the op."""
+    if x.dtype != torch.float32:
+        return f"supports float32 only, got {str(x.dtype).replace('torch.', '')}"
+    if tuple(stride) != (1, 1, 1):
+        return f"runs stride-1 convolutions only, got stride {tuple(stride)}"
+    kernel, pads = tuple(weight.shape[2:]), tuple(map(tuple, pads))
+    if kernel == (3, 3, 3):
+        if pads != PAD_1:
+            return f"runs 3x3x3 kernels with zero padding 1 on every side (SAME) only, got pads {pads}"
+        if pool is not None:
+            return "fuses a max pool into 1x1x1 convolutions only"
+        return None
+    if kernel == (1, 1, 1):
+        return None if pads == PAD_0 else f"runs unpadded 1x1x1 kernels only, got pads {pads}"
+    return f"runs 3x3x3 (Winograd) and 1x1x1 (GEMM) kernels only, got {kernel}"
+
+
+def slower_than_onednn(x: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
+    """Why ``backend="auto"`` leaves a convolution these kernels can run to oneDNN.
+
+    The micro-kernels keep 24 vectors of 16 floats in registers: without AVX-512 (a portable
+    ``I3D_FAST_PORTABLE=1`` build, or an AVX2 machine) they spill and run several times slower than
+    oneDNN. Otherwise, from crossovers measured on the 2-core AMD EPYC (Zen 4) development machine
+    (1 thread): Winograd 3x3x3 ties oneDNN at Cin * Cout = 64-128 (4 -> 4 channels: 0.7x) and loses
+    on inputs that are planes (a size-1 dimension) of 100 positions or more, where a direct
+    convolution skips the padded taps (1x10x10: 1.0x, 1x14x14: 0.77x, 1x56x56: 0.48x)."""
+    if not extension().conv3d_avx512:
+        return "i3d_fast._C was built without AVX-512, which its GEMM micro-kernels need to be fast"
+    if tuple(weight.shape[2:]) != (3, 3, 3):
+        return None
+    cout, cin = weight.shape[:2]
+    if cin * cout < 128:
+        return f"oneDNN is as fast for few channels (Cin * Cout = {cin * cout} < 128)"
+    spatial = tuple(x.shape[2:])
+    if 1 in spatial and math.prod(spatial) >= 100:
+        return f"oneDNN is faster on planar inputs ({spatial}: a size-1 dimension, 100+ positions)"
+    return None
+
+
+class PackedWeight(NamedTuple):
+    """Weights in the layout of the C++ kernels (see :func:`prepare_weight`)."""
+    data: torch.Tensor  # 1-D float32
+    kernel: int  # 3 (Winograd) or 1 (GEMM)
+    cin: int
+    cout: int
+
+
+def prepare_weight(weight: torch.Tensor, scale: Optional[torch.Tensor] = None) -> PackedWeight:
+    """Winograd-transformed (3x3x3: ``U = G g G^T`` per dimension) or packed (1x1x1) weights.
+
+    Args:
+        weight: Tensor[Cout, Cin, 3, 3, 3] or Tensor[Cout, Cin, 1, 1, 1] (any float dtype; CPU).
+        scale: optional Tensor[Cout] folded into the weights (in float64) first.
+    """
+    cout, cin, k = weight.shape[0], weight.shape[1], weight.shape[2]
+    w = weight.detach().double()
+    if scale is not None:
+        w = w * scale.detach().double().view(-1, 1, 1, 1, 1)
+    w = w.float().contiguous()
+    ext = extension()
+    name = "winograd3d" if k == 3 else "pointwise_conv3d"
+    data = torch.empty(getattr(ext, f"{name}_packed_size")(cout, cin), dtype=torch.float32)
+    getattr(ext, f"{name}_prepare_weight")(w.data_ptr(), data.data_ptr(), cout, cin, threads())
+    return PackedWeight(data, k, cin, cout)
+
+
+# id(weight) -> (weak reference to it, its version and data pointer when packed, packed weights)
+_CACHE: Dict[int, Tuple[weakref.ref, int, int, PackedWeight]] = {}
+
+
+def _cached_weight(weight: torch.Tensor, scale: Optional[torch.Tensor]) -> PackedWeight:
+    # Inference tensors have no version counter to tell an in-place change: never cached.
+    if scale is not None or weight.requires_grad or weight.is_inference():
+        return prepare_weight(weight, scale)
+    key = id(weight)
+    entry = _CACHE.get(key)
+    if entry is not None and entry[0]() is weight and entry[1] == weight._version \
+            and entry[2] == weight.data_ptr():
+        return entry[3]
+    packed = prepare_weight(weight)
+    _CACHE[key] = (weakref.ref(weight, lambda _, k=key: _CACHE.pop(k, None)), weight._version,
+                   weight.data_ptr(), packed)
+    return packed
+
+
+def _row_stride(t: torch.Tensor) -> Optional[int]:
+    """The row stride (floats) if ``t`` [N, C, T, H, W] is stored as NDHW rows with contiguous
+    channels (a channels_last_3d tensor or a channel slice of one), else None."""
+    c = t.shape[1]
+    if c > 1 and t.stride(1) != 1:
+        return None
+    spatial = [dim for dim in (4, 3, 2, 0) if t.shape[dim] > 1]
+    ld = t.stride(spatial[0]) if spatial else c
+    expected = ld
+    for dim in (4, 3, 2, 0):
+        if t.shape[dim] > 1 and t.stride(dim) != expected:
+            return None
+        expected *= t.shape[dim]
+    return ld if ld >= c else None
+
+
+def conv3d_packed(x: torch.Tensor, weight: PackedWeight, shift: Optional[torch.Tensor], relu: bool,
+                  destinations: Sequence[Tuple[torch.Tensor, int, int]], pool: Optional[Triple] = None) -> None:
+    """Writes relu?(conv3d(x, w) + shift) into ``destinations`` = [(out, channel offset, count), ...]
+    (channels_last_3d float32 outs, counts summing to Cout). 3x3x3: zero padding 1; 1x1x1: ``pool``
+    = (kT, kH, kW) convolves a stride-1 SAME max pool of x instead. x: float32 Tensor[N, Cin, T, H, W]
+    in channels-last rows (a channel slice of a wider tensor is read in place; other layouts are
+    copied first)."""
+    ld = _row_stride(x)
+    if ld is None:
+        x = x.contiguous(memory_format=CL)
+        ld = x.shape[1]
+    n, cin, t, h, w = x.shape
+    dests = [(out.data_ptr() + offset * out.element_size(), out.shape[1], count)
+             for out, offset, count in destinations]
+    bias = None if shift is None else shift.to(torch.float32).contiguous()
+    bias_ptr = 0 if bias is None else bias.data_ptr()
+    ext = extension()
+    if weight.kernel == 3:
+        ext.winograd3d_forward(x.data_ptr(), ld, (n, t, h, w), cin, weight.data.data_ptr(), weight.cout, bias_ptr,
+                               relu, dests, threads())
+    else:
+        ext.pointwise_conv3d_forward(x.data_ptr(), ld, (n, t, h, w), cin, weight.data.data_ptr(), weight.cout,
+                                     bias_ptr, relu, tuple(pool) if pool is not None else (0, 0, 0), dests,
+                                     threads())
+
+
+def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+           stride: Triple, pads: Pads, relu: bool, destinations: Optional[Sequence] = None,
+           pool: Optional[Triple] = None, allow_tf32: bool = False) -> Optional[torch.Tensor]:
+    """See :func:`i3d_fast.ops.conv3d`; only what :func:`unsupported` accepts. Returns a new
+    channels_last_3d tensor when ``destinations`` is None, else writes the output channels in order
+    into the (tensor, offset, count) destinations."""
+    packed = _cached_weight(weight, scale)
+    if destinations is None:
+        out = torch.empty((x.shape[0], packed.cout, *x.shape[2:]), dtype=x.dtype, memory_format=CL)
+        conv3d_packed(x, packed, shift, relu, [(out, 0, packed.cout)], pool)
+        return out
+    conv3d_packed(x, packed, shift, relu, destinations, pool)
+    return None

@@ -25,7 +25,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -33,8 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, TextIO, Tuple, Union
 
+from ._atomic import PARTIAL, atomic_dir, atomic_file
+
 PathLike = Union[str, Path]
-PARTIAL = ".partial-"
 
 
 class BatchError(ValueError):
@@ -207,40 +207,22 @@ def describe_error(exc: BaseException, video: PathLike) -> str:
     return text if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {text}"
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def execute(job: Job, task: Task) -> Outcome:
     """Runs one task atomically: skipped when its output exists; a failure leaves nothing behind."""
     start = time.perf_counter()
     if task.output.exists():
         return Outcome(task, "skipped")
-    tmp = None
     try:
-        task.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{task.output.name}{PARTIAL}", dir=task.output.parent))
         if job.output_suffix:
-            target = tmp / task.output.name
-            note = job.process(task.video, target)
-            if not target.is_file():
-                raise RuntimeError(f"the {job.name} job wrote no output file")
-            os.replace(target, task.output)
-            tmp.rmdir()
+            with atomic_file(task.output) as target:
+                note = job.process(task.video, target)
+                if not target.is_file():
+                    raise RuntimeError(f"the {job.name} job wrote no output file")
         else:
-            tmp.chmod(0o777 & ~_umask())
-            note = job.process(task.video, tmp)
-            os.rename(tmp, task.output)
+            with atomic_dir(task.output) as target:
+                note = job.process(task.video, target)
     except Exception as exc:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
         return Outcome(task, "failed", describe_error(exc, task.video), time.perf_counter() - start)
-    except BaseException:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return Outcome(task, "done", note or "", time.perf_counter() - start)
 
 

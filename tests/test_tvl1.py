@@ -113,8 +113,11 @@ def test_pyramid_sizes_match_reference():
         assert [tuple(s) for s in extension().tvl1_pyramid_sizes(h, w, n, 0.8)] == ref.pyramid_sizes(h, w, n, 0.8)
 
 
-def test_cpu_solver_matches_float64_reference():
+@pytest.mark.parametrize("frames", ["uint8", "float"])
+def test_cpu_solver_matches_float64_reference(frames):
     i0, i1, truth = make_pair("zoom", 40, 48, seed=2)
+    if frames == "float":  # intensities in [0, 1]: both solvers scale them to 0..255 as OpenCV does
+        i0, i1 = i0.astype(np.float32) / 255, i1.astype(np.float32) / 255
     ours = tvl1(i0, i1).numpy()
     oracle = tvl1(i0, i1, backend="reference").numpy()
     assert epe(ours, oracle) < 2e-3

@@ -38,8 +38,10 @@ def _reject_reference(x: torch.Tensor, explicit: bool) -> Optional[str]:
 class _Reference:
     @staticmethod
     def tvl1(frames0, frames1, params):
-        return torch.stack([reference_tvl1.tvl1(a, b, params, torch.float64) for a, b in zip(frames0, frames1)]
-                           ).to(torch.float32)
+        # the reference takes intensities in 0..255: float frames in [0, 1] are scaled as OpenCV does
+        scale = 1.0 if frames0.dtype == torch.uint8 else 255.0
+        return torch.stack([reference_tvl1.tvl1(a.double() * scale, b.double() * scale, params, torch.float64)
+                            for a, b in zip(frames0, frames1)]).to(torch.float32)
 
 
 class _Cpu:

@@ -7,6 +7,7 @@ import torch
 from i3d_fast.bench.tvl1_pairs import KINDS, epe, make_pair, opencv_flow
 from i3d_fast.flow import TVL1Params, tvl1, tvl1_video
 from i3d_fast.kernels.cpu import extension
+from i3d_fast.kernels.cpu import tvl1 as cpu_tvl1
 from i3d_fast.kernels.reference import tvl1 as ref
 
 cv2 = pytest.importorskip("cv2", reason="opencv-contrib-python-headless (test extra) is the accuracy reference")
@@ -122,6 +123,25 @@ def test_cpu_solver_matches_float64_reference(frames):
     oracle = tvl1(i0, i1, backend="reference").numpy()
     assert epe(ours, oracle) < 2e-3
     assert epe(ours, truth) < 0.5 * epe(np.zeros_like(truth), truth)
+
+
+def test_cpu_iteration_counts_equal_the_float64_reference():
+    """OpenCV's stopping rule (float eps^2 * pixels against the summed squared update, per outer and
+    inner loop) runs the same number of inner iterations in the C++ solver as in the float64 oracle."""
+    pairs = [make_pair(kind, 40, 48, seed=2) for kind in ("translation", "sinusoidal")]
+    a = torch.from_numpy(np.stack([p[0] for p in pairs]))
+    b = torch.from_numpy(np.stack([p[1] for p in pairs]))
+    for params in (TVL1Params(), TVL1Params(epsilon=0.03, median_filtering=3)):
+        counts = []
+        cpu_tvl1.tvl1(a, b, params, iterations=counts)
+        expected = []
+        for x, y in zip(a, b):
+            stats = {}
+            ref.tvl1(x, y, params, torch.float64, stats)
+            expected.append(stats["iterations"])
+        assert counts == expected
+        assert all(c < params.nscales * params.warps * params.inner_iterations * params.outer_iterations
+                   for c in counts)  # the rule stopped early somewhere
 
 
 # ---- accuracy against OpenCV 5 on every kind of motion ----------------------------------------

@@ -246,6 +246,36 @@ def test_cuda_matches_cpu_on_a_batch():
         assert epe(on_gpu[k].cpu().numpy(), truth) <= epe(on_cpu[k].numpy(), truth) + 0.005
 
 
+def test_cuda_launcher_splits_batches_over_the_grid_z_limit(monkeypatch):
+    """The pair index is blockIdx.z (at most 65535): larger batches are solved in slices, in order."""
+    from i3d_fast.kernels.cuda import tvl1 as cuda_tvl1
+
+    calls = []
+
+    def solve(a, b, params, check_every):  # stands in for the launches: marks each slice
+        calls.append(a.shape[0])
+        return torch.full((a.shape[0], 2, *a.shape[1:]), float(len(calls)))
+
+    monkeypatch.setattr(cuda_tvl1, "_solve", solve)
+    monkeypatch.setattr(cuda_tvl1, "MAX_PAIRS", 3)
+    frames = torch.zeros(7, 16, 16, dtype=torch.uint8)
+    out = cuda_tvl1.tvl1(frames, frames, TVL1Params())
+    assert calls == [3, 3, 1] and out.shape == (7, 2, 16, 16)
+    assert out[:, 0, 0, 0].tolist() == [1, 1, 1, 2, 2, 2, 3]
+
+
+@pytest.mark.gpu
+def test_cuda_is_deterministic():
+    """The stopping sum is per-block partial sums added in a fixed order: the same bits every run."""
+    i0, i1, _ = make_pair("zoom", 96, 128, seed=6)
+    a = torch.from_numpy(i0).cuda()[None].repeat(3, 1, 1)
+    b = torch.from_numpy(i1).cuda()[None].repeat(3, 1, 1)
+    first = tvl1(a, b, backend="cuda")
+    for _ in range(2):
+        assert torch.equal(tvl1(a, b, backend="cuda"), first)
+    assert torch.equal(first[0], first[2])
+
+
 @pytest.mark.gpu
 def test_cuda_runs_on_the_current_stream():
     i0, i1, _ = make_pair("rotation", 48, 64)

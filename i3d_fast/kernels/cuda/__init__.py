@@ -89,21 +89,54 @@ def module(filename: str, device_index: int, options: Sequence[str] = ()):
     return mod
 
 
+@functools.lru_cache(maxsize=None)
+def kernel(filename: str, device_index: int, name: str):
+    """The kernel ``name`` of ``csrc/cuda/<filename>`` on device ``device_index`` (looked up once)."""
+    return module(filename, device_index).get_function(name)
+
+
 class Launcher:
-    """Launches the kernels of one compiled file on torch's current stream of ``device``."""
+    """Launches the kernels of one compiled file on torch's current stream of ``device``.
+
+    Use it as a context manager around a run of launches: the CuPy device and stream contexts are
+    entered once, on entry (the stream is torch's current stream of ``device`` at that moment)::
+
+        with Launcher("tvl1.cu", x.device) as run:
+            run("kernel_name", grid, block, (arg, ...))
+    """
 
     def __init__(self, filename: str, device: torch.device):
         import cupy
 
         self._cupy = cupy
-        self.device = device
-        self.module = module(filename, device.index if device.index is not None else torch.cuda.current_device())
+        self.filename = filename
+        self.index = device.index if device.index is not None else torch.cuda.current_device()
+        module(filename, self.index)  # compile now: errors surface before any launch
+        self._kernels: Dict[str, object] = {}
+        self._contexts = None
+
+    def __enter__(self) -> "Launcher":
+        import contextlib
+
+        cupy = self._cupy
+        stream = torch.cuda.current_stream(self.index)
+        contexts = contextlib.ExitStack()
+        contexts.enter_context(cupy.cuda.Device(self.index))
+        contexts.enter_context(cupy.cuda.ExternalStream(stream.cuda_stream, self.index))
+        self._contexts = contexts
+        return self
+
+    def __exit__(self, *exc) -> None:
+        contexts, self._contexts = self._contexts, None
+        contexts.close()
 
     def __call__(self, name: str, grid, block, args) -> None:
-        cupy = self._cupy
-        stream = torch.cuda.current_stream(self.device)
-        with cupy.cuda.Device(self.device.index), cupy.cuda.ExternalStream(stream.cuda_stream, self.device.index):
-            self.module.get_function(name)(tuple(grid), tuple(block), tuple(args))
+        if self._contexts is None:
+            raise RuntimeError("Launcher: launch kernels inside `with launcher:` (torch's stream is entered there)")
+        fn = self._kernels.get(name)
+        if fn is None:
+            fn = self._kernels[name] = kernel(self.filename, self.index, name)
+        fn(grid, block, args)
 
 
 def ptr(t: torch.Tensor):

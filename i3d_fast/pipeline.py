@@ -23,7 +23,7 @@ frames (the last one ends at the last frame), one set of logits per window.
 resized, uncropped frame, then centre-cropped, clipped to +-``bound`` pixels and scaled to [-1, 1]); a
 video of T frames has T - 1 flow fields, and the RGB stream then uses frames 0 .. T-2 so both streams
 cover the same time steps. Logits are added (DeepMind) or averaged (``fusion="mean"``). TV-L1 runs on
-the GPU when the predictor's device is one.
+the GPU when the predictor's device is one and CuPy is installed, else on the CPU (with a warning).
 
 Both networks run through the fused inference path (:func:`i3d_fast.fuse`) unless ``fused=False``.
 """
@@ -77,15 +77,18 @@ def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
 
 def flow_batches(gray: Iterable[np.ndarray], device: Union[str, torch.device] = "cpu", batch: int = 16,
                  **tvl1_params) -> Iterator[torch.Tensor]:
-    """TV-L1 flow between consecutive greyscale frames (``uint8 [H, W]``), ``batch`` pairs per call on
-    ``device``: ``Tensor[n, 2, H, W]`` (x, y, in pixels) with n <= batch, T - 1 fields in all for T
-    frames. Holds ``batch + 1`` frames at a time."""
-    tvl1 = flow_module().tvl1
+    """TV-L1 flow between consecutive greyscale frames (``uint8 [H, W]``), ``batch`` pairs per call:
+    ``Tensor[n, 2, H, W]`` (x, y, in pixels) with n <= batch, T - 1 fields in all for T frames. Holds
+    ``batch + 1`` frames at a time. Solved on ``device`` when it is a CUDA device and CuPy is installed,
+    else on the CPU (a one-time warning says so for a CUDA ``device``); the flow stays where it was
+    solved (``i3d_fast.flow.solver.solver_device(device)``)."""
+    module = flow_module()
+    solve_on = module.solver.solver_device(device)
     for _, chunk in windows(gray, batch + 1, batch, tail="rest"):
         if len(chunk) < 2:
             continue
-        g = torch.from_numpy(np.stack(chunk)).to(device)
-        yield tvl1(g[:-1], g[1:], **tvl1_params)
+        g = torch.from_numpy(np.stack(chunk)).to(solve_on)
+        yield module.tvl1(g[:-1], g[1:], **tvl1_params)
 
 
 class _Counted(Iterator[T]):
@@ -248,8 +251,9 @@ class Predictor:
                     batch = batch[..., top:top + crop, left:left + crop]
                 yield from module.to_i3d_input(batch, bound=self.bound)
 
-        def clip_of(clip: list) -> torch.Tensor:
-            return torch.stack(clip, dim=1)[None].float().contiguous(memory_format=torch.channels_last_3d)
+        def clip_of(clip: list) -> torch.Tensor:  # the flow may have been solved on another device
+            clip = torch.stack(clip, dim=1)[None].to(self.device, torch.float32)
+            return clip.contiguous(memory_format=torch.channels_last_3d)
 
         return fields(), clip_of
 

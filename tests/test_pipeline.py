@@ -135,6 +135,22 @@ def test_two_stream_end_to_end(small, videos):
     assert predictor.features(videos["v20"], "Mixed_5c", stream="flow").shape == (1024, 3, 2, 2)
 
 
+def test_flow_for_a_cuda_device_is_solved_on_the_cpu_without_cupy(videos, monkeypatch):
+    """A GPU machine without CuPy: the networks may run on CUDA, TV-L1 runs on the CPU (no CUDA tensor is
+    made for it, so this runs here too)."""
+    from i3d_fast.flow import solver, tvl1_video
+    from i3d_fast.kernels import cuda as cuda_kernels
+    from i3d_fast.pipeline import flow_batches
+
+    monkeypatch.setattr(solver, "_warned_no_cupy", False)
+    monkeypatch.setattr(cuda_kernels, "cupy_missing", lambda: "CuPy is not installed (test)")
+    grey = read_video(videos["v20"], Preprocess(short_side=32, crop=None), gray=True)
+    with pytest.warns(RuntimeWarning, match="TV-L1 optical flow runs on the CPU, not on cuda"):
+        flows = list(flow_batches(iter(grey), torch.device("cuda"), batch=8))
+    assert [f.shape[0] for f in flows] == [8, 8, 3] and all(f.device.type == "cpu" for f in flows)
+    torch.testing.assert_close(torch.cat(flows), tvl1_video(grey), rtol=0, atol=0)
+
+
 def test_kinetics400_labels_and_label_files(tmp_path):
     names = labels.kinetics400()
     assert len(names) == 400 == len(set(names)) and names[227] == "playing cricket" and names == sorted(names)

@@ -246,6 +246,38 @@ def test_cuda_matches_cpu_on_a_batch():
         assert epe(on_gpu[k].cpu().numpy(), truth) <= epe(on_cpu[k].numpy(), truth) + 0.005
 
 
+def test_solver_device_falls_back_to_the_cpu_without_cupy(monkeypatch):
+    import warnings
+
+    from i3d_fast.flow import solver
+    from i3d_fast.kernels import cuda as cuda_kernels
+
+    monkeypatch.setattr(solver, "_warned_no_cupy", False)
+    monkeypatch.setattr(cuda_kernels, "cupy_missing", lambda: "CuPy is not installed (test)")
+    with pytest.warns(RuntimeWarning, match=r"runs on the CPU, not on cuda:1: CuPy is not installed \(test\)"):
+        assert solver.solver_device("cuda:1") == torch.device("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process
+        assert solver.solver_device(torch.device("cuda")) == torch.device("cpu")
+        assert solver.solver_device("cpu") == torch.device("cpu")
+        monkeypatch.setattr(cuda_kernels, "cupy_missing", lambda: None)
+        assert solver.solver_device("cuda:1") == torch.device("cuda:1")
+
+
+@pytest.mark.gpu
+def test_auto_solves_cuda_frames_on_the_cpu_without_cupy(monkeypatch):
+    from i3d_fast.flow import solver
+    from i3d_fast.kernels import cuda as cuda_kernels
+
+    monkeypatch.setattr(solver, "_warned_no_cupy", False)
+    monkeypatch.setattr(cuda_kernels, "cupy_missing", lambda: "CuPy is not installed (test)")
+    i0, i1, _ = make_pair("rotation", 48, 64)
+    with pytest.warns(RuntimeWarning, match="runs on the CPU"):
+        got = tvl1(torch.from_numpy(i0).cuda(), torch.from_numpy(i1).cuda())
+    assert got.is_cuda
+    torch.testing.assert_close(got.cpu(), tvl1(i0, i1), rtol=0, atol=0)
+
+
 def test_cuda_launcher_splits_batches_over_the_grid_z_limit(monkeypatch):
     """The pair index is blockIdx.z (at most 65535): larger batches are solved in slices, in order."""
     from i3d_fast.kernels.cuda import tvl1 as cuda_tvl1

@@ -120,8 +120,6 @@ def _predict(args: argparse.Namespace) -> int:
     from .pipeline import Predictor, top_k
 
     _require_av()
-    if not args.videos:
-        raise ValueError("no input videos")
     stride = _stride(args)
     predictor = Predictor.from_pretrained(args.rgb_weights, args.flow_weights, device=args.device,
                                           preprocess=_preprocess(args), chunk=args.chunk, overlap=args.overlap,
@@ -195,10 +193,8 @@ def _features(args: argparse.Namespace) -> int:
 
 def _flow(args: argparse.Namespace) -> int:
     from .jobs import FlowJob
-    from .pipeline import flow_module
 
     _require_av()
-    flow_module()
     job = FlowJob(args.bound, fps=args.fps, short_side=args.short_side, device=args.device, batch=args.batch)
     return _run_batch(args, job)
 
@@ -422,13 +418,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     from ._optional import MissingDependencyError
     from .batch import BatchError
-    from .pipeline import FlowUnavailableError
     from .weights import WeightsError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (MissingDependencyError, WeightsError, FlowUnavailableError, BatchError, ValueError) as exc:
+    except (MissingDependencyError, WeightsError, BatchError, ValueError) as exc:
         print(f"i3d-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

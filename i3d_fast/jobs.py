@@ -9,7 +9,8 @@ import numpy as np
 from ._optional import require
 from .batch import Job
 from .models import InceptionI3d
-from .pipeline import BOUND, CHUNK, OVERLAP, Predictor, flow_batches, flow_module, resolve_device
+from .flow import write_flow_jpegs
+from .pipeline import BOUND, CHUNK, OVERLAP, Predictor, flow_batches, resolve_device
 from .video import Preprocess, VideoError, frames
 
 
@@ -67,14 +68,13 @@ class FlowJob(Job):
 
     def setup(self) -> None:
         require("PIL", "video", "writing flow JPEGs")
-        self._flow = flow_module()
         self._device = resolve_device(self.device)
 
     def process(self, video: Path, target: Path) -> str:
         written = 0
         gray = frames(video, self.preprocess, gray=True)
         for fields in flow_batches(gray, self._device, self.batch, **self.tvl1_params):
-            self._flow.write_flow_jpegs(fields, str(target), bound=self.bound, start_index=written + 1)
+            write_flow_jpegs(fields, str(target), bound=self.bound, start_index=written + 1)
             written += fields.shape[0]
         if written == 0:
             raise VideoError(f"{video}: too short: a single frame; flow needs at least 2 frames")

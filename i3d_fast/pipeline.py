@@ -29,16 +29,15 @@ Both networks run through the fused inference path (:func:`i3d_fast.fuse`) unles
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import torch
 
+from .flow import to_i3d_input, tvl1
+from .flow.solver import solver_device
 from .models import ENDPOINTS, InceptionI3d, fuse
 from .video import Preprocess, VideoError, frames, to_model_input, windows
 
@@ -50,19 +49,6 @@ FUSIONS = ("sum", "mean")
 CHUNK, OVERLAP = 512, 64
 #: Flow values are clipped to +-BOUND pixels before scaling to [-1, 1] (I3D, TSN, denseflow).
 BOUND = 20.0
-
-
-class FlowUnavailableError(RuntimeError):
-    """The TV-L1 solver (``i3d_fast.flow``) is not part of this installation."""
-
-
-def flow_module() -> ModuleType:
-    """The TV-L1 solver ``i3d_fast.flow``: the one place the video tools import it."""
-    if importlib.util.find_spec(f"{__package__}.flow") is None:
-        raise FlowUnavailableError(
-            "TV-L1 optical flow (i3d_fast.flow) is not part of this installation of i3d_fast, so the flow "
-            "stream and `i3d-fast flow` cannot run; RGB-only prediction and features work without it.")
-    return importlib.import_module(f"{__package__}.flow")
 
 
 def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
@@ -82,13 +68,12 @@ def flow_batches(gray: Iterable[np.ndarray], device: Union[str, torch.device] = 
     ``batch + 1`` frames at a time. Solved on ``device`` when it is a CUDA device and CuPy is installed,
     else on the CPU (a one-time warning says so for a CUDA ``device``); the flow stays where it was
     solved (``i3d_fast.flow.solver.solver_device(device)``)."""
-    module = flow_module()
-    solve_on = module.solver.solver_device(device)
+    solve_on = solver_device(device)
     for _, chunk in windows(gray, batch + 1, batch, tail="rest"):
         if len(chunk) < 2:
             continue
         g = torch.from_numpy(np.stack(chunk)).to(solve_on)
-        yield module.tvl1(g[:-1], g[1:], **tvl1_params)
+        yield tvl1(g[:-1], g[1:], **tvl1_params)
 
 
 class _Counted(Iterator[T]):
@@ -189,7 +174,6 @@ class Predictor:
         self.models: Dict[str, InceptionI3d] = {"rgb": rgb.to(self.device).eval()}
         if flow is not None:
             self.models["flow"] = flow.to(self.device).eval()
-            flow_module()  # fail now, not on the first video, when there is no solver
         # the networks that run the clips; the heads of long videos run on self.models' Logits layers
         self.runners = {s: fuse(m) if fused else m for s, m in self.models.items()}
         self.preprocess = preprocess
@@ -236,7 +220,6 @@ class Predictor:
             raise ValueError(f"stream must be one of {STREAMS}, got {stream!r}")
         if "flow" not in self.models:
             raise ValueError("this predictor has no flow network (give flow weights)")
-        module = flow_module()
         pre = self.preprocess
         gray = frames(path, Preprocess(pre.fps, pre.short_side, None), gray=True)
         crop = pre.crop
@@ -249,7 +232,7 @@ class Predictor:
                         raise VideoError(f"{path}: flow of {h}x{w} pixels is smaller than the {crop}x{crop} crop")
                     top, left = (h - crop) // 2, (w - crop) // 2
                     batch = batch[..., top:top + crop, left:left + crop]
-                yield from module.to_i3d_input(batch, bound=self.bound)
+                yield from to_i3d_input(batch, bound=self.bound)
 
         def clip_of(clip: list) -> torch.Tensor:  # the flow may have been solved on another device
             clip = torch.stack(clip, dim=1)[None].to(self.device, torch.float32)

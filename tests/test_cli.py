@@ -22,7 +22,6 @@ from i3d_fast.video import Preprocess  # noqa: E402
 
 CLI = [sys.executable, "-m", "i3d_fast.cli"]
 SMALL = ["--short-side", "64", "--crop", "64"]
-HAS_FLOW = importlib.util.find_spec("i3d_fast.flow") is not None
 
 
 def run_cli(*args, cwd, timeout=300):
@@ -162,10 +161,6 @@ def test_flow_command(clips, tmp_path, capsys):
     code = main(["flow", str(clips["a"]), str(clips["d"]), str(tmp_path / "empty.mp4"), "--short-side", "64",
                  "--out", str(out)])
     captured = capsys.readouterr()
-    if not HAS_FLOW:
-        assert code == 2 and not out.exists()
-        assert "TV-L1 optical flow (i3d_fast.flow) is not part of this installation" in captured.err
-        return
     from i3d_fast import flow
     from i3d_fast.video import read_video
 
@@ -182,7 +177,6 @@ def test_flow_command(clips, tmp_path, capsys):
     assert float((got - expected).abs().mean()) < 0.2
 
 
-@pytest.mark.skipif(not HAS_FLOW, reason="needs the TV-L1 solver i3d_fast.flow, not in this installation")
 def test_predict_two_stream(small_weights, clips, tmp_path, capsys):
     flow_weights = tmp_path / "flow.safetensors"
     InceptionI3d(num_classes=5, in_channels=2, adaptive_head=True).save_pretrained(str(flow_weights))
@@ -197,11 +191,10 @@ def test_missing_pyav_or_pillow_is_reported_with_the_fix(tmp_path, monkeypatch, 
     assert main(["predict", str(tmp_path / "clip.mp4")]) == 2
     err = capsys.readouterr().err
     assert "decoding video needs the 'av' package" in err and "pip install 'i3d-fast[video]'" in err
-    if HAS_FLOW:
-        monkeypatch.setitem(sys.modules, "av", AV)
-        monkeypatch.setitem(sys.modules, "PIL", None)
-        assert main(["flow", str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "out")]) == 2
-        assert "writing flow JPEGs needs the 'PIL' package" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "av", AV)
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    assert main(["flow", str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "out")]) == 2
+    assert "writing flow JPEGs needs the 'PIL' package" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command, phrases", [

@@ -1,7 +1,5 @@
 """Video -> logits / features: whole-video chunking and joining, sliding windows, too-short videos,
-labels, and the two-stream path (end to end when the TV-L1 solver i3d_fast.flow is installed)."""
-import importlib.util
-
+labels, and the two-stream path end to end."""
 import pytest
 import torch
 
@@ -11,11 +9,10 @@ from _videos import make_video  # noqa: E402
 
 from i3d_fast import InceptionI3d, labels  # noqa: E402
 from i3d_fast.models import FusedInceptionI3d  # noqa: E402
-from i3d_fast.pipeline import FlowUnavailableError, Predictor, time_stride, top_k  # noqa: E402
+from i3d_fast.pipeline import Predictor, time_stride, top_k  # noqa: E402
 from i3d_fast.video import Preprocess, VideoError, read_video, to_model_input  # noqa: E402
 
 SMALL = Preprocess(short_side=64, crop=64)
-HAS_FLOW = importlib.util.find_spec("i3d_fast.flow") is not None
 
 
 @pytest.fixture(scope="module")
@@ -108,14 +105,6 @@ def test_logits_from_features_checks():
         model.logits_from_features(torch.zeros(1, 832, 2, 7, 7))
 
 
-@pytest.mark.skipif(HAS_FLOW, reason="i3d_fast.flow is installed: the two-stream path runs end to end below")
-def test_two_stream_without_the_solver_is_refused_clearly(small):
-    flow = InceptionI3d(num_classes=5, in_channels=2, adaptive_head=True)
-    with pytest.raises(FlowUnavailableError, match=r"TV-L1 optical flow \(i3d_fast.flow\) is not part of this"):
-        Predictor(small, flow)
-
-
-@pytest.mark.skipif(not HAS_FLOW, reason="needs the TV-L1 solver i3d_fast.flow, not in this installation")
 def test_two_stream_end_to_end(small, videos):
     torch.manual_seed(1)
     flow = InceptionI3d(num_classes=5, in_channels=2, adaptive_head=True).eval()

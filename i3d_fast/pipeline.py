@@ -170,6 +170,8 @@ class Predictor:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         if not bound > 0:
             raise ValueError(f"bound must be > 0 pixels, got {bound}")
+        if isinstance(flow_batch, bool) or not isinstance(flow_batch, int) or flow_batch < 1:
+            raise ValueError(f"flow_batch must be a positive int (frame pairs per TV-L1 call), got {flow_batch!r}")
         self.device = resolve_device(device)
         self.models: Dict[str, InceptionI3d] = {"rgb": rgb.to(self.device).eval()}
         if flow is not None:
@@ -288,10 +290,7 @@ class Predictor:
     def features(self, path: PathLike, endpoint: str = "Mixed_5c", stream: str = "rgb") -> torch.Tensor:
         """Whole-video features of one stream: Tensor[C, T', H', W'] for a feature endpoint, or the
         time-averaged pre-softmax Tensor[num_classes] for "Logits" (what FVD embeds). CPU, float32."""
-        if endpoint not in ENDPOINTS:
-            raise ValueError(f"unknown endpoint {endpoint!r}; choose one of {ENDPOINTS}")
-        if stream not in self.models:
-            raise ValueError(f"stream {stream!r} is not loaded (streams: {self.streams})")
+        self._check_endpoint_and_stream(endpoint, stream)
         feats, _ = self._stitched(path, stream, endpoint)
         if endpoint == "Logits":
             feats = self.models[stream].logits_from_features(feats)
@@ -333,11 +332,16 @@ class Predictor:
     def window_features(self, path: PathLike, endpoint: str, window: int, stride: int, stream: str = "rgb"
                         ) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
         """Features of each sliding window, stacked: (Tensor[N, ...], [(start, end)] frame ranges)."""
-        if endpoint not in ENDPOINTS:
-            raise ValueError(f"unknown endpoint {endpoint!r}; choose one of {ENDPOINTS}")
+        self._check_endpoint_and_stream(endpoint, stream)
         self.check_window(window, stride, endpoint)
         rows = self._windowed(path, stream, endpoint, window, stride)
         return torch.stack([r[2] for r in rows]), [(r[0], r[1]) for r in rows]
+
+    def _check_endpoint_and_stream(self, endpoint: str, stream: str) -> None:
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {endpoint!r}; choose one of {ENDPOINTS}")
+        if stream not in self.models:
+            raise ValueError(f"stream {stream!r} is not loaded (streams: {self.streams})")
 
     def _fuse(self, logits: Dict[str, torch.Tensor]) -> torch.Tensor:
         total = sum(logits.values())

@@ -95,6 +95,19 @@ def test_predictor_argument_checks(small):
         Predictor(small, chunk=64, overlap=64)
     with pytest.raises(ValueError, match="RGB network must take 3 input channels"):
         Predictor(InceptionI3d(num_classes=5, in_channels=2, final_endpoint="Conv3d_1a_7x7"))
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="flow_batch must be a positive int"):
+            Predictor(small, flow_batch=bad)
+
+
+def test_unknown_stream_or_endpoint_is_refused_up_front(small, videos):
+    rgb_only = Predictor(small, device="cpu", preprocess=SMALL)
+    for call in (lambda: rgb_only.features(videos["v20"], "Mixed_5c", stream="flow"),
+                 lambda: rgb_only.window_features(videos["v20"], "Mixed_5c", 16, 8, stream="flow")):
+        with pytest.raises(ValueError, match=r"stream 'flow' is not loaded \(streams: \('rgb',\)\)"):
+            call()
+    with pytest.raises(ValueError, match="unknown endpoint 'Mixed_9z'"):
+        rgb_only.window_features(videos["v20"], "Mixed_9z", 16, 8)
 
 
 def test_logits_from_features_checks():

@@ -272,3 +272,29 @@ def test_train_fine_tunes_the_head_and_saves_a_usable_checkpoint(small_weights, 
         main(["train", str(data)])  # --out is required
     assert main(["train", str(data / "left"), "--out", str(out)]) == 2
     assert "found 0 class folder(s); training needs at least 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["flow", "v.mp4", "--out", "o", "--batch", "0"], "--batch: must be an integer >= 1, got 0"),
+    (["flow", "v.mp4", "--out", "o", "--workers", "-1"], "--workers: must be an integer >= 1, got -1"),
+    (["features", "v.mp4", "--out", "o", "--window", "x"], "--window: must be an integer >= 1, got 'x'"),
+    (["predict", "v.mp4", "-k", "0"], "--top-k: must be an integer >= 1, got 0"),
+    (["predict", "v.mp4", "--overlap", "-16"], "--overlap: must be an integer >= 0, got -16"),
+    (["predict", "v.mp4", "--bound", "0"], "--bound: must be a number > 0, got 0"),
+    (["train", "data", "--out", "m.safetensors", "--epochs", "0"], "--epochs: must be an integer >= 1, got 0"),
+])
+def test_bad_numbers_are_refused_by_the_parser(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_features_window_too_short_for_logits_fails_up_front(clips, tmp_path, workers, capsys):
+    strict = tmp_path / "strict.safetensors"  # no adaptive head: Logits needs 9 frames
+    InceptionI3d(num_classes=5).save_pretrained(str(strict))
+    out = tmp_path / "out"
+    assert main(["features", str(clips["a"]), str(clips["b"]), "--weights", str(strict), "--window", "5",
+                 "--endpoint", "Logits", "--workers", workers, "--out", str(out)]) == 2
+    assert "window must be at least 9 frames for Logits, got 5" in capsys.readouterr().err
+    assert not out.exists() or list(out.iterdir()) == []

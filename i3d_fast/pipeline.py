@@ -11,8 +11,9 @@ head averages over all of its time steps. Videos are streamed, never held whole:
 network in chunks of ``chunk`` frames (default 512, about 20 s at 25 fps) that overlap by ``overlap``
 frames (default 64). A video that fits in one chunk gets exactly the full-clip result. For a longer
 one, each chunk's Mixed_5c features (one step per 8 frames) are trimmed by half the overlap at inner
-edges and joined in time, and the Logits head runs once over the joined features, so the time mean still
-covers the whole video. The result approximates a single full-clip pass: a joined step sees at least
+edges and joined in time, and the Logits head's time mean covers the whole joined sequence (the head
+is linear after its average pool, so a running sum over the steps is kept instead of the features:
+memory does not grow with the video; :class:`HeadMean`). The result approximates a single full-clip pass: a joined step sees at least
 ``overlap / 2`` frames of context on each side instead of the whole video, and TF "SAME" padding of the
 stride-2 layers can shift a chunk's frame phase by one frame relative to the full clip.
 
@@ -35,10 +36,12 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence,
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from .flow import to_i3d_input, tvl1
 from .flow.solver import solver_device
 from .models import ENDPOINTS, InceptionI3d, fuse
+from .models.i3d import HEAD_POOL
 from .video import Preprocess, VideoError, frames, to_model_input, windows
 
 T = TypeVar("T")
@@ -130,6 +133,63 @@ class WindowPrediction:
     end: int
     logits: torch.Tensor
     streams: Dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class HeadMean:
+    """The I3D Logits head over Mixed_5c features that arrive in time order, piece by piece, in memory
+    that does not grow with the video: ``head.add(piece)`` for each Tensor[1, C, t, H', W'], then
+    ``head.logits(model)`` equals ``model.logits_from_features(torch.cat(pieces, dim=2))`` (to float
+    rounding).
+
+    The head is linear after its VALID average pool (kt x kh x kw = 2x7x7, or smaller with
+    ``adaptive_head``): logits = W . mean over the pooled positions + b. With S[t] the mean over the
+    spatial pooling windows at step t, the mean over all pooled positions is
+    sum_t c_t S[t] / (kt (T' - kt + 1)), where c_t counts the temporal windows covering step t (kt = 2:
+    1 for the first and the last step, 2 for the others; kt = 1: 1). So a running sum of S in double,
+    the first step's S and the latest step's S are all that is kept; the 2-step windows that span the
+    joins between pieces are counted exactly as in the joined tensor.
+    """
+
+    def __init__(self):
+        self.total: Optional[torch.Tensor] = None  # sum over steps of S[t], float64 [1, C]
+        self.first: Optional[torch.Tensor] = None
+        self.last: Optional[torch.Tensor] = None
+        self.steps = 0
+        self.spatial: Optional[Tuple[int, int]] = None
+        self.like: Optional[torch.Tensor] = None
+
+    def add(self, piece: torch.Tensor) -> None:
+        if piece.dim() != 5 or piece.shape[0] != 1:
+            raise ValueError(f"HeadMean.add expects Tensor[1, C, t, H', W'], got {tuple(piece.shape)}")
+        if self.spatial is not None and tuple(piece.shape[3:]) != self.spatial:
+            raise ValueError(f"HeadMean.add: pieces of {self.spatial[0]}x{self.spatial[1]} and "
+                             f"{piece.shape[3]}x{piece.shape[4]} steps cannot be joined")
+        if piece.shape[2] == 0:
+            return
+        h, w = piece.shape[3:]
+        self.spatial, self.like = (h, w), piece[:, :, :1, :1, :1]
+        kh, kw = min(HEAD_POOL[1], h), min(HEAD_POOL[2], w)  # too small for a strict head: logits() says so
+        per_step = F.avg_pool3d(piece.double(), (1, kh, kw), stride=1).mean(dim=(3, 4))  # S: [1, C, t]
+        total = per_step.sum(dim=2)
+        self.total = total if self.total is None else self.total + total
+        if self.first is None:
+            self.first = per_step[:, :, 0]
+        self.last = per_step[:, :, -1]
+        self.steps += piece.shape[2]
+
+    def logits(self, model: InceptionI3d) -> torch.Tensor:
+        """Tensor[1, num_classes]: ``model``'s Logits head over every step added (``model`` in eval mode)."""
+        if self.total is None:
+            raise ValueError("HeadMean.logits: no features were added")
+        if self.steps >= HEAD_POOL[0]:  # kt = 2 (also with an adaptive head)
+            mean = (2 * self.total - self.first - self.last) / (2 * (self.steps - 1))
+        else:  # a single step: kt = 1 with an adaptive head (a strict one refuses it below)
+            mean = self.total
+        # The head of a features tensor whose every position holds the mean, shaped like the head's pool
+        # window over the real features, gives W . mean + b with the model's own checks and layers.
+        window = (min(HEAD_POOL[0], self.steps), *(min(k, s) for k, s in zip(HEAD_POOL[1:], self.spatial)))
+        feats = mean.to(self.like.dtype)[:, :, None, None, None].expand(1, mean.shape[1], *window)
+        return model.logits_from_features(feats.contiguous())
 
 
 class Predictor:
@@ -250,29 +310,49 @@ class Predictor:
         return VideoError(f"{path}: too short: {count} frame(s){when}; {why} at least {need} frames{flow}")
 
     # -- whole video -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def _stitched(self, path: PathLike, stream: str, endpoint: str) -> Tuple[torch.Tensor, int]:
-        """``endpoint`` features (Logits: Mixed_5c) of the whole video, computed chunk by chunk and joined
-        in time: (Tensor[1, C, T', H', W'], frames seen)."""
+    def _pieces(self, path: PathLike, stream: str, endpoint: str) -> Tuple[Iterator[torch.Tensor], "_Counted"]:
+        """``endpoint`` features (Logits: Mixed_5c) of the whole video, chunk by chunk, trimmed so that joined
+        in time they are the video's features: (iterator of Tensor[1, C, t, H', W'], counter). Holds two
+        chunks' features at a time; once the iterator is exhausted, ``counter.count + self._extra`` is
+        the number of frames seen."""
         runner = self.runners[stream]
         name = "Mixed_5c" if endpoint == "Logits" else endpoint
         stride = time_stride(name)
         items, clip_of = self._stream(path, stream)
         counted = _Counted(items)
         half = self.overlap // 2 // stride
-        pieces: List[torch.Tensor] = []
-        held: Optional[Tuple[int, torch.Tensor]] = None
-        for start, clip in windows(counted, self.chunk, self.chunk - self.overlap, tail="rest"):
-            if start == 0 and len(clip) < self._min_steps(endpoint):
-                raise self._too_short(path, len(clip), endpoint)
-            feats = runner.extract_features(clip_of(clip), name)
-            if held is not None:  # the held chunk was not the last: trim its far edge
-                pieces.append(held[1][:, :, (half if held[0] else 0):self.chunk // stride - half])
-            held = (start, feats)
-        if held is None:  # a single frame and a flow stream: no flow field at all
-            raise self._too_short(path, 0, endpoint)
-        pieces.append(held[1][:, :, (half if held[0] else 0):])
-        return torch.cat(pieces, dim=2), counted.count + self._extra
+
+        def pieces() -> Iterator[torch.Tensor]:
+            held: Optional[Tuple[int, torch.Tensor]] = None
+            for start, clip in windows(counted, self.chunk, self.chunk - self.overlap, tail="rest"):
+                if start == 0 and len(clip) < self._min_steps(endpoint):
+                    raise self._too_short(path, len(clip), endpoint)
+                feats = runner.extract_features(clip_of(clip), name)
+                if held is not None:  # the held chunk was not the last: trim its far edge
+                    yield held[1][:, :, (half if held[0] else 0):self.chunk // stride - half]
+                held = (start, feats)
+            if held is None:  # a single frame and a flow stream: no flow field at all
+                raise self._too_short(path, 0, endpoint)
+            yield held[1][:, :, (half if held[0] else 0):]
+
+        return pieces(), counted
+
+    @torch.no_grad()
+    def _stitched(self, path: PathLike, stream: str, endpoint: str) -> Tuple[torch.Tensor, int]:
+        """``endpoint`` features of the whole video joined in time: (Tensor[1, C, T', H', W'], frames seen)."""
+        pieces, counted = self._pieces(path, stream, endpoint)
+        feats = torch.cat(list(pieces), dim=2)
+        return feats, counted.count + self._extra
+
+    @torch.no_grad()
+    def _logits(self, path: PathLike, stream: str) -> Tuple[torch.Tensor, int]:
+        """The Logits head over the whole video's Mixed_5c steps, in bounded memory (see :class:`HeadMean`):
+        (Tensor[1, num_classes], frames seen)."""
+        pieces, counted = self._pieces(path, stream, "Logits")
+        head = HeadMean()
+        for piece in pieces:
+            head.add(piece)
+        return head.logits(self.models[stream]), counted.count + self._extra
 
     @torch.no_grad()
     def predict(self, path: PathLike) -> Prediction:
@@ -281,9 +361,9 @@ class Predictor:
             raise ValueError("prediction needs networks with a Logits head")
         per_stream: Dict[str, torch.Tensor] = {}
         count = 0
-        for stream, model in self.models.items():
-            feats, count = self._stitched(path, stream, "Logits")
-            per_stream[stream] = model.logits_from_features(feats)[0].float().cpu()
+        for stream in self.models:
+            logits, count = self._logits(path, stream)
+            per_stream[stream] = logits[0].float().cpu()
         return Prediction(str(path), self._fuse(per_stream), count, self.preprocess.fps, per_stream)
 
     @torch.no_grad()
@@ -291,9 +371,10 @@ class Predictor:
         """Whole-video features of one stream: Tensor[C, T', H', W'] for a feature endpoint, or the
         time-averaged pre-softmax Tensor[num_classes] for "Logits" (what FVD embeds). CPU, float32."""
         self._check_endpoint_and_stream(endpoint, stream)
-        feats, _ = self._stitched(path, stream, endpoint)
         if endpoint == "Logits":
-            feats = self.models[stream].logits_from_features(feats)
+            feats, _ = self._logits(path, stream)
+        else:
+            feats, _ = self._stitched(path, stream, endpoint)
         return feats[0].float().cpu()
 
     # -- sliding windows -------------------------------------------------------------------------

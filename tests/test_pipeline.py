@@ -9,7 +9,7 @@ from _videos import make_video  # noqa: E402
 
 from i3d_fast import InceptionI3d, labels  # noqa: E402
 from i3d_fast.models import FusedInceptionI3d  # noqa: E402
-from i3d_fast.pipeline import Predictor, time_stride, top_k  # noqa: E402
+from i3d_fast.pipeline import HeadMean, Predictor, time_stride, top_k  # noqa: E402
 from i3d_fast.video import Preprocess, VideoError, read_video, to_model_input  # noqa: E402
 
 SMALL = Preprocess(short_side=64, crop=64)
@@ -54,6 +54,33 @@ def test_chunks_are_joined_exactly_where_context_suffices(small, videos):
     assert joined.shape == (1024, *InceptionI3d.feature_size(56, 64, 64)) == (1024, 7, 2, 2)
     with torch.no_grad():
         torch.testing.assert_close(chunked.predict(videos["v56"]).logits, small.logits_from_features(joined[None])[0])
+
+
+@pytest.mark.parametrize("adaptive, lengths, spatial", [
+    (False, [3, 1, 4, 2], (9, 8)),  # 2x7x7 windows: several spatial positions, 2-step windows over every join
+    (False, [2], (7, 7)),
+    (True, [1], (3, 2)),  # a single step: the adaptive head pools 1x3x2
+    (True, [1, 1, 3], (3, 2)),
+])
+def test_head_mean_equals_the_head_over_the_joined_features(adaptive, lengths, spatial):
+    torch.manual_seed(2)
+    model = InceptionI3d(num_classes=5, adaptive_head=adaptive).eval()
+    pieces = [torch.randn(1, 1024, t, *spatial) for t in lengths]
+    head = HeadMean()
+    for piece in pieces:
+        head.add(piece)
+    with torch.no_grad():
+        expected = model.logits_from_features(torch.cat(pieces, dim=2))
+        torch.testing.assert_close(head.logits(model), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_head_mean_keeps_the_strict_heads_checks():
+    head = HeadMean()
+    head.add(torch.randn(1, 1024, 1, 7, 7))
+    with pytest.raises(ValueError, match="smaller than the 2x7x7 head pool"):
+        head.logits(InceptionI3d(num_classes=5))
+    with pytest.raises(ValueError, match="cannot be joined"):
+        head.add(torch.randn(1, 1024, 1, 6, 7))
 
 
 def test_time_strides():

@@ -273,6 +273,10 @@ def _bench(args: argparse.Namespace) -> int:
     for path in json_paths:
         bench.write_json(rows, path)
         print(f"wrote {path}")
+    if plot_paths and not any(r.timing is not None for r in rows):
+        print("i3d-fast bench: plot not written: no row was measured on this machine (the table says why)",
+              file=sys.stderr)
+        plot_paths = []
     for path in plot_paths:
         try:
             bench.write_plot(rows, path)

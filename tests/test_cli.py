@@ -244,6 +244,18 @@ def test_bench_writes_table_json_and_plot(tmp_path, monkeypatch, capsys):
     assert "pip install 'i3d-fast[bench]'" in capsys.readouterr().err
 
 
+def test_bench_with_nothing_measured_writes_the_table_and_skips_the_plot(tmp_path, monkeypatch, capsys):
+    from i3d_fast import bench
+    from i3d_fast.bench import Row
+
+    monkeypatch.setitem(bench.SUITES, "gpu_only", lambda quick=False, device="cpu": [
+        Row("gpu_only", "conv3d", "triton", None, note="not measured (no CUDA GPU)")])
+    out = tmp_path / "results"
+    assert main(["bench", "--suite", "gpu_only", "--out", str(out), "--plot", str(tmp_path / "p.png")]) == 0
+    assert "no row was measured" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.txt"] and not (tmp_path / "p.png").exists()
+
+
 def test_train_fine_tunes_the_head_and_saves_a_usable_checkpoint(small_weights, tmp_path, capsys):
     data = tmp_path / "data"
     for name in ("left", "right"):

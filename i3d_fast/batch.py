@@ -13,7 +13,12 @@ datasets of any size.
 - **Bad items**: a video that fails (missing, empty, corrupt, too short, ...) is reported and skipped;
   the run goes on. A summary at the end lists every failure.
 - **Workers**: ``workers > 1`` runs videos in that many processes (spawned, each with its own copy of
-  the job and ``cpu_count / workers`` torch threads).
+  the job, its own :meth:`Job.setup` and ``cpu_count / workers`` torch threads); the parent only runs
+  the job's cheap :meth:`Job.validate` first, and keeps at most ``workers`` videos in flight. When a
+  worker process dies (a crash, ``os._exit``, the out-of-memory killer) only the videos in flight are
+  affected: a new pool takes over the others, and the in-flight videos are tried again one at a
+  time, so the one that kills its worker is reported as failed ("worker process died while
+  processing ...") and the rest are done.
 - **Exit code** (:attr:`Summary.exit_code`): 0 when every video is done or was already done, 1 when
   any failed, 130 when interrupted (Ctrl-C: running videos finish or are discarded, never half-written).
 """
@@ -25,16 +30,17 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, TextIO, Tuple, Union
 
+from ._atomic import PARTIAL, atomic_dir, atomic_file
+
 PathLike = Union[str, Path]
-PARTIAL = ".partial-"
 
 
 class BatchError(ValueError):
@@ -51,7 +57,13 @@ class Job(abc.ABC):
     output_suffix: str = ""
 
     def setup(self) -> None:
-        """Loads what :meth:`process` needs (models, solvers), once per process. Errors here stop the run."""
+        """Loads what :meth:`process` needs (models, solvers), once per process that runs videos. Errors
+        here stop the run."""
+
+    def validate(self) -> None:
+        """Cheap checks run in the parent process instead of :meth:`setup` when the videos run in worker
+        processes: raise on a configuration that cannot work (missing weights or dependency, bad
+        options) so that the run stops before any work. Must not keep models or open a GPU context."""
 
     @abc.abstractmethod
     def process(self, video: Path, target: Path) -> str:
@@ -129,10 +141,11 @@ def parse_shard(text: str) -> Tuple[int, int]:
     return index, count
 
 
-def read_list(path: PathLike) -> List[Path]:
+def read_list(path: PathLike, root: Optional[PathLike] = None) -> List[Path]:
     """Video paths from a text file, one per line (blank lines and lines starting with # skipped);
-    relative paths are taken relative to the list file's folder."""
-    base = Path(path).parent
+    relative paths are taken relative to ``root`` when given (a dataset's list of paths relative to
+    its top folder, used with ``--root``), else relative to the list file's folder."""
+    base = Path(root) if root is not None else Path(path).parent
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
@@ -207,59 +220,109 @@ def describe_error(exc: BaseException, video: PathLike) -> str:
     return text if isinstance(exc, (ValueError, OSError)) else f"{type(exc).__name__}: {text}"
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def execute(job: Job, task: Task) -> Outcome:
     """Runs one task atomically: skipped when its output exists; a failure leaves nothing behind."""
     start = time.perf_counter()
     if task.output.exists():
         return Outcome(task, "skipped")
-    tmp = None
     try:
-        task.output.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{task.output.name}{PARTIAL}", dir=task.output.parent))
         if job.output_suffix:
-            target = tmp / task.output.name
-            note = job.process(task.video, target)
-            if not target.is_file():
-                raise RuntimeError(f"the {job.name} job wrote no output file")
-            os.replace(target, task.output)
-            tmp.rmdir()
+            with atomic_file(task.output) as target:
+                note = job.process(task.video, target)
+                if not target.is_file():
+                    raise RuntimeError(f"the {job.name} job wrote no output file")
         else:
-            tmp.chmod(0o777 & ~_umask())
-            note = job.process(task.video, tmp)
-            os.rename(tmp, task.output)
+            with atomic_dir(task.output) as target:
+                note = job.process(task.video, target)
     except Exception as exc:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
         return Outcome(task, "failed", describe_error(exc, task.video), time.perf_counter() - start)
-    except BaseException:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return Outcome(task, "done", note or "", time.perf_counter() - start)
 
 
 _WORKER_JOB: Optional[Job] = None
+_WORKER_SETUP_ERROR: Optional[str] = None
+
+
+class WorkerSetupError(RuntimeError):
+    """The job's setup failed in a worker process (raised by the worker for each of its tasks)."""
 
 
 def _init_worker(job: Job, threads: int) -> None:
-    global _WORKER_JOB
+    global _WORKER_JOB, _WORKER_SETUP_ERROR
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and lets running videos finish
     import torch
 
     torch.set_num_threads(threads)
-    job.setup()
+    try:
+        job.setup()
+    except Exception as exc:  # reported with the first task, so the parent can stop the run
+        _WORKER_SETUP_ERROR = f"{type(exc).__name__}: {exc}"
     _WORKER_JOB = job
 
 
 def _work(task: Task) -> Outcome:
+    if _WORKER_SETUP_ERROR is not None:
+        raise WorkerSetupError(_WORKER_SETUP_ERROR)
     assert _WORKER_JOB is not None
     return execute(_WORKER_JOB, task)
+
+
+def _died(task: Task, exc: BaseException) -> Outcome:
+    return Outcome(task, "failed", f"worker process died while processing {task.video} (a crash, os._exit or the "
+                                   f"out-of-memory killer: {exc})")
+
+
+def _run_workers(job: Job, todo: Sequence[Task], workers: int, record) -> None:
+    """Runs ``todo`` in ``workers`` spawned processes, at most ``workers`` tasks in flight. A pool whose
+    worker died is replaced; the tasks in flight then are retried one at a time (the one that kills its
+    worker alone is failed), the tasks not started yet go to the new pool."""
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = multiprocessing.get_context("spawn")
+    pending = deque(todo)
+    suspects: deque = deque()  # in flight when a worker died: each is retried alone
+    while pending or suspects:
+        size = min(workers, len(pending) + len(suspects))  # processes start on demand
+        crashed: List[Task] = []
+        with ProcessPoolExecutor(size, context, initializer=_init_worker, initargs=(job, threads)) as pool:
+            in_flight: Dict[Future, Task] = {}
+            try:
+                while pending or suspects or in_flight:
+                    if suspects:
+                        if not in_flight:
+                            task = suspects.popleft()
+                            in_flight[pool.submit(_work, task)] = task
+                    else:
+                        while pending and len(in_flight) < workers:
+                            task = pending.popleft()
+                            in_flight[pool.submit(_work, task)] = task
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    died: List[Tuple[Task, BaseException]] = []
+                    for future in done:
+                        task = in_flight.pop(future)
+                        try:
+                            record(future.result())
+                        except BrokenProcessPool as exc:
+                            died.append((task, exc))
+                        except WorkerSetupError as exc:
+                            raise BatchError(f"the {job.name} job could not start in a worker process: {exc}") from None
+                    if died:
+                        for future, task in in_flight.items():  # the broken pool fails the others in flight too
+                            try:
+                                record(future.result())
+                            except BrokenProcessPool as exc:
+                                died.append((task, exc))
+                        in_flight.clear()
+                        crashed = [task for task, _ in died]
+                        if len(died) == 1:
+                            record(_died(*died[0]))
+                        else:  # which of them killed the worker is unknown: try each alone
+                            suspects.extend(task for task, _ in died)
+                        break  # a new pool
+            except BaseException:
+                for future in in_flight:
+                    future.cancel()
+                raise
+        remove_stale(crashed)  # the temp outputs of the tasks in flight, now that the pool's processes are gone
 
 
 def run(job: Job, tasks: Sequence[Task], workers: int = 1, shard: Tuple[int, int] = (0, 1),
@@ -292,27 +355,15 @@ def run(job: Job, tasks: Sequence[Task], workers: int = 1, shard: Tuple[int, int
             bar.write(f"{job.name}: failed: {outcome.task.video}: {outcome.message}", file=log)
 
     try:
-        if todo:
+        if not todo:
+            pass
+        elif workers == 1 or len(todo) == 1:
             job.setup()
-        if workers == 1 or len(todo) <= 1:
             for task in todo:
                 record(execute(job, task))
-        elif todo:
-            threads = max(1, (os.cpu_count() or 1) // workers)
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(min(workers, len(todo)), context, initializer=_init_worker,
-                                     initargs=(job, threads)) as pool:
-                futures = {pool.submit(_work, task): task for task in todo}
-                try:
-                    for future in as_completed(futures):
-                        try:
-                            record(future.result())
-                        except BrokenProcessPool as exc:
-                            record(Outcome(futures[future], "failed", f"worker process died ({exc})"))
-                except KeyboardInterrupt:
-                    for future in futures:
-                        future.cancel()
-                    raise
+        else:
+            job.validate()  # setup() runs in each worker
+            _run_workers(job, todo, workers, record)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:

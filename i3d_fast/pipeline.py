@@ -11,8 +11,9 @@ head averages over all of its time steps. Videos are streamed, never held whole:
 network in chunks of ``chunk`` frames (default 512, about 20 s at 25 fps) that overlap by ``overlap``
 frames (default 64). A video that fits in one chunk gets exactly the full-clip result. For a longer
 one, each chunk's Mixed_5c features (one step per 8 frames) are trimmed by half the overlap at inner
-edges and joined in time, and the Logits head runs once over the joined features, so the time mean still
-covers the whole video. The result approximates a single full-clip pass: a joined step sees at least
+edges and joined in time, and the Logits head's time mean covers the whole joined sequence (the head
+is linear after its average pool, so a running sum over the steps is kept instead of the features:
+memory does not grow with the video; :class:`HeadMean`). The result approximates a single full-clip pass: a joined step sees at least
 ``overlap / 2`` frames of context on each side instead of the whole video, and TF "SAME" padding of the
 stride-2 layers can shift a chunk's frame phase by one frame relative to the full clip.
 
@@ -23,23 +24,24 @@ frames (the last one ends at the last frame), one set of logits per window.
 resized, uncropped frame, then centre-cropped, clipped to +-``bound`` pixels and scaled to [-1, 1]); a
 video of T frames has T - 1 flow fields, and the RGB stream then uses frames 0 .. T-2 so both streams
 cover the same time steps. Logits are added (DeepMind) or averaged (``fusion="mean"``). TV-L1 runs on
-the GPU when the predictor's device is one.
+the GPU when the predictor's device is one and CuPy is installed, else on the CPU (with a warning).
 
 Both networks run through the fused inference path (:func:`i3d_fast.fuse`) unless ``fused=False``.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from .flow import to_i3d_input, tvl1
+from .flow.solver import solver_device
 from .models import ENDPOINTS, InceptionI3d, fuse
+from .models.i3d import HEAD_POOL
 from .video import Preprocess, VideoError, frames, to_model_input, windows
 
 T = TypeVar("T")
@@ -50,19 +52,6 @@ FUSIONS = ("sum", "mean")
 CHUNK, OVERLAP = 512, 64
 #: Flow values are clipped to +-BOUND pixels before scaling to [-1, 1] (I3D, TSN, denseflow).
 BOUND = 20.0
-
-
-class FlowUnavailableError(RuntimeError):
-    """The TV-L1 solver (``i3d_fast.flow``) is not part of this installation."""
-
-
-def flow_module() -> ModuleType:
-    """The TV-L1 solver ``i3d_fast.flow``: the one place the video tools import it."""
-    if importlib.util.find_spec(f"{__package__}.flow") is None:
-        raise FlowUnavailableError(
-            "TV-L1 optical flow (i3d_fast.flow) is not part of this installation of i3d_fast, so the flow "
-            "stream and `i3d-fast flow` cannot run; RGB-only prediction and features work without it.")
-    return importlib.import_module(f"{__package__}.flow")
 
 
 def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
@@ -77,14 +66,16 @@ def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
 
 def flow_batches(gray: Iterable[np.ndarray], device: Union[str, torch.device] = "cpu", batch: int = 16,
                  **tvl1_params) -> Iterator[torch.Tensor]:
-    """TV-L1 flow between consecutive greyscale frames (``uint8 [H, W]``), ``batch`` pairs per call on
-    ``device``: ``Tensor[n, 2, H, W]`` (x, y, in pixels) with n <= batch, T - 1 fields in all for T
-    frames. Holds ``batch + 1`` frames at a time."""
-    tvl1 = flow_module().tvl1
+    """TV-L1 flow between consecutive greyscale frames (``uint8 [H, W]``), ``batch`` pairs per call:
+    ``Tensor[n, 2, H, W]`` (x, y, in pixels) with n <= batch, T - 1 fields in all for T frames. Holds
+    ``batch + 1`` frames at a time. Solved on ``device`` when it is a CUDA device and CuPy is installed,
+    else on the CPU (a one-time warning says so for a CUDA ``device``); the flow stays where it was
+    solved (``i3d_fast.flow.solver.solver_device(device)``)."""
+    solve_on = solver_device(device)
     for _, chunk in windows(gray, batch + 1, batch, tail="rest"):
         if len(chunk) < 2:
             continue
-        g = torch.from_numpy(np.stack(chunk)).to(device)
+        g = torch.from_numpy(np.stack(chunk)).to(solve_on)
         yield tvl1(g[:-1], g[1:], **tvl1_params)
 
 
@@ -144,6 +135,63 @@ class WindowPrediction:
     streams: Dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+class HeadMean:
+    """The I3D Logits head over Mixed_5c features that arrive in time order, piece by piece, in memory
+    that does not grow with the video: ``head.add(piece)`` for each Tensor[1, C, t, H', W'], then
+    ``head.logits(model)`` equals ``model.logits_from_features(torch.cat(pieces, dim=2))`` (to float
+    rounding).
+
+    The head is linear after its VALID average pool (kt x kh x kw = 2x7x7, or smaller with
+    ``adaptive_head``): logits = W . mean over the pooled positions + b. With S[t] the mean over the
+    spatial pooling windows at step t, the mean over all pooled positions is
+    sum_t c_t S[t] / (kt (T' - kt + 1)), where c_t counts the temporal windows covering step t (kt = 2:
+    1 for the first and the last step, 2 for the others; kt = 1: 1). So a running sum of S in double,
+    the first step's S and the latest step's S are all that is kept; the 2-step windows that span the
+    joins between pieces are counted exactly as in the joined tensor.
+    """
+
+    def __init__(self):
+        self.total: Optional[torch.Tensor] = None  # sum over steps of S[t], float64 [1, C]
+        self.first: Optional[torch.Tensor] = None
+        self.last: Optional[torch.Tensor] = None
+        self.steps = 0
+        self.spatial: Optional[Tuple[int, int]] = None
+        self.like: Optional[torch.Tensor] = None
+
+    def add(self, piece: torch.Tensor) -> None:
+        if piece.dim() != 5 or piece.shape[0] != 1:
+            raise ValueError(f"HeadMean.add expects Tensor[1, C, t, H', W'], got {tuple(piece.shape)}")
+        if self.spatial is not None and tuple(piece.shape[3:]) != self.spatial:
+            raise ValueError(f"HeadMean.add: pieces of {self.spatial[0]}x{self.spatial[1]} and "
+                             f"{piece.shape[3]}x{piece.shape[4]} steps cannot be joined")
+        if piece.shape[2] == 0:
+            return
+        h, w = piece.shape[3:]
+        self.spatial, self.like = (h, w), piece[:, :, :1, :1, :1]
+        kh, kw = min(HEAD_POOL[1], h), min(HEAD_POOL[2], w)  # too small for a strict head: logits() says so
+        per_step = F.avg_pool3d(piece.double(), (1, kh, kw), stride=1).mean(dim=(3, 4))  # S: [1, C, t]
+        total = per_step.sum(dim=2)
+        self.total = total if self.total is None else self.total + total
+        if self.first is None:
+            self.first = per_step[:, :, 0]
+        self.last = per_step[:, :, -1]
+        self.steps += piece.shape[2]
+
+    def logits(self, model: InceptionI3d) -> torch.Tensor:
+        """Tensor[1, num_classes]: ``model``'s Logits head over every step added (``model`` in eval mode)."""
+        if self.total is None:
+            raise ValueError("HeadMean.logits: no features were added")
+        if self.steps >= HEAD_POOL[0]:  # kt = 2 (also with an adaptive head)
+            mean = (2 * self.total - self.first - self.last) / (2 * (self.steps - 1))
+        else:  # a single step: kt = 1 with an adaptive head (a strict one refuses it below)
+            mean = self.total
+        # The head of a features tensor whose every position holds the mean, shaped like the head's pool
+        # window over the real features, gives W . mean + b with the model's own checks and layers.
+        window = (min(HEAD_POOL[0], self.steps), *(min(k, s) for k, s in zip(HEAD_POOL[1:], self.spatial)))
+        feats = mean.to(self.like.dtype)[:, :, None, None, None].expand(1, mean.shape[1], *window)
+        return model.logits_from_features(feats.contiguous())
+
+
 class Predictor:
     """Video file -> I3D logits or features, RGB-only or two-stream.
 
@@ -182,11 +230,12 @@ class Predictor:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         if not bound > 0:
             raise ValueError(f"bound must be > 0 pixels, got {bound}")
+        if isinstance(flow_batch, bool) or not isinstance(flow_batch, int) or flow_batch < 1:
+            raise ValueError(f"flow_batch must be a positive int (frame pairs per TV-L1 call), got {flow_batch!r}")
         self.device = resolve_device(device)
         self.models: Dict[str, InceptionI3d] = {"rgb": rgb.to(self.device).eval()}
         if flow is not None:
             self.models["flow"] = flow.to(self.device).eval()
-            flow_module()  # fail now, not on the first video, when there is no solver
         # the networks that run the clips; the heads of long videos run on self.models' Logits layers
         self.runners = {s: fuse(m) if fused else m for s, m in self.models.items()}
         self.preprocess = preprocess
@@ -233,7 +282,6 @@ class Predictor:
             raise ValueError(f"stream must be one of {STREAMS}, got {stream!r}")
         if "flow" not in self.models:
             raise ValueError("this predictor has no flow network (give flow weights)")
-        module = flow_module()
         pre = self.preprocess
         gray = frames(path, Preprocess(pre.fps, pre.short_side, None), gray=True)
         crop = pre.crop
@@ -246,10 +294,11 @@ class Predictor:
                         raise VideoError(f"{path}: flow of {h}x{w} pixels is smaller than the {crop}x{crop} crop")
                     top, left = (h - crop) // 2, (w - crop) // 2
                     batch = batch[..., top:top + crop, left:left + crop]
-                yield from module.to_i3d_input(batch, bound=self.bound)
+                yield from to_i3d_input(batch, bound=self.bound)
 
-        def clip_of(clip: list) -> torch.Tensor:
-            return torch.stack(clip, dim=1)[None].float().contiguous(memory_format=torch.channels_last_3d)
+        def clip_of(clip: list) -> torch.Tensor:  # the flow may have been solved on another device
+            clip = torch.stack(clip, dim=1)[None].to(self.device, torch.float32)
+            return clip.contiguous(memory_format=torch.channels_last_3d)
 
         return fields(), clip_of
 
@@ -261,29 +310,49 @@ class Predictor:
         return VideoError(f"{path}: too short: {count} frame(s){when}; {why} at least {need} frames{flow}")
 
     # -- whole video -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def _stitched(self, path: PathLike, stream: str, endpoint: str) -> Tuple[torch.Tensor, int]:
-        """``endpoint`` features (Logits: Mixed_5c) of the whole video, computed chunk by chunk and joined
-        in time: (Tensor[1, C, T', H', W'], frames seen)."""
+    def _pieces(self, path: PathLike, stream: str, endpoint: str) -> Tuple[Iterator[torch.Tensor], "_Counted"]:
+        """``endpoint`` features (Logits: Mixed_5c) of the whole video, chunk by chunk, trimmed so that joined
+        in time they are the video's features: (iterator of Tensor[1, C, t, H', W'], counter). Holds two
+        chunks' features at a time; once the iterator is exhausted, ``counter.count + self._extra`` is
+        the number of frames seen."""
         runner = self.runners[stream]
         name = "Mixed_5c" if endpoint == "Logits" else endpoint
         stride = time_stride(name)
         items, clip_of = self._stream(path, stream)
         counted = _Counted(items)
         half = self.overlap // 2 // stride
-        pieces: List[torch.Tensor] = []
-        held: Optional[Tuple[int, torch.Tensor]] = None
-        for start, clip in windows(counted, self.chunk, self.chunk - self.overlap, tail="rest"):
-            if start == 0 and len(clip) < self._min_steps(endpoint):
-                raise self._too_short(path, len(clip), endpoint)
-            feats = runner.extract_features(clip_of(clip), name)
-            if held is not None:  # the held chunk was not the last: trim its far edge
-                pieces.append(held[1][:, :, (half if held[0] else 0):self.chunk // stride - half])
-            held = (start, feats)
-        if held is None:  # a single frame and a flow stream: no flow field at all
-            raise self._too_short(path, 0, endpoint)
-        pieces.append(held[1][:, :, (half if held[0] else 0):])
-        return torch.cat(pieces, dim=2), counted.count + self._extra
+
+        def pieces() -> Iterator[torch.Tensor]:
+            held: Optional[Tuple[int, torch.Tensor]] = None
+            for start, clip in windows(counted, self.chunk, self.chunk - self.overlap, tail="rest"):
+                if start == 0 and len(clip) < self._min_steps(endpoint):
+                    raise self._too_short(path, len(clip), endpoint)
+                feats = runner.extract_features(clip_of(clip), name)
+                if held is not None:  # the held chunk was not the last: trim its far edge
+                    yield held[1][:, :, (half if held[0] else 0):self.chunk // stride - half]
+                held = (start, feats)
+            if held is None:  # a single frame and a flow stream: no flow field at all
+                raise self._too_short(path, 0, endpoint)
+            yield held[1][:, :, (half if held[0] else 0):]
+
+        return pieces(), counted
+
+    @torch.no_grad()
+    def _stitched(self, path: PathLike, stream: str, endpoint: str) -> Tuple[torch.Tensor, int]:
+        """``endpoint`` features of the whole video joined in time: (Tensor[1, C, T', H', W'], frames seen)."""
+        pieces, counted = self._pieces(path, stream, endpoint)
+        feats = torch.cat(list(pieces), dim=2)
+        return feats, counted.count + self._extra
+
+    @torch.no_grad()
+    def _logits(self, path: PathLike, stream: str) -> Tuple[torch.Tensor, int]:
+        """The Logits head over the whole video's Mixed_5c steps, in bounded memory (see :class:`HeadMean`):
+        (Tensor[1, num_classes], frames seen)."""
+        pieces, counted = self._pieces(path, stream, "Logits")
+        head = HeadMean()
+        for piece in pieces:
+            head.add(piece)
+        return head.logits(self.models[stream]), counted.count + self._extra
 
     @torch.no_grad()
     def predict(self, path: PathLike) -> Prediction:
@@ -292,22 +361,20 @@ class Predictor:
             raise ValueError("prediction needs networks with a Logits head")
         per_stream: Dict[str, torch.Tensor] = {}
         count = 0
-        for stream, model in self.models.items():
-            feats, count = self._stitched(path, stream, "Logits")
-            per_stream[stream] = model.logits_from_features(feats)[0].float().cpu()
+        for stream in self.models:
+            logits, count = self._logits(path, stream)
+            per_stream[stream] = logits[0].float().cpu()
         return Prediction(str(path), self._fuse(per_stream), count, self.preprocess.fps, per_stream)
 
     @torch.no_grad()
     def features(self, path: PathLike, endpoint: str = "Mixed_5c", stream: str = "rgb") -> torch.Tensor:
         """Whole-video features of one stream: Tensor[C, T', H', W'] for a feature endpoint, or the
         time-averaged pre-softmax Tensor[num_classes] for "Logits" (what FVD embeds). CPU, float32."""
-        if endpoint not in ENDPOINTS:
-            raise ValueError(f"unknown endpoint {endpoint!r}; choose one of {ENDPOINTS}")
-        if stream not in self.models:
-            raise ValueError(f"stream {stream!r} is not loaded (streams: {self.streams})")
-        feats, _ = self._stitched(path, stream, endpoint)
+        self._check_endpoint_and_stream(endpoint, stream)
         if endpoint == "Logits":
-            feats = self.models[stream].logits_from_features(feats)
+            feats, _ = self._logits(path, stream)
+        else:
+            feats, _ = self._stitched(path, stream, endpoint)
         return feats[0].float().cpu()
 
     # -- sliding windows -------------------------------------------------------------------------
@@ -346,11 +413,16 @@ class Predictor:
     def window_features(self, path: PathLike, endpoint: str, window: int, stride: int, stream: str = "rgb"
                         ) -> Tuple[torch.Tensor, List[Tuple[int, int]]]:
         """Features of each sliding window, stacked: (Tensor[N, ...], [(start, end)] frame ranges)."""
-        if endpoint not in ENDPOINTS:
-            raise ValueError(f"unknown endpoint {endpoint!r}; choose one of {ENDPOINTS}")
+        self._check_endpoint_and_stream(endpoint, stream)
         self.check_window(window, stride, endpoint)
         rows = self._windowed(path, stream, endpoint, window, stride)
         return torch.stack([r[2] for r in rows]), [(r[0], r[1]) for r in rows]
+
+    def _check_endpoint_and_stream(self, endpoint: str, stream: str) -> None:
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"unknown endpoint {endpoint!r}; choose one of {ENDPOINTS}")
+        if stream not in self.models:
+            raise ValueError(f"stream {stream!r} is not loaded (streams: {self.streams})")
 
     def _fuse(self, logits: Dict[str, torch.Tensor]) -> torch.Tensor:
         total = sum(logits.values())

@@ -11,9 +11,7 @@ names beside them (``<out>.labels.txt``), ready for ``i3d-fast predict --rgb-wei
 """
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._atomic import atomic_write
 from .batch import describe_error
 from .models import InceptionI3d
 from .video import Preprocess, VideoError, frames, to_model_input, windows
@@ -82,10 +81,8 @@ def _freeze_batchnorm(model: nn.Module) -> None:
 def _save(model: InceptionI3d, classes: Sequence[str], out: Path) -> None:
     model.save_pretrained(str(out))
     labels = out.with_name(out.name.rsplit(".", 1)[0] + ".labels.txt")
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=".tmp-", suffix=".txt")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_write(labels, "w") as f:
         f.write("\n".join(classes) + "\n")
-    os.replace(tmp, labels)
 
 
 def train(data: Path, out: Path, init: str = "kinetics400-rgb", *, head_only: bool = False, epochs: int = 1,

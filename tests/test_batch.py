@@ -97,6 +97,8 @@ def test_list_file(tmp_path):
     listing = tmp_path / "sub" / "videos.txt"
     listing.write_text("# a comment\nclip1.mp4\n\n/abs/clip2.mp4\n")
     assert batch.read_list(listing) == [tmp_path / "sub" / "clip1.mp4", Path("/abs/clip2.mp4")]
+    # with --root, relative entries are paths inside the dataset's root (as Kinetics/UCF lists are written)
+    assert batch.read_list(listing, tmp_path / "data") == [tmp_path / "data" / "clip1.mp4", Path("/abs/clip2.mp4")]
     with pytest.raises(batch.BatchError, match="cannot read the list"):
         batch.read_list(tmp_path / "nope.txt")
 
@@ -176,3 +178,60 @@ def test_progress_bar_and_failure_log(dataset, tmp_path):
     text = log.getvalue()
     assert "count: failed: " in text and "empty file (0 bytes)" in text
     assert "4/4" in text  # the tqdm bar reached the end
+
+
+class CrashJob(batch.Job):
+    """Writes the video's name; the video named crash.mp4 kills its worker process. Records in ``log``
+    which process ran validate() and setup()."""
+
+    name = "crash"
+    output_suffix = ".txt"
+
+    def __init__(self, log: Path, setup_error: bool = False):
+        self.log, self.setup_error = log, setup_error
+
+    def _note(self, what):
+        import os
+
+        with open(self.log, "a") as f:
+            f.write(f"{what} {os.getpid()}\n")
+
+    def validate(self):
+        self._note("validate")
+
+    def setup(self):
+        self._note("setup")
+        if self.setup_error:
+            raise RuntimeError("out of GPU memory")
+
+    def process(self, video_path: Path, target: Path) -> str:
+        import os
+
+        if video_path.name == "crash.mp4":
+            os._exit(3)
+        target.write_text(video_path.name)
+        return "ok"
+
+
+def test_a_dying_worker_fails_only_its_video(tmp_path):
+    import os
+
+    names = ["a", "b", "crash", "d", "e", "f"]
+    tasks = batch.plan([tmp_path / f"{n}.mp4" for n in names], tmp_path / "out", ".txt")
+    log = tmp_path / "log.txt"
+    summary = batch.run(CrashJob(log), tasks, workers=2, progress=False)
+    assert [o.task.video.name for o in summary.failures] == ["crash.mp4"]
+    message = summary.failures[0].message
+    assert message.startswith(f"worker process died while processing {tmp_path / 'crash.mp4'}"), message
+    assert summary.done == 5 and summary.exit_code == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{n}.txt" for n in names if n != "crash"]
+    calls = [line.split() for line in log.read_text().splitlines()]
+    assert calls[0] == ["validate", str(os.getpid())]  # the parent only validates ...
+    assert all(what == "setup" and pid != str(os.getpid()) for what, pid in calls[1:])  # ... workers set up
+
+
+def test_setup_failing_in_the_workers_stops_the_run(tmp_path):
+    tasks = batch.plan([tmp_path / f"{n}.mp4" for n in "abc"], tmp_path / "out", ".txt")
+    with pytest.raises(batch.BatchError, match="could not start in a worker process: RuntimeError: out of GPU memory"):
+        batch.run(CrashJob(tmp_path / "log.txt", setup_error=True), tasks, workers=2, progress=False)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

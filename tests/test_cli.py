@@ -22,7 +22,6 @@ from i3d_fast.video import Preprocess  # noqa: E402
 
 CLI = [sys.executable, "-m", "i3d_fast.cli"]
 SMALL = ["--short-side", "64", "--crop", "64"]
-HAS_FLOW = importlib.util.find_spec("i3d_fast.flow") is not None
 
 
 def run_cli(*args, cwd, timeout=300):
@@ -162,10 +161,6 @@ def test_flow_command(clips, tmp_path, capsys):
     code = main(["flow", str(clips["a"]), str(clips["d"]), str(tmp_path / "empty.mp4"), "--short-side", "64",
                  "--out", str(out)])
     captured = capsys.readouterr()
-    if not HAS_FLOW:
-        assert code == 2 and not out.exists()
-        assert "TV-L1 optical flow (i3d_fast.flow) is not part of this installation" in captured.err
-        return
     from i3d_fast import flow
     from i3d_fast.video import read_video
 
@@ -182,7 +177,6 @@ def test_flow_command(clips, tmp_path, capsys):
     assert float((got - expected).abs().mean()) < 0.2
 
 
-@pytest.mark.skipif(not HAS_FLOW, reason="needs the TV-L1 solver i3d_fast.flow, not in this installation")
 def test_predict_two_stream(small_weights, clips, tmp_path, capsys):
     flow_weights = tmp_path / "flow.safetensors"
     InceptionI3d(num_classes=5, in_channels=2, adaptive_head=True).save_pretrained(str(flow_weights))
@@ -197,11 +191,10 @@ def test_missing_pyav_or_pillow_is_reported_with_the_fix(tmp_path, monkeypatch, 
     assert main(["predict", str(tmp_path / "clip.mp4")]) == 2
     err = capsys.readouterr().err
     assert "decoding video needs the 'av' package" in err and "pip install 'i3d-fast[video]'" in err
-    if HAS_FLOW:
-        monkeypatch.setitem(sys.modules, "av", AV)
-        monkeypatch.setitem(sys.modules, "PIL", None)
-        assert main(["flow", str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "out")]) == 2
-        assert "writing flow JPEGs needs the 'PIL' package" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "av", AV)
+    monkeypatch.setitem(sys.modules, "PIL", None)
+    assert main(["flow", str(tmp_path / "clip.mp4"), "--out", str(tmp_path / "out")]) == 2
+    assert "writing flow JPEGs needs the 'PIL' package" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command, phrases", [
@@ -251,6 +244,18 @@ def test_bench_writes_table_json_and_plot(tmp_path, monkeypatch, capsys):
     assert "pip install 'i3d-fast[bench]'" in capsys.readouterr().err
 
 
+def test_bench_with_nothing_measured_writes_the_table_and_skips_the_plot(tmp_path, monkeypatch, capsys):
+    from i3d_fast import bench
+    from i3d_fast.bench import Row
+
+    monkeypatch.setitem(bench.SUITES, "gpu_only", lambda quick=False, device="cpu": [
+        Row("gpu_only", "conv3d", "triton", None, note="not measured (no CUDA GPU)")])
+    out = tmp_path / "results"
+    assert main(["bench", "--suite", "gpu_only", "--out", str(out), "--plot", str(tmp_path / "p.png")]) == 0
+    assert "no row was measured" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.txt"] and not (tmp_path / "p.png").exists()
+
+
 def test_train_fine_tunes_the_head_and_saves_a_usable_checkpoint(small_weights, tmp_path, capsys):
     data = tmp_path / "data"
     for name in ("left", "right"):
@@ -279,3 +284,29 @@ def test_train_fine_tunes_the_head_and_saves_a_usable_checkpoint(small_weights, 
         main(["train", str(data)])  # --out is required
     assert main(["train", str(data / "left"), "--out", str(out)]) == 2
     assert "found 0 class folder(s); training needs at least 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["flow", "v.mp4", "--out", "o", "--batch", "0"], "--batch: must be an integer >= 1, got 0"),
+    (["flow", "v.mp4", "--out", "o", "--workers", "-1"], "--workers: must be an integer >= 1, got -1"),
+    (["features", "v.mp4", "--out", "o", "--window", "x"], "--window: must be an integer >= 1, got 'x'"),
+    (["predict", "v.mp4", "-k", "0"], "--top-k: must be an integer >= 1, got 0"),
+    (["predict", "v.mp4", "--overlap", "-16"], "--overlap: must be an integer >= 0, got -16"),
+    (["predict", "v.mp4", "--bound", "0"], "--bound: must be a number > 0, got 0"),
+    (["train", "data", "--out", "m.safetensors", "--epochs", "0"], "--epochs: must be an integer >= 1, got 0"),
+])
+def test_bad_numbers_are_refused_by_the_parser(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_features_window_too_short_for_logits_fails_up_front(clips, tmp_path, workers, capsys):
+    strict = tmp_path / "strict.safetensors"  # no adaptive head: Logits needs 9 frames
+    InceptionI3d(num_classes=5).save_pretrained(str(strict))
+    out = tmp_path / "out"
+    assert main(["features", str(clips["a"]), str(clips["b"]), "--weights", str(strict), "--window", "5",
+                 "--endpoint", "Logits", "--workers", workers, "--out", str(out)]) == 2
+    assert "window must be at least 9 frames for Logits, got 5" in capsys.readouterr().err
+    assert not out.exists() or list(out.iterdir()) == []

@@ -1,7 +1,5 @@
 """Video -> logits / features: whole-video chunking and joining, sliding windows, too-short videos,
-labels, and the two-stream path (end to end when the TV-L1 solver i3d_fast.flow is installed)."""
-import importlib.util
-
+labels, and the two-stream path end to end."""
 import pytest
 import torch
 
@@ -11,11 +9,10 @@ from _videos import make_video  # noqa: E402
 
 from i3d_fast import InceptionI3d, labels  # noqa: E402
 from i3d_fast.models import FusedInceptionI3d  # noqa: E402
-from i3d_fast.pipeline import FlowUnavailableError, Predictor, time_stride, top_k  # noqa: E402
+from i3d_fast.pipeline import HeadMean, Predictor, time_stride, top_k  # noqa: E402
 from i3d_fast.video import Preprocess, VideoError, read_video, to_model_input  # noqa: E402
 
 SMALL = Preprocess(short_side=64, crop=64)
-HAS_FLOW = importlib.util.find_spec("i3d_fast.flow") is not None
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +56,33 @@ def test_chunks_are_joined_exactly_where_context_suffices(small, videos):
         torch.testing.assert_close(chunked.predict(videos["v56"]).logits, small.logits_from_features(joined[None])[0])
 
 
+@pytest.mark.parametrize("adaptive, lengths, spatial", [
+    (False, [3, 1, 4, 2], (9, 8)),  # 2x7x7 windows: several spatial positions, 2-step windows over every join
+    (False, [2], (7, 7)),
+    (True, [1], (3, 2)),  # a single step: the adaptive head pools 1x3x2
+    (True, [1, 1, 3], (3, 2)),
+])
+def test_head_mean_equals_the_head_over_the_joined_features(adaptive, lengths, spatial):
+    torch.manual_seed(2)
+    model = InceptionI3d(num_classes=5, adaptive_head=adaptive).eval()
+    pieces = [torch.randn(1, 1024, t, *spatial) for t in lengths]
+    head = HeadMean()
+    for piece in pieces:
+        head.add(piece)
+    with torch.no_grad():
+        expected = model.logits_from_features(torch.cat(pieces, dim=2))
+        torch.testing.assert_close(head.logits(model), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_head_mean_keeps_the_strict_heads_checks():
+    head = HeadMean()
+    head.add(torch.randn(1, 1024, 1, 7, 7))
+    with pytest.raises(ValueError, match="smaller than the 2x7x7 head pool"):
+        head.logits(InceptionI3d(num_classes=5))
+    with pytest.raises(ValueError, match="cannot be joined"):
+        head.add(torch.randn(1, 1024, 1, 6, 7))
+
+
 def test_time_strides():
     assert [time_stride(e) for e in ("Conv3d_1a_7x7", "Mixed_3c", "Mixed_4f", "Mixed_5c", "Logits")] == [2, 2, 4, 8, 8]
 
@@ -98,6 +122,19 @@ def test_predictor_argument_checks(small):
         Predictor(small, chunk=64, overlap=64)
     with pytest.raises(ValueError, match="RGB network must take 3 input channels"):
         Predictor(InceptionI3d(num_classes=5, in_channels=2, final_endpoint="Conv3d_1a_7x7"))
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="flow_batch must be a positive int"):
+            Predictor(small, flow_batch=bad)
+
+
+def test_unknown_stream_or_endpoint_is_refused_up_front(small, videos):
+    rgb_only = Predictor(small, device="cpu", preprocess=SMALL)
+    for call in (lambda: rgb_only.features(videos["v20"], "Mixed_5c", stream="flow"),
+                 lambda: rgb_only.window_features(videos["v20"], "Mixed_5c", 16, 8, stream="flow")):
+        with pytest.raises(ValueError, match=r"stream 'flow' is not loaded \(streams: \('rgb',\)\)"):
+            call()
+    with pytest.raises(ValueError, match="unknown endpoint 'Mixed_9z'"):
+        rgb_only.window_features(videos["v20"], "Mixed_9z", 16, 8)
 
 
 def test_logits_from_features_checks():
@@ -108,14 +145,6 @@ def test_logits_from_features_checks():
         model.logits_from_features(torch.zeros(1, 832, 2, 7, 7))
 
 
-@pytest.mark.skipif(HAS_FLOW, reason="i3d_fast.flow is installed: the two-stream path runs end to end below")
-def test_two_stream_without_the_solver_is_refused_clearly(small):
-    flow = InceptionI3d(num_classes=5, in_channels=2, adaptive_head=True)
-    with pytest.raises(FlowUnavailableError, match=r"TV-L1 optical flow \(i3d_fast.flow\) is not part of this"):
-        Predictor(small, flow)
-
-
-@pytest.mark.skipif(not HAS_FLOW, reason="needs the TV-L1 solver i3d_fast.flow, not in this installation")
 def test_two_stream_end_to_end(small, videos):
     torch.manual_seed(1)
     flow = InceptionI3d(num_classes=5, in_channels=2, adaptive_head=True).eval()
@@ -133,6 +162,22 @@ def test_two_stream_end_to_end(small, videos):
         torch.testing.assert_close(result.streams["flow"], flow(fields.permute(1, 0, 2, 3)[None])[0], rtol=1e-5,
                                    atol=1e-5)
     assert predictor.features(videos["v20"], "Mixed_5c", stream="flow").shape == (1024, 3, 2, 2)
+
+
+def test_flow_for_a_cuda_device_is_solved_on_the_cpu_without_cupy(videos, monkeypatch):
+    """A GPU machine without CuPy: the networks may run on CUDA, TV-L1 runs on the CPU (no CUDA tensor is
+    made for it, so this runs here too)."""
+    from i3d_fast.flow import solver, tvl1_video
+    from i3d_fast.kernels import cuda as cuda_kernels
+    from i3d_fast.pipeline import flow_batches
+
+    monkeypatch.setattr(solver, "_warned_no_cupy", False)
+    monkeypatch.setattr(cuda_kernels, "cupy_missing", lambda: "CuPy is not installed (test)")
+    grey = read_video(videos["v20"], Preprocess(short_side=32, crop=None), gray=True)
+    with pytest.warns(RuntimeWarning, match="TV-L1 optical flow runs on the CPU, not on cuda"):
+        flows = list(flow_batches(iter(grey), torch.device("cuda"), batch=8))
+    assert [f.shape[0] for f in flows] == [8, 8, 3] and all(f.device.type == "cpu" for f in flows)
+    torch.testing.assert_close(torch.cat(flows), tvl1_video(grey), rtol=0, atol=0)
 
 
 def test_kinetics400_labels_and_label_files(tmp_path):

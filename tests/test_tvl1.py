@@ -7,6 +7,7 @@ import torch
 from i3d_fast.bench.tvl1_pairs import KINDS, epe, make_pair, opencv_flow
 from i3d_fast.flow import TVL1Params, tvl1, tvl1_video
 from i3d_fast.kernels.cpu import extension
+from i3d_fast.kernels.cpu import tvl1 as cpu_tvl1
 from i3d_fast.kernels.reference import tvl1 as ref
 
 cv2 = pytest.importorskip("cv2", reason="opencv-contrib-python-headless (test extra) is the accuracy reference")
@@ -113,12 +114,34 @@ def test_pyramid_sizes_match_reference():
         assert [tuple(s) for s in extension().tvl1_pyramid_sizes(h, w, n, 0.8)] == ref.pyramid_sizes(h, w, n, 0.8)
 
 
-def test_cpu_solver_matches_float64_reference():
+@pytest.mark.parametrize("frames", ["uint8", "float"])
+def test_cpu_solver_matches_float64_reference(frames):
     i0, i1, truth = make_pair("zoom", 40, 48, seed=2)
+    if frames == "float":  # intensities in [0, 1]: both solvers scale them to 0..255 as OpenCV does
+        i0, i1 = i0.astype(np.float32) / 255, i1.astype(np.float32) / 255
     ours = tvl1(i0, i1).numpy()
     oracle = tvl1(i0, i1, backend="reference").numpy()
     assert epe(ours, oracle) < 2e-3
     assert epe(ours, truth) < 0.5 * epe(np.zeros_like(truth), truth)
+
+
+def test_cpu_iteration_counts_equal_the_float64_reference():
+    """OpenCV's stopping rule (float eps^2 * pixels against the summed squared update, per outer and
+    inner loop) runs the same number of inner iterations in the C++ solver as in the float64 oracle."""
+    pairs = [make_pair(kind, 40, 48, seed=2) for kind in ("translation", "sinusoidal")]
+    a = torch.from_numpy(np.stack([p[0] for p in pairs]))
+    b = torch.from_numpy(np.stack([p[1] for p in pairs]))
+    for params in (TVL1Params(), TVL1Params(epsilon=0.03, median_filtering=3)):
+        counts = []
+        cpu_tvl1.tvl1(a, b, params, iterations=counts)
+        expected = []
+        for x, y in zip(a, b):
+            stats = {}
+            ref.tvl1(x, y, params, torch.float64, stats)
+            expected.append(stats["iterations"])
+        assert counts == expected
+        assert all(c < params.nscales * params.warps * params.inner_iterations * params.outer_iterations
+                   for c in counts)  # the rule stopped early somewhere
 
 
 # ---- accuracy against OpenCV 5 on every kind of motion ----------------------------------------
@@ -221,6 +244,68 @@ def test_cuda_matches_cpu_on_a_batch():
     for k, (_, _, truth) in enumerate(pairs):
         assert epe(on_gpu[k].cpu().numpy(), on_cpu[k].numpy()) < 0.01
         assert epe(on_gpu[k].cpu().numpy(), truth) <= epe(on_cpu[k].numpy(), truth) + 0.005
+
+
+def test_solver_device_falls_back_to_the_cpu_without_cupy(monkeypatch):
+    import warnings
+
+    from i3d_fast.flow import solver
+    from i3d_fast.kernels import cuda as cuda_kernels
+
+    monkeypatch.setattr(solver, "_warned_no_cupy", False)
+    monkeypatch.setattr(cuda_kernels, "cupy_missing", lambda: "CuPy is not installed (test)")
+    with pytest.warns(RuntimeWarning, match=r"runs on the CPU, not on cuda:1: CuPy is not installed \(test\)"):
+        assert solver.solver_device("cuda:1") == torch.device("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per process
+        assert solver.solver_device(torch.device("cuda")) == torch.device("cpu")
+        assert solver.solver_device("cpu") == torch.device("cpu")
+        monkeypatch.setattr(cuda_kernels, "cupy_missing", lambda: None)
+        assert solver.solver_device("cuda:1") == torch.device("cuda:1")
+
+
+@pytest.mark.gpu
+def test_auto_solves_cuda_frames_on_the_cpu_without_cupy(monkeypatch):
+    from i3d_fast.flow import solver
+    from i3d_fast.kernels import cuda as cuda_kernels
+
+    monkeypatch.setattr(solver, "_warned_no_cupy", False)
+    monkeypatch.setattr(cuda_kernels, "cupy_missing", lambda: "CuPy is not installed (test)")
+    i0, i1, _ = make_pair("rotation", 48, 64)
+    with pytest.warns(RuntimeWarning, match="runs on the CPU"):
+        got = tvl1(torch.from_numpy(i0).cuda(), torch.from_numpy(i1).cuda())
+    assert got.is_cuda
+    torch.testing.assert_close(got.cpu(), tvl1(i0, i1), rtol=0, atol=0)
+
+
+def test_cuda_launcher_splits_batches_over_the_grid_z_limit(monkeypatch):
+    """The pair index is blockIdx.z (at most 65535): larger batches are solved in slices, in order."""
+    from i3d_fast.kernels.cuda import tvl1 as cuda_tvl1
+
+    calls = []
+
+    def solve(a, b, params, check_every):  # stands in for the launches: marks each slice
+        calls.append(a.shape[0])
+        return torch.full((a.shape[0], 2, *a.shape[1:]), float(len(calls)))
+
+    monkeypatch.setattr(cuda_tvl1, "_solve", solve)
+    monkeypatch.setattr(cuda_tvl1, "MAX_PAIRS", 3)
+    frames = torch.zeros(7, 16, 16, dtype=torch.uint8)
+    out = cuda_tvl1.tvl1(frames, frames, TVL1Params())
+    assert calls == [3, 3, 1] and out.shape == (7, 2, 16, 16)
+    assert out[:, 0, 0, 0].tolist() == [1, 1, 1, 2, 2, 2, 3]
+
+
+@pytest.mark.gpu
+def test_cuda_is_deterministic():
+    """The stopping sum is per-block partial sums added in a fixed order: the same bits every run."""
+    i0, i1, _ = make_pair("zoom", 96, 128, seed=6)
+    a = torch.from_numpy(i0).cuda()[None].repeat(3, 1, 1)
+    b = torch.from_numpy(i1).cuda()[None].repeat(3, 1, 1)
+    first = tvl1(a, b, backend="cuda")
+    for _ in range(2):
+        assert torch.equal(tvl1(a, b, backend="cuda"), first)
+    assert torch.equal(first[0], first[2])
 
 
 @pytest.mark.gpu

@@ -7,10 +7,8 @@
 
 #if defined(__CUDACC__)
 #define TVL1_HD __host__ __device__ __forceinline__
-#define TVL1_UNROLL _Pragma("unroll")
 #else
 #define TVL1_HD inline
-#define TVL1_UNROLL _Pragma("GCC unroll 64")
 #endif
 
 #if !defined(__CUDACC_RTC__)
@@ -164,32 +162,53 @@ TVL1_HD void dual_at(float* p1, float* p2, float ux, float uy, float taut) {
 
 // ---- median filter ------------------------------------------------------------------------
 
-// Median of the N values in v (N odd): Batcher's merge-exchange sorting network (Knuth 5.2.2 M),
-// fully unrolled so that v lives in registers; min/max results that the median does not need are
-// removed by the compiler. Works for float and for vector types with elementwise comparison (the
-// CPU passes 16 lanes). v is clobbered.
+// Median of the N values in v (N odd): Batcher's merge-exchange sorting network (Knuth 5.2.2,
+// Algorithm M) generated at compile time: every compare-exchange is a template instance with
+// constant indices, so v lives in registers (no local memory on the GPU, no loop on the CPU) and
+// the min/max results the median does not need are removed as dead code. Works for float and for
+// vector types with elementwise comparison (the CPU passes 16 lanes). v is clobbered.
 TVL1_HD constexpr int ceil_log2(int n) { return n <= 1 ? 0 : 1 + ceil_log2((n + 1) / 2); }
+
+namespace network {
+
+template <typename T>
+TVL1_HD void compare_exchange(T& a, T& b) {
+  const T lo = vmin(a, b), hi = vmax(a, b);
+  a = lo;
+  b = hi;
+}
+
+// Step M3: compare-exchange v[i], v[i + D] for every i < N - D with (i & P) == R.
+template <int N, int P, int R, int D, int I, typename T>
+TVL1_HD void exchanges(T* v) {
+  if constexpr (I < N - D) {
+    if constexpr ((I & P) == R) compare_exchange(v[I], v[I + D]);
+    exchanges<N, P, R, D, I + 1>(v);
+  }
+}
+
+// Steps M3-M4 for one P: q runs from 2^(t-1) down to P, then d = q - P, r = P.
+template <int N, int P, int Q, int R, int D, typename T>
+TVL1_HD void merge_round(T* v) {
+  exchanges<N, P, R, D, 0>(v);
+  if constexpr (Q != P) merge_round<N, P, Q / 2, P, Q - P>(v);
+}
+
+// Steps M2-M5: P = 2^(t-1), ..., 2, 1.
+template <int N, int P, typename T>
+TVL1_HD void merge_sort(T* v) {
+  if constexpr (P > 0) {
+    merge_round<N, P, (1 << (ceil_log2(N) - 1)), 0, P>(v);
+    merge_sort<N, P / 2>(v);
+  }
+}
+
+}  // namespace network
 
 template <int N, typename T>
 TVL1_HD T network_median(T* v) {
-  constexpr int t = ceil_log2(N);
-  TVL1_UNROLL
-  for (int p = 1 << (t - 1); p > 0; p >>= 1) {
-    int r = 0, d = p;
-    TVL1_UNROLL
-    for (int q = 1 << (t - 1); q >= p; q >>= 1) {
-      TVL1_UNROLL
-      for (int i = 0; i < N - d; ++i) {
-        if ((i & p) == r) {
-          const T a = v[i], b = v[i + d];
-          v[i] = vmin(a, b);
-          v[i + d] = vmax(a, b);
-        }
-      }
-      d = q - p;
-      r = p;
-    }
-  }
+  static_assert(N % 2 == 1 && N > 1, "network_median: N must be odd and > 1");
+  network::merge_sort<N, (1 << (ceil_log2(N) - 1))>(v);
   return v[N / 2];
 }
 

@@ -8,8 +8,10 @@
 //   kCurU, kCurP: which of the two u / p buffers holds the current values (the fused iteration
 //                 reads one and writes the other, so neighbouring tiles never race),
 //   kTicket: blocks of the running kernel that finished (the last one does the bookkeeping).
-// `err[pair]` accumulates the squared update of the running iteration. Inactive pairs return at
-// once, so the host only polls "any pair active" every few iterations to stop launching.
+// The stopping sum is deterministic: each block writes the sum of its pixels' squared updates (in
+// double) to `partial[pair * blocks + block]`; the pair's last block sums those in a fixed order,
+// in double, and compares with OpenCV's float eps^2 * pixels. Inactive pairs return at once, so the
+// host only polls "any pair active" now and then to stop launching.
 #include "common/tvl1.h"
 
 using namespace i3d::tvl1;
@@ -23,15 +25,17 @@ __device__ __forceinline__ long long plane_offset(int pair, int plane_count, int
   return (static_cast<long long>(pair) * plane_count + k) * plane;
 }
 
-// Block-wide sum (blockDim.x * blockDim.y == 256) into thread 0.
-__device__ float block_sum(float v) {
-  __shared__ float warp_sums[TX * TY / 32];
+// Block-wide sum (blockDim.x * blockDim.y == 256) into thread 0, in double and in a fixed order
+// (the same bits on every run). All threads call it; the shared buffer may be reused after the
+// next __syncthreads.
+__device__ double block_sum(double v) {
+  __shared__ double warp_sums[TX * TY / 32];
   for (int off = 16; off > 0; off >>= 1) v += __shfl_down_sync(0xffffffffu, v, off);
   const int lane = (threadIdx.y * blockDim.x + threadIdx.x) & 31;
   const int warp = (threadIdx.y * blockDim.x + threadIdx.x) >> 5;
   if (lane == 0) warp_sums[warp] = v;
   __syncthreads();
-  float total = 0.f;
+  double total = 0.0;
   if (warp == 0 && lane == 0)
     for (int i = 0; i < TX * TY / 32; ++i) total += warp_sums[i];
   return total;
@@ -141,9 +145,10 @@ extern "C" __global__ void tvl1_median5(float* u, int* state, int n, int h, int 
 
 // One fused iteration for every active pair: threshold + divergence + primal update on the tile and
 // one extra row and column (kept in shared memory), then forward gradient + dual update on the tile.
-// Reads the current u / p buffers, writes the other ones. Launch with blockDim (32, 8).
+// Reads the current u / p buffers, writes the other ones. Launch with blockDim (32, 8); `partial`
+// holds n * gridDim.x * gridDim.y doubles.
 extern "C" __global__ void tvl1_iterate(const float* i1wx, const float* i1wy, const float* rho, float* u, float* p,
-                                        int* state, float* err, int n, int h, int w, float l_t, float theta,
+                                        int* state, double* partial, int n, int h, int w, float l_t, float theta,
                                         float taut, float scaled_eps) {
   const int pair = blockIdx.z;
   int* st = state + 4 * pair;
@@ -163,7 +168,7 @@ extern "C" __global__ void tvl1_iterate(const float* i1wx, const float* i1wy, co
   const int x0 = blockIdx.x * TX, y0 = blockIdx.y * TY;
   const int tid = threadIdx.y * TX + threadIdx.x;
 
-  float sq = 0.f;
+  double sq = 0.0;
   for (int k = tid; k < (TY + 1) * (TX + 1); k += TX * TY) {
     const int ly = k / (TX + 1), lx = k % (TX + 1);
     const int x = x0 + lx, y = y0 + ly;
@@ -177,7 +182,7 @@ extern "C" __global__ void tvl1_iterate(const float* i1wx, const float* i1wy, co
     const float n2 = primal_at(a2, coef, i1wy[base + i], theta, div2);
     s1[ly][lx] = n1;
     s2[ly][lx] = n2;
-    if (lx < TX && ly < TY) sq += (n1 - a1) * (n1 - a1) + (n2 - a2) * (n2 - a2);
+    if (lx < TX && ly < TY) sq += static_cast<double>((n1 - a1) * (n1 - a1) + (n2 - a2) * (n2 - a2));
   }
   __syncthreads();
   const int tx = threadIdx.x, ty = threadIdx.y, x = x0 + tx, y = y0 + ty;
@@ -198,14 +203,20 @@ extern "C" __global__ void tvl1_iterate(const float* i1wx, const float* i1wy, co
     o1[i] = c1;
     o2[i] = c2;
   }
-  const float total = block_sum(sq);
-  if (tid == 0) atomicAdd(err + pair, total);
-  if (last_block(st) && tid == 0) {
-    const float e = atomicExch(err + pair, 0.f);
-    st[kActive] = e > scaled_eps ? 1 : 0;
-    st[kCurU] = cu ^ 1;
-    st[kCurP] = cp ^ 1;
-    st[kTicket] = 0;
+  const int blocks = gridDim.x * gridDim.y;
+  double* sums = partial + static_cast<long long>(pair) * blocks;
+  const double total = block_sum(sq);
+  if (tid == 0) sums[blockIdx.y * gridDim.x + blockIdx.x] = total;
+  if (last_block(st)) {  // every block's sum is written and fenced: add them up in a fixed order
+    double mine = 0.0;
+    for (int b = tid; b < blocks; b += TX * TY) mine += __ldcg(sums + b);
+    const double e = block_sum(mine);
+    if (tid == 0) {
+      st[kActive] = e > static_cast<double>(scaled_eps) ? 1 : 0;
+      st[kCurU] = cu ^ 1;
+      st[kCurP] = cp ^ 1;
+      st[kTicket] = 0;
+    }
   }
 }
 

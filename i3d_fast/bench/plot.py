@@ -2,12 +2,11 @@
 range, the baseline in grey and speedups written beside the bars. Needs matplotlib (``bench`` extra)."""
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Dict, List, Tuple
 
+from .._atomic import atomic_write
 from .._optional import require
-from .report import Row, _umask, machine, speedups
+from .report import Row, machine, speedups
 
 
 def write_plot(rows: List[Row], path: str, title: str = "") -> None:
@@ -67,16 +66,8 @@ def write_plot(rows: List[Row], path: str, title: str = "") -> None:
     if skipped:
         fig.text(0.01, 0.005, "\n".join(skipped[:8]), fontsize=6, va="bottom")
     fig.tight_layout(rect=(0, 0.02 * min(len(skipped), 8), 1, 1))
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+        with atomic_write(path) as f:
+            fig.savefig(f, dpi=120, format="png")
     finally:
         plt.close(fig)

@@ -4,12 +4,12 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional
 
 import torch
 
+from .._atomic import atomic_write
 from .timing import Timing
 
 
@@ -72,22 +72,7 @@ def write_json(rows: List[Row], path: str) -> None:
     write_text(json.dumps(payload, indent=2), path)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def write_text(text: str, path: str) -> None:
     """Writes ``text`` to ``path`` atomically (temp file beside it, then rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_write(path, "w") as f:
+        f.write(text)

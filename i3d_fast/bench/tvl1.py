@@ -16,7 +16,7 @@ import torch
 
 from .report import Row
 from .timing import measure
-from .tvl1_pairs import KINDS, astronaut_pair, epe, make_pair
+from .tvl1_pairs import KINDS, astronaut_pair, epe, make_pair, opencv_missing
 
 CUDA_SHAPES = ((224, 224), (256, 340))
 CUDA_BATCHES = (1, 16, 64)
@@ -33,10 +33,9 @@ def _workspace_mb(h: int, w: int, nscales: int = 5, scale_step: float = 0.8) -> 
 def _cpu_rows(quick: bool) -> List[Row]:
     from ..flow import tvl1
 
-    try:
+    missing = opencv_missing()  # the baseline only: the pairs need no OpenCV
+    if missing is None:
         import cv2
-    except ImportError:
-        cv2 = None
     threads = torch.get_num_threads()
     h, w = (128, 160) if quick else (256, 340)
     repeat = 3 if quick else 5
@@ -49,7 +48,7 @@ def _cpu_rows(quick: bool) -> List[Row]:
     for kind, i0, i1, truth in pairs:
         h, w = i0.shape
         case = f"TV-L1 {kind} {h}x{w} uint8, {threads} threads"
-        if cv2 is not None:
+        if missing is None:
             cv2.setNumThreads(threads)
             solver = cv2.optflow.DualTVL1OpticalFlow_create()
             flow_cv = solver.calc(i0, i1, None).transpose(2, 0, 1)
@@ -57,8 +56,7 @@ def _cpu_rows(quick: bool) -> List[Row]:
                             measure(lambda: solver.calc(i0, i1, None), repeat), baseline=True,
                             extra={"EPE": round(epe(flow_cv, truth), 4)}))
         else:
-            rows.append(Row("tvl1", case, "OpenCV DualTVL1 (CPU), 1 pair", None, baseline=True,
-                            note="opencv-contrib-python-headless not installed"))
+            rows.append(Row("tvl1", case, "OpenCV DualTVL1 (CPU), 1 pair", None, baseline=True, note=missing))
         ours = tvl1(i0, i1).numpy()
         rows.append(Row("tvl1", case, "i3d_fast C++, 1 pair", measure(lambda: tvl1(i0, i1), repeat),
                         extra={"EPE": round(epe(ours, truth), 4), "MiB": round(_workspace_mb(h, w), 1)}))

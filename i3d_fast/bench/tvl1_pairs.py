@@ -1,23 +1,59 @@
-"""Synthetic frame pairs with known flow for the TV-L1 benchmarks and tests (numpy + OpenCV, a
-bench/test dependency only).
+"""Synthetic frame pairs with known flow for the TV-L1 benchmarks and tests (numpy and torch only;
+OpenCV is needed for :func:`opencv_flow`, the baseline, alone).
 
-Textures are procedural (smoothed noise at several scales plus edges), so no image data set is
-needed; the motion fields cover translation, rotation, zoom, a large displacement and the smooth
-sinusoidal field of docs/tvl1-reference.md. I0(x) = I1(x + f(x)), both rounded to uint8.
+Textures are procedural (Gaussian-smoothed noise at several scales plus edges), so no image data set
+is needed; the motion fields cover translation, rotation, zoom, a large displacement and the smooth
+sinusoidal field of docs/tvl1-reference.md. I0(x) = I1(x + f(x)) (Keys bicubic, mirrored border),
+both rounded to uint8.
 """
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from ..kernels.reference.tvl1 import remap_bicubic
+
+
+def gaussian_blur(img: np.ndarray, sigma: float) -> np.ndarray:
+    """Separable Gaussian blur of a float64 image, as OpenCV's ``GaussianBlur(img, (0, 0), sigma)`` on
+    float64: kernel of 2 round(4 sigma) + 1 taps, mirrored border without repeating the edge pixel
+    (BORDER_REFLECT_101)."""
+    radius = int(np.floor(4 * sigma + 0.5))
+    taps = np.exp(-np.arange(-radius, radius + 1, dtype=np.float64) ** 2 / (2 * sigma * sigma))
+    taps /= taps.sum()
+    out = np.asarray(img, dtype=np.float64)
+    for axis in (0, 1):
+        pad = [(0, 0), (0, 0)]
+        pad[axis] = (radius, radius)
+        padded = np.pad(out, pad, mode="reflect")
+        n = out.shape[axis]
+        out = sum(t * np.take(padded, np.arange(k, k + n), axis=axis) for k, t in enumerate(taps))
+    return out
+
+
+def warp(base: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """``base`` [H, W] sampled at x + flow(x) (Keys bicubic, A = -0.75, the package's reference remap),
+    with the image mirrored beyond its border (BORDER_REFLECT_101): float64 [H, W]."""
+    h, w = base.shape
+    margin = int(np.ceil(np.abs(flow).max())) + 3  # every bicubic tap lands inside the mirrored image
+    padded = torch.from_numpy(np.pad(np.asarray(base, dtype=np.float64), margin, mode="reflect"))
+    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    map_x = torch.from_numpy(x + flow[0] + margin)
+    map_y = torch.from_numpy(y + flow[1] + margin)
+    (out,) = remap_bicubic([padded], map_x, map_y)
+    return out.numpy()
+
+
+def _to_u8(a: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(a), 0, 255).astype(np.uint8)
 
 
 def texture(h: int, w: int, seed: int) -> np.ndarray:
     """A float64 image in 0..255 with structure at several scales and some sharp edges."""
-    import cv2
-
     rng = np.random.default_rng(seed)
     img = np.zeros((h, w))
     for sigma, weight in ((1.0, 0.25), (3.0, 0.45), (8.0, 0.3)):
-        noise = cv2.GaussianBlur(rng.standard_normal((h, w)), (0, 0), sigma)
+        noise = gaussian_blur(rng.standard_normal((h, w)), sigma)
         img += weight * noise / (noise.std() + 1e-12)
     y, x = np.mgrid[0:h, 0:w]
     for _ in range(6):  # a few bright and dark rectangles for edges
@@ -51,15 +87,9 @@ def motion(kind: str, h: int, w: int) -> np.ndarray:
 
 def make_pair(kind: str, h: int = 128, w: int = 160, seed: int = 0):
     """(I0 uint8, I1 uint8, flow [2, H, W]) with I0(x) = I1(x + flow(x)) (bicubic, reflected border)."""
-    import cv2
-
     base = texture(h, w, seed)
     flow = motion(kind, h, w)
-    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
-    i0 = cv2.remap(base.astype(np.float32), (x + flow[0]).astype(np.float32), (y + flow[1]).astype(np.float32),
-                   cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
-    to_u8 = lambda a: np.clip(np.round(a), 0, 255).astype(np.uint8)  # noqa: E731
-    return to_u8(i0), to_u8(base), flow
+    return _to_u8(warp(base, flow)), _to_u8(base), flow
 
 
 KINDS = ("translation", "rotation", "zoom", "large", "sinusoidal")
@@ -73,8 +103,19 @@ def epe(flow, truth, margin: int = 0) -> float:
     return float(d.mean())
 
 
+def opencv_missing() -> str | None:
+    """Why OpenCV's TV-L1 (the baseline) cannot run here, or None."""
+    try:
+        import cv2
+    except ImportError:
+        return "needs opencv-contrib-python-headless"
+    if not hasattr(cv2, "optflow"):
+        return "needs opencv-contrib-python-headless (this OpenCV has no optflow module)"
+    return None
+
+
 def opencv_flow(i0: np.ndarray, i1: np.ndarray, **kwargs) -> np.ndarray:
-    """OpenCV's DualTVL1OpticalFlow (defaults unless overridden) as [2, H, W]."""
+    """OpenCV's DualTVL1OpticalFlow (defaults unless overridden) as [2, H, W]; needs opencv-contrib."""
     import cv2
 
     solver = cv2.optflow.DualTVL1OpticalFlow_create(**kwargs)
@@ -88,13 +129,7 @@ def astronaut_pair():
         from skimage import color, data, transform
     except ImportError:
         return None
-    import cv2
-
     base = transform.resize(color.rgb2gray(data.astronaut()), (256, 340), order=1, anti_aliasing=True,
                             mode="reflect") * 255
     flow = motion("sinusoidal", 256, 340)
-    y, x = np.mgrid[0:256, 0:340].astype(np.float64)
-    i0 = cv2.remap(base.astype(np.float32), (x + flow[0]).astype(np.float32), (y + flow[1]).astype(np.float32),
-                   cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT_101)
-    to_u8 = lambda a: np.clip(np.round(a), 0, 255).astype(np.uint8)  # noqa: E731
-    return to_u8(i0), to_u8(base), flow
+    return _to_u8(warp(base, flow)), _to_u8(base), flow

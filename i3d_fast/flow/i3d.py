@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import List, Union
 
 import numpy as np
 import torch
+
+from .._atomic import atomic_write
 
 PathArg = Union[str, os.PathLike]
 JPEG_QUALITY = 95
@@ -67,15 +68,8 @@ def _write_jpeg(image: np.ndarray, path: Path) -> None:
     """Writes a greyscale JPEG atomically (temp file in the same directory, then rename)."""
     from PIL import Image
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".jpg")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            Image.fromarray(image, mode="L").save(f, format="JPEG", quality=JPEG_QUALITY)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(path) as f:
+        Image.fromarray(image, mode="L").save(f, format="JPEG", quality=JPEG_QUALITY)
 
 
 def write_flow_jpegs(flow, out_dir: PathArg, bound: float = 20.0, start_index: int = 1) -> List[Path]:

@@ -2,10 +2,12 @@
 
 One custom op ``i3d_fast::tvl1`` (not differentiable) with backends, in "auto" order:
 ``cuda`` (CUDA C++ via NVRTC, CUDA tensors, needs CuPy), ``cpu`` (C++ in i3d_fast._C) and
-``reference`` (plain PyTorch in float64: slow, the test oracle).
+``reference`` (plain PyTorch in float64: slow, the test oracle). With ``backend="auto"``, CUDA
+tensors on a machine without CuPy are solved by the C++ CPU solver (see :func:`solver_device`).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Optional, Union
 
 import numpy as np
@@ -23,6 +25,27 @@ FLOAT_TYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 RANGE_TOLERANCE = 1e-3
 
 
+_warned_no_cupy = False
+
+
+def solver_device(device: Union[str, torch.device]) -> torch.device:
+    """The device ``tvl1(backend="auto")`` solves on for frames on ``device``: that CUDA device when CuPy
+    is installed (the CUDA solver), otherwise the CPU (the C++ solver; a warning says so, once per
+    process). Frames on the CPU stay there."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return device
+    missing = cuda_kernels.cupy_missing()
+    if missing is None:
+        return device
+    global _warned_no_cupy
+    if not _warned_no_cupy:
+        _warned_no_cupy = True
+        warnings.warn(f"TV-L1 optical flow runs on the CPU, not on {device}: {missing}", RuntimeWarning,
+                      stacklevel=2)
+    return torch.device("cpu")
+
+
 def _reject_cuda(x: torch.Tensor, explicit: bool) -> Optional[str]:
     return cuda_kernels.reject_unless_cuda(x)
 
@@ -38,8 +61,10 @@ def _reject_reference(x: torch.Tensor, explicit: bool) -> Optional[str]:
 class _Reference:
     @staticmethod
     def tvl1(frames0, frames1, params):
-        return torch.stack([reference_tvl1.tvl1(a, b, params, torch.float64) for a, b in zip(frames0, frames1)]
-                           ).to(torch.float32)
+        # the reference takes intensities in 0..255: float frames in [0, 1] are scaled as OpenCV does
+        scale = 1.0 if frames0.dtype == torch.uint8 else 255.0
+        return torch.stack([reference_tvl1.tvl1(a.double() * scale, b.double() * scale, params, torch.float64)
+                            for a, b in zip(frames0, frames1)]).to(torch.float32)
 
 
 class _Cpu:
@@ -125,8 +150,10 @@ def tvl1(frames0: FrameArg, frames1: FrameArg, params: Optional[TVL1Params] = No
             ``theta``, ``nscales``, ``warps``, ``epsilon``, ``inner_iterations``,
             ``outer_iterations``, ``scale_step``, ``median_filtering``, or OpenCV's camelCase
             names) override it.
-        backend: "auto" (CUDA for CUDA tensors with CuPy installed, else C++), "cuda", "cpu" or
-            "reference" (float64 PyTorch oracle, slow).
+        backend: "auto": the CUDA solver for CUDA tensors when CuPy is installed; the C++ CPU solver
+            for CPU tensors, and for CUDA tensors without CuPy (copied to the CPU and the flow back,
+            with a one-time warning). Or by name: "cuda" (CUDA tensors, needs CuPy), "cpu" (CPU
+            tensors) or "reference" (float64 PyTorch oracle, slow).
 
     Returns:
         float32 Tensor ``[2, H, W]`` (or ``[N, 2, H, W]``) on the frames' device: channel 0 is the
@@ -156,6 +183,9 @@ def tvl1(frames0: FrameArg, frames1: FrameArg, params: Optional[TVL1Params] = No
         b = b.to(torch.float32) / 255 if b.dtype == torch.uint8 else b
     if single:
         a, b = a[None], b[None]
+    device = a.device
+    if backend == "auto" and solver_device(device) != device:  # CUDA tensors, no CuPy: the C++ solver
+        a, b = a.cpu(), b.cpu()
     if a.shape[0] == 0:
         flow = torch.empty((0, 2, h, w), dtype=torch.float32, device=a.device)
     else:
@@ -165,6 +195,7 @@ def tvl1(frames0: FrameArg, frames1: FrameArg, params: Optional[TVL1Params] = No
         if not bool(torch.isfinite(flow).all()):
             raise RuntimeError("tvl1: the solver produced non-finite flow from finite frames; please report this "
                                f"(backend {backend!r}, shape {tuple(a.shape)}, params {params})")
+    flow = flow.to(device)
     return flow[0] if single else flow
 
 

@@ -1,29 +1,75 @@
 """CUDA TV-L1 launcher (csrc/cuda/tvl1.cu): all pairs of a batch in every launch, on torch's stream.
 
-OpenCV's stopping rule is evaluated on the device per pair (see the .cu); the host launches the
-iteration kernel up to inner x outer times per warp and, every ``check_every`` iterations, reads
-whether any pair is still active (the only host synchronisation) to stop launching early.
+OpenCV's stopping rule is evaluated on the device per pair (see the .cu): a pair whose update fell
+under the threshold stops, and its later iteration kernels return at once. The host launches the
+iteration kernel up to inner x outer times per warp and only stops launching early when no pair is
+left: every ``check_every`` iterations it asks for "any pair active" (copied asynchronously into
+pinned memory, with an event) and reads the answer to the previous question, which is
+``check_every`` iterations old by then, so the host never drains the stream (it waits at most for
+that old event); the cost is at most ``check_every`` extra launches that return at once.
+
+Batches of more than 65535 pairs (the grid's z limit) are solved 65535 pairs at a time.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..reference.tvl1 import pyramid_sizes
 from . import Launcher, ptr
 
 TILE = (32, 8)
+#: CUDA's limit on gridDim.z, the pair index of every launch.
+MAX_PAIRS = 65535
 
 
 def _grid(h: int, w: int, n: int):
     return ((w + TILE[0] - 1) // TILE[0], (h + TILE[1] - 1) // TILE[1], n)
 
 
+class _AnyActive:
+    """'Is any pair still iterating?' without a blocking round trip: :meth:`finished` reads the answer
+    to the question asked at its previous call (waiting for that event only) and asks again."""
+
+    def __init__(self, state: torch.Tensor):
+        self.state = state
+        self.flag = torch.ones(1, dtype=torch.int32, pin_memory=True)
+        self.event = torch.cuda.Event()
+        self.asked = False
+
+    def reset(self) -> None:
+        """Forget the pending question (the pairs were restarted since)."""
+        self.asked = False
+
+    def finished(self) -> bool:
+        if self.asked:
+            self.event.synchronize()
+            if int(self.flag[0]) == 0:
+                return True
+        self.flag.copy_(self.state[:, 0].amax(dim=0, keepdim=True), non_blocking=True)
+        self.event.record()  # torch's current stream, the one the kernels run on
+        self.asked = True
+        return False
+
+
 def tvl1(frames0: torch.Tensor, frames1: torch.Tensor, params, check_every: int = 10) -> torch.Tensor:
     """frames Tensor[N, H, W] (uint8, or float in [0, 1]) on one CUDA device -> flow Tensor[N, 2, H, W] float32."""
-    import numpy as np
+    n = frames0.shape[0]
+    if n > MAX_PAIRS:
+        return torch.cat([_solve(frames0[s:s + MAX_PAIRS], frames1[s:s + MAX_PAIRS], params, check_every)
+                          for s in range(0, n, MAX_PAIRS)])
+    return _solve(frames0, frames1, params, check_every)
 
+
+def _solve(frames0: torch.Tensor, frames1: torch.Tensor, params, check_every: int) -> torch.Tensor:
     dev = frames0.device
-    run = Launcher("tvl1.cu", dev)
+    launcher = Launcher("tvl1.cu", dev)
+    with torch.cuda.device(dev), launcher as run:
+        return _levels(run, frames0, frames1, params, check_every)
+
+
+def _levels(run, frames0, frames1, params, check_every: int) -> torch.Tensor:
+    dev = frames0.device
     n, h, w = frames0.shape
     mult = 1.0 if frames0.dtype == torch.uint8 else 255.0
     sizes = pyramid_sizes(h, w, params.nscales, params.scale_step)
@@ -43,7 +89,9 @@ def tvl1(frames0: torch.Tensor, frames1: torch.Tensor, params, check_every: int 
     i1x, i1y, i1wx, i1wy, rho = (torch.empty((n, fh, fw), **f32) for _ in range(5))
     p = torch.empty((2, n, 4, fh, fw), **f32)
     state = torch.zeros((n, 4), dtype=torch.int32, device=dev)
-    err = torch.zeros(n, **f32)
+    gx, gy, _ = _grid(fh, fw, n)
+    partial = torch.empty(n * gx * gy, dtype=torch.float64, device=dev)  # per-block sums of the finest level
+    any_active = _AnyActive(state)
     l_t, taut = params.lambda_ * params.theta, params.tau / params.theta
     median = {3: "tvl1_median3", 5: "tvl1_median5"}.get(params.median_filtering)
     u = None
@@ -72,6 +120,7 @@ def tvl1(frames0: torch.Tensor, frames1: torch.Tensor, params, check_every: int 
             run("tvl1_warp", grid, TILE,
                 (ptr(i0s[level]), ptr(i1s[level]), ptr(views[0]), ptr(views[1]), ptr(u), ptr(state), *dims,
                  ptr(views[2]), ptr(views[3]), ptr(views[4])))
+            any_active.reset()  # the warp restarted every pair
             active = True
             count = 0
             for _ in range(params.outer_iterations):
@@ -79,10 +128,10 @@ def tvl1(frames0: torch.Tensor, frames1: torch.Tensor, params, check_every: int 
                     run(median, grid, TILE, (ptr(u), ptr(state), *dims))
                 for _ in range(params.inner_iterations):
                     run("tvl1_iterate", grid, TILE,
-                        (ptr(views[2]), ptr(views[3]), ptr(views[4]), ptr(u), ptr(p_level), ptr(state), ptr(err),
+                        (ptr(views[2]), ptr(views[3]), ptr(views[4]), ptr(u), ptr(p_level), ptr(state), ptr(partial),
                          *dims, np.float32(l_t), np.float32(params.theta), np.float32(taut), scaled_eps))
                     count += 1
-                    if count % check_every == 0 and not bool(state[:, 0].any()):
+                    if count % check_every == 0 and any_active.finished():
                         active = False
                         break
                 if not active:

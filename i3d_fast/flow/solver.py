@@ -16,7 +16,7 @@ import torch
 from ..kernels import cpu as cpu_kernels
 from ..kernels import cuda as cuda_kernels
 from ..kernels.reference import tvl1 as reference_tvl1
-from ..ops import dispatch
+from ..ops import _library, dispatch
 from .params import TVL1Params
 
 FrameArg = Union[torch.Tensor, np.ndarray]
@@ -90,22 +90,26 @@ BACKENDS = (
 )
 
 
-@torch.library.custom_op("i3d_fast::tvl1", mutates_args=())
-def tvl1_op(frames0: torch.Tensor, frames1: torch.Tensor, tau: float, lambda_: float, theta: float, nscales: int,
-            warps: int, epsilon: float, inner_iterations: int, outer_iterations: int, scale_step: float,
-            median_filtering: int, backend: str) -> torch.Tensor:
-    """Validated frames Tensor[N, H, W] (uint8 or float32 in [0, 1]) -> flow Tensor[N, 2, H, W] float32."""
+def _tvl1(frames0: torch.Tensor, frames1: torch.Tensor, tau: float, lambda_: float, theta: float, nscales: int,
+          warps: int, epsilon: float, inner_iterations: int, outer_iterations: int, scale_step: float,
+          median_filtering: int, backend: str) -> torch.Tensor:
     params = TVL1Params(tau, lambda_, theta, nscales, warps, epsilon, inner_iterations, outer_iterations, scale_step,
                         median_filtering)
     impl = dispatch.select("i3d_fast.flow.tvl1", backend, BACKENDS, frames0).impl()
     return impl.tvl1(frames0, frames1, params)
 
 
-@tvl1_op.register_fake
-def _(frames0, frames1, tau, lambda_, theta, nscales, warps, epsilon, inner_iterations, outer_iterations,
-      scale_step, median_filtering, backend):
+def _tvl1_fake(frames0, frames1, tau, lambda_, theta, nscales, warps, epsilon, inner_iterations, outer_iterations,
+               scale_step, median_filtering, backend):
     n, h, w = frames0.shape
     return frames0.new_empty((n, 2, h, w), dtype=torch.float32)
+
+
+#: Validated frames Tensor[N, H, W] (uint8 or float32 in [0, 1]) -> flow Tensor[N, 2, H, W] float32.
+tvl1_op = _library.define(
+    "tvl1(Tensor frames0, Tensor frames1, float tau, float lambda_, float theta, int nscales, int warps, "
+    "float epsilon, int inner_iterations, int outer_iterations, float scale_step, int median_filtering, "
+    "str backend) -> Tensor", _tvl1, _tvl1_fake)
 
 
 def _as_tensor(x: FrameArg, name: str) -> torch.Tensor:

@@ -19,7 +19,7 @@ from ..kernels import cpu as cpu_kernels
 from ..kernels.aten import conv3d as aten_conv3d
 from ..kernels.cpu import conv3d as cpu_conv3d
 from ..kernels.reference import conv3d as reference_conv3d
-from . import dispatch
+from . import _library, dispatch
 from .padding import PaddingArg, flat_pads, nested_pads, output_size, resolve_padding, triple
 
 CL = torch.channels_last_3d
@@ -74,15 +74,12 @@ def _run(backend, x, weight, scale, shift, stride, pads, relu, destinations, poo
 
 
 # -- functional, differentiable ------------------------------------------------------------------
-@torch.library.custom_op("i3d_fast::conv3d", mutates_args=())
-def conv3d_op(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
-              stride: List[int], pads: List[int], relu: bool, allow_tf32: bool, backend: str) -> torch.Tensor:
-    """Validated arguments only (see :func:`conv3d`); pads = [t0, t1, h0, h1, w0, w1]."""
+def _conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
+            stride: List[int], pads: List[int], relu: bool, allow_tf32: bool, backend: str) -> torch.Tensor:
     return _run(backend, x, weight, scale, shift, stride, pads, relu, None, None, allow_tf32)
 
 
-@conv3d_op.register_fake
-def _(x, weight, scale, shift, stride, pads, relu, allow_tf32, backend):
+def _conv3d_fake(x, weight, scale, shift, stride, pads, relu, allow_tf32, backend):
     return x.new_empty(_out_shape(x, weight, stride, nested_pads(pads))).contiguous(memory_format=CL)
 
 
@@ -114,28 +111,34 @@ def _backward(ctx, grad):
     return grad_x, grad_w, grad_scale, grad_shift, None, None, None, None, None
 
 
-conv3d_op.register_autograd(_backward, setup_context=_setup_context)
+#: ``conv3d_op(x, weight, scale, shift, stride, pads, relu, allow_tf32, backend)``: validated
+#: arguments only (see :func:`conv3d`); pads = [t0, t1, h0, h1, w0, w1].
+conv3d_op = _library.define(
+    "conv3d(Tensor x, Tensor weight, Tensor? scale, Tensor? shift, int[] stride, int[] pads, bool relu, "
+    "bool allow_tf32, str backend) -> Tensor", _conv3d, _conv3d_fake, _backward, _setup_context)
 
 
 # -- into a channel slice of a larger output --------------------------------------------------------
-@torch.library.custom_op("i3d_fast::conv3d_into", mutates_args=("out",))
-def conv3d_into_op(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor],
-                   shift: Optional[torch.Tensor], out: torch.Tensor, channel_offset: int, stride: List[int],
-                   pads: List[int], relu: bool, allow_tf32: bool, backend: str) -> None:
-    """Writes conv3d's result into ``out[:, channel_offset:channel_offset + Cout]`` (inference)."""
+def _conv3d_into(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor],
+                 shift: Optional[torch.Tensor], out: torch.Tensor, channel_offset: int, stride: List[int],
+                 pads: List[int], relu: bool, allow_tf32: bool, backend: str) -> None:
     _run(backend, x, weight, scale, shift, stride, pads, relu, [(out, channel_offset, weight.shape[0])], None,
          allow_tf32)
 
 
-@conv3d_into_op.register_fake
-def _(x, weight, scale, shift, out, channel_offset, stride, pads, relu, allow_tf32, backend):
+def _conv3d_into_fake(x, weight, scale, shift, out, channel_offset, stride, pads, relu, allow_tf32, backend):
     return None
 
 
+#: Writes conv3d's result into ``out[:, channel_offset:channel_offset + Cout]`` (inference).
+conv3d_into_op = _library.define(
+    "conv3d_into(Tensor x, Tensor weight, Tensor? scale, Tensor? shift, Tensor(a!) out, int channel_offset, "
+    "int[] stride, int[] pads, bool relu, bool allow_tf32, str backend) -> ()", _conv3d_into, _conv3d_into_fake)
+
+
 # -- a whole Inception (Mixed) block ------------------------------------------------------------------
-@torch.library.custom_op("i3d_fast::inception_block", mutates_args=())
-def inception_block_op(x: torch.Tensor, weights: List[torch.Tensor], shifts: List[torch.Tensor],
-                       widths: List[int], allow_tf32: bool, backend: str) -> torch.Tensor:
+def _inception_block(x: torch.Tensor, weights: List[torch.Tensor], shifts: List[torch.Tensor],
+                     widths: List[int], allow_tf32: bool, backend: str) -> torch.Tensor:
     """Inference Mixed block with BatchNorm folded: weights = [1x1 (b0|b1a|b2a), b1b, b2b, b3b],
     shifts alike, widths = (b0, b1a, b1b, b2a, b2b, b3b). One GEMM for the three 1x1 convs that read
     x; branch 3's 3x3x3 max pool fused into its 1x1 conv's load; every branch writes its slice of
@@ -155,10 +158,15 @@ def inception_block_op(x: torch.Tensor, weights: List[torch.Tensor], shifts: Lis
     return out
 
 
-@inception_block_op.register_fake
-def _(x, weights, shifts, widths, allow_tf32, backend):
+def _inception_block_fake(x, weights, shifts, widths, allow_tf32, backend):
     b0, _, b1b, _, b2b, b3b = widths
     return x.new_empty((x.shape[0], b0 + b1b + b2b + b3b, *x.shape[2:])).contiguous(memory_format=CL)
+
+
+#: ``inception_block_op(x, weights, shifts, widths, allow_tf32, backend)``: see :func:`_inception_block`.
+inception_block_op = _library.define(
+    "inception_block(Tensor x, Tensor[] weights, Tensor[] shifts, int[] widths, bool allow_tf32, str backend) "
+    "-> Tensor", _inception_block, _inception_block_fake)
 
 
 # -- public API ----------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ its reason.
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 from dataclasses import dataclass
 from typing import Callable, Dict, Optional, Sequence
@@ -54,15 +56,18 @@ def triton_interpreting() -> bool:
 def reject_unless_triton_device(x: torch.Tensor, explicit: bool) -> Optional[str]:
     """Triton runs CUDA tensors; CPU tensors only through the interpreter (TRITON_INTERPRET=1) and
     only when asked for by name, since interpreting is far slower than the CPU kernels."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return "the triton package is not installed"
     if x.is_cuda:
-        return None
-    if x.device.type == "cpu" and triton_interpreting():
-        return None if explicit else "runs CPU tensors (interpreted) only when requested with backend='triton'"
-    return f"needs a CUDA tensor (or a CPU tensor with TRITON_INTERPRET=1), got device {x.device}"
+        why = None
+    elif x.device.type == "cpu" and triton_interpreting():
+        why = None if explicit else "runs CPU tensors (interpreted) only when requested with backend='triton'"
+    else:
+        return f"needs a CUDA tensor (or a CPU tensor with TRITON_INTERPRET=1), got device {x.device}"
+    return why or (None if _triton_installed() else "the triton package is not installed")
+
+
+@functools.lru_cache(maxsize=1)
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
 def reject_dtype(x: torch.Tensor, allowed: Sequence[torch.dtype]) -> Optional[str]:

@@ -16,7 +16,7 @@ from ..kernels import cpu as cpu_kernels
 from ..kernels.aten import pool3d as aten_pool3d
 from ..kernels.cpu import pool3d as cpu_pool3d
 from ..kernels.reference import pool3d as reference_pool3d
-from . import dispatch
+from . import _library, dispatch
 from .padding import PaddingArg, Pads, flat_pads, nested_pads, output_size, resolve_padding, triple
 
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -62,9 +62,8 @@ def _impl(requested: str, x: torch.Tensor, mode: str):
     return dispatch.select("i3d_fast.pool3d", requested, BACKENDS, x, mode).impl()
 
 
-@torch.library.custom_op("i3d_fast::pool3d", mutates_args=())
-def pool3d_op(x: torch.Tensor, mode: str, kernel: List[int], stride: List[int], pads: List[int],
-              backend: str) -> torch.Tensor:
+def _pool3d(x: torch.Tensor, mode: str, kernel: List[int], stride: List[int], pads: List[int],
+            backend: str) -> torch.Tensor:
     """Validated arguments only (see :func:`max_pool3d` / :func:`avg_pool3d`); pads = [t0, t1, h0, h1, w0, w1]."""
     impl = _impl(backend, x, mode)
     if x.numel() == 0:  # N or C is 0
@@ -77,14 +76,12 @@ def _empty_output(x, kernel, stride, pads):
     return x.new_empty((x.shape[0], x.shape[1], *out)).contiguous(memory_format=torch.channels_last_3d)
 
 
-@pool3d_op.register_fake
-def _(x, mode, kernel, stride, pads, backend):
+def _pool3d_fake(x, mode, kernel, stride, pads, backend):
     return _empty_output(x, kernel, stride, pads)
 
 
-@torch.library.custom_op("i3d_fast::pool3d_backward", mutates_args=())
-def pool3d_backward_op(grad_out: torch.Tensor, x: Optional[torch.Tensor], input_shape: List[int], mode: str,
-                       kernel: List[int], stride: List[int], pads: List[int], backend: str) -> torch.Tensor:
+def _pool3d_backward(grad_out: torch.Tensor, x: Optional[torch.Tensor], input_shape: List[int], mode: str,
+                     kernel: List[int], stride: List[int], pads: List[int], backend: str) -> torch.Tensor:
     """Gradient of :func:`pool3d_op`; max pooling recomputes its argmax from ``x`` (no index tensor)."""
     impl = _impl(backend, grad_out, mode)
     if grad_out.numel() == 0:
@@ -93,9 +90,13 @@ def pool3d_backward_op(grad_out: torch.Tensor, x: Optional[torch.Tensor], input_
                                 nested_pads(pads))
 
 
-@pool3d_backward_op.register_fake
-def _(grad_out, x, input_shape, mode, kernel, stride, pads, backend):
+def _pool3d_backward_fake(grad_out, x, input_shape, mode, kernel, stride, pads, backend):
     return grad_out.new_empty(input_shape).contiguous(memory_format=torch.channels_last_3d)
+
+
+pool3d_backward_op = _library.define(
+    "pool3d_backward(Tensor grad_out, Tensor? x, int[] input_shape, str mode, int[] kernel, int[] stride, "
+    "int[] pads, str backend) -> Tensor", _pool3d_backward, _pool3d_backward_fake)
 
 
 def _setup_context(ctx, inputs, output):
@@ -109,7 +110,11 @@ def _backward(ctx, grad_out):
     return pool3d_backward_op(grad_out, x, *ctx.args), None, None, None, None, None
 
 
-pool3d_op.register_autograd(_backward, setup_context=_setup_context)
+#: ``pool3d_op(x, mode, kernel, stride, pads, backend)``: validated arguments only (see
+#: :func:`max_pool3d` / :func:`avg_pool3d`); pads = [t0, t1, h0, h1, w0, w1].
+pool3d_op = _library.define(
+    "pool3d(Tensor x, str mode, int[] kernel, int[] stride, int[] pads, str backend) -> Tensor",
+    _pool3d, _pool3d_fake, _backward, _setup_context)
 
 
 def _validate(x: torch.Tensor, kernel_size, stride, padding, name: str):

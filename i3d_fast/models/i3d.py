@@ -6,7 +6,7 @@ and a Logits head averaged over time. Parameter names match piergiaj/pytorch-i3d
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 from torch import nn

@@ -17,7 +17,7 @@ from ..kernels.aten import pool3d as aten_pool3d
 from ..kernels.cpu import pool3d as cpu_pool3d
 from ..kernels.reference import pool3d as reference_pool3d
 from . import _library, dispatch
-from .padding import PaddingArg, Pads, flat_pads, nested_pads, output_size, resolve_padding, triple
+from .padding import PaddingArg, flat_pads, nested_pads, output_size, resolve_padding, triple
 
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 TRITON_FLOATS = (torch.float32, torch.float16, torch.bfloat16)

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ...ops.padding import Pads, Triple, output_size
+from ...ops.padding import Pads, Triple
 
 CL = torch.channels_last_3d
 

@@ -41,7 +41,6 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 import triton
 import triton.language as tl
-
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ...ops.padding import Pads, Triple, output_size

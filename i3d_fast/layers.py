@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import avg_pool3d, max_pool3d
+from .ops import avg_pool3d, conv3d, max_pool3d
 from .ops.padding import PaddingArg, resolve_padding, triple
 
 IntOr3 = Union[int, Sequence[int]]
@@ -43,6 +43,29 @@ class AvgPool3d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}"
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` with TF "SAME" padding (default; asymmetric where TF is), "valid" or explicit
+    padding computed inside the kernel, an optional fused ReLU, and i3d_fast's backends (Triton on
+    CUDA, C++ / oneDNN on the CPU). Trainable; parameters are ``weight`` and ``bias`` like
+    ``nn.Conv3d``'s, so its state_dict loads into one and back.
+
+    Tensor[N, C_in, T, H, W] -> Tensor[N, C_out, T', H', W'] (channels_last_3d).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOr3, stride: IntOr3 = 1,
+                 padding: PaddingArg = "same", bias: bool = True, relu: bool = False, backend: str = "auto"):
+        super().__init__(in_channels, out_channels, triple(kernel_size, "kernel_size"),
+                         triple(stride, "stride"), padding=0, bias=bias)
+        self.same_padding, self.relu, self.backend = padding, relu, backend
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return conv3d(x, self.weight, None, self.bias, self.stride, self.same_padding, self.relu,
+                      backend=self.backend)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, padding={self.same_padding!r}, relu={self.relu}"
 
 
 class Unit3D(nn.Module):

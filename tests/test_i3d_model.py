@@ -123,3 +123,21 @@ def test_two_stream_fuses_logits(fusion, scale):
         torch.testing.assert_close(model(a, b), scale * (rgb(a) + flow(b)))
     with pytest.raises(ValueError, match="fusion"):
         TwoStreamI3D(rgb, flow, fusion="max")
+
+
+def test_conv3d_layer_is_a_trainable_drop_in():
+    from i3d_fast.layers import Conv3d
+
+    layer = Conv3d(3, 5, 7, stride=2, relu=True).double()
+    x = torch.randn(2, 3, 9, 12, 11, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    same = torch.nn.functional.pad(x, (3, 3, 2, 3, 3, 3))  # TF SAME for 9 / 12 / 11 with k7 s2
+    expected = torch.relu(torch.nn.functional.conv3d(same, layer.weight, layer.bias, stride=2))
+    torch.testing.assert_close(y, expected)
+    y.square().sum().backward()
+    reference = torch.autograd.grad(expected.square().sum(), [x, layer.weight, layer.bias])
+    torch.testing.assert_close(x.grad, reference[0])
+    torch.testing.assert_close(layer.weight.grad, reference[1])
+    torch.testing.assert_close(layer.bias.grad, reference[2])
+    plain = torch.nn.Conv3d(3, 5, 7, stride=2).double()
+    plain.load_state_dict(layer.state_dict())

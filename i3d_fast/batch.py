@@ -355,13 +355,11 @@ def run(job: Job, tasks: Sequence[Task], workers: int = 1, shard: Tuple[int, int
             bar.write(f"{job.name}: failed: {outcome.task.video}: {outcome.message}", file=log)
 
     try:
-        if not todo:
-            pass
-        elif workers == 1 or len(todo) == 1:
+        if todo and (workers == 1 or len(todo) == 1):
             job.setup()
             for task in todo:
                 record(execute(job, task))
-        else:
+        elif todo:
             job.validate()  # setup() runs in each worker
             _run_workers(job, todo, workers, record)
     except KeyboardInterrupt:

@@ -452,3 +452,14 @@ def test_why_unsupported_checks_destinations():
     planar = torch.zeros(1, 8, 2, 3, 3)  # NCDHW: channel stride is not 1
     assert "channel stride 1" in tc.why_unsupported(x, (8, 4, 1, 1, 1), (1, 1, 1), none,
                                                     destinations=[(planar, 0, 8)])
+
+
+def test_inference_mode_weights_are_packed_not_cached():
+    x, w, scale, shift = _simple()
+    pads = ((0, 0),) * 3
+    with torch.inference_mode():
+        w_inf = w.clone()  # an inference tensor: no version counter
+        y = tc.conv3d(x, w_inf, scale, shift, (1, 1, 1), pads, False)
+        w_inf.zero_()
+        assert (tc.conv3d(x, w_inf, scale, shift, (1, 1, 1), pads, False) == 0).all()
+    torch.testing.assert_close(y, tc.conv3d(x, w, scale, shift, (1, 1, 1), pads, False))

@@ -16,12 +16,12 @@ changes cannot be told), so a model calling it with the same weights pays for it
 from __future__ import annotations
 
 import math
-import weakref
-from typing import Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
 from ...ops.padding import Pads, Triple
+from ..weight_cache import WeightCache
 from . import extension, threads
 
 CL = torch.channels_last_3d
@@ -98,23 +98,11 @@ def prepare_weight(weight: torch.Tensor, scale: Optional[torch.Tensor] = None) -
     return PackedWeight(data, k, cin, cout)
 
 
-# id(weight) -> (weak reference to it, its version and data pointer when packed, packed weights)
-_CACHE: Dict[int, Tuple[weakref.ref, int, int, PackedWeight]] = {}
+_PREPARED = WeightCache(lambda weight: prepare_weight(weight))
 
 
 def _cached_weight(weight: torch.Tensor, scale: Optional[torch.Tensor]) -> PackedWeight:
-    # Inference tensors have no version counter to tell an in-place change: never cached.
-    if scale is not None or weight.requires_grad or weight.is_inference():
-        return prepare_weight(weight, scale)
-    key = id(weight)
-    entry = _CACHE.get(key)
-    if entry is not None and entry[0]() is weight and entry[1] == weight._version \
-            and entry[2] == weight.data_ptr():
-        return entry[3]
-    packed = prepare_weight(weight)
-    _CACHE[key] = (weakref.ref(weight, lambda _, k=key: _CACHE.pop(k, None)), weight._version,
-                   weight.data_ptr(), packed)
-    return packed
+    return prepare_weight(weight, scale) if scale is not None else _PREPARED.get(weight)
 
 
 def _row_stride(t: torch.Tensor) -> Optional[int]:

@@ -41,9 +41,9 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 import torch
 import triton
 import triton.language as tl
-from torch.utils.weak import WeakIdKeyDictionary
 
 from ...ops.padding import Pads, Triple, output_size
+from ..weight_cache import WeightCache
 from .aot import AotSpec
 
 DIRECT, FOLD, POOL = 0, 1, 2
@@ -376,25 +376,13 @@ def pack_weight(weight: torch.Tensor) -> PackedWeight:
     return PackedWeight(data, cout, cin, (kt, kh, kw))
 
 
-_PACKED = WeakIdKeyDictionary()  # weight tensor -> (its state, PackedWeight); by identity, not value
-
-
-def _weight_state(weight: torch.Tensor) -> tuple:
-    """What a packed copy depends on: in-place writes bump the version; ``.data = ...`` and
-    ``module.to(...)`` swap the storage, dtype or device under the same tensor object."""
-    return (weight._version, weight.data_ptr(), weight.dtype, weight.device, tuple(weight.shape), weight.stride())
+_PACKED = WeightCache(lambda weight: pack_weight(weight))
 
 
 def packed_weight(weight: torch.Tensor) -> PackedWeight:
-    """:func:`pack_weight`, cached per weight tensor while it lives unchanged, so a model's weights
-    are packed once."""
-    state = _weight_state(weight)
-    hit = _PACKED.get(weight)
-    if hit is not None and hit[0] == state:
-        return hit[1]
-    packed = pack_weight(weight)
-    _PACKED[weight] = (state, packed)
-    return packed
+    """:func:`pack_weight`, cached per weight tensor while it lives unchanged (see
+    :class:`i3d_fast.kernels.weight_cache.WeightCache`), so a model's weights are packed once."""
+    return _PACKED.get(weight)
 
 
 @functools.lru_cache(maxsize=64)

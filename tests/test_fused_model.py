@@ -88,3 +88,11 @@ def test_fold_unit_keeps_a_conv_bias_under_batchnorm():
     expected = unit.double()(x)
     actual = i3d_fast.ops.conv3d(x, weight, None, shift, 1, "same", True, backend="reference")
     torch.testing.assert_close(actual, expected)
+
+
+def test_fused_model_gives_the_same_input_errors():
+    fused = i3d_fast.fuse(InceptionI3d(num_classes=4))
+    with pytest.raises(ValueError, match="at least 9 frames and 193x193"):
+        fused(torch.zeros(1, 3, 8, 224, 224))
+    with pytest.raises(ValueError, match="3 input channels, got 2"):
+        fused(torch.zeros(1, 2, 16, 224, 224))

@@ -11,7 +11,7 @@ from torch import nn
 from ..layers import MaxPool3d, Unit3D
 from ..ops import avg_pool3d, conv3d, max_pool3d
 from ..ops.conv3d import inception_block_op
-from .i3d import HEAD_POOL, InceptionI3d, InceptionModule
+from .i3d import HEAD_POOL, InceptionI3d, InceptionModule, check_input
 from .two_stream import TwoStreamI3D
 
 CL = torch.channels_last_3d
@@ -81,7 +81,6 @@ class FusedInceptionI3d(nn.Module):
     def __init__(self, model: InceptionI3d, dtype: torch.dtype = torch.float32, backend: str = "auto",
                  allow_tf32: bool = False):
         super().__init__()
-        self.source = [model]  # kept out of the module tree: shape checks and metadata only
         self.dtype, self.backend, self.allow_tf32 = dtype, backend, allow_tf32
         self.endpoint_names = model.endpoint_names
         self.num_classes, self.in_channels = model.num_classes, model.in_channels
@@ -108,11 +107,10 @@ class FusedInceptionI3d(nn.Module):
     @torch.no_grad()
     def extract_endpoints(self, x: torch.Tensor, endpoints: Sequence[str]) -> Dict[str, torch.Tensor]:
         """As :meth:`InceptionI3d.extract_endpoints` (inference only)."""
-        model = self.source[0]
         unknown = [e for e in endpoints if e not in self.endpoint_names]
         if unknown:
             raise ValueError(f"endpoints {unknown} are not in this model (available: {self.endpoint_names})")
-        model._check_input(x, head="Logits" in endpoints)
+        check_input(x, self.in_channels, "Logits" in endpoints and not self.adaptive_head)
         x = x.to(self.dtype).contiguous(memory_format=CL)
         last = max(self.endpoint_names.index(e) for e in endpoints)
         out: Dict[str, torch.Tensor] = {}

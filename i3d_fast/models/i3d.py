@@ -39,6 +39,26 @@ ENDPOINTS: Tuple[str, ...] = tuple(name for name, _ in ARCHITECTURE) + ("Logits"
 HEAD_POOL = (2, 7, 7)
 
 
+def check_input(x: torch.Tensor, in_channels: int, strict_head: bool) -> None:
+    """Clear errors for what I3D cannot take: not Tensor[B, in_channels, T, H, W] floating point, or
+    (``strict_head``) smaller than the VALID 2x7x7 Logits pool allows."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 5:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"InceptionI3d expects Tensor[B, C, T, H, W], got {shape}")
+    if x.shape[1] != in_channels:
+        raise ValueError(f"InceptionI3d was built for {in_channels} input channels, got "
+                         f"{x.shape[1]} (shape {tuple(x.shape)}; channels go in dim 1: [B, C, T, H, W])")
+    if not x.is_floating_point():
+        raise TypeError(f"InceptionI3d expects a floating-point input in [-1, 1], got {x.dtype}")
+    if strict_head:
+        t, h, w = InceptionI3d.feature_size(*x.shape[2:])
+        if t < HEAD_POOL[0] or h < HEAD_POOL[1] or w < HEAD_POOL[2]:
+            raise ValueError(
+                f"input of {tuple(x.shape[2:])} frames x pixels is too small for the VALID 2x7x7 average "
+                "pool of the Logits head: it needs at least 9 frames and 193x193 pixels (224x224 is "
+                "standard). Use a longer/larger clip, or InceptionI3d(..., adaptive_head=True).")
+
+
 class InceptionModule(nn.Module):
     """Four branches on one input, concatenated on channels: 1x1x1 | 1x1x1 -> 3x3x3 |
     1x1x1 -> 3x3x3 | 3x3x3 max pool (SAME, stride 1) -> 1x1x1.
@@ -123,21 +143,7 @@ class InceptionI3d(nn.Module):
         return tuple(size)  # type: ignore[return-value]
 
     def _check_input(self, x: torch.Tensor, head: bool) -> None:
-        if not isinstance(x, torch.Tensor) or x.dim() != 5:
-            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise ValueError(f"InceptionI3d expects Tensor[B, C, T, H, W], got {shape}")
-        if x.shape[1] != self.in_channels:
-            raise ValueError(f"InceptionI3d was built for {self.in_channels} input channels, got "
-                             f"{x.shape[1]} (shape {tuple(x.shape)}; channels go in dim 1: [B, C, T, H, W])")
-        if not x.is_floating_point():
-            raise TypeError(f"InceptionI3d expects a floating-point input in [-1, 1], got {x.dtype}")
-        if head and not self.adaptive_head:
-            t, h, w = self.feature_size(*x.shape[2:])
-            if t < HEAD_POOL[0] or h < HEAD_POOL[1] or w < HEAD_POOL[2]:
-                raise ValueError(
-                    f"input of {tuple(x.shape[2:])} frames x pixels is too small for the VALID 2x7x7 average "
-                    "pool of the Logits head: it needs at least 9 frames and 193x193 pixels (224x224 is "
-                    "standard). Use a longer/larger clip, or InceptionI3d(..., adaptive_head=True).")
+        check_input(x, self.in_channels, head and not self.adaptive_head)
 
     # -- forward --------------------------------------------------------------------------------
     def _head(self, x: torch.Tensor) -> torch.Tensor:

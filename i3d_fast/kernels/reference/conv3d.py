@@ -44,3 +44,19 @@ def conv3d(x, weight, scale, shift, stride: Triple, pads: Pads, relu: bool,
         out[:, offset:offset + count].copy_(y[:, start:start + count])
         start += count
     return None
+
+
+def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads,
+                    need_input: bool, need_weight: bool):
+    """(grad_x or None, grad_weight or None) of ``conv3d(pad(x), weight, stride)``: autograd through
+    the plain ops."""
+    x = x.detach().requires_grad_(need_input)
+    weight = weight.detach().requires_grad_(need_weight)
+    wanted = [t for t in (x, weight) if t.requires_grad]
+    if not wanted:
+        return None, None
+    with torch.enable_grad():
+        (t0, t1), (h0, h1), (w0, w1) = pads
+        y = F.conv3d(F.pad(x, (w0, w1, h0, h1, t0, t1)), weight, stride=stride)
+        grads = iter(torch.autograd.grad(y, wanted, grad))
+    return (next(grads) if need_input else None), (next(grads) if need_weight else None)

@@ -1,0 +1,72 @@
+"""Conv3d + training-mode BatchNorm + ReLU from ATen ops: oneDNN / BLAS convolutions (see
+:mod:`.conv3d`), statistics and the BatchNorm backward as float32 tensor expressions. Any float
+dtype (bf16 / fp16 compute their statistics in float32); the fallback for devices without a
+hand-written kernel (CUDA until the Triton training kernels exist)."""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+
+from ...ops.padding import Pads, Triple
+from . import conv3d as aten_conv3d
+
+DIMS = (0, 2, 3, 4)
+VIEW = (1, -1, 1, 1, 1)
+
+
+def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def affine(bn_weight, bn_bias, mean, var, eps: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(scale, shift, invstd) per channel, in float64: y = z * scale + shift."""
+    invstd = torch.rsqrt(var.double() + eps)
+    scale = bn_weight.double() * invstd
+    return scale, bn_bias.double() - mean.double() * scale, invstd
+
+
+def forward_train(x, weight, bn_weight, bn_bias, eps: float, stride: Triple, pads: Pads, relu: bool):
+    """(y, z, mean, var): see :func:`i3d_fast.kernels.reference.conv3d_bn.forward_train`."""
+    z = aten_conv3d.conv3d(x, weight, None, None, stride, pads, False)
+    stat = _stat_dtype(z.dtype)
+    zf = z.to(stat)
+    var, mean = torch.var_mean(zf, dim=DIMS, correction=0)
+    scale, shift, _ = affine(bn_weight, bn_bias, mean, var, eps)
+    y = torch.addcmul(shift.to(stat).view(VIEW), zf, scale.to(stat).view(VIEW))
+    if relu:
+        y = y.relu_()
+    return y.to(z.dtype), z, mean, var
+
+
+def bn_relu_backward(grad, z, bn_weight, bn_bias, mean, var, eps: float, relu: bool):
+    """(grad_z, grad_bn_weight, grad_bn_bias) of y = relu?(batch_norm(z)) with batch statistics."""
+    stat = _stat_dtype(z.dtype)
+    zf, g = z.to(stat), grad.to(stat)
+    scale, shift, invstd = affine(bn_weight, bn_bias, mean, var, eps)
+    if relu:
+        g = g * (torch.addcmul(shift.to(stat).view(VIEW), zf, scale.to(stat).view(VIEW)) > 0)
+    centred = zf - mean.to(stat).view(VIEW)
+    n = z.numel() // z.shape[1]
+    sum_g = g.sum(DIMS, dtype=torch.float64)
+    sum_gz = (g * centred).sum(DIMS, dtype=torch.float64)
+    a, b, c = grad_coefficients(scale, invstd, sum_g, sum_gz, n)
+    grad_z = g * a.to(stat).view(VIEW) + centred * b.to(stat).view(VIEW) + c.to(stat).view(VIEW)
+    return grad_z.to(z.dtype), (sum_gz * invstd).to(bn_weight.dtype), sum_g.to(bn_bias.dtype)
+
+
+def grad_coefficients(scale, invstd, sum_g, sum_gz, n: int):
+    """(a, b, c) in float64 with grad_z = a * g + b * (z - mean) + c: BatchNorm's backward with batch
+    statistics, g the (ReLU-masked) output gradient, sum_g = sum(g), sum_gz = sum(g * (z - mean))."""
+    b = -scale * invstd * invstd * sum_gz / n
+    return scale, b, -scale * sum_g / n
+
+
+def backward_train(grad, x, weight, z, bn_weight, bn_bias, mean, var, eps: float, stride: Triple, pads: Pads,
+                   relu: bool, mask: List[bool]) -> Tuple[Optional[torch.Tensor], ...]:
+    """(grad_x, grad_weight, grad_bn_weight, grad_bn_bias), None where ``mask`` says not needed."""
+    grad_z, grad_gamma, grad_beta = bn_relu_backward(grad, z, bn_weight, bn_bias, mean, var, eps, relu)
+    grad_x, grad_w = (None, None)
+    if mask[0] or mask[1]:
+        grad_x, grad_w = aten_conv3d.conv3d_backward(grad_z, x, weight, stride, pads, mask[0], mask[1])
+    return grad_x, grad_w, grad_gamma if mask[2] else None, grad_beta if mask[3] else None

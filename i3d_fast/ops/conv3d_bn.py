@@ -1,0 +1,230 @@
+"""Trainable fused Conv3d + BatchNorm3d + ReLU (the I3D unit) with TF "SAME" or explicit padding
+inside the kernels.
+
+Training mode (batch statistics) runs the custom op ``i3d_fast::conv3d_bn_train``: the convolution,
+the per-channel batch mean and variance of its output, normalise + affine + ReLU, and an autograd
+formula (``i3d_fast::conv3d_bn_train_backward``) that recomputes the ReLU mask and the normalised
+activation from the saved conv output instead of storing them. The running statistics are updated
+as ``nn.BatchNorm3d`` does (unbiased variance, ``momentum``). Eval mode folds BatchNorm into the
+convolution (cached per weight version when no gradient is needed) and runs :func:`.conv3d`.
+
+Backends: ``cpu`` (C++ float32: Winograd / GEMM convolutions, fused statistics and BatchNorm
+passes, Winograd data gradients), ``aten`` (any float dtype; what CUDA runs until a Triton
+training backend lands) and ``reference`` (plain PyTorch, float64-capable; its backward is
+autograd through the plain ops: the oracle).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence, Union
+
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+from ..kernels import cpu as cpu_kernels
+from ..kernels.aten import conv3d_bn as aten_conv3d_bn
+from ..kernels.cpu import conv3d_bn as cpu_conv3d_bn
+from ..kernels.reference import conv3d_bn as reference_conv3d_bn
+from . import _library, dispatch
+from .conv3d import FLOATS, _out_shape, check_conv_args, check_tensor, conv3d
+from .padding import PaddingArg, flat_pads, nested_pads
+
+CL = torch.channels_last_3d
+
+
+def _reject_cpu(x: torch.Tensor, explicit: bool) -> Optional[str]:
+    return cpu_kernels.reject_unless_available(x) or dispatch.reject_dtype(x, (torch.float32,))
+
+
+def _reject_any(x: torch.Tensor, explicit: bool) -> Optional[str]:
+    return dispatch.reject_dtype(x, FLOATS)
+
+
+BACKENDS = (
+    dispatch.Backend("cpu", _reject_cpu, lambda: cpu_conv3d_bn),
+    dispatch.Backend("aten", _reject_any, lambda: aten_conv3d_bn),
+    dispatch.Backend("reference", _reject_any, lambda: reference_conv3d_bn),
+)
+
+
+def _impl(backend: str, x: torch.Tensor):
+    return dispatch.select("i3d_fast.conv3d_bn_relu", backend, BACKENDS, x).impl()
+
+
+def _stat_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+# -- training mode: the op and its backward -----------------------------------------------------------
+def _train(x, weight, bias, bn_weight, bn_bias, eps: float, stride: List[int], pads: List[int], relu: bool,
+           backend: str):
+    return _impl(backend, x).forward_train(x, weight, bn_weight, bn_bias, eps, tuple(stride), nested_pads(pads),
+                                           relu)
+
+
+def _train_fake(x, weight, bias, bn_weight, bn_bias, eps, stride, pads, relu, backend):
+    shape = _out_shape(x, weight, stride, nested_pads(pads))
+    y = x.new_empty(shape).contiguous(memory_format=CL)
+    z = x.new_empty(shape).contiguous(memory_format=CL)
+    c = weight.shape[0]
+    return y, z, x.new_empty(c, dtype=_stat_dtype(x)), x.new_empty(c, dtype=_stat_dtype(x))
+
+
+def _train_setup_context(ctx, inputs, output):
+    x, weight, bias, bn_weight, bn_bias, eps, stride, pads, relu, backend = inputs
+    _, z, mean, var = output
+    ctx.save_for_backward(x, weight, z, bn_weight, bn_bias, mean, var)
+    ctx.bias = None if bias is None else (bias.shape, bias.dtype, bias.device)
+    ctx.eps, ctx.stride, ctx.pads, ctx.relu, ctx.backend = eps, stride, pads, relu, backend
+    ctx.mark_non_differentiable(z, mean, var)
+    ctx.set_materialize_grads(False)
+
+
+def _train_backward(ctx, grad_y, grad_z, grad_mean, grad_var):
+    if grad_y is None:
+        return (None,) * 10
+    x, weight, z, bn_weight, bn_bias, mean, var = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    mask = [needs[0], needs[1], needs[3], needs[4]]
+    grads = conv3d_bn_train_backward_op(grad_y, x, weight, z, bn_weight, bn_bias, mean, var, ctx.eps, ctx.stride,
+                                        ctx.pads, ctx.relu, mask, ctx.backend)
+    grad_x, grad_w, grad_gamma, grad_beta = (g if m else None for g, m in zip(grads, mask))
+    # A conv bias before batch statistics cancels out of the output: its gradient is exactly zero.
+    grad_bias = torch.zeros(ctx.bias[0], dtype=ctx.bias[1], device=ctx.bias[2]) if ctx.bias and needs[2] else None
+    return grad_x, grad_w, grad_bias, grad_gamma, grad_beta, None, None, None, None, None
+
+
+def _train_backward_impl(grad, x, weight, z, bn_weight, bn_bias, mean, var, eps: float, stride: List[int],
+                         pads: List[int], relu: bool, mask: List[bool], backend: str):
+    grads = _impl(backend, x).backward_train(grad, x, weight, z, bn_weight, bn_bias, mean, var, eps, tuple(stride),
+                                             nested_pads(pads), relu, mask)
+    return tuple(g if m else x.new_empty(0) for g, m in zip(grads, mask))
+
+
+def _train_backward_fake(grad, x, weight, z, bn_weight, bn_bias, mean, var, eps, stride, pads, relu, mask,
+                         backend):
+    like = (x, weight, bn_weight, bn_bias)
+    return tuple(torch.empty_like(t) if m else x.new_empty(0) for t, m in zip(like, mask))
+
+
+#: ``(grad_x, grad_weight, grad_bn_weight, grad_bn_bias)``, each an empty tensor where ``mask`` is False.
+conv3d_bn_train_backward_op = _library.define(
+    "conv3d_bn_train_backward(Tensor grad, Tensor x, Tensor weight, Tensor z, Tensor bn_weight, Tensor bn_bias, "
+    "Tensor mean, Tensor var, float eps, int[] stride, int[] pads, bool relu, bool[] mask, str backend) "
+    "-> (Tensor, Tensor, Tensor, Tensor)", _train_backward_impl, _train_backward_fake)
+
+#: ``(y, z, mean, var)``: y = relu?(batch_norm(z)) with batch statistics, z = conv3d(x, weight) (saved
+#: for backward; ``bias`` only receives its zero gradient), biased per-channel mean and variance of z
+#: (float32; float64 for float64 inputs). pads = [t0, t1, h0, h1, w0, w1].
+conv3d_bn_train_op = _library.define(
+    "conv3d_bn_train(Tensor x, Tensor weight, Tensor? bias, Tensor bn_weight, Tensor bn_bias, float eps, "
+    "int[] stride, int[] pads, bool relu, str backend) -> (Tensor, Tensor, Tensor, Tensor)",
+    _train, _train_fake, _train_backward, _train_setup_context)
+
+
+# -- eval mode: BatchNorm folded into the convolution ----------------------------------------------------
+_FOLDED = WeakIdKeyDictionary()
+
+
+def _fold(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps: float):
+    """(weight * scale, shift) with scale = gamma / sqrt(running_var + eps) and shift = beta +
+    (bias - running_mean) * scale; differentiable (torch ops) when autograd needs it."""
+    scale = bn_weight * torch.rsqrt(running_var + eps)
+    centred = -running_mean if bias is None else bias - running_mean
+    return weight * scale.to(weight.dtype).view(-1, 1, 1, 1, 1), bn_bias + centred * scale
+
+
+def _folded(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps: float):
+    """:func:`_fold`, computed in float64 and cached per weight tensor while none of its inputs changes
+    (version counters), so eval calls reuse the folded weight (and the kernels their transform of it)."""
+    tensors = (weight, bias, bn_weight, bn_bias, running_mean, running_var)
+    state = (eps,) + tuple(None if t is None else (t._version, t.data_ptr(), t.dtype) for t in tensors)
+    if not weight.is_inference():
+        hit = _FOLDED.get(weight)
+        if hit is not None and hit[0] == state:
+            return hit[1]
+    with torch.no_grad():
+        w, shift = _fold(*(None if t is None else t.double() for t in tensors), eps)
+        folded = (w.to(weight.dtype).contiguous(memory_format=CL), shift.to(weight.dtype))
+    if not weight.is_inference():
+        _FOLDED[weight] = (state, folded)
+    return folded
+
+
+# -- public API ----------------------------------------------------------------------------------------
+def _autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
+    device = x.device.type
+    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return None
+
+
+def conv3d_bn_relu(x: torch.Tensor, weight: torch.Tensor, bn_weight: Optional[torch.Tensor] = None,
+                   bn_bias: Optional[torch.Tensor] = None, running_mean: Optional[torch.Tensor] = None,
+                   running_var: Optional[torch.Tensor] = None, *, bias: Optional[torch.Tensor] = None,
+                   training: bool = True, momentum: float = 0.1, eps: float = 1e-5,
+                   stride: Union[int, Sequence[int]] = 1, padding: PaddingArg = "same", relu: bool = True,
+                   backend: str = "auto") -> torch.Tensor:
+    """``relu?(batch_norm(conv3d(x, weight) + bias))`` as ``F.batch_norm`` defines it, padding inside
+    the kernels.
+
+    Args:
+        x: Tensor[N, Cin, T, H, W] (channels_last_3d avoids a copy).
+        weight: Tensor[Cout, Cin, kT, kH, kW], same dtype and device as x.
+        bn_weight, bn_bias: Tensor[Cout] BatchNorm affine parameters (None: 1 and 0).
+        running_mean, running_var: Tensor[Cout] running statistics, updated in place in training mode
+            (None in training mode: batch statistics only; needed in eval mode).
+        bias: optional conv bias Tensor[Cout].
+        training: normalise with the batch statistics (and update the running ones) rather than the
+            running ones.
+        momentum: running = (1 - momentum) * running + momentum * batch (variance unbiased).
+        eps: added to the variance.
+        stride, padding: as :func:`i3d_fast.ops.conv3d` ("same" is TensorFlow's, asymmetric).
+        relu: apply ReLU last.
+        backend: "auto", "cpu", "aten" or "reference".
+    Returns:
+        Tensor[N, Cout, T', H', W'] in channels_last_3d memory, differentiable in x, weight, bias,
+        bn_weight and bn_bias. Under ``torch.autocast`` the convolution runs in the autocast dtype with
+        float32 statistics and BatchNorm parameters.
+    """
+    op = "conv3d_bn_relu"
+    stride, pads = check_conv_args(op, x, weight, stride, padding)
+    cout = weight.shape[0]
+    for name, t in (("bias", bias), ("bn_weight", bn_weight), ("bn_bias", bn_bias), ("running_mean", running_mean),
+                    ("running_var", running_var)):
+        if t is not None:
+            check_tensor(op, name, t, x, (cout,))
+            if not t.is_floating_point():
+                raise TypeError(f"{op}: {name} must be floating point, got {t.dtype}")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{op}: give both running_mean and running_var, or neither")
+    stat = _stat_dtype(x)
+    if bn_weight is None:
+        bn_weight = torch.ones(cout, dtype=stat, device=x.device)
+    if bn_bias is None:
+        bn_bias = torch.zeros(cout, dtype=stat, device=x.device)
+    low = _autocast_dtype(x)
+    if low is not None and x.is_floating_point() and x.dtype != torch.float64:
+        x, weight = x.to(low), weight.to(low)
+        bias = None if bias is None else bias.to(low)
+    if not training:
+        if running_mean is None:
+            raise ValueError(f"{op}: eval mode (training=False) needs running_mean and running_var")
+        fold = _fold if torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (weight, bias, bn_weight, bn_bias)) else _folded
+        folded_weight, shift = fold(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps)
+        return conv3d(x, folded_weight, None, shift.to(x.dtype), stride, pads, relu,
+                      backend="auto" if backend == "cpu" else backend)
+    out_shape = _out_shape(x, weight, stride, pads)
+    per_channel = out_shape[0] * torch.Size(out_shape[2:]).numel()
+    if per_channel < 2:
+        raise ValueError(f"{op}: training mode needs more than 1 value per channel to compute batch statistics "
+                         f"(output {out_shape})")
+    y, _, mean, var = conv3d_bn_train_op(x, weight, bias, bn_weight, bn_bias, float(eps), list(stride),
+                                         flat_pads(pads), relu, backend)
+    if running_mean is not None:
+        with torch.no_grad():
+            batch_mean = mean if bias is None else mean + bias.to(mean.dtype)
+            running_mean.mul_(1 - momentum).add_(batch_mean.to(running_mean.dtype), alpha=momentum)
+            unbiased = var * (per_channel / (per_channel - 1))
+            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+    return y

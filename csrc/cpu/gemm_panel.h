@@ -84,6 +84,27 @@ void micro_kernel(const float* a, int64_t lda, const float* b, int64_t k, float*
     for (int j = 0; j < CV; ++j) store(c + r * ldc + j * 16, acc[r][j]);
 }
 
+// Accumulating micro-kernel with a read transposed: c[R][16 CV] += sum_k a[k][r] . b[k][16 CV]
+// (a stored [k][lda], so each step broadcasts R consecutive floats). For reductions over the
+// rows of two matrices, e.g. a Winograd weight gradient U += V^T . M.
+template <int R, int CV>
+void micro_kernel_at_acc(const float* a, int64_t lda, const float* b, int64_t k, float* c, int64_t ldc) {
+  v16 acc[R][CV];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < CV; ++j) acc[r][j] = load<v16>(c + r * ldc + j * 16);
+  int64_t kk = 0;
+  do {
+    v16 bv[CV];
+    for (int j = 0; j < CV; ++j) bv[j] = load<v16>(b + (kk * CV + j) * 16);
+    for (int r = 0; r < R; ++r) {
+      const float s = a[kk * lda + r];
+      for (int j = 0; j < CV; ++j) acc[r][j] += s * bv[j];
+    }
+  } while (++kk < k);
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < CV; ++j) store(c + r * ldc + j * 16, acc[r][j]);
+}
+
 // Rows per micro-kernel call for a panel of CV vectors: about 24 accumulators (of 32 registers).
 template <int CV>
 constexpr int kRows = CV == 4 ? 6 : CV == 3 ? 8 : 12;
@@ -104,6 +125,33 @@ void panel_gemm_cv(const float* a, int64_t lda, int64_t rows, const float* b, in
   int64_t r0 = 0;
   for (; r0 + R <= rows; r0 += R) micro_kernel<R, CV>(a + r0 * lda, lda, b, k, c + r0 * ldc, ldc);
   if (r0 < rows) table[rows - r0 - 1](a + r0 * lda, lda, b, k, c + r0 * ldc, ldc);
+}
+
+template <int CV, int... R>
+constexpr std::array<MicroKernel, sizeof...(R)> kernel_table_at_acc(std::integer_sequence<int, R...>) {
+  return {&micro_kernel_at_acc<R + 1, CV>...};
+}
+
+// c[rows][16 CV] += a^T . b with a stored [k][lda] (rows = its first `rows` columns), b [k][16 CV].
+template <int CV>
+void panel_gemm_at_acc_cv(const float* a, int64_t lda, int64_t rows, const float* b, int64_t k, float* c) {
+  constexpr int R = kRows<CV>;
+  static constexpr auto table = kernel_table_at_acc<CV>(std::make_integer_sequence<int, R>{});
+  constexpr int64_t ldc = 16 * CV;
+  int64_t r0 = 0;
+  for (; r0 + R <= rows; r0 += R) micro_kernel_at_acc<R, CV>(a + r0, lda, b, k, c + r0 * ldc, ldc);
+  if (r0 < rows) table[rows - r0 - 1](a + r0, lda, b, k, c + r0 * ldc, ldc);
+}
+
+// c[rows][width] += a^T . b for one panel: a [k][lda], b [k][width] (width = 16, 32, 48 or 64).
+inline void panel_gemm_at_acc(const float* a, int64_t lda, int64_t rows, const float* b, int64_t k, int64_t width,
+                              float* c) {
+  switch (width / 16) {
+    case 4: panel_gemm_at_acc_cv<4>(a, lda, rows, b, k, c); break;
+    case 3: panel_gemm_at_acc_cv<3>(a, lda, rows, b, k, c); break;
+    case 2: panel_gemm_at_acc_cv<2>(a, lda, rows, b, k, c); break;
+    default: panel_gemm_at_acc_cv<1>(a, lda, rows, b, k, c); break;
+  }
 }
 
 // c[rows][width] = a[rows][k] . b[k][width] for one panel (width = 16, 32, 48 or 64).

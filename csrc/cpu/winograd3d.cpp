@@ -274,6 +274,146 @@ void winograd_forward(const float* x, const float* u, const float* bias, bool re
 }
 
 // ---------------------------------------------------------------------------------------------
+// Weight gradient. Per tile y = A^T [(G g) * (B^T d)] (separably in T, H, W), so by linearity
+//   dL/dg = G^T [ sum over tiles (B^T d) * (A dy) ]:
+// dU[xi] (Cin x Cout) = sum_p V[xi][p]^T . dM[xi][p] with V the input transform of the forward and
+// dM = A dy the transposed output transform (2 -> 4 values per dimension: [a, a + b, a - b, -b]),
+// then dW = G^T dU per dimension (4 -> 3). Threads take chunks of tiles and accumulate into their own
+// dU (laid out like the packed weights); the copies are added in thread order, so the result does
+// not depend on the schedule for a given thread count.
+
+// A dy along one dimension.
+inline void grad_1d(v16 a, v16 b, v16& o0, v16& o1, v16& o2, v16& o3) {
+  o0 = a;
+  o1 = a + b;
+  o2 = a - b;
+  o3 = -b;
+}
+
+inline v16 load_channels(const float* p, int valid) {
+  if (valid == 16) return load<v16>(p);
+  v16 v{};
+  for (int c = 0; c < valid; ++c) v[c] = p[c];
+  return v;
+}
+
+// dM for tiles [first, first + count), laid out as PanelLayout(kPositions, P, cout): for each panel
+// and position a [P][width] block. Output cells outside the output read zeros.
+void transform_grad_chunk(const float* dy, int64_t ldy, const float* zeros, const Geometry& g, int64_t first,
+                          int64_t count, int64_t P, float* dM) {
+  const PanelLayout L(kPositions, P, g.cout);
+  const float* rows[8];
+  for (int64_t p = 0; p < count; ++p) {
+    const auto [n, tt, th, tw] = g.tile(first + p);
+    for (int i = 0; i < 2; ++i)
+      for (int k = 0; k < 2; ++k)
+        for (int l = 0; l < 2; ++l) {
+          const int64_t t = 2 * tt + i, h = 2 * th + k, w = 2 * tw + l;
+          const bool inside = t < g.T && h < g.H && w < g.W;
+          rows[(i * 2 + k) * 2 + l] = inside ? dy + (((n * g.T + t) * g.H + h) * g.W + w) * ldy : zeros;
+        }
+    for (int64_t c0 = 0; c0 < L.coutp; c0 += 16) {
+      const int valid = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(16, g.cout - c0)));
+      v16 d[8];
+      for (int i = 0; i < 8; ++i) d[i] = load_channels(rows[i] + c0, valid);
+      v16 a[4][4];  // [t position][h * 2 + w]
+      for (int hw = 0; hw < 4; ++hw) grad_1d(d[hw], d[4 + hw], a[0][hw], a[1][hw], a[2][hw], a[3][hw]);
+      const int64_t panel = c0 / kPanel, j = c0 % kPanel, width = L.width(panel);
+      for (int ti = 0; ti < 4; ++ti) {
+        v16 b[4][2];  // [h position][w]
+        for (int w = 0; w < 2; ++w) grad_1d(a[ti][w], a[ti][2 + w], b[0][w], b[1][w], b[2][w], b[3][w]);
+        for (int hi = 0; hi < 4; ++hi) {
+          v16 o[4];
+          grad_1d(b[hi][0], b[hi][1], o[0], o[1], o[2], o[3]);
+          for (int wi = 0; wi < 4; ++wi) store(dM + L.offset(panel, (ti * 4 + hi) * 4 + wi) + p * width + j, o[wi]);
+        }
+      }
+    }
+  }
+}
+
+// G^T along one dimension: 4 transform positions -> 3 taps.
+inline void weight_grad_1d(const double du[4], double dg[3]) {
+  dg[0] = du[0] + 0.5 * (du[1] + du[2]);
+  dg[1] = 0.5 * (du[1] - du[2]);
+  dg[2] = 0.5 * (du[1] + du[2]) + du[3];
+}
+
+// dU (PanelLayout(kPositions, cin, cout)) -> dW [cout][cin][3][3][3], in double.
+void inverse_weight_transform(const float* dU, float* dw, int64_t cout, int64_t cin, int threads) {
+  const PanelLayout L(kPositions, cin, cout);
+#pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
+  for (int64_t co = 0; co < cout; ++co)
+    for (int64_t ci = 0; ci < cin; ++ci) {
+      const int64_t panel = co / kPanel, j = co % kPanel, width = L.width(panel);
+      double u[4][4][4];
+      for (int xi = 0; xi < kPositions; ++xi) u[xi / 16][(xi / 4) % 4][xi % 4] = dU[L.offset(panel, xi) + ci * width + j];
+      double a[4][4][3], b[4][3][3], out[3][3][3];
+      for (int t = 0; t < 4; ++t)
+        for (int h = 0; h < 4; ++h) weight_grad_1d(u[t][h], a[t][h]);
+      for (int t = 0; t < 4; ++t)
+        for (int kw = 0; kw < 3; ++kw) {
+          const double col[4] = {a[t][0][kw], a[t][1][kw], a[t][2][kw], a[t][3][kw]};
+          double r[3];
+          weight_grad_1d(col, r);
+          for (int kh = 0; kh < 3; ++kh) b[t][kh][kw] = r[kh];
+        }
+      for (int kh = 0; kh < 3; ++kh)
+        for (int kw = 0; kw < 3; ++kw) {
+          const double col[4] = {b[0][kh][kw], b[1][kh][kw], b[2][kh][kw], b[3][kh][kw]};
+          double r[3];
+          weight_grad_1d(col, r);
+          for (int kt = 0; kt < 3; ++kt) out[kt][kh][kw] = r[kt];
+        }
+      float* dst = dw + (co * cin + ci) * 27;
+      for (int i = 0; i < 27; ++i) dst[i] = static_cast<float>(out[i / 9][(i / 3) % 3][i % 3]);
+    }
+}
+
+constexpr int64_t kGradChunkBytes = int64_t(4) << 20;  // V + dM per thread
+
+void winograd_weight_grad(const float* x, const float* dy, int64_t ldy, const Geometry& g, float* dw, int threads) {
+  const PanelLayout L(kPositions, g.cin, g.cout);
+  const int64_t tiles = g.tiles();
+  const int64_t fit = kGradChunkBytes / (4 * kPositions * (g.cin + L.coutp));
+  const int64_t P = std::max<int64_t>(1, std::min(std::max<int64_t>(fit, 6), ceil_div(tiles, threads)));
+  const int64_t chunks = ceil_div(tiles, P);
+  const std::vector<float> zeros(std::max(g.cin, L.coutp), 0.0f);
+  const int64_t v_size = round_up(kPositions * P * g.cin, 16), m_size = round_up(kPositions * P * L.coutp, 16);
+  const int64_t u_size = round_up(L.size(), 16);
+  AlignedBuffer scratch(threads * (v_size + m_size + u_size));
+  const PanelLayout LM(kPositions, P, g.cout);
+#pragma omp parallel num_threads(threads)
+  {
+    float* V = scratch.data + omp_get_thread_num() * (v_size + m_size + u_size);
+    float* dM = V + v_size;
+    float* dU = dM + m_size;
+    std::fill(dU, dU + u_size, 0.0f);
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+      const int64_t first = chunk * P, count = std::min(P, tiles - first);
+      transform_chunk(x, zeros.data(), g, first, count, P, V);
+      transform_grad_chunk(dy, ldy, zeros.data(), g, first, count, P, dM);
+      for (int64_t panel = 0; panel < L.panels(); ++panel) {
+        const int64_t width = L.width(panel);
+        for (int xi = 0; xi < kPositions; ++xi)
+          panel_gemm_at_acc(V + xi * P * g.cin, g.cin, g.cin, dM + LM.offset(panel, xi), count, width,
+                            dU + L.offset(panel, xi));
+      }
+    }
+    // Add every thread's dU into thread 0's, in thread order (each thread sums one slice).
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < u_size; i += 16) {
+      v16 sum = load<v16>(scratch.data + (v_size + m_size) + i);
+      for (int t = 1; t < threads; ++t) sum += load<v16>(scratch.data + t * (v_size + m_size + u_size) + v_size + m_size + i);
+      store(scratch.data + (v_size + m_size) + i, sum);
+    }
+  }
+  inverse_weight_transform(scratch.data + v_size + m_size, dw, g.cout, g.cin, threads);
+}
+
+// ---------------------------------------------------------------------------------------------
 int64_t packed_size(int64_t cout, int64_t cin) { return PanelLayout(kPositions, cin, cout).size(); }
 
 void prepare_weight(uintptr_t weight, uintptr_t packed, int64_t cout, int64_t cin, int threads) {
@@ -301,6 +441,17 @@ void forward(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64
                    relu, g, out, std::max(threads, 1), chunk);
 }
 
+void weight_grad(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64_t cin, uintptr_t dy,
+                 int64_t ldy, int64_t cout, uintptr_t dw, int threads) {
+  const auto [N, T, H, W] = ndhw;
+  if (N < 1 || T < 1 || H < 1 || W < 1 || cin < 1 || cout < 1 || ldx < cin || ldy < cout)
+    throw std::invalid_argument("winograd3d_weight_grad: bad sizes");
+  const Geometry g{N, T, H, W, ceil_div(T, 2), ceil_div(H, 2), ceil_div(W, 2), cin, ldx, cout};
+  py::gil_scoped_release release;
+  winograd_weight_grad(as_ptr<const float>(x), as_ptr<const float>(dy), ldy, g, as_ptr<float>(dw),
+                       std::max(threads, 1));
+}
+
 }  // namespace
 
 void register_winograd3d(py::module_& m) {
@@ -322,6 +473,11 @@ void register_winograd3d(py::module_& m) {
         "packed weight; bias (0 = none, else cout floats) and ReLU fused. dests: (pointer, row stride, "
         "channel count) per destination, taking the output channels in order. chunk: tiles per work "
         "item (0 = sized for the L2 cache).");
+  m.def("winograd3d_weight_grad", &weight_grad, py::arg("x"), py::arg("ldx"), py::arg("ndhw"), py::arg("cin"),
+        py::arg("dy"), py::arg("ldy"), py::arg("cout"), py::arg("dw"), py::arg("threads"),
+        "Weight gradient of the 3x3x3 stride-1 pad-1 convolution: float32 NDHWC rows x (cin channels, row "
+        "stride ldx) and output gradient dy (cout channels, row stride ldy) -> contiguous float32 dw "
+        "[cout, cin, 3, 3, 3]. Uses threads * 64 * cin * round_up(cout, 16) floats of scratch.");
 }
 
 }  // namespace i3d

@@ -169,21 +169,64 @@ def data_gradient_weight(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().flip((2, 3, 4)).transpose(0, 1)
 
 
+def winograd_weight_grad_rejected(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, stride: Triple,
+                                  pads: Pads) -> Optional[str]:
+    """Why the Winograd weight gradient does not take this convolution (None when it does). It
+    accumulates one transformed weight (64 x Cin x Cout floats) per thread and pays for it once: on
+    the development machine (2 threads) it is 2-2.7x oneDNN with 800+ tiles of 2x2x2 outputs per
+    thread (I3D's 56x56 and 28x28 layers) and 0.6x with 100 (the 14x14 and 7x7 layers)."""
+    why = unsupported(x, weight, stride, pads, None) or (None if grad.dtype == torch.float32 else "float32 only")
+    if why or not extension().conv3d_avx512:
+        return why or "needs an AVX-512 build"
+    tiles = x.shape[0] * math.prod((s + 1) // 2 for s in x.shape[2:])
+    if tiles < 256 * threads():
+        return f"oneDNN is faster with few tiles ({tiles} < 256 per thread)"
+    scratch = threads() * 64 * weight.shape[1] * (-(-weight.shape[0] // 16) * 16) * 4
+    if scratch > 512 << 20:
+        return f"would need {scratch >> 20} MiB of per-thread accumulators"
+    return None
+
+
+def winograd_weight_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """Weight gradient of a 3x3x3 stride-1 SAME convolution of x Tensor[N, Cin, T, H, W] given its
+    output gradient Tensor[N, Cout, T, H, W] (float32, channels-last rows, channel slices read in
+    place) -> Tensor[Cout, Cin, 3, 3, 3]."""
+    ldx, ldg = row_stride(x), row_stride(grad)
+    if ldx is None:
+        x = x.contiguous(memory_format=CL)
+        ldx = x.shape[1]
+    if ldg is None:
+        grad = grad.contiguous(memory_format=CL)
+        ldg = grad.shape[1]
+    n, cin, t, h, w = x.shape
+    cout = grad.shape[1]
+    dw = torch.empty((cout, cin, 3, 3, 3), dtype=torch.float32)
+    extension().winograd3d_weight_grad(x.data_ptr(), ldx, (n, t, h, w), cin, grad.data_ptr(), ldg, cout,
+                                       dw.data_ptr(), threads())
+    return dw
+
+
 def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads,
                     need_input: bool, need_weight: bool):
-    """(grad_x or None, grad_weight or None) of the convolution, float32. The data gradient of a 3x3x3
-    stride-1 SAME convolution is itself one (flipped, transposed weights): it runs on the Winograd
-    kernel where ``backend="auto"`` would pick it for that shape; everything else, and the weight
-    gradient, is :func:`i3d_fast.kernels.aten.conv3d.conv3d_backward`."""
+    """(grad_x or None, grad_weight or None) of the convolution, float32. For a 3x3x3 stride-1 SAME
+    convolution the data gradient is itself one (flipped, transposed weights) and runs on the
+    Winograd kernel where ``backend="auto"`` would pick it for that shape, and the weight gradient
+    runs on the Winograd weight-gradient kernel where :func:`winograd_weight_grad_rejected` allows;
+    everything else is :func:`i3d_fast.kernels.aten.conv3d.conv3d_backward`."""
     from ..aten.conv3d import conv3d_backward as aten_backward
 
-    grad_x = None
-    if need_input and tuple(weight.shape[2:]) == (3, 3, 3):
-        flipped = data_gradient_weight(weight)
-        if unsupported(grad, flipped, stride, pads, None) is None and slower_than_onednn(grad, flipped) is None:
-            grad_x = conv3d(grad, flipped, None, None, stride, pads, False)
-            need_input = False
-    if not (need_input or need_weight):
-        return grad_x, None
-    aten_x, grad_w = aten_backward(grad, x, weight, stride, pads, need_input, need_weight)
-    return (grad_x if grad_x is not None else aten_x), grad_w
+    grad_x = grad_w = None
+    if tuple(weight.shape[2:]) == (3, 3, 3):
+        if need_input:
+            flipped = data_gradient_weight(weight)
+            if unsupported(grad, flipped, stride, pads, None) is None and slower_than_onednn(grad, flipped) is None:
+                grad_x = conv3d(grad, flipped, None, None, stride, pads, False)
+                need_input = False
+        if need_weight and winograd_weight_grad_rejected(x, grad, weight, stride, pads) is None:
+            grad_w = winograd_weight_grad(x, grad).to(weight.dtype)
+            need_weight = False
+    if need_input or need_weight:
+        aten_x, aten_w = aten_backward(grad, x, weight, stride, pads, need_input, need_weight)
+        grad_x = aten_x if need_input else grad_x
+        grad_w = aten_w if need_weight else grad_w
+    return grad_x, grad_w

@@ -210,6 +210,18 @@ def check_conv_args(op: str, x: torch.Tensor, weight: torch.Tensor, stride, padd
     return stride, pads
 
 
+def autocast_inputs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]):
+    """(x, weight, bias) cast to the autocast dtype when ``torch.autocast`` is on for x's device (as
+    autocast does for ``F.conv3d``; float64 is left alone), else unchanged. Casts are differentiable,
+    so float32 master weights get float32 gradients."""
+    device = x.device.type if isinstance(x, torch.Tensor) else None
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device) or not x.is_floating_point() \
+            or x.dtype == torch.float64 or not isinstance(weight, torch.Tensor):
+        return x, weight, bias
+    low = torch.get_autocast_dtype(device)
+    return x.to(low), weight.to(low), None if bias is None else bias.to(low)
+
+
 def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor] = None,
            shift: Optional[torch.Tensor] = None, stride: Union[int, Sequence[int]] = 1, padding: PaddingArg = "same",
            relu: bool = False, out: Optional[torch.Tensor] = None, channel_offset: int = 0, backend: str = "auto",
@@ -231,8 +243,11 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor] 
         allow_tf32: let fp32 convolutions use TF32 tensor cores (Triton on CUDA).
     Returns:
         Tensor[N, Cout, T', H', W'] in channels_last_3d memory (or ``out``). Differentiable when
-        ``out`` is None.
+        ``out`` is None; then under ``torch.autocast`` it runs in the autocast dtype.
     """
+    if out is None:
+        x, weight, shift = autocast_inputs(x, weight, shift)
+        scale = None if scale is None else scale.to(x.dtype)
     stride, pads = check_conv_args("conv3d", x, weight, stride, padding)
     cout = weight.shape[0]
     for name, t in (("scale", scale), ("shift", shift)):

@@ -25,7 +25,7 @@ from ..kernels.aten import conv3d_bn as aten_conv3d_bn
 from ..kernels.cpu import conv3d_bn as cpu_conv3d_bn
 from ..kernels.reference import conv3d_bn as reference_conv3d_bn
 from . import _library, dispatch
-from .conv3d import FLOATS, _out_shape, check_conv_args, check_tensor, conv3d
+from .conv3d import FLOATS, _out_shape, autocast_inputs, check_conv_args, check_tensor, conv3d
 from .padding import PaddingArg, flat_pads, nested_pads
 
 CL = torch.channels_last_3d
@@ -151,13 +151,6 @@ def _folded(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps: fl
 
 
 # -- public API ----------------------------------------------------------------------------------------
-def _autocast_dtype(x: torch.Tensor) -> Optional[torch.dtype]:
-    device = x.device.type
-    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return None
-
-
 def conv3d_bn_relu(x: torch.Tensor, weight: torch.Tensor, bn_weight: Optional[torch.Tensor] = None,
                    bn_bias: Optional[torch.Tensor] = None, running_mean: Optional[torch.Tensor] = None,
                    running_var: Optional[torch.Tensor] = None, *, bias: Optional[torch.Tensor] = None,
@@ -187,6 +180,7 @@ def conv3d_bn_relu(x: torch.Tensor, weight: torch.Tensor, bn_weight: Optional[to
         float32 statistics and BatchNorm parameters.
     """
     op = "conv3d_bn_relu"
+    x, weight, bias = autocast_inputs(x, weight, bias)
     stride, pads = check_conv_args(op, x, weight, stride, padding)
     cout = weight.shape[0]
     for name, t in (("bias", bias), ("bn_weight", bn_weight), ("bn_bias", bn_bias), ("running_mean", running_mean),
@@ -202,10 +196,6 @@ def conv3d_bn_relu(x: torch.Tensor, weight: torch.Tensor, bn_weight: Optional[to
         bn_weight = torch.ones(cout, dtype=stat, device=x.device)
     if bn_bias is None:
         bn_bias = torch.zeros(cout, dtype=stat, device=x.device)
-    low = _autocast_dtype(x)
-    if low is not None and x.is_floating_point() and x.dtype != torch.float64:
-        x, weight = x.to(low), weight.to(low)
-        bias = None if bias is None else bias.to(low)
     if not training:
         if running_mean is None:
             raise ValueError(f"{op}: eval mode (training=False) needs running_mean and running_var")

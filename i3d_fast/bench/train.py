@@ -1,0 +1,170 @@
+"""Training-step benchmarks: i3d_fast's InceptionI3d against the same network in plain PyTorch
+(:class:`.plain_i3d.PlainInceptionI3d`) with the same weights.
+
+One step is ``zero_grad(set_to_none=True)``, forward, cross-entropy on 400 classes and backward (no
+optimizer step). Both models are in train mode and channels_last_3d, as are their inputs, and are
+timed interleaved in one process (same threads). Cases: CPU fp32; CPU bf16 autocast, measured only
+where the CPU computes bf16 natively (avx512_bf16 or amx_bf16); CUDA bf16 autocast with
+``cudnn.benchmark``, "not measured" without a GPU. Each row gives clips/s and "peak MiB", the
+growth of peak memory over one step in a fresh process (CPU: resident set; CUDA: the caching
+allocator's peak). The CPU fp32 case adds "train-profile" rows: each provider's top ops by self
+CPU time in one profiled step.
+
+Run as ``python -m i3d_fast.bench.train PROVIDER THREADS CASE_JSON`` it prints one provider's peak
+memory growth (MiB) in a fresh process; :func:`run` uses that for the "peak MiB" column.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+
+from ..models import InceptionI3d
+from .plain_i3d import PlainInceptionI3d
+from .report import Row
+from .timing import Timing, measure_interleaved, peak_memory_in_subprocess, peak_rss_mb
+
+SUITE = "train"
+CL = torch.channels_last_3d
+NUM_CLASSES = 400
+BASELINE = "PlainInceptionI3d (plain PyTorch)"
+OURS = "i3d_fast InceptionI3d"
+PROVIDERS = (BASELINE, OURS)
+PROFILE_TOP = 8
+
+
+@dataclass(frozen=True)
+class Case:
+    """One training-step workload: a [batch, 3, frames, size, size] clip on ``device``, fp32 or
+    under bf16 autocast; ``adaptive_head`` for clips under 9 frames x 193x193 pixels."""
+
+    batch: int
+    frames: int
+    size: int
+    adaptive_head: bool = False
+    bf16: bool = False
+    device: str = "cpu"
+
+    @property
+    def name(self) -> str:
+        dtype = "bf16 autocast" if self.bf16 else "float32"
+        where = " (CUDA, cudnn.benchmark)" if self.device == "cuda" else ""
+        return f"I3D RGB train step [{self.batch}, 3, {self.frames}, {self.size}, {self.size}] {dtype}{where}"
+
+
+CPU_CASE = {False: Case(2, 16, 224), True: Case(1, 16, 112, adaptive_head=True)}  # by --quick
+CUDA_CASE = {False: Case(8, 32, 224, bf16=True, device="cuda"), True: Case(4, 16, 224, bf16=True, device="cuda")}
+
+
+def cpu_has_bf16() -> bool:
+    """Whether /proc/cpuinfo lists avx512_bf16 or amx_bf16 (else oneDNN emulates bf16 math slowly)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def workload(provider: str, case: Case) -> Callable[[], torch.Tensor]:
+    """One training step of ``provider`` on ``case``; returns the detached loss (a scalar). Seeds
+    torch's RNG, so every provider gets the same clip, labels and weights (the baseline loads ours)."""
+    if case.device == "cuda":
+        torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    x = torch.rand(case.batch, 3, case.frames, case.size, case.size) * 2 - 1
+    labels = torch.randint(NUM_CLASSES, (case.batch,))
+    model = InceptionI3d(NUM_CLASSES, adaptive_head=case.adaptive_head)
+    if provider == BASELINE:
+        plain = PlainInceptionI3d(NUM_CLASSES, adaptive_head=case.adaptive_head)
+        plain.load_state_dict(model.state_dict())
+        model = plain
+    model = model.to(case.device).train().to(memory_format=CL)
+    x, labels = x.to(case.device).contiguous(memory_format=CL), labels.to(case.device)
+
+    def step() -> torch.Tensor:
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(case.device, dtype=torch.bfloat16, enabled=case.bf16):
+            loss = F.cross_entropy(model(x), labels)
+        loss.backward()
+        return loss.detach()
+
+    return step
+
+
+def peak_mib(fn: Callable[[], object], device: str) -> float:
+    """Growth of peak memory while ``fn`` runs, in MiB: the resident set on the CPU (meaningful in a
+    fresh process only), the caching allocator's peak on CUDA."""
+    if device != "cuda":
+        return peak_rss_mb(fn)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def profile_rows(steps: List[Callable[[], object]]) -> List[Row]:
+    """Each provider's top :data:`PROFILE_TOP` ops by self CPU time in one profiled step (warm
+    ``steps``, in :data:`PROVIDERS` order), with their share of the step's total self CPU time."""
+    rows = []
+    for provider, step in zip(PROVIDERS, steps):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            step()
+        ops = prof.key_averages()
+        total_us = sum(op.self_cpu_time_total for op in ops)
+        for op in sorted(ops, key=lambda op: op.self_cpu_time_total, reverse=True)[:PROFILE_TOP]:
+            ms = op.self_cpu_time_total / 1e3
+            name = op.key.replace("autograd::engine::evaluate_function: ", "autograd engine: ")
+            rows.append(Row(f"{SUITE}-profile", f"{provider}: {name}", provider, Timing(ms, ms, ms, 1),
+                            note=f"{op.self_cpu_time_total / total_us:.0%} of the step"))
+    return rows
+
+
+def _case_rows(case: Case, repeat: int) -> Tuple[List[Row], List[Callable[[], torch.Tensor]]]:
+    """The case's rows (baseline first) and its warm steps, in :data:`PROVIDERS` order."""
+    steps = [workload(p, case) for p in PROVIDERS]
+    # Interleaved, run by run: on a shared machine a slow spell then falls on both providers.
+    timings = measure_interleaved(steps, repeat, device=case.device)
+    rows = []
+    for i, (provider, timing) in enumerate(zip(PROVIDERS, timings)):
+        extra = {"clips/s": round(case.batch * 1e3 / timing.median_ms, 2)}
+        peak = peak_memory_in_subprocess(__name__, str(i), str(torch.get_num_threads()), json.dumps(asdict(case)))
+        if peak is not None:
+            extra["peak MiB"] = round(peak, 1)
+        rows.append(Row(SUITE, case.name, provider, timing, baseline=provider == BASELINE, extra=extra))
+    return rows, steps
+
+
+def run(quick: bool = False, device: str = "cpu") -> List[Row]:
+    """CUDA: the CUDA bf16 case. CPU: fp32, bf16 where the CPU has native bf16, the CUDA case "not
+    measured", then the fp32 profile rows."""
+    repeat = 3 if quick else 5
+    if device == "cuda":
+        return _case_rows(CUDA_CASE[quick], repeat)[0]
+    fp32 = CPU_CASE[quick]
+    rows, fp32_steps = _case_rows(fp32, repeat)
+    op_rows = profile_rows(fp32_steps)
+    del fp32_steps  # free both models before the next case
+    bf16 = replace(fp32, bf16=True)
+    if cpu_has_bf16():
+        rows += _case_rows(bf16, repeat)[0]
+    else:
+        rows.append(Row(SUITE, bf16.name, f"{OURS} vs {BASELINE}", None,
+                        note="not measured (the CPU has neither avx512_bf16 nor amx_bf16: bf16 would be emulated)"))
+    why = "not measured (no GPU)" if not torch.cuda.is_available() else "not measured (--cpu)"
+    rows.append(Row(SUITE, CUDA_CASE[quick].name, f"{OURS} vs {BASELINE}", None, note=why))
+    return rows + op_rows
+
+
+if __name__ == "__main__":
+    provider, threads, case_json = sys.argv[1:]
+    torch.set_num_threads(int(threads))
+    case = Case(**json.loads(case_json))
+    print(peak_mib(workload(PROVIDERS[int(provider)], case), case.device))

@@ -1,0 +1,240 @@
+"""ops.conv3d_bn_relu (trainable fused Conv3d + BatchNorm + ReLU): every backend against the float64
+reference (forward, gradients of x / weight / BN weight / BN bias, running statistics), in training
+and eval mode, on I3D's layer configurations and general shapes."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from i3d_fast import layers
+from i3d_fast.kernels.cpu import conv3d as cpu_conv3d
+from i3d_fast.ops import NoBackendError, conv3d_bn_relu
+from i3d_fast.ops.conv3d_bn import conv3d_bn_train_op
+from i3d_fast.ops.padding import resolve_padding
+
+CL = torch.channels_last_3d
+BACKENDS = ["cpu", "aten", "reference"]
+
+# (Cin, Cout, kernel, stride, padding, input [N, T, H, W], relu): I3D's unit kinds scaled down, and
+# general ones. The 3x3x3 cases have Cin * Cout >= 128 so the C++ Winograd kernels run.
+CASES = [
+    (3, 16, 7, 2, "same", (2, 9, 17, 16), True),      # Conv3d_1a stem: TF pads (2, 3) / (3, 3)
+    (16, 24, 1, 1, "same", (2, 4, 6, 5), True),       # 1x1x1 (GEMM)
+    (16, 24, 3, 1, "same", (2, 5, 7, 6), True),       # 3x3x3 SAME (Winograd forward and data gradient)
+    (13, 11, 3, 1, "same", (1, 4, 5, 6), False),      # odd channels, no ReLU
+    (12, 20, 3, 2, "same", (2, 7, 9, 8), True),       # stride 2 SAME (asymmetric pads)
+    (6, 10, 3, 1, "valid", (2, 5, 6, 7), True),
+    (6, 10, (1, 3, 3), (1, 2, 2), ((0, 0), (1, 2), (0, 1)), (2, 3, 8, 7), True),  # explicit pads
+]
+
+
+def _inputs(case, dtype, seed=0):
+    cin, cout, k, _, _, (n, t, h, w), _ = case
+    k = (k,) * 3 if isinstance(k, int) else k
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, cin, t, h, w, generator=g, dtype=torch.float64)
+    weight = torch.randn(cout, cin, *k, generator=g, dtype=torch.float64) / (cin * k[0] * k[1] * k[2]) ** 0.5
+    gamma = torch.rand(cout, generator=g, dtype=torch.float64) + 0.5
+    beta = torch.randn(cout, generator=g, dtype=torch.float64) * 0.5
+    rm = torch.randn(cout, generator=g, dtype=torch.float64) * 0.1
+    rv = torch.rand(cout, generator=g, dtype=torch.float64) + 0.5
+    x = x.to(dtype).contiguous(memory_format=CL)
+    return [t.to(dtype) for t in (weight, gamma, beta)], x, (rm.to(dtype), rv.to(dtype))
+
+
+def _run(fn, case, dtype, training, seed=0):
+    """(y, grads of x / weight / gamma / beta, updated running mean and var) for fn(x, w, g, b, rm, rv)."""
+    (weight, gamma, beta), x, (rm, rv) = _inputs(case, dtype, seed)
+    leaves = [t.requires_grad_() for t in (x, weight, gamma, beta)]
+    y = fn(*leaves, rm, rv)
+    gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64).to(y.dtype)
+    grads = torch.autograd.grad(y, leaves, gy)
+    return [y.detach(), *grads, rm, rv]
+
+
+def _ours(backend, case, training):
+    _, _, _, stride, padding, _, relu = case
+    return lambda x, w, g, b, rm, rv: conv3d_bn_relu(x, w, g, b, rm, rv, training=training, momentum=0.1, eps=1e-3,
+                                                     stride=stride, padding=padding, relu=relu, backend=backend)
+
+
+def _torch(case, training):
+    """Plain PyTorch: F.pad + F.conv3d + F.batch_norm + F.relu."""
+    _, _, k, stride, padding, _, relu = case
+    k = (k,) * 3 if isinstance(k, int) else k
+    stride = (stride,) * 3 if isinstance(stride, int) else stride
+
+    def fn(x, w, g, b, rm, rv):
+        (t0, t1), (h0, h1), (w0, w1) = resolve_padding(x.shape[2:], k, stride, padding)
+        z = F.conv3d(F.pad(x, (w0, w1, h0, h1, t0, t1)), w, stride=stride)
+        y = F.batch_norm(z, rm, rv, g, b, training=training, momentum=0.1, eps=1e-3)
+        return F.relu(y) if relu else y
+
+    return fn
+
+
+def _max_err(a, ref):
+    return (a.double() - ref).abs().max().item()
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("case", CASES, ids=[f"k{c[2]}s{c[3]}-{c[0]}to{c[1]}" for c in CASES])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_matches_float64_reference(backend, case, training):
+    """Each output's error against float64 is at most ~2x that of PyTorch's own fp32 ops (plus a
+    floor of 1e-6 relative to the output's scale)."""
+    ref = _run(_torch(case, training), case, torch.float64, training)
+    ours = _run(_ours(backend, case, training), case, torch.float32, training)
+    plain = _run(_torch(case, training), case, torch.float32, training)
+    names = ["y", "grad x", "grad weight", "grad gamma", "grad beta", "running mean", "running var"]
+    for name, o, p, r in zip(names, ours, plain, ref):
+        bound = 2 * _max_err(p, r) + 1e-6 * r.abs().max().item()
+        assert _max_err(o, r) <= bound, f"{backend} {name}: {_max_err(o, r):.3e} > {bound:.3e}"
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("backend", ["reference", "aten"])
+def test_gradcheck_float64(backend, stride):
+    case = (3, 4, 3, stride, "same", (2, 3, 4, 5), True)
+    (weight, gamma, beta), x, _ = _inputs(case, torch.float64)
+    leaves = [t.requires_grad_() for t in (x, weight, gamma, beta)]
+    fn = _ours(backend, case, True)
+    assert torch.autograd.gradcheck(lambda *a: fn(*a, None, None), leaves)
+
+
+def test_winograd_weight_gradient_matches_float64():
+    """The C++ Winograd weight gradient (chunks, several channel panels, partial tiles) against ATen
+    in float64: error within ~2x of oneDNN's fp32 error."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 20, 5, 7, 9, generator=g, dtype=torch.float64)
+    dy = torch.randn(2, 70, 5, 7, 9, generator=g, dtype=torch.float64)
+    w = torch.zeros(70, 20, 3, 3, 3, dtype=torch.float64)
+
+    def aten(x, dy):
+        return torch.ops.aten.convolution_backward(dy, x, w.to(x.dtype), None, [1] * 3, [1] * 3, [1] * 3, False,
+                                                   [0] * 3, 1, [False, True, False])[1]
+
+    ref = aten(x, dy)
+    wide = torch.randn(2, 90, 5, 7, 9, generator=g).contiguous(memory_format=CL)
+    wide[:, 10:80] = dy.float()  # the output gradient as a channel slice of a wider tensor
+    ours = cpu_conv3d.winograd_weight_grad(x.float().contiguous(memory_format=CL), wide[:, 10:80])
+    assert _max_err(ours, ref) <= 2 * _max_err(aten(x.float(), dy.float()), ref) + 1e-6
+
+
+def test_cpu_backward_uses_the_winograd_kernels_where_they_apply():
+    x = torch.randn(2, 16, 8, 16, 16).contiguous(memory_format=CL)
+    weight = torch.randn(24, 16, 3, 3, 3)
+    grad = torch.randn(2, 24, 8, 16, 16).contiguous(memory_format=CL)
+    pads = ((1, 1),) * 3
+    assert cpu_conv3d.winograd_weight_grad_rejected(x, grad, weight, (1, 1, 1), pads) is None \
+        or torch.get_num_threads() > 2
+    gx, gw = cpu_conv3d.conv3d_backward(grad, x, weight, (1, 1, 1), pads, True, True)
+    rx, rw = torch.ops.aten.convolution_backward(grad.double(), x.double(), weight.double(), None, [1] * 3, [1] * 3,
+                                                 [1] * 3, False, [0] * 3, 1, [True, True, False])[:2]
+    torch.testing.assert_close(gx.double(), rx, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(gw.double(), rw, rtol=1e-4, atol=1e-3)
+
+
+def test_gradient_through_a_channel_slice():
+    """The gradient of a branch that was concatenated (an Inception block) arrives as a channel slice."""
+    case = CASES[2]
+    (weight, gamma, beta), x, _ = _inputs(case, torch.float32)
+    outs = {}
+    for backend in ("cpu", "reference"):
+        leaves = [t.detach().clone().requires_grad_() for t in (x, weight, gamma, beta)]
+        y = conv3d_bn_relu(*leaves, stride=1, padding="same", backend=backend)
+        other = torch.ones_like(y[:, :5])
+        torch.cat([other, y, other], dim=1).pow(2).sum().backward()
+        outs[backend] = [t.grad for t in leaves]
+    for a, b in zip(outs["cpu"], outs["reference"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_bias_before_batchnorm_gets_zero_gradient_and_moves_the_running_mean():
+    conv = torch.nn.Conv3d(4, 6, 3, padding=1, bias=True)
+    bn = torch.nn.BatchNorm3d(6, momentum=0.5)
+    ref_conv, ref_bn = torch.nn.Conv3d(4, 6, 3, padding=1, bias=True), torch.nn.BatchNorm3d(6, momentum=0.5)
+    ref_conv.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 4, 3, 5, 5)
+    y = layers.conv_bn_relu(x, conv, bn, 1, relu=True)
+    y.sum().backward()
+    ref = F.relu(ref_bn(ref_conv(x)))
+    ref.sum().backward()
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(bn.running_mean, ref_bn.running_mean)
+    torch.testing.assert_close(bn.running_var, ref_bn.running_var)
+    assert torch.count_nonzero(conv.bias.grad) == 0
+    torch.testing.assert_close(conv.bias.grad, ref_conv.bias.grad, atol=1e-4, rtol=0)  # torch: rounding noise
+
+
+@pytest.mark.parametrize("options", [dict(momentum=None), dict(track_running_stats=False), dict(affine=False)])
+def test_batchnorm_module_semantics(options):
+    """conv_bn_relu follows nn.BatchNorm3d: cumulative average (momentum None), no running
+    statistics, no affine parameters; num_batches_tracked counted."""
+    conv = torch.nn.Conv3d(3, 5, 1, bias=False)
+    bn, ref_bn = torch.nn.BatchNorm3d(5, **options), torch.nn.BatchNorm3d(5, **options)
+    for step in range(3):
+        x = torch.randn(2, 3, 2, 3, 3) + step
+        y = layers.conv_bn_relu(x, conv, bn, 0, relu=False)
+        torch.testing.assert_close(y, ref_bn(conv(x)), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dict(bn.state_dict()), dict(ref_bn.state_dict()))
+    bn.eval(), ref_bn.eval()
+    x = torch.randn(2, 3, 2, 3, 3)
+    torch.testing.assert_close(layers.conv_bn_relu(x, conv, bn, 0, relu=False), ref_bn(conv(x)), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_eval_fold_cache_sees_changed_statistics():
+    case = CASES[2]
+    (weight, gamma, beta), x, (rm, rv) = _inputs(case, torch.float32)
+    with torch.no_grad():
+        first = conv3d_bn_relu(x, weight, gamma, beta, rm, rv, training=False, eps=1e-3)
+        rm.add_(1.0)
+        second = conv3d_bn_relu(x, weight, gamma, beta, rm, rv, training=False, eps=1e-3)
+    expected = F.relu(F.batch_norm(F.conv3d(x, weight, padding=1), rm, rv, gamma, beta, eps=1e-3))
+    torch.testing.assert_close(second, expected, rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(first, second)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_nan_propagates(backend):
+    case = CASES[2]
+    (weight, gamma, beta), x, _ = _inputs(case, torch.float32)
+    x[0, 0, 1, 2, 3] = float("nan")
+    y = conv3d_bn_relu(x, weight, gamma, beta, backend=backend)
+    assert y.isnan().any()
+
+
+def test_autocast_bf16_runs_in_bf16_with_float32_statistics():
+    case = CASES[2]
+    (weight, gamma, beta), x, (rm, rv) = _inputs(case, torch.float32)
+    leaves = [t.requires_grad_() for t in (weight, gamma, beta)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv3d_bn_relu(x, *leaves, rm, rv, momentum=0.1, eps=1e-3)
+    assert y.dtype == torch.bfloat16 and rm.dtype == torch.float32
+    y.float().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.float32 for t in leaves)
+    ref = _ours("reference", case, True)(x, *(t.detach() for t in leaves), None, None)
+    assert (y.float() - ref).abs().max() < 0.1 * ref.abs().max()
+
+
+def test_opcheck():
+    case = CASES[2]
+    (weight, gamma, beta), x, _ = _inputs(case, torch.float32)
+    args = (x, weight.requires_grad_(), None, gamma.requires_grad_(), beta.requires_grad_(), 1e-3, [1, 1, 1],
+            [1, 1, 1, 1, 1, 1], True, "cpu")
+    torch.library.opcheck(conv3d_bn_train_op, args)
+
+
+def test_errors_name_the_problem():
+    case = CASES[2]
+    (weight, gamma, beta), x, (rm, rv) = _inputs(case, torch.float32)
+    with pytest.raises(ValueError, match="bn_weight must have shape"):
+        conv3d_bn_relu(x, weight, gamma[:3], beta)
+    with pytest.raises(ValueError, match="eval mode .* needs running_mean"):
+        conv3d_bn_relu(x, weight, gamma, beta, training=False)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        conv3d_bn_relu(x[:1, :, :1, :1, :1], weight, gamma, beta, padding="same")
+    with pytest.raises(NoBackendError, match="cpu: supports float32"):
+        conv3d_bn_relu(x.double(), weight.double(), gamma, beta, backend="cpu")
+    with pytest.raises(TypeError, match="weight dtype"):
+        conv3d_bn_relu(x, weight.double(), gamma, beta)

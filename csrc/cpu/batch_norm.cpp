@@ -1,5 +1,5 @@
-// Training-mode BatchNorm (+ ReLU) over the output of a convolution, on channels-last float32
-// rows: z is [rows][C] with row stride ldz (rows = N*T*H*W), so a channel slice of a wider tensor is
+// Training-mode BatchNorm (+ ReLU) over the output of a convolution, on channels-last float32 or
+// bfloat16 rows (computed in float32, bf16 rounded once on store): z is [rows][C] with row stride ldz (rows = N*T*H*W), so a channel slice of a wider tensor is
 // read in place. Four passes, each one read of its inputs:
 //
 //   batch_norm_stats      sum(z - k) and sum((z - k)^2) per channel (k: the channel's first value,
@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "cpu/cpu_utils.h"
@@ -76,47 +77,70 @@ void check(const Rows& r, int64_t ld, const char* what) {
 }
 
 // Per channel: k = z[0][c]; sums of (z - k) and (z - k)^2.
-void stats(uintptr_t z_ptr, int64_t ldz, int64_t rows, int64_t channels, uintptr_t pilot_ptr, uintptr_t sum_ptr,
-           uintptr_t sumsq_ptr, int threads) {
-  const Rows r{rows, channels};
-  check(r, ldz, "batch_norm_stats");
-  const float* z = as_ptr<const float>(z_ptr);
-  float* pilot = as_ptr<float>(pilot_ptr);
-  py::gil_scoped_release release;
-  std::copy(z, z + channels, pilot);
+// Calls fn(T{}) for the storage types these kernels take (float32, bfloat16).
+template <typename Fn>
+void dispatch_storage(const std::string& dtype, const char* what, Fn&& fn) {
+  if (dtype == "float32") return fn(float{});
+  if (dtype == "bfloat16") return fn(bf16{});
+  throw std::invalid_argument(std::string(what) + ": float32 or bfloat16 rows only, got " + dtype);
+}
+
+template <typename T>
+void stats_impl(const T* z, int64_t ldz, const Rows& r, float* pilot, double* sum, double* sumsq, int threads) {
+  const int64_t channels = r.channels;
+  for (int64_t c = 0; c < channels; ++c) pilot[c] = to_float(z[c]);
   reduce_rows(
       r,
       [&](int64_t row, float* p, float* q) {
-        const float* zr = z + row * ldz;
+        const T* zr = z + row * ldz;
 #pragma omp simd
         for (int64_t c = 0; c < channels; ++c) {
-          const float d = zr[c] - pilot[c];
+          const float d = to_float(zr[c]) - pilot[c];
           p[c] += d;
           q[c] += d * d;
         }
       },
-      as_ptr<double>(sum_ptr), as_ptr<double>(sumsq_ptr), std::max(threads, 1));
+      sum, sumsq, threads);
 }
 
-void apply(uintptr_t z_ptr, int64_t ldz, int64_t rows, int64_t channels, uintptr_t scale_ptr, uintptr_t shift_ptr,
-           bool relu, uintptr_t y_ptr, int64_t ldy, int threads) {
+void stats(const std::string& dtype, uintptr_t z, int64_t ldz, int64_t rows, int64_t channels, uintptr_t pilot,
+           uintptr_t sum, uintptr_t sumsq, int threads) {
   const Rows r{rows, channels};
-  check(r, std::min(ldz, ldy), "batch_norm_apply");
-  const float* z = as_ptr<const float>(z_ptr);
-  const float* scale = as_ptr<const float>(scale_ptr);
-  const float* shift = as_ptr<const float>(shift_ptr);
-  float* y = as_ptr<float>(y_ptr);
+  check(r, ldz, "batch_norm_stats");
   py::gil_scoped_release release;
-#pragma omp parallel for num_threads(std::max(threads, 1)) schedule(static)
-  for (int64_t row = 0; row < rows; ++row) {
-    const float* zr = z + row * ldz;
-    float* yr = y + row * ldy;
+  dispatch_storage(dtype, "batch_norm_stats", [&](auto t) {
+    using T = decltype(t);
+    stats_impl(as_ptr<const T>(z), ldz, r, as_ptr<float>(pilot), as_ptr<double>(sum), as_ptr<double>(sumsq),
+               std::max(threads, 1));
+  });
+}
+
+template <typename T>
+void apply_impl(const T* z, int64_t ldz, const Rows& r, const float* scale, const float* shift, bool relu, T* y,
+                int64_t ldy, int threads) {
+  const int64_t channels = r.channels;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t row = 0; row < r.rows; ++row) {
+    const T* zr = z + row * ldz;
+    T* yr = y + row * ldy;
 #pragma omp simd
     for (int64_t c = 0; c < channels; ++c) {
-      const float v = zr[c] * scale[c] + shift[c];
-      yr[c] = relu && v < 0.0f ? 0.0f : v;  // NaN stays NaN
+      const float v = to_float(zr[c]) * scale[c] + shift[c];
+      yr[c] = from_float<T>(relu && v < 0.0f ? 0.0f : v);  // NaN stays NaN
     }
   }
+}
+
+void apply(const std::string& dtype, uintptr_t z, int64_t ldz, int64_t rows, int64_t channels, uintptr_t scale,
+           uintptr_t shift, bool relu, uintptr_t y, int64_t ldy, int threads) {
+  const Rows r{rows, channels};
+  check(r, std::min(ldz, ldy), "batch_norm_apply");
+  py::gil_scoped_release release;
+  dispatch_storage(dtype, "batch_norm_apply", [&](auto t) {
+    using T = decltype(t);
+    apply_impl(as_ptr<const T>(z), ldz, r, as_ptr<const float>(scale), as_ptr<const float>(shift), relu,
+               as_ptr<T>(y), ldy, std::max(threads, 1));
+  });
 }
 
 // ReLU's gradient mask, recomputed from z: y = z * scale + shift > 0 (NaN: no gradient, as
@@ -125,74 +149,94 @@ inline float masked(float g, float z, float scale, float shift, bool relu) {
   return !relu || z * scale + shift > 0.0f ? g : 0.0f;
 }
 
-void grad_stats(uintptr_t g_ptr, int64_t ldg, uintptr_t z_ptr, int64_t ldz, int64_t rows, int64_t channels,
-                uintptr_t scale_ptr, uintptr_t shift_ptr, uintptr_t mean_ptr, bool relu, uintptr_t sum_g_ptr,
-                uintptr_t sum_gz_ptr, int threads) {
-  const Rows r{rows, channels};
-  check(r, std::min(ldg, ldz), "batch_norm_grad_stats");
-  const float* g = as_ptr<const float>(g_ptr);
-  const float* z = as_ptr<const float>(z_ptr);
-  const float* scale = as_ptr<const float>(scale_ptr);
-  const float* shift = as_ptr<const float>(shift_ptr);
-  const float* mean = as_ptr<const float>(mean_ptr);
-  py::gil_scoped_release release;
+// Per-channel parameters of the backward passes.
+struct GradParams {
+  const float *scale, *shift, *mean;
+  bool relu;
+};
+
+template <typename T>
+void grad_stats_impl(const T* g, int64_t ldg, const T* z, int64_t ldz, const Rows& r, const GradParams& k,
+                     double* sum_g, double* sum_gz, int threads) {
+  const int64_t channels = r.channels;
   reduce_rows(
       r,
       [&](int64_t row, float* p, float* q) {
-        const float* gr = g + row * ldg;
-        const float* zr = z + row * ldz;
+        const T* gr = g + row * ldg;
+        const T* zr = z + row * ldz;
 #pragma omp simd
         for (int64_t c = 0; c < channels; ++c) {
-          const float m = masked(gr[c], zr[c], scale[c], shift[c], relu);
+          const float zc = to_float(zr[c]);
+          const float m = masked(to_float(gr[c]), zc, k.scale[c], k.shift[c], k.relu);
           p[c] += m;
-          q[c] += m * (zr[c] - mean[c]);
+          q[c] += m * (zc - k.mean[c]);
         }
       },
-      as_ptr<double>(sum_g_ptr), as_ptr<double>(sum_gz_ptr), std::max(threads, 1));
+      sum_g, sum_gz, threads);
 }
 
-void grad_apply(uintptr_t g_ptr, int64_t ldg, uintptr_t z_ptr, int64_t ldz, int64_t rows, int64_t channels,
-                uintptr_t scale_ptr, uintptr_t shift_ptr, uintptr_t mean_ptr, bool relu, uintptr_t a_ptr,
-                uintptr_t b_ptr, uintptr_t c_ptr, uintptr_t dz_ptr, int64_t lddz, int threads) {
+void grad_stats(const std::string& dtype, uintptr_t g, int64_t ldg, uintptr_t z, int64_t ldz, int64_t rows,
+                int64_t channels, uintptr_t scale, uintptr_t shift, uintptr_t mean, bool relu, uintptr_t sum_g,
+                uintptr_t sum_gz, int threads) {
+  const Rows r{rows, channels};
+  check(r, std::min(ldg, ldz), "batch_norm_grad_stats");
+  const GradParams k{as_ptr<const float>(scale), as_ptr<const float>(shift), as_ptr<const float>(mean), relu};
+  py::gil_scoped_release release;
+  dispatch_storage(dtype, "batch_norm_grad_stats", [&](auto t) {
+    using T = decltype(t);
+    grad_stats_impl(as_ptr<const T>(g), ldg, as_ptr<const T>(z), ldz, r, k, as_ptr<double>(sum_g),
+                    as_ptr<double>(sum_gz), std::max(threads, 1));
+  });
+}
+
+template <typename T>
+void grad_apply_impl(const T* g, int64_t ldg, const T* z, int64_t ldz, const Rows& r, const GradParams& k,
+                     const float* a, const float* b, const float* c0, T* dz, int64_t lddz, int threads) {
+  const int64_t channels = r.channels;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t row = 0; row < r.rows; ++row) {
+    const T* gr = g + row * ldg;
+    const T* zr = z + row * ldz;
+    T* out = dz + row * lddz;
+#pragma omp simd
+    for (int64_t c = 0; c < channels; ++c) {
+      const float zc = to_float(zr[c]);
+      const float m = masked(to_float(gr[c]), zc, k.scale[c], k.shift[c], k.relu);
+      out[c] = from_float<T>(a[c] * m + b[c] * (zc - k.mean[c]) + c0[c]);
+    }
+  }
+}
+
+void grad_apply(const std::string& dtype, uintptr_t g, int64_t ldg, uintptr_t z, int64_t ldz, int64_t rows,
+                int64_t channels, uintptr_t scale, uintptr_t shift, uintptr_t mean, bool relu, uintptr_t a,
+                uintptr_t b, uintptr_t c, uintptr_t dz, int64_t lddz, int threads) {
   const Rows r{rows, channels};
   check(r, std::min({ldg, ldz, lddz}), "batch_norm_grad_apply");
-  const float* g = as_ptr<const float>(g_ptr);
-  const float* z = as_ptr<const float>(z_ptr);
-  const float* scale = as_ptr<const float>(scale_ptr);
-  const float* shift = as_ptr<const float>(shift_ptr);
-  const float* mean = as_ptr<const float>(mean_ptr);
-  const float* a = as_ptr<const float>(a_ptr);
-  const float* b = as_ptr<const float>(b_ptr);
-  const float* k = as_ptr<const float>(c_ptr);
-  float* dz = as_ptr<float>(dz_ptr);
+  const GradParams k{as_ptr<const float>(scale), as_ptr<const float>(shift), as_ptr<const float>(mean), relu};
   py::gil_scoped_release release;
-#pragma omp parallel for num_threads(std::max(threads, 1)) schedule(static)
-  for (int64_t row = 0; row < rows; ++row) {
-    const float* gr = g + row * ldg;
-    const float* zr = z + row * ldz;
-    float* out = dz + row * lddz;
-#pragma omp simd
-    for (int64_t c = 0; c < channels; ++c)
-      out[c] = a[c] * masked(gr[c], zr[c], scale[c], shift[c], relu) + b[c] * (zr[c] - mean[c]) + k[c];
-  }
+  dispatch_storage(dtype, "batch_norm_grad_apply", [&](auto t) {
+    using T = decltype(t);
+    grad_apply_impl(as_ptr<const T>(g), ldg, as_ptr<const T>(z), ldz, r, k, as_ptr<const float>(a),
+                    as_ptr<const float>(b), as_ptr<const float>(c), as_ptr<T>(dz), lddz, std::max(threads, 1));
+  });
 }
 
 }  // namespace
 
 void register_batch_norm(py::module_& m) {
-  m.def("batch_norm_stats", &stats, py::arg("z"), py::arg("ldz"), py::arg("rows"), py::arg("channels"),
+  m.def("batch_norm_stats", &stats, py::arg("dtype"), py::arg("z"), py::arg("ldz"), py::arg("rows"), py::arg("channels"),
         py::arg("pilot"), py::arg("sum"), py::arg("sumsq"), py::arg("threads"),
-        "Per-channel sums of (z - pilot) and (z - pilot)^2 over float32 rows z (row stride ldz) into "
+        "Per-channel sums of (z - pilot) and (z - pilot)^2 over float32 / bfloat16 rows z (row stride ldz) into "
         "float64 sum / sumsq; pilot (float32, written) = the first row. Deterministic.");
-  m.def("batch_norm_apply", &apply, py::arg("z"), py::arg("ldz"), py::arg("rows"), py::arg("channels"),
+  m.def("batch_norm_apply", &apply, py::arg("dtype"), py::arg("z"), py::arg("ldz"), py::arg("rows"), py::arg("channels"),
         py::arg("scale"), py::arg("shift"), py::arg("relu"), py::arg("y"), py::arg("ldy"), py::arg("threads"),
         "y = relu?(z * scale + shift) per channel, float32 rows (row strides ldz, ldy).");
-  m.def("batch_norm_grad_stats", &grad_stats, py::arg("grad"), py::arg("ldg"), py::arg("z"), py::arg("ldz"),
+  m.def("batch_norm_grad_stats", &grad_stats, py::arg("dtype"), py::arg("grad"), py::arg("ldg"), py::arg("z"), py::arg("ldz"),
         py::arg("rows"), py::arg("channels"), py::arg("scale"), py::arg("shift"), py::arg("mean"), py::arg("relu"),
         py::arg("sum_g"), py::arg("sum_gz"), py::arg("threads"),
         "With g = grad masked where relu?(z * scale + shift) <= 0: float64 per-channel sum(g) and "
         "sum(g * (z - mean)). Deterministic.");
-  m.def("batch_norm_grad_apply", &grad_apply, py::arg("grad"), py::arg("ldg"), py::arg("z"), py::arg("ldz"),
+  m.def("batch_norm_grad_apply", &grad_apply, py::arg("dtype"), py::arg("grad"), py::arg("ldg"), py::arg("z"), py::arg("ldz"),
         py::arg("rows"), py::arg("channels"), py::arg("scale"), py::arg("shift"), py::arg("mean"), py::arg("relu"),
         py::arg("a"), py::arg("b"), py::arg("c"), py::arg("dz"), py::arg("lddz"), py::arg("threads"),
         "dz = a * g + b * (z - mean) + c per channel, g the ReLU-masked grad (as batch_norm_grad_stats).");

@@ -45,50 +45,66 @@ constexpr int64_t kL2Budget = 640 * 1024;  // bytes of V + M per thread
 // ---------------------------------------------------------------------------------------------
 // Weight transform. U is stored as PanelLayout(kPositions, cin, cout) (csrc/cpu/gemm_panel.h).
 // G g along one dimension: 3 taps -> 4 transform positions.
-inline void weight_1d(const double g[3], double u[4]) {
-  u[0] = g[0];
-  u[1] = 0.5 * (g[0] + g[1] + g[2]);
-  u[2] = 0.5 * (g[0] - g[1] + g[2]);
-  u[3] = g[2];
+template <typename T>
+inline void weight_1d(const T& g0, const T& g1, const T& g2, T u[4]) {
+  u[0] = g0;
+  u[1] = 0.5 * (g0 + g1 + g2);
+  u[2] = 0.5 * (g0 - g1 + g2);
+  u[3] = g2;
 }
 
-// w: Tensor[Cout, Cin, 3, 3, 3] contiguous; u: PanelLayout(kPositions, cin, cout).size() floats.
-// Computed in double, rounded once.
-void transform_weight(const float* w, float* u, int64_t cout, int64_t cin, int threads) {
+typedef double v8d __attribute__((vector_size(64)));
+
+// Where the transform reads weight element (co, ci, kt, kh, kw): w + co * s[0] + ci * s[1] + kt * s[2] +
+// kh * s[3] + kw * s[4] (any strides: a channels-last or transposed view is read in place), the
+// taps reversed when `flip` (the data gradient's flipped kernel).
+struct WeightView {
+  const float* w;
+  std::array<int64_t, 5> s;
+  bool flip;
+  const float& at(int64_t co, int64_t ci, int tap) const {
+    int kt = tap / 9, kh = (tap / 3) % 3, kw = tap % 3;
+    if (flip) kt = 2 - kt, kh = 2 - kh, kw = 2 - kw;
+    return w[co * s[0] + ci * s[1] + kt * s[2] + kh * s[3] + kw * s[4]];
+  }
+};
+
+// U = G g G^T per dimension for 8 output channels at a time (in double, rounded once; fastest when
+// the output channels are contiguous, s[0] == 1); padded output channels get zeros.
+void transform_weight(const WeightView& wv, float* u, int64_t cout, int64_t cin, int threads) {
   const PanelLayout L(kPositions, cin, cout);
-  const int64_t panels = L.panels();
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) collapse(2)
-  for (int64_t panel = 0; panel < panels; ++panel) {
+  // Each (panel, input channel) writes whole [width] rows of the 64 position blocks.
+#pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
+  for (int64_t panel = 0; panel < L.panels(); ++panel) {
     for (int64_t ci = 0; ci < cin; ++ci) {
-      const int64_t width = L.width(panel);
-      float rows[kPositions][kPanel];  // this input channel's block, written out row by row
-      for (int64_t j = 0; j < width; ++j) {
-        const int64_t co = panel * kPanel + j;
-        double out[kPositions] = {};
-        if (co < cout) {
-          const float* g = w + (co * cin + ci) * 27;
-          double a[4][3][3], b[4][4][3];
-          for (int kh = 0; kh < 3; ++kh)
-            for (int kw = 0; kw < 3; ++kw) {
-              const double col[3] = {g[kh * 3 + kw], g[9 + kh * 3 + kw], g[18 + kh * 3 + kw]};
-              double t[4];
-              weight_1d(col, t);
-              for (int i = 0; i < 4; ++i) a[i][kh][kw] = t[i];
-            }
-          for (int i = 0; i < 4; ++i)
-            for (int kw = 0; kw < 3; ++kw) {
-              const double col[3] = {a[i][0][kw], a[i][1][kw], a[i][2][kw]};
-              double t[4];
-              weight_1d(col, t);
-              for (int k = 0; k < 4; ++k) b[i][k][kw] = t[k];
-            }
-          for (int i = 0; i < 4; ++i)
-            for (int k = 0; k < 4; ++k) weight_1d(b[i][k], out + (i * 4 + k) * 4);
-        }
-        for (int xi = 0; xi < kPositions; ++xi) rows[xi][j] = static_cast<float>(out[xi]);
+     for (int64_t co0 = panel * kPanel; co0 < panel * kPanel + L.width(panel); co0 += 8) {
+      v8d g[27];
+      if (wv.s[0] == 1 && co0 + 8 <= cout) {  // output channels contiguous: vector loads
+        for (int tap = 0; tap < 27; ++tap)
+          g[tap] = __builtin_convertvector(load<v8>(&wv.at(co0, ci, tap)), v8d);
+      } else {
+        for (int tap = 0; tap < 27; ++tap)
+          for (int lane = 0; lane < 8; ++lane)
+            g[tap][lane] = co0 + lane < cout ? static_cast<double>(wv.at(co0 + lane, ci, tap)) : 0.0;
       }
+      v8d a[4][9], b[4][4][3], out[kPositions];
+      for (int hw = 0; hw < 9; ++hw) {
+        v8d t[4];
+        weight_1d(g[hw], g[9 + hw], g[18 + hw], t);
+        for (int i = 0; i < 4; ++i) a[i][hw] = t[i];
+      }
+      for (int i = 0; i < 4; ++i)
+        for (int kw = 0; kw < 3; ++kw) {
+          v8d t[4];
+          weight_1d(a[i][kw], a[i][3 + kw], a[i][6 + kw], t);
+          for (int k = 0; k < 4; ++k) b[i][k][kw] = t[k];
+        }
+      for (int i = 0; i < 4; ++i)
+        for (int k = 0; k < 4; ++k) weight_1d(b[i][k][0], b[i][k][1], b[i][k][2], out + (i * 4 + k) * 4);
+      const int64_t j = co0 % kPanel, width = L.width(panel);
       for (int xi = 0; xi < kPositions; ++xi)
-        std::copy(rows[xi], rows[xi] + width, u + L.offset(panel, xi) + ci * width);
+        store(u + L.offset(panel, xi) + ci * width + j, __builtin_convertvector(out[xi], v8));
+     }
     }
   }
 }
@@ -416,9 +432,13 @@ void winograd_weight_grad(const float* x, const float* dy, int64_t ldy, const Ge
 // ---------------------------------------------------------------------------------------------
 int64_t packed_size(int64_t cout, int64_t cin) { return PanelLayout(kPositions, cin, cout).size(); }
 
-void prepare_weight(uintptr_t weight, uintptr_t packed, int64_t cout, int64_t cin, int threads) {
+void prepare_weight(uintptr_t weight, uintptr_t packed, int64_t cout, int64_t cin, int threads,
+                    const std::array<int64_t, 5>& strides, bool flip) {
+  std::array<int64_t, 5> s = strides;
+  if (s[0] == 0 && s[1] == 0) s = {cin * 27, 27, 9, 3, 1};  // contiguous
   py::gil_scoped_release release;
-  transform_weight(as_ptr<const float>(weight), as_ptr<float>(packed), cout, cin, threads);
+  transform_weight(WeightView{as_ptr<const float>(weight), s, flip}, as_ptr<float>(packed), cout, cin,
+                   std::max(threads, 1));
 }
 
 void forward(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64_t cin, uintptr_t packed,
@@ -463,9 +483,11 @@ void register_winograd3d(py::module_& m) {
   m.def("winograd3d_packed_size", &packed_size, py::arg("cout"), py::arg("cin"),
         "Floats in the transformed (packed) weight of a [cout, cin, 3, 3, 3] convolution.");
   m.def("winograd3d_prepare_weight", &prepare_weight, py::arg("weight"), py::arg("packed"), py::arg("cout"),
-        py::arg("cin"), py::arg("threads"),
-        "Winograd F(2,3) weight transform U = G g G^T per dimension of a contiguous float32 "
-        "[cout, cin, 3, 3, 3] weight into a 64-byte aligned buffer of winograd3d_packed_size floats.");
+        py::arg("cin"), py::arg("threads"), py::arg("strides") = std::array<int64_t, 5>{0, 0, 0, 0, 0},
+        py::arg("flip") = false,
+        "Winograd F(2,3) weight transform U = G g G^T per dimension of a float32 [cout, cin, 3, 3, 3] "
+        "weight with element strides (co, ci, kt, kh, kw) (all 0: contiguous), taps reversed when flip, "
+        "into a 64-byte aligned buffer of winograd3d_packed_size floats.");
   m.def("winograd3d_forward", &forward, py::arg("x"), py::arg("ldx"), py::arg("ndhw"), py::arg("cin"),
         py::arg("packed"), py::arg("cout"), py::arg("bias"), py::arg("relu"), py::arg("dests"),
         py::arg("threads"), py::arg("chunk") = 0,

@@ -8,8 +8,8 @@ activation from the saved conv output instead of storing them. The running stati
 as ``nn.BatchNorm3d`` does (unbiased variance, ``momentum``). Eval mode folds BatchNorm into the
 convolution (cached per weight version when no gradient is needed) and runs :func:`.conv3d`.
 
-Backends: ``cpu`` (C++ float32: Winograd / GEMM convolutions, fused statistics and BatchNorm
-passes, Winograd data gradients), ``aten`` (any float dtype; what CUDA runs until a Triton
+Backends: ``cpu`` (C++: float32 Winograd / GEMM convolutions and Winograd gradients, oneDNN
+for the rest and for bf16; the statistics and BatchNorm passes in float32 / bf16), ``aten`` (any float dtype; what CUDA runs until a Triton
 training backend lands) and ``reference`` (plain PyTorch, float64-capable; its backward is
 autograd through the plain ops: the oracle).
 """
@@ -32,7 +32,7 @@ CL = torch.channels_last_3d
 
 
 def _reject_cpu(x: torch.Tensor, explicit: bool) -> Optional[str]:
-    return cpu_kernels.reject_unless_available(x) or dispatch.reject_dtype(x, (torch.float32,))
+    return cpu_kernels.reject_unless_available(x) or dispatch.reject_dtype(x, (torch.float32, torch.bfloat16))
 
 
 def _reject_any(x: torch.Tensor, explicit: bool) -> Optional[str]:

@@ -79,22 +79,38 @@ class PackedWeight(NamedTuple):
     cout: int
 
 
-def prepare_weight(weight: torch.Tensor, scale: Optional[torch.Tensor] = None) -> PackedWeight:
+def prepare_weight(weight: torch.Tensor, scale: Optional[torch.Tensor] = None, flipped: bool = False) -> PackedWeight:
     """Winograd-transformed (3x3x3: ``U = G g G^T`` per dimension) or packed (1x1x1) weights.
 
     Args:
-        weight: Tensor[Cout, Cin, 3, 3, 3] or Tensor[Cout, Cin, 1, 1, 1] (any float dtype; CPU).
+        weight: Tensor[Cout, Cin, 3, 3, 3] or Tensor[Cout, Cin, 1, 1, 1] (any float dtype; CPU; a
+            float32 3x3x3 weight is read in place when its output channels are contiguous, e.g. a
+            channels_last_3d weight for ``flipped``).
         scale: optional Tensor[Cout] folded into the weights (in float64) first.
+        flipped: transform the data-gradient weight instead, without materialising it: the input
+            gradient of a stride-1 pad-1 3x3x3 convolution is the same convolution of the output
+            gradient with the weight flipped in T, H, W and in/out channels swapped
+            (Tensor[Cin, Cout, 3, 3, 3]).
     """
-    cout, cin, k = weight.shape[0], weight.shape[1], weight.shape[2]
-    w = weight.detach().double()
+    w = weight.detach()
     if scale is not None:
-        w = w * scale.detach().double().view(-1, 1, 1, 1, 1)
-    w = w.float().contiguous()
+        w = w.double() * scale.detach().double().view(-1, 1, 1, 1, 1)
+    k = weight.shape[2]
+    if w.dtype != torch.float32 or (k != 3 and not w.is_contiguous()):
+        w = w.float().contiguous()
+    cout, cin = (w.shape[1], w.shape[0]) if flipped else (w.shape[0], w.shape[1])
     ext = extension()
     name = "winograd3d" if k == 3 else "pointwise_conv3d"
     data = torch.empty(getattr(ext, f"{name}_packed_size")(cout, cin), dtype=torch.float32)
-    getattr(ext, f"{name}_prepare_weight")(w.data_ptr(), data.data_ptr(), cout, cin, threads())
+    if k == 3:
+        lanes = 1 if flipped else 0  # the dimension the transform vectorises over (its output channels)
+        if w.stride(lanes) != 1:
+            w = w.movedim(lanes, -1).contiguous().movedim(-1, lanes)
+        s = w.stride()
+        strides = (s[1], s[0], *s[2:]) if flipped else s
+        ext.winograd3d_prepare_weight(w.data_ptr(), data.data_ptr(), cout, cin, threads(), strides, flipped)
+    else:
+        ext.pointwise_conv3d_prepare_weight(w.data_ptr(), data.data_ptr(), cout, cin, threads())
     return PackedWeight(data, k, cin, cout)
 
 
@@ -162,13 +178,6 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor],
     return None
 
 
-def data_gradient_weight(weight: torch.Tensor) -> torch.Tensor:
-    """The weight whose SAME 3x3x3 convolution of an output gradient is the input gradient of a
-    stride-1, pad-1 convolution with ``weight``: flipped in T, H, W, in and out channels swapped.
-    Tensor[Cout, Cin, 3, 3, 3] -> Tensor[Cin, Cout, 3, 3, 3]."""
-    return weight.detach().flip((2, 3, 4)).transpose(0, 1)
-
-
 def winograd_weight_grad_rejected(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, stride: Triple,
                                   pads: Pads) -> Optional[str]:
     """Why the Winograd weight gradient does not take this convolution (None when it does). It
@@ -218,9 +227,10 @@ def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, s
     grad_x = grad_w = None
     if tuple(weight.shape[2:]) == (3, 3, 3):
         if need_input:
-            flipped = data_gradient_weight(weight)
-            if unsupported(grad, flipped, stride, pads, None) is None and slower_than_onednn(grad, flipped) is None:
-                grad_x = conv3d(grad, flipped, None, None, stride, pads, False)
+            swapped = weight.transpose(0, 1)  # the data-gradient weight's shape, for the checks
+            if unsupported(grad, swapped, stride, pads, None) is None and slower_than_onednn(grad, swapped) is None:
+                grad_x = torch.empty(x.shape, dtype=torch.float32, memory_format=CL)
+                conv3d_packed(grad, prepare_weight(weight, flipped=True), None, False, [(grad_x, 0, x.shape[1])])
                 need_input = False
         if need_weight and winograd_weight_grad_rejected(x, grad, weight, stride, pads) is None:
             grad_w = winograd_weight_grad(x, grad).to(weight.dtype)

@@ -1,4 +1,5 @@
-"""C++ Conv3d + training-mode BatchNorm + ReLU, float32, channels-last.
+"""C++ Conv3d + training-mode BatchNorm + ReLU, channels-last, float32 or bfloat16 (autocast; the
+BatchNorm passes compute in float32, the bf16 convolutions are oneDNN's).
 
 Forward: the convolution on the C++ Winograd / GEMM kernels where ``backend="auto"`` picks them
 for the shape (oneDNN elsewhere, e.g. the 7x7x7 stride-2 stem), then the batch statistics in one
@@ -18,7 +19,7 @@ from ...ops.padding import Pads, Triple
 from ..aten import conv3d as aten_conv3d
 from ..aten.conv3d_bn import affine, grad_coefficients
 from . import conv3d as cpu_conv3d
-from . import extension, threads
+from . import dtype_name, extension, threads
 
 CL = torch.channels_last_3d
 
@@ -47,7 +48,7 @@ def forward_train(x, weight, bn_weight, bn_bias, eps: float, stride: Triple, pad
     pilot = torch.empty(c, dtype=torch.float32)
     sums = torch.empty(2, c, dtype=torch.float64)
     ext = extension()
-    ext.batch_norm_stats(z.data_ptr(), c, rows, c, pilot.data_ptr(), sums[0].data_ptr(), sums[1].data_ptr(),
+    ext.batch_norm_stats(dtype_name(z.dtype), z.data_ptr(), c, rows, c, pilot.data_ptr(), sums[0].data_ptr(), sums[1].data_ptr(),
                          threads())
     centred_mean = sums[0] / rows
     mean64 = pilot.double() + centred_mean
@@ -55,7 +56,7 @@ def forward_train(x, weight, bn_weight, bn_bias, eps: float, stride: Triple, pad
     scale, shift, _ = affine(bn_weight, bn_bias, mean64, var64, eps)
     scale, shift = scale.float(), shift.float()
     y = torch.empty_like(z)
-    ext.batch_norm_apply(z.data_ptr(), c, rows, c, scale.data_ptr(), shift.data_ptr(), relu, y.data_ptr(), c,
+    ext.batch_norm_apply(dtype_name(z.dtype), z.data_ptr(), c, rows, c, scale.data_ptr(), shift.data_ptr(), relu, y.data_ptr(), c,
                          threads())
     return y, z, mean64.float(), var64.float()
 
@@ -63,7 +64,7 @@ def forward_train(x, weight, bn_weight, bn_bias, eps: float, stride: Triple, pad
 def backward_train(grad, x, weight, z, bn_weight, bn_bias, mean, var, eps: float, stride: Triple, pads: Pads,
                    relu: bool, mask: List[bool]) -> Tuple[Optional[torch.Tensor], ...]:
     """(grad_x, grad_weight, grad_bn_weight, grad_bn_bias), None where ``mask`` says not needed."""
-    grad, ldg = _rows(grad)
+    grad, ldg = _rows(grad.to(z.dtype))
     z, ldz = _rows(z)
     c = z.shape[1]
     n = z.numel() // c
@@ -71,15 +72,15 @@ def backward_train(grad, x, weight, z, bn_weight, bn_bias, mean, var, eps: float
     scale, shift, mean32 = scale64.float(), shift64.float(), mean.float().contiguous()
     sums = torch.empty(2, c, dtype=torch.float64)
     ext = extension()
-    ext.batch_norm_grad_stats(grad.data_ptr(), ldg, z.data_ptr(), ldz, n, c, scale.data_ptr(), shift.data_ptr(),
+    ext.batch_norm_grad_stats(dtype_name(z.dtype), grad.data_ptr(), ldg, z.data_ptr(), ldz, n, c, scale.data_ptr(), shift.data_ptr(),
                               mean32.data_ptr(), relu, sums[0].data_ptr(), sums[1].data_ptr(), threads())
     grad_gamma = (sums[1] * invstd).to(bn_weight.dtype) if mask[2] else None
     grad_beta = sums[0].to(bn_bias.dtype) if mask[3] else None
     if not (mask[0] or mask[1]):
         return None, None, grad_gamma, grad_beta
     a, b, k = (t.float() for t in grad_coefficients(scale64, invstd, sums[0], sums[1], n))
-    grad_z = torch.empty(z.shape, dtype=torch.float32, memory_format=CL)
-    ext.batch_norm_grad_apply(grad.data_ptr(), ldg, z.data_ptr(), ldz, n, c, scale.data_ptr(), shift.data_ptr(),
+    grad_z = torch.empty(z.shape, dtype=z.dtype, memory_format=CL)
+    ext.batch_norm_grad_apply(dtype_name(z.dtype), grad.data_ptr(), ldg, z.data_ptr(), ldz, n, c, scale.data_ptr(), shift.data_ptr(),
                               mean32.data_ptr(), relu, a.data_ptr(), b.data_ptr(), k.data_ptr(), grad_z.data_ptr(), c,
                               threads())
     grad_x, grad_w = cpu_conv3d.conv3d_backward(grad_z, x, weight, stride, pads, mask[0], mask[1])

@@ -98,19 +98,10 @@ def _gemm(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], r
 def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads,
                     need_input: bool, need_weight: bool):
     """(grad_x or None, grad_weight or None) of ``conv3d(pad(x), weight, stride)`` for ``grad``
-    Tensor[N, Cout, T', H', W']. 1x1x1 stride-1 convolutions are two GEMMs on the channels-last
-    rows; others go to ``convolution_backward`` with the symmetric part of the padding inside it
-    (only TF's odd extra cell costs a padded copy of x)."""
+    Tensor[N, Cout, T', H', W']: ``convolution_backward`` (oneDNN on the CPU: for 1x1x1 layers it
+    measured 1.2x faster than two BLAS GEMMs on the channels-last rows) with the symmetric part of
+    the padding inside it (only TF's odd extra cell costs a padded copy of x)."""
     grad = grad.contiguous(memory_format=CL)
-    if weight.shape[2:] == (1, 1, 1) and tuple(stride) == (1, 1, 1) and not any(p for pair in pads for p in pair):
-        rows = _rows(grad)
-        w = weight.reshape(weight.shape[0], -1)  # [Cout, Cin]
-        grad_x = None
-        if need_input:
-            grad_x = torch.empty(x.shape, dtype=grad.dtype, device=grad.device, memory_format=CL)
-            torch.mm(rows, w.to(grad.dtype), out=_rows(grad_x))
-        grad_w = torch.mm(rows.t(), _rows(x).to(grad.dtype)).view(weight.shape) if need_weight else None
-        return grad_x, grad_w
     symmetric = [min(before, after) for before, after in pads]
     extra = [(before - s, after - s) for (before, after), s in zip(pads, symmetric)]
     padded = any(a or b for a, b in extra)

@@ -49,7 +49,7 @@ def unsupported(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pad
     return f"runs 3x3x3 (Winograd) and 1x1x1 (GEMM) kernels only, got {kernel}"
 
 
-def slower_than_onednn(x: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
+def slower_than_onednn(x: torch.Tensor, weight: torch.Tensor, transformed_per_call: bool = False) -> Optional[str]:
     """Why ``backend="auto"`` leaves a convolution these kernels can run to oneDNN.
 
     The micro-kernels keep 24 vectors of 16 floats in registers: without AVX-512 (a portable
@@ -57,7 +57,11 @@ def slower_than_onednn(x: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
     oneDNN. Otherwise, from crossovers measured on the 2-core AMD EPYC (Zen 4) development machine
     (1 thread): Winograd 3x3x3 ties oneDNN at Cin * Cout = 64-128 (4 -> 4 channels: 0.7x) and loses
     on inputs that are planes (a size-1 dimension) of 100 positions or more, where a direct
-    convolution skips the padded taps (1x10x10: 1.0x, 1x14x14: 0.77x, 1x56x56: 0.48x)."""
+    convolution skips the padded taps (1x10x10: 1.0x, 1x14x14: 0.77x, 1x56x56: 0.48x).
+
+    ``transformed_per_call``: the weight is transformed on every call (training: it changes every
+    step), which oneDNN's direct convolution does not pay; with under 48 tiles of 2x2x2 outputs per
+    thread that loses (I3D's 2x7x7 layers at batch 2: 0.45x)."""
     if not extension().conv3d_avx512:
         return "i3d_fast._C was built without AVX-512, which its GEMM micro-kernels need to be fast"
     if tuple(weight.shape[2:]) != (3, 3, 3):
@@ -68,7 +72,15 @@ def slower_than_onednn(x: torch.Tensor, weight: torch.Tensor) -> Optional[str]:
     spatial = tuple(x.shape[2:])
     if 1 in spatial and math.prod(spatial) >= 100:
         return f"oneDNN is faster on planar inputs ({spatial}: a size-1 dimension, 100+ positions)"
+    tiles = _tiles(x)
+    if transformed_per_call and tiles < 48 * threads():
+        return f"oneDNN is faster with few tiles ({tiles} < 48 per thread) when the weight changes every call"
     return None
+
+
+def _tiles(x: torch.Tensor) -> int:
+    """2x2x2 output tiles of a SAME 3x3x3 stride-1 convolution of x."""
+    return x.shape[0] * math.prod((s + 1) // 2 for s in x.shape[2:])
 
 
 class PackedWeight(NamedTuple):
@@ -187,7 +199,7 @@ def winograd_weight_grad_rejected(x: torch.Tensor, grad: torch.Tensor, weight: t
     why = unsupported(x, weight, stride, pads, None) or (None if grad.dtype == torch.float32 else "float32 only")
     if why or not extension().conv3d_avx512:
         return why or "needs an AVX-512 build"
-    tiles = x.shape[0] * math.prod((s + 1) // 2 for s in x.shape[2:])
+    tiles = _tiles(x)
     if tiles < 256 * threads():
         return f"oneDNN is faster with few tiles ({tiles} < 256 per thread)"
     scratch = threads() * 64 * weight.shape[1] * (-(-weight.shape[0] // 16) * 16) * 4
@@ -228,7 +240,8 @@ def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, s
     if tuple(weight.shape[2:]) == (3, 3, 3):
         if need_input:
             swapped = weight.transpose(0, 1)  # the data-gradient weight's shape, for the checks
-            if unsupported(grad, swapped, stride, pads, None) is None and slower_than_onednn(grad, swapped) is None:
+            if unsupported(grad, swapped, stride, pads, None) is None and \
+                    slower_than_onednn(grad, swapped, transformed_per_call=True) is None:
                 grad_x = torch.empty(x.shape, dtype=torch.float32, memory_format=CL)
                 conv3d_packed(grad, prepare_weight(weight, flipped=True), None, False, [(grad_x, 0, x.shape[1])])
                 need_input = False

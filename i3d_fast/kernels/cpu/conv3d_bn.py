@@ -35,7 +35,7 @@ def _rows(t: torch.Tensor) -> Tuple[torch.Tensor, int]:
 
 def _conv(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads) -> torch.Tensor:
     if cpu_conv3d.unsupported(x, weight, stride, pads, None) is None and \
-            cpu_conv3d.slower_than_onednn(x, weight) is None:
+            cpu_conv3d.slower_than_onednn(x, weight, transformed_per_call=True) is None:
         return cpu_conv3d.conv3d(x, weight, None, None, stride, pads, False)
     return aten_conv3d.conv3d(x, weight, None, None, stride, pads, False)
 

@@ -4,9 +4,10 @@
 //
 //   batch_norm_stats      sum(z - k) and sum((z - k)^2) per channel (k: the channel's first value,
 //                         which keeps E[z^2] - E[z]^2 free of cancellation when |mean| >> std)
-//   batch_norm_apply      y = relu?(z * scale + shift)
-//   batch_norm_grad_stats with g = dy masked by ReLU (y > 0, recomputed from z): sum(g) and
-//                         sum(g * (z - mean)) per channel
+//   batch_norm_apply      y = relu?((z - mean) * scale + beta)  (centred first: near y = 0, where
+//                         ReLU decides, the error is that of z - mean, not of a cancelling sum)
+//   batch_norm_grad_stats with g = dy masked by ReLU (y > 0, recomputed from z by the same
+//                         expression): sum(g) and sum(g * (z - mean)) per channel
 //   batch_norm_grad_apply dz = a * g + b * (z - mean) + c  (a, b, c per channel, from the sums above)
 //
 // Reductions are deterministic: rows are cut into fixed blocks (independent of the thread count),
@@ -115,9 +116,18 @@ void stats(const std::string& dtype, uintptr_t z, int64_t ldz, int64_t rows, int
   });
 }
 
+// The normalised, affine value of z, computed the same way wherever it is needed (forward and the
+// backward's ReLU mask), so the mask matches the forward exactly.
+inline float affine(float z, float mean, float scale, float beta) { return __builtin_fmaf(z - mean, scale, beta); }
+
+// Per-channel parameters: y = relu?((z - mean) * scale + beta).
+struct Affine {
+  const float *mean, *scale, *beta;
+  bool relu;
+};
+
 template <typename T>
-void apply_impl(const T* z, int64_t ldz, const Rows& r, const float* scale, const float* shift, bool relu, T* y,
-                int64_t ldy, int threads) {
+void apply_impl(const T* z, int64_t ldz, const Rows& r, const Affine& k, T* y, int64_t ldy, int threads) {
   const int64_t channels = r.channels;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t row = 0; row < r.rows; ++row) {
@@ -125,38 +135,31 @@ void apply_impl(const T* z, int64_t ldz, const Rows& r, const float* scale, cons
     T* yr = y + row * ldy;
 #pragma omp simd
     for (int64_t c = 0; c < channels; ++c) {
-      const float v = to_float(zr[c]) * scale[c] + shift[c];
-      yr[c] = from_float<T>(relu && v < 0.0f ? 0.0f : v);  // NaN stays NaN
+      const float v = affine(to_float(zr[c]), k.mean[c], k.scale[c], k.beta[c]);
+      yr[c] = from_float<T>(k.relu && v < 0.0f ? 0.0f : v);  // NaN stays NaN
     }
   }
 }
 
-void apply(const std::string& dtype, uintptr_t z, int64_t ldz, int64_t rows, int64_t channels, uintptr_t scale,
-           uintptr_t shift, bool relu, uintptr_t y, int64_t ldy, int threads) {
+void apply(const std::string& dtype, uintptr_t z, int64_t ldz, int64_t rows, int64_t channels, uintptr_t mean,
+           uintptr_t scale, uintptr_t beta, bool relu, uintptr_t y, int64_t ldy, int threads) {
   const Rows r{rows, channels};
   check(r, std::min(ldz, ldy), "batch_norm_apply");
+  const Affine k{as_ptr<const float>(mean), as_ptr<const float>(scale), as_ptr<const float>(beta), relu};
   py::gil_scoped_release release;
   dispatch_storage(dtype, "batch_norm_apply", [&](auto t) {
     using T = decltype(t);
-    apply_impl(as_ptr<const T>(z), ldz, r, as_ptr<const float>(scale), as_ptr<const float>(shift), relu,
-               as_ptr<T>(y), ldy, std::max(threads, 1));
+    apply_impl(as_ptr<const T>(z), ldz, r, k, as_ptr<T>(y), ldy, std::max(threads, 1));
   });
 }
 
-// ReLU's gradient mask, recomputed from z: y = z * scale + shift > 0 (NaN: no gradient, as
-// torch's threshold_backward).
-inline float masked(float g, float z, float scale, float shift, bool relu) {
-  return !relu || z * scale + shift > 0.0f ? g : 0.0f;
+// ReLU's gradient mask, recomputed from z: y > 0 (NaN: no gradient, as torch's threshold_backward).
+inline float masked(float g, float z, const Affine& k, int64_t c) {
+  return !k.relu || affine(z, k.mean[c], k.scale[c], k.beta[c]) > 0.0f ? g : 0.0f;
 }
 
-// Per-channel parameters of the backward passes.
-struct GradParams {
-  const float *scale, *shift, *mean;
-  bool relu;
-};
-
 template <typename T>
-void grad_stats_impl(const T* g, int64_t ldg, const T* z, int64_t ldz, const Rows& r, const GradParams& k,
+void grad_stats_impl(const T* g, int64_t ldg, const T* z, int64_t ldz, const Rows& r, const Affine& k,
                      double* sum_g, double* sum_gz, int threads) {
   const int64_t channels = r.channels;
   reduce_rows(
@@ -167,7 +170,7 @@ void grad_stats_impl(const T* g, int64_t ldg, const T* z, int64_t ldz, const Row
 #pragma omp simd
         for (int64_t c = 0; c < channels; ++c) {
           const float zc = to_float(zr[c]);
-          const float m = masked(to_float(gr[c]), zc, k.scale[c], k.shift[c], k.relu);
+          const float m = masked(to_float(gr[c]), zc, k, c);
           p[c] += m;
           q[c] += m * (zc - k.mean[c]);
         }
@@ -176,11 +179,11 @@ void grad_stats_impl(const T* g, int64_t ldg, const T* z, int64_t ldz, const Row
 }
 
 void grad_stats(const std::string& dtype, uintptr_t g, int64_t ldg, uintptr_t z, int64_t ldz, int64_t rows,
-                int64_t channels, uintptr_t scale, uintptr_t shift, uintptr_t mean, bool relu, uintptr_t sum_g,
+                int64_t channels, uintptr_t mean, uintptr_t scale, uintptr_t beta, bool relu, uintptr_t sum_g,
                 uintptr_t sum_gz, int threads) {
   const Rows r{rows, channels};
   check(r, std::min(ldg, ldz), "batch_norm_grad_stats");
-  const GradParams k{as_ptr<const float>(scale), as_ptr<const float>(shift), as_ptr<const float>(mean), relu};
+  const Affine k{as_ptr<const float>(mean), as_ptr<const float>(scale), as_ptr<const float>(beta), relu};
   py::gil_scoped_release release;
   dispatch_storage(dtype, "batch_norm_grad_stats", [&](auto t) {
     using T = decltype(t);
@@ -190,7 +193,7 @@ void grad_stats(const std::string& dtype, uintptr_t g, int64_t ldg, uintptr_t z,
 }
 
 template <typename T>
-void grad_apply_impl(const T* g, int64_t ldg, const T* z, int64_t ldz, const Rows& r, const GradParams& k,
+void grad_apply_impl(const T* g, int64_t ldg, const T* z, int64_t ldz, const Rows& r, const Affine& k,
                      const float* a, const float* b, const float* c0, T* dz, int64_t lddz, int threads) {
   const int64_t channels = r.channels;
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -201,18 +204,18 @@ void grad_apply_impl(const T* g, int64_t ldg, const T* z, int64_t ldz, const Row
 #pragma omp simd
     for (int64_t c = 0; c < channels; ++c) {
       const float zc = to_float(zr[c]);
-      const float m = masked(to_float(gr[c]), zc, k.scale[c], k.shift[c], k.relu);
+      const float m = masked(to_float(gr[c]), zc, k, c);
       out[c] = from_float<T>(a[c] * m + b[c] * (zc - k.mean[c]) + c0[c]);
     }
   }
 }
 
 void grad_apply(const std::string& dtype, uintptr_t g, int64_t ldg, uintptr_t z, int64_t ldz, int64_t rows,
-                int64_t channels, uintptr_t scale, uintptr_t shift, uintptr_t mean, bool relu, uintptr_t a,
+                int64_t channels, uintptr_t mean, uintptr_t scale, uintptr_t beta, bool relu, uintptr_t a,
                 uintptr_t b, uintptr_t c, uintptr_t dz, int64_t lddz, int threads) {
   const Rows r{rows, channels};
   check(r, std::min({ldg, ldz, lddz}), "batch_norm_grad_apply");
-  const GradParams k{as_ptr<const float>(scale), as_ptr<const float>(shift), as_ptr<const float>(mean), relu};
+  const Affine k{as_ptr<const float>(mean), as_ptr<const float>(scale), as_ptr<const float>(beta), relu};
   py::gil_scoped_release release;
   dispatch_storage(dtype, "batch_norm_grad_apply", [&](auto t) {
     using T = decltype(t);
@@ -229,15 +232,15 @@ void register_batch_norm(py::module_& m) {
         "Per-channel sums of (z - pilot) and (z - pilot)^2 over float32 / bfloat16 rows z (row stride ldz) into "
         "float64 sum / sumsq; pilot (float32, written) = the first row. Deterministic.");
   m.def("batch_norm_apply", &apply, py::arg("dtype"), py::arg("z"), py::arg("ldz"), py::arg("rows"), py::arg("channels"),
-        py::arg("scale"), py::arg("shift"), py::arg("relu"), py::arg("y"), py::arg("ldy"), py::arg("threads"),
-        "y = relu?(z * scale + shift) per channel, float32 rows (row strides ldz, ldy).");
+        py::arg("mean"), py::arg("scale"), py::arg("beta"), py::arg("relu"), py::arg("y"), py::arg("ldy"),
+        py::arg("threads"), "y = relu?((z - mean) * scale + beta) per channel (row strides ldz, ldy).");
   m.def("batch_norm_grad_stats", &grad_stats, py::arg("dtype"), py::arg("grad"), py::arg("ldg"), py::arg("z"), py::arg("ldz"),
-        py::arg("rows"), py::arg("channels"), py::arg("scale"), py::arg("shift"), py::arg("mean"), py::arg("relu"),
+        py::arg("rows"), py::arg("channels"), py::arg("mean"), py::arg("scale"), py::arg("beta"), py::arg("relu"),
         py::arg("sum_g"), py::arg("sum_gz"), py::arg("threads"),
-        "With g = grad masked where relu?(z * scale + shift) <= 0: float64 per-channel sum(g) and "
+        "With g = grad masked where relu?((z - mean) * scale + beta) <= 0: float64 per-channel sum(g) and "
         "sum(g * (z - mean)). Deterministic.");
   m.def("batch_norm_grad_apply", &grad_apply, py::arg("dtype"), py::arg("grad"), py::arg("ldg"), py::arg("z"), py::arg("ldz"),
-        py::arg("rows"), py::arg("channels"), py::arg("scale"), py::arg("shift"), py::arg("mean"), py::arg("relu"),
+        py::arg("rows"), py::arg("channels"), py::arg("mean"), py::arg("scale"), py::arg("beta"), py::arg("relu"),
         py::arg("a"), py::arg("b"), py::arg("c"), py::arg("dz"), py::arg("lddz"), py::arg("threads"),
         "dz = a * g + b * (z - mean) + c per channel, g the ReLU-masked grad (as batch_norm_grad_stats).");
 }

@@ -19,11 +19,15 @@ def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def affine(bn_weight, bn_bias, mean, var, eps: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(scale, shift, invstd) per channel, in float64: y = z * scale + shift."""
+def scale_invstd(bn_weight, var, eps: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(scale, invstd) per channel in float64: y = (z - mean) * scale + beta, scale = gamma * invstd.
+    Centring first keeps y's error near 0, where ReLU decides, that of z - mean (as F.batch_norm)."""
     invstd = torch.rsqrt(var.double() + eps)
-    scale = bn_weight.double() * invstd
-    return scale, bn_bias.double() - mean.double() * scale, invstd
+    return bn_weight.double() * invstd, invstd
+
+
+def _normalised(zf, mean, scale, bn_bias, stat) -> torch.Tensor:
+    return torch.addcmul(bn_bias.to(stat).view(VIEW), zf - mean.to(stat).view(VIEW), scale.to(stat).view(VIEW))
 
 
 def forward_train(x, weight, bn_weight, bn_bias, eps: float, stride: Triple, pads: Pads, relu: bool):
@@ -32,8 +36,8 @@ def forward_train(x, weight, bn_weight, bn_bias, eps: float, stride: Triple, pad
     stat = _stat_dtype(z.dtype)
     zf = z.to(stat)
     var, mean = torch.var_mean(zf, dim=DIMS, correction=0)
-    scale, shift, _ = affine(bn_weight, bn_bias, mean, var, eps)
-    y = torch.addcmul(shift.to(stat).view(VIEW), zf, scale.to(stat).view(VIEW))
+    scale, _ = scale_invstd(bn_weight, var, eps)
+    y = _normalised(zf, mean, scale, bn_bias, stat)
     if relu:
         y = y.relu_()
     return y.to(z.dtype), z, mean, var
@@ -43,9 +47,9 @@ def bn_relu_backward(grad, z, bn_weight, bn_bias, mean, var, eps: float, relu: b
     """(grad_z, grad_bn_weight, grad_bn_bias) of y = relu?(batch_norm(z)) with batch statistics."""
     stat = _stat_dtype(z.dtype)
     zf, g = z.to(stat), grad.to(stat)
-    scale, shift, invstd = affine(bn_weight, bn_bias, mean, var, eps)
+    scale, invstd = scale_invstd(bn_weight, var, eps)
     if relu:
-        g = g * (torch.addcmul(shift.to(stat).view(VIEW), zf, scale.to(stat).view(VIEW)) > 0)
+        g = g * (_normalised(zf, mean, scale, bn_bias, stat) > 0)
     centred = zf - mean.to(stat).view(VIEW)
     n = z.numel() // z.shape[1]
     sum_g = g.sum(DIMS, dtype=torch.float64)

@@ -17,7 +17,7 @@ import torch
 
 from ...ops.padding import Pads, Triple
 from ..aten import conv3d as aten_conv3d
-from ..aten.conv3d_bn import affine, grad_coefficients
+from ..aten.conv3d_bn import grad_coefficients, scale_invstd
 from . import conv3d as cpu_conv3d
 from . import dtype_name, extension, threads
 
@@ -48,17 +48,18 @@ def forward_train(x, weight, bn_weight, bn_bias, eps: float, stride: Triple, pad
     pilot = torch.empty(c, dtype=torch.float32)
     sums = torch.empty(2, c, dtype=torch.float64)
     ext = extension()
-    ext.batch_norm_stats(dtype_name(z.dtype), z.data_ptr(), c, rows, c, pilot.data_ptr(), sums[0].data_ptr(), sums[1].data_ptr(),
-                         threads())
+    ext.batch_norm_stats(dtype_name(z.dtype), z.data_ptr(), c, rows, c, pilot.data_ptr(), sums[0].data_ptr(),
+                         sums[1].data_ptr(), threads())
     centred_mean = sums[0] / rows
     mean64 = pilot.double() + centred_mean
     var64 = (sums[1] / rows - centred_mean * centred_mean).clamp_min_(0)
-    scale, shift, _ = affine(bn_weight, bn_bias, mean64, var64, eps)
-    scale, shift = scale.float(), shift.float()
+    mean, var = mean64.float(), var64.float()
+    scale = scale_invstd(bn_weight, var, eps)[0].float()  # as backward_train recomputes it: same ReLU mask
+    beta = bn_bias.float().contiguous()
     y = torch.empty_like(z)
-    ext.batch_norm_apply(dtype_name(z.dtype), z.data_ptr(), c, rows, c, scale.data_ptr(), shift.data_ptr(), relu, y.data_ptr(), c,
-                         threads())
-    return y, z, mean64.float(), var64.float()
+    ext.batch_norm_apply(dtype_name(z.dtype), z.data_ptr(), c, rows, c, mean.data_ptr(), scale.data_ptr(),
+                         beta.data_ptr(), relu, y.data_ptr(), c, threads())
+    return y, z, mean, var
 
 
 def backward_train(grad, x, weight, z, bn_weight, bn_bias, mean, var, eps: float, stride: Triple, pads: Pads,
@@ -68,20 +69,20 @@ def backward_train(grad, x, weight, z, bn_weight, bn_bias, mean, var, eps: float
     z, ldz = _rows(z)
     c = z.shape[1]
     n = z.numel() // c
-    scale64, shift64, invstd = affine(bn_weight, bn_bias, mean, var, eps)
-    scale, shift, mean32 = scale64.float(), shift64.float(), mean.float().contiguous()
+    scale64, invstd = scale_invstd(bn_weight, var, eps)
+    scale, beta, mean32 = scale64.float(), bn_bias.float().contiguous(), mean.float().contiguous()
+    params = (mean32.data_ptr(), scale.data_ptr(), beta.data_ptr(), relu)
     sums = torch.empty(2, c, dtype=torch.float64)
     ext = extension()
-    ext.batch_norm_grad_stats(dtype_name(z.dtype), grad.data_ptr(), ldg, z.data_ptr(), ldz, n, c, scale.data_ptr(), shift.data_ptr(),
-                              mean32.data_ptr(), relu, sums[0].data_ptr(), sums[1].data_ptr(), threads())
+    ext.batch_norm_grad_stats(dtype_name(z.dtype), grad.data_ptr(), ldg, z.data_ptr(), ldz, n, c, *params,
+                              sums[0].data_ptr(), sums[1].data_ptr(), threads())
     grad_gamma = (sums[1] * invstd).to(bn_weight.dtype) if mask[2] else None
     grad_beta = sums[0].to(bn_bias.dtype) if mask[3] else None
     if not (mask[0] or mask[1]):
         return None, None, grad_gamma, grad_beta
     a, b, k = (t.float() for t in grad_coefficients(scale64, invstd, sums[0], sums[1], n))
     grad_z = torch.empty(z.shape, dtype=z.dtype, memory_format=CL)
-    ext.batch_norm_grad_apply(dtype_name(z.dtype), grad.data_ptr(), ldg, z.data_ptr(), ldz, n, c, scale.data_ptr(), shift.data_ptr(),
-                              mean32.data_ptr(), relu, a.data_ptr(), b.data_ptr(), k.data_ptr(), grad_z.data_ptr(), c,
-                              threads())
+    ext.batch_norm_grad_apply(dtype_name(z.dtype), grad.data_ptr(), ldg, z.data_ptr(), ldz, n, c, *params,
+                              a.data_ptr(), b.data_ptr(), k.data_ptr(), grad_z.data_ptr(), c, threads())
     grad_x, grad_w = cpu_conv3d.conv3d_backward(grad_z, x, weight, stride, pads, mask[0], mask[1])
     return grad_x, grad_w, grad_gamma, grad_beta

@@ -129,14 +129,18 @@ struct Affine {
 template <typename T>
 void apply_impl(const T* z, int64_t ldz, const Rows& r, const Affine& k, T* y, int64_t ldy, int threads) {
   const int64_t channels = r.channels;
+  const float* __restrict mean = k.mean;
+  const float* __restrict scale = k.scale;
+  const float* __restrict beta = k.beta;
+  const bool relu = k.relu;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t row = 0; row < r.rows; ++row) {
-    const T* zr = z + row * ldz;
-    T* yr = y + row * ldy;
+    const T* __restrict zr = z + row * ldz;
+    T* __restrict yr = y + row * ldy;
 #pragma omp simd
     for (int64_t c = 0; c < channels; ++c) {
-      const float v = affine(to_float(zr[c]), k.mean[c], k.scale[c], k.beta[c]);
-      yr[c] = from_float<T>(k.relu && v < 0.0f ? 0.0f : v);  // NaN stays NaN
+      const float v = affine(to_float(zr[c]), mean[c], scale[c], beta[c]);
+      yr[c] = from_float<T>(relu && v < 0.0f ? 0.0f : v);  // NaN stays NaN
     }
   }
 }
@@ -154,25 +158,29 @@ void apply(const std::string& dtype, uintptr_t z, int64_t ldz, int64_t rows, int
 }
 
 // ReLU's gradient mask, recomputed from z: y > 0 (NaN: no gradient, as torch's threshold_backward).
-inline float masked(float g, float z, const Affine& k, int64_t c) {
-  return !k.relu || affine(z, k.mean[c], k.scale[c], k.beta[c]) > 0.0f ? g : 0.0f;
+inline float masked(float g, float z, float mean, float scale, float beta, bool relu) {
+  return !relu || affine(z, mean, scale, beta) > 0.0f ? g : 0.0f;
 }
 
 template <typename T>
 void grad_stats_impl(const T* g, int64_t ldg, const T* z, int64_t ldz, const Rows& r, const Affine& k,
                      double* sum_g, double* sum_gz, int threads) {
   const int64_t channels = r.channels;
+  const float* __restrict mean = k.mean;
+  const float* __restrict scale = k.scale;
+  const float* __restrict beta = k.beta;
+  const bool relu = k.relu;
   reduce_rows(
       r,
-      [&](int64_t row, float* p, float* q) {
+      [&](int64_t row, float* __restrict p, float* __restrict q) {
         const T* gr = g + row * ldg;
         const T* zr = z + row * ldz;
 #pragma omp simd
         for (int64_t c = 0; c < channels; ++c) {
           const float zc = to_float(zr[c]);
-          const float m = masked(to_float(gr[c]), zc, k, c);
+          const float m = masked(to_float(gr[c]), zc, mean[c], scale[c], beta[c], relu);
           p[c] += m;
-          q[c] += m * (zc - k.mean[c]);
+          q[c] += m * (zc - mean[c]);
         }
       },
       sum_g, sum_gz, threads);
@@ -196,16 +204,20 @@ template <typename T>
 void grad_apply_impl(const T* g, int64_t ldg, const T* z, int64_t ldz, const Rows& r, const Affine& k,
                      const float* a, const float* b, const float* c0, T* dz, int64_t lddz, int threads) {
   const int64_t channels = r.channels;
+  const float* __restrict mean = k.mean;
+  const float* __restrict scale = k.scale;
+  const float* __restrict beta = k.beta;
+  const bool relu = k.relu;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t row = 0; row < r.rows; ++row) {
-    const T* gr = g + row * ldg;
-    const T* zr = z + row * ldz;
-    T* out = dz + row * lddz;
+    const T* __restrict gr = g + row * ldg;
+    const T* __restrict zr = z + row * ldz;
+    T* __restrict out = dz + row * lddz;
 #pragma omp simd
     for (int64_t c = 0; c < channels; ++c) {
       const float zc = to_float(zr[c]);
-      const float m = masked(to_float(gr[c]), zc, k, c);
-      out[c] = from_float<T>(a[c] * m + b[c] * (zc - k.mean[c]) + c0[c]);
+      const float m = masked(to_float(gr[c]), zc, mean[c], scale[c], beta[c], relu);
+      out[c] = from_float<T>(a[c] * m + b[c] * (zc - mean[c]) + c0[c]);
     }
   }
 }

@@ -101,9 +101,11 @@ def test_gradcheck_float64(backend, stride):
     assert torch.autograd.gradcheck(lambda *a: fn(*a, None, None), leaves)
 
 
-def test_winograd_weight_gradient_matches_float64():
-    """The C++ Winograd weight gradient (chunks, several channel panels, partial tiles) against ATen
-    in float64: error within ~2x of oneDNN's fp32 error."""
+@pytest.mark.parametrize("whole", [False, True], ids=["chunks", "whole-layer"])
+def test_winograd_weight_gradient_matches_float64(monkeypatch, whole):
+    """The C++ Winograd weight gradient (both schedules, several channel panels, partial tiles)
+    against ATen in float64: error within ~2x of oneDNN's fp32 error."""
+    monkeypatch.setattr(cpu_conv3d, "_whole_layer", lambda x: whole)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 20, 5, 7, 9, generator=g, dtype=torch.float64)
     dy = torch.randn(2, 70, 5, 7, 9, generator=g, dtype=torch.float64)

@@ -313,10 +313,10 @@ inline v16 load_channels(const float* p, int valid) {
   return v;
 }
 
-// dM for tiles [first, first + count), laid out as PanelLayout(kPositions, P, cout): for each panel
-// and position a [P][width] block. Output cells outside the output read zeros.
+// dM for tiles [first, first + count) into rows [row0, row0 + count) of PanelLayout(kPositions, P, cout):
+// for each panel and position a [P][width] block. Output cells outside the output read zeros.
 void transform_grad_chunk(const float* dy, int64_t ldy, const float* zeros, const Geometry& g, int64_t first,
-                          int64_t count, int64_t P, float* dM) {
+                          int64_t count, int64_t P, int64_t row0, float* dM) {
   const PanelLayout L(kPositions, P, g.cout);
   const float* rows[8];
   for (int64_t p = 0; p < count; ++p) {
@@ -341,7 +341,7 @@ void transform_grad_chunk(const float* dy, int64_t ldy, const float* zeros, cons
         for (int hi = 0; hi < 4; ++hi) {
           v16 o[4];
           grad_1d(b[hi][0], b[hi][1], o[0], o[1], o[2], o[3]);
-          for (int wi = 0; wi < 4; ++wi) store(dM + L.offset(panel, (ti * 4 + hi) * 4 + wi) + p * width + j, o[wi]);
+          for (int wi = 0; wi < 4; ++wi) store(dM + L.offset(panel, (ti * 4 + hi) * 4 + wi) + (row0 + p) * width + j, o[wi]);
         }
       }
     }
@@ -349,41 +349,91 @@ void transform_grad_chunk(const float* dy, int64_t ldy, const float* zeros, cons
 }
 
 // G^T along one dimension: 4 transform positions -> 3 taps.
-inline void weight_grad_1d(const double du[4], double dg[3]) {
-  dg[0] = du[0] + 0.5 * (du[1] + du[2]);
-  dg[1] = 0.5 * (du[1] - du[2]);
-  dg[2] = 0.5 * (du[1] + du[2]) + du[3];
+template <typename T>
+inline void weight_grad_1d(const T& u0, const T& u1, const T& u2, const T& u3, T dg[3]) {
+  dg[0] = u0 + 0.5 * (u1 + u2);
+  dg[1] = 0.5 * (u1 - u2);
+  dg[2] = 0.5 * (u1 + u2) + u3;
 }
 
-// dU (PanelLayout(kPositions, cin, cout)) -> dW [cout][cin][3][3][3], in double.
+// dU (PanelLayout(kPositions, cin, cout)) -> dW stored [cin][27 taps][cout], in double, 8 output
+// channels at a time (contiguous in both).
 void inverse_weight_transform(const float* dU, float* dw, int64_t cout, int64_t cin, int threads) {
   const PanelLayout L(kPositions, cin, cout);
 #pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
-  for (int64_t co = 0; co < cout; ++co)
+  for (int64_t panel = 0; panel < L.panels(); ++panel)
     for (int64_t ci = 0; ci < cin; ++ci) {
-      const int64_t panel = co / kPanel, j = co % kPanel, width = L.width(panel);
-      double u[4][4][4];
-      for (int xi = 0; xi < kPositions; ++xi) u[xi / 16][(xi / 4) % 4][xi % 4] = dU[L.offset(panel, xi) + ci * width + j];
-      double a[4][4][3], b[4][3][3], out[3][3][3];
-      for (int t = 0; t < 4; ++t)
-        for (int h = 0; h < 4; ++h) weight_grad_1d(u[t][h], a[t][h]);
-      for (int t = 0; t < 4; ++t)
-        for (int kw = 0; kw < 3; ++kw) {
-          const double col[4] = {a[t][0][kw], a[t][1][kw], a[t][2][kw], a[t][3][kw]};
-          double r[3];
-          weight_grad_1d(col, r);
-          for (int kh = 0; kh < 3; ++kh) b[t][kh][kw] = r[kh];
+      const int64_t width = L.width(panel);
+      for (int64_t j = 0; j < width; j += 8) {
+        const int64_t co0 = panel * kPanel + j;
+        if (co0 >= cout) break;
+        v8d u[kPositions];
+        for (int xi = 0; xi < kPositions; ++xi)
+          u[xi] = __builtin_convertvector(load<v8>(dU + L.offset(panel, xi) + ci * width + j), v8d);
+        v8d a[4][4][3], b[4][3][3], out[27];
+        for (int t = 0; t < 4; ++t)
+          for (int h = 0; h < 4; ++h) {
+            const v8d* r = u + (t * 4 + h) * 4;
+            weight_grad_1d(r[0], r[1], r[2], r[3], a[t][h]);
+          }
+        for (int t = 0; t < 4; ++t)
+          for (int kw = 0; kw < 3; ++kw) {
+            v8d r[3];
+            weight_grad_1d(a[t][0][kw], a[t][1][kw], a[t][2][kw], a[t][3][kw], r);
+            for (int kh = 0; kh < 3; ++kh) b[t][kh][kw] = r[kh];
+          }
+        for (int kh = 0; kh < 3; ++kh)
+          for (int kw = 0; kw < 3; ++kw) {
+            v8d r[3];
+            weight_grad_1d(b[0][kh][kw], b[1][kh][kw], b[2][kh][kw], b[3][kh][kw], r);
+            for (int kt = 0; kt < 3; ++kt) out[(kt * 3 + kh) * 3 + kw] = r[kt];
+          }
+        const int valid = static_cast<int>(std::min<int64_t>(8, cout - co0));
+        for (int tap = 0; tap < 27; ++tap) {
+          float* dst = dw + (ci * 27 + tap) * cout + co0;
+          const v8 v = __builtin_convertvector(out[tap], v8);
+          if (valid == 8) {
+            store(dst, v);
+          } else {
+            for (int l = 0; l < valid; ++l) dst[l] = v[l];
+          }
         }
-      for (int kh = 0; kh < 3; ++kh)
-        for (int kw = 0; kw < 3; ++kw) {
-          const double col[4] = {b[0][kh][kw], b[1][kh][kw], b[2][kh][kw], b[3][kh][kw]};
-          double r[3];
-          weight_grad_1d(col, r);
-          for (int kt = 0; kt < 3; ++kt) out[kt][kh][kw] = r[kt];
-        }
-      float* dst = dw + (co * cin + ci) * 27;
-      for (int i = 0; i < 27; ++i) dst[i] = static_cast<float>(out[i / 9][(i / 3) % 3][i % 3]);
+      }
     }
+}
+
+// For layers with few tiles: every tile's V and dM at once (parallel over tiles), then one product
+// per (panel, position) over all tiles (parallel over those): no per-thread copies of dU to zero and
+// add up, which cost more than the products when each thread has only ~100 tiles.
+void winograd_weight_grad_whole(const float* x, const float* dy, int64_t ldy, const Geometry& g, float* dw,
+                                int threads) {
+  const PanelLayout L(kPositions, g.cin, g.cout);
+  const int64_t tiles = g.tiles();
+  const PanelLayout LM(kPositions, tiles, g.cout);
+  const std::vector<float> zeros(std::max(g.cin, L.coutp), 0.0f);
+  const int64_t v_size = round_up(kPositions * tiles * g.cin, 16), m_size = round_up(LM.size(), 16);
+  AlignedBuffer scratch(v_size + m_size + L.size());
+  float* V = scratch.data;
+  float* dM = V + v_size;
+  float* dU = dM + m_size;
+  constexpr int64_t kTilesPerItem = 8;
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t first = 0; first < tiles; first += kTilesPerItem) {
+      const int64_t count = std::min(kTilesPerItem, tiles - first);
+      transform_chunk(x, zeros.data(), g, first, count, tiles, V + first * g.cin);
+      transform_grad_chunk(dy, ldy, zeros.data(), g, first, count, tiles, first, dM);
+    }
+#pragma omp for schedule(dynamic, 1) collapse(2)
+    for (int64_t panel = 0; panel < L.panels(); ++panel)
+      for (int xi = 0; xi < kPositions; ++xi) {
+        float* u = dU + L.offset(panel, xi);
+        std::fill(u, u + g.cin * L.width(panel), 0.0f);
+        panel_gemm_at_acc(V + xi * tiles * g.cin, g.cin, g.cin, dM + LM.offset(panel, xi), tiles, L.width(panel), u);
+      }
+  }
+  inverse_weight_transform(dU, dw, g.cout, g.cin, threads);
 }
 
 constexpr int64_t kGradChunkBytes = int64_t(4) << 20;  // V + dM per thread
@@ -409,7 +459,7 @@ void winograd_weight_grad(const float* x, const float* dy, int64_t ldy, const Ge
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       const int64_t first = chunk * P, count = std::min(P, tiles - first);
       transform_chunk(x, zeros.data(), g, first, count, P, V);
-      transform_grad_chunk(dy, ldy, zeros.data(), g, first, count, P, dM);
+      transform_grad_chunk(dy, ldy, zeros.data(), g, first, count, P, 0, dM);
       for (int64_t panel = 0; panel < L.panels(); ++panel) {
         const int64_t width = L.width(panel);
         for (int xi = 0; xi < kPositions; ++xi)
@@ -462,14 +512,14 @@ void forward(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64
 }
 
 void weight_grad(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64_t cin, uintptr_t dy,
-                 int64_t ldy, int64_t cout, uintptr_t dw, int threads) {
+                 int64_t ldy, int64_t cout, uintptr_t dw, int threads, bool whole) {
   const auto [N, T, H, W] = ndhw;
   if (N < 1 || T < 1 || H < 1 || W < 1 || cin < 1 || cout < 1 || ldx < cin || ldy < cout)
     throw std::invalid_argument("winograd3d_weight_grad: bad sizes");
   const Geometry g{N, T, H, W, ceil_div(T, 2), ceil_div(H, 2), ceil_div(W, 2), cin, ldx, cout};
   py::gil_scoped_release release;
-  winograd_weight_grad(as_ptr<const float>(x), as_ptr<const float>(dy), ldy, g, as_ptr<float>(dw),
-                       std::max(threads, 1));
+  (whole ? winograd_weight_grad_whole : winograd_weight_grad)(as_ptr<const float>(x), as_ptr<const float>(dy), ldy,
+                                                              g, as_ptr<float>(dw), std::max(threads, 1));
 }
 
 }  // namespace
@@ -496,10 +546,12 @@ void register_winograd3d(py::module_& m) {
         "channel count) per destination, taking the output channels in order. chunk: tiles per work "
         "item (0 = sized for the L2 cache).");
   m.def("winograd3d_weight_grad", &weight_grad, py::arg("x"), py::arg("ldx"), py::arg("ndhw"), py::arg("cin"),
-        py::arg("dy"), py::arg("ldy"), py::arg("cout"), py::arg("dw"), py::arg("threads"),
+        py::arg("dy"), py::arg("ldy"), py::arg("cout"), py::arg("dw"), py::arg("threads"), py::arg("whole") = false,
         "Weight gradient of the 3x3x3 stride-1 pad-1 convolution: float32 NDHWC rows x (cin channels, row "
-        "stride ldx) and output gradient dy (cout channels, row stride ldy) -> contiguous float32 dw "
-        "[cout, cin, 3, 3, 3]. Uses threads * 64 * cin * round_up(cout, 16) floats of scratch.");
+        "stride ldx) and output gradient dy (cout channels, row stride ldy) -> float32 dw stored "
+        "[cin][kT][kH][kW][cout]. Chunks of tiles with per-thread accumulators (threads * 64 * cin * "
+        "round_up(cout, 16) floats of scratch), or whole: every tile transformed at once (64 * tiles * "
+        "(cin + round_up(cout, 16)) floats), one product per (panel, position).");
 }
 
 }  // namespace i3d

@@ -190,28 +190,32 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor],
     return None
 
 
+def _whole_layer(x: torch.Tensor) -> bool:
+    """Whether the Winograd weight gradient transforms every tile at once (few tiles per thread) rather
+    than accumulating per-thread copies of the transformed gradient over chunks of tiles."""
+    return _tiles(x) < 256 * threads()
+
+
 def winograd_weight_grad_rejected(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, stride: Triple,
                                   pads: Pads) -> Optional[str]:
-    """Why the Winograd weight gradient does not take this convolution (None when it does). It
-    accumulates one transformed weight (64 x Cin x Cout floats) per thread and pays for it once: on
-    the development machine (2 threads) it is 2-2.7x oneDNN with 800+ tiles of 2x2x2 outputs per
-    thread (I3D's 56x56 and 28x28 layers) and 0.6x with 100 (the 14x14 and 7x7 layers)."""
+    """Why the Winograd weight gradient does not take this convolution (None when it does). Measured
+    on the development machine (2 threads) against oneDNN: 2.2-2.4x on I3D's 56x56 and 28x28 layers
+    (chunks of tiles, per-thread accumulators), 0.9-1.2x on the 14x14 ones and 4x on the 7x7 ones
+    (every tile at once)."""
     why = unsupported(x, weight, stride, pads, None) or (None if grad.dtype == torch.float32 else "float32 only")
     if why or not extension().conv3d_avx512:
         return why or "needs an AVX-512 build"
-    tiles = _tiles(x)
-    if tiles < 256 * threads():
-        return f"oneDNN is faster with few tiles ({tiles} < 256 per thread)"
-    scratch = threads() * 64 * weight.shape[1] * (-(-weight.shape[0] // 16) * 16) * 4
-    if scratch > 512 << 20:
-        return f"would need {scratch >> 20} MiB of per-thread accumulators"
+    cin, coutp = weight.shape[1], -(-weight.shape[0] // 16) * 16
+    floats = 64 * (_tiles(x) * (cin + coutp) if _whole_layer(x) else threads() * cin * coutp)
+    if floats * 4 > 512 << 20:
+        return f"would need {floats * 4 >> 20} MiB of scratch"
     return None
 
 
 def winograd_weight_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """Weight gradient of a 3x3x3 stride-1 SAME convolution of x Tensor[N, Cin, T, H, W] given its
     output gradient Tensor[N, Cout, T, H, W] (float32, channels-last rows, channel slices read in
-    place) -> Tensor[Cout, Cin, 3, 3, 3]."""
+    place) -> Tensor[Cout, Cin, 3, 3, 3] (stored input-channel-major, output channels contiguous)."""
     ldx, ldg = row_stride(x), row_stride(grad)
     if ldx is None:
         x = x.contiguous(memory_format=CL)
@@ -221,10 +225,10 @@ def winograd_weight_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         ldg = grad.shape[1]
     n, cin, t, h, w = x.shape
     cout = grad.shape[1]
-    dw = torch.empty((cout, cin, 3, 3, 3), dtype=torch.float32)
+    dw = torch.empty((cin, 3, 3, 3, cout), dtype=torch.float32)
     extension().winograd3d_weight_grad(x.data_ptr(), ldx, (n, t, h, w), cin, grad.data_ptr(), ldg, cout,
-                                       dw.data_ptr(), threads())
-    return dw
+                                       dw.data_ptr(), threads(), _whole_layer(x))
+    return dw.permute(4, 0, 1, 2, 3)
 
 
 def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads,

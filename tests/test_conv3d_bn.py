@@ -240,3 +240,26 @@ def test_errors_name_the_problem():
         conv3d_bn_relu(x.double(), weight.double(), gamma, beta, backend="cpu")
     with pytest.raises(TypeError, match="weight dtype"):
         conv3d_bn_relu(x, weight.double(), gamma, beta)
+
+
+@pytest.mark.parametrize("kernel, size", [(3, (8, 16, 16)), (3, (2, 7, 7)), (1, (4, 6, 6))])
+def test_conv3d_op_backward_on_the_cpu_kernels(kernel, size):
+    """ops.conv3d (layers.Conv3d in training) differentiates through the same C++ gradient kernels:
+    x, weight and shift gradients within 2x of PyTorch's fp32 error against float64."""
+    from i3d_fast.ops import conv3d
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 16, *size, generator=g, dtype=torch.float64)
+    w = torch.randn(24, 16, kernel, kernel, kernel, generator=g, dtype=torch.float64) / (16 * kernel ** 3) ** 0.5
+    b = torch.randn(24, generator=g, dtype=torch.float64)
+    gy = torch.randn(2, 24, *size, generator=g, dtype=torch.float64)
+
+    def grads(fn, dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in (x, w, b)]
+        return torch.autograd.grad(fn(*leaves), leaves, gy.to(dtype))
+
+    ref = grads(lambda x, w, b: F.relu(F.conv3d(x, w, b, padding=kernel // 2)), torch.float64)
+    plain = grads(lambda x, w, b: F.relu(F.conv3d(x, w, b, padding=kernel // 2)), torch.float32)
+    ours = grads(lambda x, w, b: conv3d(x.contiguous(memory_format=CL), w, shift=b, relu=True), torch.float32)
+    for name, o, p, r in zip(("x", "weight", "shift"), ours, plain, ref):
+        assert _max_err(o, r) <= 2 * _max_err(p, r) + 1e-6 * r.abs().max().item(), name

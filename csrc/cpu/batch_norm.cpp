@@ -1,14 +1,16 @@
 // Training-mode BatchNorm (+ ReLU) over the output of a convolution, on channels-last float32 or
-// bfloat16 rows (computed in float32, bf16 rounded once on store): z is [rows][C] with row stride ldz (rows = N*T*H*W), so a channel slice of a wider tensor is
-// read in place. Four passes, each one read of its inputs:
+// bfloat16 rows (computed in float32, bf16 rounded once on store): z is [rows][C] with row stride ldz
+// (rows = N*T*H*W), so a channel slice of a wider tensor is read in place. batch_norm_forward makes the
+// first two passes below, batch_norm_backward the last two, each pass one read of its inputs, with the
+// per-channel arithmetic between them in double:
 //
-//   batch_norm_stats      sum(z - k) and sum((z - k)^2) per channel (k: the channel's first value,
+//   stats                 sum(z - k) and sum((z - k)^2) per channel (k: the channel's first value,
 //                         which keeps E[z^2] - E[z]^2 free of cancellation when |mean| >> std)
-//   batch_norm_apply      y = relu?((z - mean) * scale + beta)  (centred first: near y = 0, where
+//   apply                 y = relu?((z - mean) * scale + beta)  (centred first: near y = 0, where
 //                         ReLU decides, the error is that of z - mean, not of a cancelling sum)
-//   batch_norm_grad_stats with g = dy masked by ReLU (y > 0, recomputed from z by the same
+//   grad stats            with g = dy masked by ReLU (y > 0, recomputed from z by the same
 //                         expression): sum(g) and sum(g * (z - mean)) per channel
-//   batch_norm_grad_apply dz = a * g + b * (z - mean) + c  (a, b, c per channel, from the sums above)
+//   grad apply            dz = a * g + b * (z - mean) + c  (a, b, c per channel, from the sums above)
 //
 // Reductions are deterministic: rows are cut into fixed blocks (independent of the thread count),
 // each block is summed in float over short runs and in double across runs, and the blocks' double
@@ -18,6 +20,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -104,17 +107,6 @@ void stats_impl(const T* z, int64_t ldz, const Rows& r, float* pilot, double* su
       sum, sumsq, threads);
 }
 
-void stats(const std::string& dtype, uintptr_t z, int64_t ldz, int64_t rows, int64_t channels, uintptr_t pilot,
-           uintptr_t sum, uintptr_t sumsq, int threads) {
-  const Rows r{rows, channels};
-  check(r, ldz, "batch_norm_stats");
-  py::gil_scoped_release release;
-  dispatch_storage(dtype, "batch_norm_stats", [&](auto t) {
-    using T = decltype(t);
-    stats_impl(as_ptr<const T>(z), ldz, r, as_ptr<float>(pilot), as_ptr<double>(sum), as_ptr<double>(sumsq),
-               std::max(threads, 1));
-  });
-}
 
 // The normalised, affine value of z, computed the same way wherever it is needed (forward and the
 // backward's ReLU mask), so the mask matches the forward exactly.
@@ -145,17 +137,6 @@ void apply_impl(const T* z, int64_t ldz, const Rows& r, const Affine& k, T* y, i
   }
 }
 
-void apply(const std::string& dtype, uintptr_t z, int64_t ldz, int64_t rows, int64_t channels, uintptr_t mean,
-           uintptr_t scale, uintptr_t beta, bool relu, uintptr_t y, int64_t ldy, int threads) {
-  const Rows r{rows, channels};
-  check(r, std::min(ldz, ldy), "batch_norm_apply");
-  const Affine k{as_ptr<const float>(mean), as_ptr<const float>(scale), as_ptr<const float>(beta), relu};
-  py::gil_scoped_release release;
-  dispatch_storage(dtype, "batch_norm_apply", [&](auto t) {
-    using T = decltype(t);
-    apply_impl(as_ptr<const T>(z), ldz, r, k, as_ptr<T>(y), ldy, std::max(threads, 1));
-  });
-}
 
 // ReLU's gradient mask, recomputed from z: y > 0 (NaN: no gradient, as torch's threshold_backward).
 inline float masked(float g, float z, float mean, float scale, float beta, bool relu) {
@@ -186,19 +167,6 @@ void grad_stats_impl(const T* g, int64_t ldg, const T* z, int64_t ldz, const Row
       sum_g, sum_gz, threads);
 }
 
-void grad_stats(const std::string& dtype, uintptr_t g, int64_t ldg, uintptr_t z, int64_t ldz, int64_t rows,
-                int64_t channels, uintptr_t mean, uintptr_t scale, uintptr_t beta, bool relu, uintptr_t sum_g,
-                uintptr_t sum_gz, int threads) {
-  const Rows r{rows, channels};
-  check(r, std::min(ldg, ldz), "batch_norm_grad_stats");
-  const Affine k{as_ptr<const float>(mean), as_ptr<const float>(scale), as_ptr<const float>(beta), relu};
-  py::gil_scoped_release release;
-  dispatch_storage(dtype, "batch_norm_grad_stats", [&](auto t) {
-    using T = decltype(t);
-    grad_stats_impl(as_ptr<const T>(g), ldg, as_ptr<const T>(z), ldz, r, k, as_ptr<double>(sum_g),
-                    as_ptr<double>(sum_gz), std::max(threads, 1));
-  });
-}
 
 template <typename T>
 void grad_apply_impl(const T* g, int64_t ldg, const T* z, int64_t ldz, const Rows& r, const Affine& k,
@@ -222,39 +190,91 @@ void grad_apply_impl(const T* g, int64_t ldg, const T* z, int64_t ldz, const Row
   }
 }
 
-void grad_apply(const std::string& dtype, uintptr_t g, int64_t ldg, uintptr_t z, int64_t ldz, int64_t rows,
-                int64_t channels, uintptr_t mean, uintptr_t scale, uintptr_t beta, bool relu, uintptr_t a,
-                uintptr_t b, uintptr_t c, uintptr_t dz, int64_t lddz, int threads) {
+
+// scale = gamma / sqrt(var + eps) from the float32 variance, in double, rounded once: the forward and
+// the backward compute it alike, so the backward's ReLU mask is the forward's.
+inline float bn_scale(float gamma, float var, double eps) {
+  return static_cast<float>(static_cast<double>(gamma) / std::sqrt(static_cast<double>(var) + eps));
+}
+
+void forward(const std::string& dtype, uintptr_t z, int64_t ldz, int64_t rows, int64_t channels, uintptr_t gamma_ptr,
+             uintptr_t beta_ptr, double eps, bool relu, uintptr_t y, int64_t ldy, uintptr_t mean_ptr,
+             uintptr_t var_ptr, int threads) {
   const Rows r{rows, channels};
-  check(r, std::min({ldg, ldz, lddz}), "batch_norm_grad_apply");
-  const Affine k{as_ptr<const float>(mean), as_ptr<const float>(scale), as_ptr<const float>(beta), relu};
+  check(r, std::min(ldz, ldy), "batch_norm_forward");
+  const float* gamma = as_ptr<const float>(gamma_ptr);
+  float* mean = as_ptr<float>(mean_ptr);
+  float* var = as_ptr<float>(var_ptr);
   py::gil_scoped_release release;
-  dispatch_storage(dtype, "batch_norm_grad_apply", [&](auto t) {
+  threads = std::max(threads, 1);
+  std::vector<float> pilot(channels), scale(channels);
+  std::vector<double> sum(channels), sumsq(channels);
+  dispatch_storage(dtype, "batch_norm_forward", [&](auto t) {
     using T = decltype(t);
-    grad_apply_impl(as_ptr<const T>(g), ldg, as_ptr<const T>(z), ldz, r, k, as_ptr<const float>(a),
-                    as_ptr<const float>(b), as_ptr<const float>(c), as_ptr<T>(dz), lddz, std::max(threads, 1));
+    stats_impl(as_ptr<const T>(z), ldz, r, pilot.data(), sum.data(), sumsq.data(), threads);
+    for (int64_t c = 0; c < channels; ++c) {
+      const double centred = sum[c] / rows;
+      mean[c] = static_cast<float>(pilot[c] + centred);
+      var[c] = static_cast<float>(std::max(sumsq[c] / rows - centred * centred, 0.0));
+      scale[c] = bn_scale(gamma[c], var[c], eps);
+    }
+    const Affine k{mean, scale.data(), as_ptr<const float>(beta_ptr), relu};
+    apply_impl(as_ptr<const T>(z), ldz, r, k, as_ptr<T>(y), ldy, threads);
+  });
+}
+
+void backward(const std::string& dtype, uintptr_t g, int64_t ldg, uintptr_t z, int64_t ldz, int64_t rows,
+              int64_t channels, uintptr_t mean_ptr, uintptr_t var_ptr, uintptr_t gamma_ptr, uintptr_t beta_ptr,
+              double eps, bool relu, uintptr_t dz, int64_t lddz, uintptr_t dgamma_ptr, uintptr_t dbeta_ptr,
+              int threads) {
+  const Rows r{rows, channels};
+  check(r, std::min({ldg, ldz, dz ? lddz : ldz}), "batch_norm_backward");
+  const float* mean = as_ptr<const float>(mean_ptr);
+  const float* var = as_ptr<const float>(var_ptr);
+  const float* gamma = as_ptr<const float>(gamma_ptr);
+  float* dgamma = as_ptr<float>(dgamma_ptr);
+  float* dbeta = as_ptr<float>(dbeta_ptr);
+  py::gil_scoped_release release;
+  threads = std::max(threads, 1);
+  std::vector<float> scale(channels), a(channels), b(channels), c0(channels);
+  std::vector<double> sum_g(channels), sum_gz(channels);
+  for (int64_t c = 0; c < channels; ++c) scale[c] = bn_scale(gamma[c], var[c], eps);
+  const Affine k{mean, scale.data(), as_ptr<const float>(beta_ptr), relu};
+  dispatch_storage(dtype, "batch_norm_backward", [&](auto t) {
+    using T = decltype(t);
+    grad_stats_impl(as_ptr<const T>(g), ldg, as_ptr<const T>(z), ldz, r, k, sum_g.data(), sum_gz.data(), threads);
+    // With xhat = (z - mean) * invstd: dbeta = sum(g), dgamma = sum(g * xhat) and
+    // dz = gamma * invstd * (g - sum(g) / n - xhat * dgamma / n) = a * g + b * (z - mean) + c.
+    for (int64_t c = 0; c < channels; ++c) {
+      const double invstd = 1.0 / std::sqrt(static_cast<double>(var[c]) + eps);
+      const double s = static_cast<double>(gamma[c]) * invstd;
+      dbeta[c] = static_cast<float>(sum_g[c]);
+      dgamma[c] = static_cast<float>(sum_gz[c] * invstd);
+      a[c] = static_cast<float>(s);
+      b[c] = static_cast<float>(-s * invstd * invstd * sum_gz[c] / rows);
+      c0[c] = static_cast<float>(-s * sum_g[c] / rows);
+    }
+    if (dz)
+      grad_apply_impl(as_ptr<const T>(g), ldg, as_ptr<const T>(z), ldz, r, k, a.data(), b.data(), c0.data(),
+                      as_ptr<T>(dz), lddz, threads);
   });
 }
 
 }  // namespace
 
 void register_batch_norm(py::module_& m) {
-  m.def("batch_norm_stats", &stats, py::arg("dtype"), py::arg("z"), py::arg("ldz"), py::arg("rows"), py::arg("channels"),
-        py::arg("pilot"), py::arg("sum"), py::arg("sumsq"), py::arg("threads"),
-        "Per-channel sums of (z - pilot) and (z - pilot)^2 over float32 / bfloat16 rows z (row stride ldz) into "
-        "float64 sum / sumsq; pilot (float32, written) = the first row. Deterministic.");
-  m.def("batch_norm_apply", &apply, py::arg("dtype"), py::arg("z"), py::arg("ldz"), py::arg("rows"), py::arg("channels"),
-        py::arg("mean"), py::arg("scale"), py::arg("beta"), py::arg("relu"), py::arg("y"), py::arg("ldy"),
-        py::arg("threads"), "y = relu?((z - mean) * scale + beta) per channel (row strides ldz, ldy).");
-  m.def("batch_norm_grad_stats", &grad_stats, py::arg("dtype"), py::arg("grad"), py::arg("ldg"), py::arg("z"), py::arg("ldz"),
-        py::arg("rows"), py::arg("channels"), py::arg("mean"), py::arg("scale"), py::arg("beta"), py::arg("relu"),
-        py::arg("sum_g"), py::arg("sum_gz"), py::arg("threads"),
-        "With g = grad masked where relu?((z - mean) * scale + beta) <= 0: float64 per-channel sum(g) and "
-        "sum(g * (z - mean)). Deterministic.");
-  m.def("batch_norm_grad_apply", &grad_apply, py::arg("dtype"), py::arg("grad"), py::arg("ldg"), py::arg("z"), py::arg("ldz"),
-        py::arg("rows"), py::arg("channels"), py::arg("mean"), py::arg("scale"), py::arg("beta"), py::arg("relu"),
-        py::arg("a"), py::arg("b"), py::arg("c"), py::arg("dz"), py::arg("lddz"), py::arg("threads"),
-        "dz = a * g + b * (z - mean) + c per channel, g the ReLU-masked grad (as batch_norm_grad_stats).");
+  m.def("batch_norm_forward", &forward, py::arg("dtype"), py::arg("z"), py::arg("ldz"), py::arg("rows"),
+        py::arg("channels"), py::arg("gamma"), py::arg("beta"), py::arg("eps"), py::arg("relu"), py::arg("y"),
+        py::arg("ldy"), py::arg("mean"), py::arg("var"), py::arg("threads"),
+        "Training-mode BatchNorm (+ ReLU) of float32 / bfloat16 rows z (row stride ldz): batch mean and "
+        "biased variance per channel into float32 mean / var (deterministic), then y = relu?((z - mean) * "
+        "gamma / sqrt(var + eps) + beta) (row stride ldy). gamma, beta: float32.");
+  m.def("batch_norm_backward", &backward, py::arg("dtype"), py::arg("grad"), py::arg("ldg"), py::arg("z"),
+        py::arg("ldz"), py::arg("rows"), py::arg("channels"), py::arg("mean"), py::arg("var"), py::arg("gamma"),
+        py::arg("beta"), py::arg("eps"), py::arg("relu"), py::arg("dz"), py::arg("lddz"), py::arg("dgamma"),
+        py::arg("dbeta"), py::arg("threads"),
+        "Backward of batch_norm_forward with the saved z, mean and var: float32 dgamma, dbeta and, unless dz "
+        "is 0, the input gradient dz (row stride lddz). The ReLU mask is recomputed from z.");
 }
 
 }  // namespace i3d

@@ -5,21 +5,13 @@ import torch
 import i3d_fast
 from i3d_fast import InceptionI3d, TwoStreamI3D
 
-
-def _randomise_batchnorm(model):
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm3d):
-            m.running_mean.uniform_(-0.2, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
-    return model.eval()
+from _models import randomise_batchnorm
 
 
 @pytest.fixture(scope="module")
 def small():
     torch.manual_seed(1)
-    return _randomise_batchnorm(InceptionI3d(num_classes=10, adaptive_head=True))
+    return randomise_batchnorm(InceptionI3d(num_classes=10, adaptive_head=True)).eval()
 
 
 def _rel(a, b):
@@ -54,8 +46,8 @@ def test_fused_has_no_batchnorm_and_keeps_channels_last(small):
 
 def test_fused_two_stream():
     torch.manual_seed(2)
-    rgb = _randomise_batchnorm(InceptionI3d(num_classes=4, adaptive_head=True))
-    flow = _randomise_batchnorm(InceptionI3d(num_classes=4, in_channels=2, adaptive_head=True))
+    rgb = randomise_batchnorm(InceptionI3d(num_classes=4, adaptive_head=True)).eval()
+    flow = randomise_batchnorm(InceptionI3d(num_classes=4, in_channels=2, adaptive_head=True)).eval()
     model = TwoStreamI3D(rgb, flow, fusion="mean")
     a, b = torch.rand(1, 3, 9, 32, 32), torch.rand(1, 2, 8, 32, 32)
     with torch.no_grad():
@@ -81,7 +73,7 @@ def test_fold_unit_keeps_a_conv_bias_under_batchnorm():
     from i3d_fast.layers import Unit3D
     from i3d_fast.models.fused import fold_unit
 
-    unit = _randomise_batchnorm(Unit3D(3, 4, 3, bias=True))
+    unit = randomise_batchnorm(Unit3D(3, 4, 3, bias=True)).eval()
     unit.conv3d.bias.data.uniform_(-1, 1)
     weight, shift = fold_unit(unit, torch.float64)
     x = torch.randn(1, 3, 4, 5, 6, dtype=torch.float64)

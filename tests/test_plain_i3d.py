@@ -9,24 +9,16 @@ from i3d_fast.bench.plain_i3d import PlainInceptionI3d, PlainMaxPool3d
 from i3d_fast.models.i3d import ARCHITECTURE
 from i3d_fast.ops.padding import same_padding
 
+from _models import randomise_batchnorm
+
 CL = torch.channels_last_3d
-
-
-def _randomize_batchnorm(model: torch.nn.Module) -> None:
-    """Non-trivial eval BatchNorm (fresh ones are the identity)."""
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm3d):
-            m.running_mean.uniform_(-0.1, 0.1)
-            m.running_var.uniform_(0.5, 1.5)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.1, 0.1)
 
 
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)
     ours = InceptionI3d(num_classes=7, adaptive_head=True)
-    _randomize_batchnorm(ours)
+    randomise_batchnorm(ours, spread=0.1)
     plain = PlainInceptionI3d(num_classes=7, adaptive_head=True)
     plain.load_state_dict(ours.state_dict(), strict=True)
     return ours.eval(), plain.eval()

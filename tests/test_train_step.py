@@ -10,17 +10,9 @@ import torch.nn.functional as F
 from i3d_fast import InceptionI3d
 from i3d_fast.bench.plain_i3d import PlainInceptionI3d
 
+from _models import randomise_batchnorm
+
 CL = torch.channels_last_3d
-
-
-def _randomise_batchnorm(model):
-    g = torch.Generator().manual_seed(5)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm3d):
-            m.weight.data = torch.rand(m.weight.shape, generator=g) + 0.5
-            m.bias.data = torch.randn(m.bias.shape, generator=g) * 0.2
-            m.running_mean.data = torch.randn(m.running_mean.shape, generator=g) * 0.1
-            m.running_var.data = torch.rand(m.running_var.shape, generator=g) + 0.5
 
 
 def _step(model, x, labels):
@@ -35,7 +27,7 @@ def steps():
     """(loss, model) after one step of: ours fp32, plain fp32, plain float64 (the oracle)."""
     torch.manual_seed(0)
     ours = InceptionI3d(num_classes=10, adaptive_head=True)
-    _randomise_batchnorm(ours)
+    randomise_batchnorm(ours)
     plain, oracle = PlainInceptionI3d(num_classes=10, adaptive_head=True), PlainInceptionI3d(num_classes=10,
                                                                                            adaptive_head=True)
     plain.load_state_dict(ours.state_dict())

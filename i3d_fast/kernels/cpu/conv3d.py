@@ -5,6 +5,9 @@
   outputs and input channel instead of 216.
 - 1x1x1 stride-1 unpadded convolutions: one GEMM (csrc/cpu/pointwise_conv3d.cpp), optionally of a
   stride-1 SAME max pool of the input computed on load (Inception branch 3).
+- Gradients of the 3x3x3 ones (:func:`conv3d_backward`): the data gradient on the same Winograd
+  kernel (flipped, transposed weights) and the weight gradient on a Winograd weight-gradient kernel
+  (:func:`winograd_weight_grad`); oneDNN for the rest.
 
 The input may be a channel slice of a wider channels_last_3d tensor (e.g. ``mid[:, :b1a]`` in an
 Inception block) and the output channels go straight into the destination channel slices: no copies.

@@ -112,19 +112,12 @@ void stats_impl(const T* z, int64_t ldz, const Rows& r, float* pilot, double* su
 // backward's ReLU mask), so the mask matches the forward exactly.
 inline float affine(float z, float mean, float scale, float beta) { return __builtin_fmaf(z - mean, scale, beta); }
 
-// Per-channel parameters: y = relu?((z - mean) * scale + beta).
-struct Affine {
-  const float *mean, *scale, *beta;
-  bool relu;
-};
-
+// The per-channel parameters of y = relu?((z - mean) * scale + beta) are restrict pointer arguments of
+// the passes below, so their loops vectorise (read through a struct they did not).
 template <typename T>
-void apply_impl(const T* z, int64_t ldz, const Rows& r, const Affine& k, T* y, int64_t ldy, int threads) {
+void apply_impl(const T* z, int64_t ldz, const Rows& r, const float* __restrict mean, const float* __restrict scale,
+                const float* __restrict beta, bool relu, T* y, int64_t ldy, int threads) {
   const int64_t channels = r.channels;
-  const float* __restrict mean = k.mean;
-  const float* __restrict scale = k.scale;
-  const float* __restrict beta = k.beta;
-  const bool relu = k.relu;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t row = 0; row < r.rows; ++row) {
     const T* __restrict zr = z + row * ldz;
@@ -144,13 +137,10 @@ inline float masked(float g, float z, float mean, float scale, float beta, bool 
 }
 
 template <typename T>
-void grad_stats_impl(const T* g, int64_t ldg, const T* z, int64_t ldz, const Rows& r, const Affine& k,
-                     double* sum_g, double* sum_gz, int threads) {
+void grad_stats_impl(const T* g, int64_t ldg, const T* z, int64_t ldz, const Rows& r, const float* __restrict mean,
+                     const float* __restrict scale, const float* __restrict beta, bool relu, double* sum_g,
+                     double* sum_gz, int threads) {
   const int64_t channels = r.channels;
-  const float* __restrict mean = k.mean;
-  const float* __restrict scale = k.scale;
-  const float* __restrict beta = k.beta;
-  const bool relu = k.relu;
   reduce_rows(
       r,
       [&](int64_t row, float* __restrict p, float* __restrict q) {
@@ -169,13 +159,11 @@ void grad_stats_impl(const T* g, int64_t ldg, const T* z, int64_t ldz, const Row
 
 
 template <typename T>
-void grad_apply_impl(const T* g, int64_t ldg, const T* z, int64_t ldz, const Rows& r, const Affine& k,
-                     const float* a, const float* b, const float* c0, T* dz, int64_t lddz, int threads) {
+void grad_apply_impl(const T* g, int64_t ldg, const T* z, int64_t ldz, const Rows& r, const float* __restrict mean,
+                     const float* __restrict scale, const float* __restrict beta, bool relu,
+                     const float* __restrict a, const float* __restrict b, const float* __restrict c0, T* dz,
+                     int64_t lddz, int threads) {
   const int64_t channels = r.channels;
-  const float* __restrict mean = k.mean;
-  const float* __restrict scale = k.scale;
-  const float* __restrict beta = k.beta;
-  const bool relu = k.relu;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t row = 0; row < r.rows; ++row) {
     const T* __restrict gr = g + row * ldg;
@@ -218,8 +206,8 @@ void forward(const std::string& dtype, uintptr_t z, int64_t ldz, int64_t rows, i
       var[c] = static_cast<float>(std::max(sumsq[c] / rows - centred * centred, 0.0));
       scale[c] = bn_scale(gamma[c], var[c], eps);
     }
-    const Affine k{mean, scale.data(), as_ptr<const float>(beta_ptr), relu};
-    apply_impl(as_ptr<const T>(z), ldz, r, k, as_ptr<T>(y), ldy, threads);
+    apply_impl(as_ptr<const T>(z), ldz, r, mean, scale.data(), as_ptr<const float>(beta_ptr), relu, as_ptr<T>(y),
+               ldy, threads);
   });
 }
 
@@ -239,10 +227,11 @@ void backward(const std::string& dtype, uintptr_t g, int64_t ldg, uintptr_t z, i
   std::vector<float> scale(channels), a(channels), b(channels), c0(channels);
   std::vector<double> sum_g(channels), sum_gz(channels);
   for (int64_t c = 0; c < channels; ++c) scale[c] = bn_scale(gamma[c], var[c], eps);
-  const Affine k{mean, scale.data(), as_ptr<const float>(beta_ptr), relu};
+  const float* beta = as_ptr<const float>(beta_ptr);
   dispatch_storage(dtype, "batch_norm_backward", [&](auto t) {
     using T = decltype(t);
-    grad_stats_impl(as_ptr<const T>(g), ldg, as_ptr<const T>(z), ldz, r, k, sum_g.data(), sum_gz.data(), threads);
+    grad_stats_impl(as_ptr<const T>(g), ldg, as_ptr<const T>(z), ldz, r, mean, scale.data(), beta, relu, sum_g.data(),
+                    sum_gz.data(), threads);
     // With xhat = (z - mean) * invstd: dbeta = sum(g), dgamma = sum(g * xhat) and
     // dz = gamma * invstd * (g - sum(g) / n - xhat * dgamma / n) = a * g + b * (z - mean) + c.
     for (int64_t c = 0; c < channels; ++c) {
@@ -255,8 +244,8 @@ void backward(const std::string& dtype, uintptr_t g, int64_t ldg, uintptr_t z, i
       c0[c] = static_cast<float>(-s * sum_g[c] / rows);
     }
     if (dz)
-      grad_apply_impl(as_ptr<const T>(g), ldg, as_ptr<const T>(z), ldz, r, k, a.data(), b.data(), c0.data(),
-                      as_ptr<T>(dz), lddz, threads);
+      grad_apply_impl(as_ptr<const T>(g), ldg, as_ptr<const T>(z), ldz, r, mean, scale.data(), beta, relu, a.data(),
+                      b.data(), c0.data(), as_ptr<T>(dz), lddz, threads);
   });
 }
 

@@ -62,42 +62,25 @@ struct PanelLayout {
   int64_t size() const { return positions * cin * coutp; }
 };
 
-// Micro-kernel: c[R][16 CV] = a[R][k] . b[k][16 CV] (b packed with rows of 16 CV floats). The
-// R x CV accumulators live in registers for the whole k loop; each step loads CV vectors of b and
-// broadcasts R scalars of a. k >= 1 (a do-while: a loop that may run zero times makes GCC keep the
-// accumulators in memory).
-template <int R, int CV>
+// What a micro-kernel computes: kAB c[R][16 CV] = a[R][k] . b[k][16 CV] (a stored [R][lda]); kAtBAcc
+// c[R][16 CV] += a^T . b with a stored [k][lda] (each step broadcasts R consecutive floats), for
+// reductions over the rows of two matrices, e.g. a Winograd weight gradient U += V^T . M.
+enum class Gemm { kAB, kAtBAcc };
+
+// Micro-kernel: the R x CV accumulators live in registers for the whole k loop; each step loads CV
+// vectors of b (packed with rows of 16 CV floats) and broadcasts R scalars of a. k >= 1 (a do-while:
+// a loop that may run zero times makes GCC keep the accumulators in memory).
+template <Gemm M, int R, int CV>
 void micro_kernel(const float* a, int64_t lda, const float* b, int64_t k, float* c, int64_t ldc) {
   v16 acc[R][CV];
   for (int r = 0; r < R; ++r)
-    for (int j = 0; j < CV; ++j) acc[r][j] = v16{};
+    for (int j = 0; j < CV; ++j) acc[r][j] = M == Gemm::kAB ? v16{} : load<v16>(c + r * ldc + j * 16);
   int64_t kk = 0;
   do {
     v16 bv[CV];
     for (int j = 0; j < CV; ++j) bv[j] = load<v16>(b + (kk * CV + j) * 16);
     for (int r = 0; r < R; ++r) {
-      const float s = a[r * lda + kk];
-      for (int j = 0; j < CV; ++j) acc[r][j] += s * bv[j];
-    }
-  } while (++kk < k);
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < CV; ++j) store(c + r * ldc + j * 16, acc[r][j]);
-}
-
-// Accumulating micro-kernel with a read transposed: c[R][16 CV] += sum_k a[k][r] . b[k][16 CV]
-// (a stored [k][lda], so each step broadcasts R consecutive floats). For reductions over the
-// rows of two matrices, e.g. a Winograd weight gradient U += V^T . M.
-template <int R, int CV>
-void micro_kernel_at_acc(const float* a, int64_t lda, const float* b, int64_t k, float* c, int64_t ldc) {
-  v16 acc[R][CV];
-  for (int r = 0; r < R; ++r)
-    for (int j = 0; j < CV; ++j) acc[r][j] = load<v16>(c + r * ldc + j * 16);
-  int64_t kk = 0;
-  do {
-    v16 bv[CV];
-    for (int j = 0; j < CV; ++j) bv[j] = load<v16>(b + (kk * CV + j) * 16);
-    for (int r = 0; r < R; ++r) {
-      const float s = a[kk * lda + r];
+      const float s = M == Gemm::kAB ? a[r * lda + kk] : a[kk * lda + r];
       for (int j = 0; j < CV; ++j) acc[r][j] += s * bv[j];
     }
   } while (++kk < k);
@@ -111,58 +94,45 @@ constexpr int kRows = CV == 4 ? 6 : CV == 3 ? 8 : 12;
 
 using MicroKernel = void (*)(const float*, int64_t, const float*, int64_t, float*, int64_t);
 
-template <int CV, int... R>
+template <Gemm M, int CV, int... R>
 constexpr std::array<MicroKernel, sizeof...(R)> kernel_table(std::integer_sequence<int, R...>) {
-  return {&micro_kernel<R + 1, CV>...};
+  return {&micro_kernel<M, R + 1, CV>...};
 }
 
-// c[rows][16 CV] = a[rows][k] . b[k][16 CV], in blocks of kRows<CV> rows; ldc = 16 CV.
-template <int CV>
+// c[rows][16 CV] (=, or += for kAtBAcc) a . b, in blocks of kRows<CV> rows; ldc = 16 CV.
+template <Gemm M, int CV>
 void panel_gemm_cv(const float* a, int64_t lda, int64_t rows, const float* b, int64_t k, float* c) {
   constexpr int R = kRows<CV>;
-  static constexpr auto table = kernel_table<CV>(std::make_integer_sequence<int, R>{});
+  static constexpr auto table = kernel_table<M, CV>(std::make_integer_sequence<int, R>{});
   constexpr int64_t ldc = 16 * CV;
+  const int64_t row_step = M == Gemm::kAB ? lda : 1;  // where row r0 of a starts
   int64_t r0 = 0;
-  for (; r0 + R <= rows; r0 += R) micro_kernel<R, CV>(a + r0 * lda, lda, b, k, c + r0 * ldc, ldc);
-  if (r0 < rows) table[rows - r0 - 1](a + r0 * lda, lda, b, k, c + r0 * ldc, ldc);
+  for (; r0 + R <= rows; r0 += R) micro_kernel<M, R, CV>(a + r0 * row_step, lda, b, k, c + r0 * ldc, ldc);
+  if (r0 < rows) table[rows - r0 - 1](a + r0 * row_step, lda, b, k, c + r0 * ldc, ldc);
 }
 
-template <int CV, int... R>
-constexpr std::array<MicroKernel, sizeof...(R)> kernel_table_at_acc(std::integer_sequence<int, R...>) {
-  return {&micro_kernel_at_acc<R + 1, CV>...};
-}
-
-// c[rows][16 CV] += a^T . b with a stored [k][lda] (rows = its first `rows` columns), b [k][16 CV].
-template <int CV>
-void panel_gemm_at_acc_cv(const float* a, int64_t lda, int64_t rows, const float* b, int64_t k, float* c) {
-  constexpr int R = kRows<CV>;
-  static constexpr auto table = kernel_table_at_acc<CV>(std::make_integer_sequence<int, R>{});
-  constexpr int64_t ldc = 16 * CV;
-  int64_t r0 = 0;
-  for (; r0 + R <= rows; r0 += R) micro_kernel_at_acc<R, CV>(a + r0, lda, b, k, c + r0 * ldc, ldc);
-  if (r0 < rows) table[rows - r0 - 1](a + r0, lda, b, k, c + r0 * ldc, ldc);
-}
-
-// c[rows][width] += a^T . b for one panel: a [k][lda], b [k][width] (width = 16, 32, 48 or 64).
-inline void panel_gemm_at_acc(const float* a, int64_t lda, int64_t rows, const float* b, int64_t k, int64_t width,
-                              float* c) {
+// One panel (width = 16, 32, 48 or 64) of c[rows][width].
+template <Gemm M>
+inline void panel_gemm_mode(const float* a, int64_t lda, int64_t rows, const float* b, int64_t k, int64_t width,
+                            float* c) {
   switch (width / 16) {
-    case 4: panel_gemm_at_acc_cv<4>(a, lda, rows, b, k, c); break;
-    case 3: panel_gemm_at_acc_cv<3>(a, lda, rows, b, k, c); break;
-    case 2: panel_gemm_at_acc_cv<2>(a, lda, rows, b, k, c); break;
-    default: panel_gemm_at_acc_cv<1>(a, lda, rows, b, k, c); break;
+    case 4: panel_gemm_cv<M, 4>(a, lda, rows, b, k, c); break;
+    case 3: panel_gemm_cv<M, 3>(a, lda, rows, b, k, c); break;
+    case 2: panel_gemm_cv<M, 2>(a, lda, rows, b, k, c); break;
+    default: panel_gemm_cv<M, 1>(a, lda, rows, b, k, c); break;
   }
 }
 
-// c[rows][width] = a[rows][k] . b[k][width] for one panel (width = 16, 32, 48 or 64).
+// c[rows][width] = a[rows][k] . b[k][width] for one panel.
 inline void panel_gemm(const float* a, int64_t lda, int64_t rows, const float* b, int64_t k, int64_t width,
                        float* c) {
-  switch (width / 16) {
-    case 4: panel_gemm_cv<4>(a, lda, rows, b, k, c); break;
-    case 3: panel_gemm_cv<3>(a, lda, rows, b, k, c); break;
-    case 2: panel_gemm_cv<2>(a, lda, rows, b, k, c); break;
-    default: panel_gemm_cv<1>(a, lda, rows, b, k, c); break;
-  }
+  panel_gemm_mode<Gemm::kAB>(a, lda, rows, b, k, width, c);
+}
+
+// c[rows][width] += a^T . b for one panel: a [k][lda] (its first `rows` columns), b [k][width].
+inline void panel_gemm_at_acc(const float* a, int64_t lda, int64_t rows, const float* b, int64_t k, int64_t width,
+                              float* c) {
+  panel_gemm_mode<Gemm::kAtBAcc>(a, lda, rows, b, k, width, c);
 }
 
 // One destination of output channels: output channels [start, start + count) are written at

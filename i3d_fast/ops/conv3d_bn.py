@@ -8,10 +8,10 @@ activation from the saved conv output instead of storing them. The running stati
 as ``nn.BatchNorm3d`` does (unbiased variance, ``momentum``). Eval mode folds BatchNorm into the
 convolution (cached per weight version when no gradient is needed) and runs :func:`.conv3d`.
 
-Backends: ``cpu`` (C++: float32 Winograd / GEMM convolutions and Winograd gradients, oneDNN
-for the rest and for bf16; the statistics and BatchNorm passes in float32 / bf16), ``aten`` (any float dtype; what CUDA runs until a Triton
-training backend lands) and ``reference`` (plain PyTorch, float64-capable; its backward is
-autograd through the plain ops: the oracle).
+Backends: ``cpu`` (C++: float32 Winograd / GEMM convolutions and Winograd gradients, oneDNN for
+the rest and for bf16; the statistics and BatchNorm passes in float32 / bf16), ``aten`` (any float
+dtype; what CUDA runs until a Triton training backend lands) and ``reference`` (plain PyTorch,
+float64-capable; its backward is autograd through the plain ops: the oracle).
 """
 from __future__ import annotations
 
@@ -50,10 +50,6 @@ def _impl(backend: str, x: torch.Tensor):
     return dispatch.select("i3d_fast.conv3d_bn_relu", backend, BACKENDS, x).impl()
 
 
-def _stat_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 # -- training mode: the op and its backward -----------------------------------------------------------
 def _train(x, weight, bias, bn_weight, bn_bias, eps: float, stride: List[int], pads: List[int], relu: bool,
            backend: str):
@@ -65,8 +61,8 @@ def _train_fake(x, weight, bias, bn_weight, bn_bias, eps, stride, pads, relu, ba
     shape = _out_shape(x, weight, stride, nested_pads(pads))
     y = x.new_empty(shape).contiguous(memory_format=CL)
     z = x.new_empty(shape).contiguous(memory_format=CL)
-    c = weight.shape[0]
-    return y, z, x.new_empty(c, dtype=_stat_dtype(x)), x.new_empty(c, dtype=_stat_dtype(x))
+    c, stat = weight.shape[0], aten_conv3d_bn.stat_dtype(x.dtype)
+    return y, z, x.new_empty(c, dtype=stat), x.new_empty(c, dtype=stat)
 
 
 def _train_setup_context(ctx, inputs, output):
@@ -191,7 +187,7 @@ def conv3d_bn_relu(x: torch.Tensor, weight: torch.Tensor, bn_weight: Optional[to
                 raise TypeError(f"{op}: {name} must be floating point, got {t.dtype}")
     if (running_mean is None) != (running_var is None):
         raise ValueError(f"{op}: give both running_mean and running_var, or neither")
-    stat = _stat_dtype(x)
+    stat = aten_conv3d_bn.stat_dtype(x.dtype)
     if bn_weight is None:
         bn_weight = torch.ones(cout, dtype=stat, device=x.device)
     if bn_bias is None:

@@ -15,7 +15,8 @@ DIMS = (0, 2, 3, 4)
 VIEW = (1, -1, 1, 1, 1)
 
 
-def _stat_dtype(dtype: torch.dtype) -> torch.dtype:
+def stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of BatchNorm statistics for activations of ``dtype``: float64 for float64, else float32."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -33,7 +34,7 @@ def _normalised(zf, mean, scale, bn_bias, stat) -> torch.Tensor:
 def forward_train(x, weight, bn_weight, bn_bias, eps: float, stride: Triple, pads: Pads, relu: bool):
     """(y, z, mean, var): see :func:`i3d_fast.kernels.reference.conv3d_bn.forward_train`."""
     z = aten_conv3d.conv3d(x, weight, None, None, stride, pads, False)
-    stat = _stat_dtype(z.dtype)
+    stat = stat_dtype(z.dtype)
     zf = z.to(stat)
     var, mean = torch.var_mean(zf, dim=DIMS, correction=0)
     scale, _ = scale_invstd(bn_weight, var, eps)
@@ -45,7 +46,7 @@ def forward_train(x, weight, bn_weight, bn_bias, eps: float, stride: Triple, pad
 
 def bn_relu_backward(grad, z, bn_weight, bn_bias, mean, var, eps: float, relu: bool):
     """(grad_z, grad_bn_weight, grad_bn_bias) of y = relu?(batch_norm(z)) with batch statistics."""
-    stat = _stat_dtype(z.dtype)
+    stat = stat_dtype(z.dtype)
     zf, g = z.to(stat), grad.to(stat)
     scale, invstd = scale_invstd(bn_weight, var, eps)
     if relu:

@@ -24,6 +24,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import torch
 
 from ...ops.padding import Pads, Triple
+from ..aten import conv3d as aten_conv3d
 from ..weight_cache import WeightCache
 from . import extension, threads
 
@@ -152,6 +153,16 @@ def row_stride(t: torch.Tensor) -> Optional[int]:
     return ld if ld >= c else None
 
 
+def as_rows(t: torch.Tensor) -> Tuple[torch.Tensor, int]:
+    """(t, row stride): ``t`` itself when it is stored in channels-last rows (see :func:`row_stride`),
+    else a channels_last_3d copy."""
+    ld = row_stride(t)
+    if ld is None:
+        t = t.contiguous(memory_format=CL)
+        ld = t.shape[1]
+    return t, ld
+
+
 def conv3d_packed(x: torch.Tensor, weight: PackedWeight, shift: Optional[torch.Tensor], relu: bool,
                   destinations: Sequence[Tuple[torch.Tensor, int, int]], pool: Optional[Triple] = None) -> None:
     """Writes relu?(conv3d(x, w) + shift) into ``destinations`` = [(out, channel offset, count), ...]
@@ -159,10 +170,7 @@ def conv3d_packed(x: torch.Tensor, weight: PackedWeight, shift: Optional[torch.T
     = (kT, kH, kW) convolves a stride-1 SAME max pool of x instead. x: float32 Tensor[N, Cin, T, H, W]
     in channels-last rows (a channel slice of a wider tensor is read in place; other layouts are
     copied first)."""
-    ld = row_stride(x)
-    if ld is None:
-        x = x.contiguous(memory_format=CL)
-        ld = x.shape[1]
+    x, ld = as_rows(x)
     n, cin, t, h, w = x.shape
     dests = [(out.data_ptr() + offset * out.element_size(), out.shape[1], count)
              for out, offset, count in destinations]
@@ -219,13 +227,7 @@ def winograd_weight_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     """Weight gradient of a 3x3x3 stride-1 SAME convolution of x Tensor[N, Cin, T, H, W] given its
     output gradient Tensor[N, Cout, T, H, W] (float32, channels-last rows, channel slices read in
     place) -> Tensor[Cout, Cin, 3, 3, 3] (stored input-channel-major, output channels contiguous)."""
-    ldx, ldg = row_stride(x), row_stride(grad)
-    if ldx is None:
-        x = x.contiguous(memory_format=CL)
-        ldx = x.shape[1]
-    if ldg is None:
-        grad = grad.contiguous(memory_format=CL)
-        ldg = grad.shape[1]
+    (x, ldx), (grad, ldg) = as_rows(x), as_rows(grad)
     n, cin, t, h, w = x.shape
     cout = grad.shape[1]
     dw = torch.empty((cin, 3, 3, 3, cout), dtype=torch.float32)
@@ -241,8 +243,6 @@ def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, s
     Winograd kernel where ``backend="auto"`` would pick it for that shape, and the weight gradient
     runs on the Winograd weight-gradient kernel where :func:`winograd_weight_grad_rejected` allows;
     everything else is :func:`i3d_fast.kernels.aten.conv3d.conv3d_backward`."""
-    from ..aten.conv3d import conv3d_backward as aten_backward
-
     grad_x = grad_w = None
     if tuple(weight.shape[2:]) == (3, 3, 3):
         if need_input:
@@ -256,7 +256,7 @@ def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, s
             grad_w = winograd_weight_grad(x, grad).to(weight.dtype)
             need_weight = False
     if need_input or need_weight:
-        aten_x, aten_w = aten_backward(grad, x, weight, stride, pads, need_input, need_weight)
+        aten_x, aten_w = aten_conv3d.conv3d_backward(grad, x, weight, stride, pads, need_input, need_weight)
         grad_x = aten_x if need_input else grad_x
         grad_w = aten_w if need_weight else grad_w
     return grad_x, grad_w

@@ -23,15 +23,6 @@ from . import dtype_name, extension, threads
 CL = torch.channels_last_3d
 
 
-def _rows(t: torch.Tensor) -> Tuple[torch.Tensor, int]:
-    """(t, row stride) with t in channels-last rows (a channel slice is kept in place)."""
-    ld = cpu_conv3d.row_stride(t)
-    if ld is None:
-        t = t.contiguous(memory_format=CL)
-        ld = t.shape[1]
-    return t, ld
-
-
 def _conv(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads) -> torch.Tensor:
     if cpu_conv3d.unsupported(x, weight, stride, pads, None) is None and \
             cpu_conv3d.slower_than_onednn(x, weight, transformed_per_call=True) is None:
@@ -59,8 +50,8 @@ def forward_train(x, weight, bn_weight, bn_bias, eps: float, stride: Triple, pad
 def backward_train(grad, x, weight, z, bn_weight, bn_bias, mean, var, eps: float, stride: Triple, pads: Pads,
                    relu: bool, mask: List[bool]) -> Tuple[Optional[torch.Tensor], ...]:
     """(grad_x, grad_weight, grad_bn_weight, grad_bn_bias), None where ``mask`` says not needed."""
-    grad, ldg = _rows(grad.to(z.dtype))
-    z, ldz = _rows(z)
+    grad, ldg = cpu_conv3d.as_rows(grad.to(z.dtype))
+    z, ldz = cpu_conv3d.as_rows(z)
     c = z.shape[1]
     need_conv = mask[0] or mask[1]
     grad_z = torch.empty(z.shape, dtype=z.dtype, memory_format=CL) if need_conv else None

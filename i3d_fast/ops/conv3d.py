@@ -89,7 +89,7 @@ def _setup_context(ctx, inputs, output):
     ctx.stride, ctx.pads, ctx.relu, ctx.backend = stride, pads, relu, backend
 
 
-def backward_impl(backend: str, x: torch.Tensor):
+def _backward_impl(backend: str, x: torch.Tensor):
     """The kernel module whose ``conv3d_backward`` serves a convolution run with ``backend``: the C++
     kernels for float32 CPU tensors (what "auto" and "cpu" run), the plain-PyTorch oracle for
     "reference", ATen (oneDNN / cuDNN) otherwise."""
@@ -113,7 +113,7 @@ def _backward(ctx, grad):
     grad_conv = grad if scale is None else grad * scale.to(grad.dtype).view(1, -1, 1, 1, 1)
     grad_x, grad_w = None, None
     if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-        grad_x, grad_w = backward_impl(ctx.backend, x).conv3d_backward(
+        grad_x, grad_w = _backward_impl(ctx.backend, x).conv3d_backward(
             grad_conv, x, weight, tuple(ctx.stride), pads, ctx.needs_input_grad[0], ctx.needs_input_grad[1])
     return grad_x, grad_w, grad_scale, grad_shift, None, None, None, None, None
 

@@ -35,6 +35,7 @@ class _Profiled:
             with torch.profiler.record_function(f"i3d_fast._C.{name}"):
                 return attr(*args, **kwargs)
 
+        setattr(self, name, call)  # wrapped once: later lookups find it without __getattr__
         return call
 
 

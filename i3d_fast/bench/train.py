@@ -3,7 +3,8 @@
 
 One step is ``zero_grad(set_to_none=True)``, forward, cross-entropy on 400 classes and backward (no
 optimizer step). Both models are in train mode and channels_last_3d, as are their inputs, and are
-timed interleaved in one process (same threads). Cases: CPU fp32; CPU bf16 autocast, measured only
+timed interleaved in one process (same threads); the full-size fp32 case also times the plain model
+under ``torch.compile``. Cases: CPU fp32; CPU bf16 autocast, measured only
 where the CPU computes bf16 natively (avx512_bf16 or amx_bf16); CUDA bf16 autocast with
 ``cudnn.benchmark``, "not measured" without a GPU. Each row gives clips/s and "peak MiB", the
 growth of peak memory over one step in a fresh process (CPU: resident set; CUDA: the caching
@@ -34,6 +35,7 @@ CL = torch.channels_last_3d
 NUM_CLASSES = 400
 BASELINE = "PlainInceptionI3d (plain PyTorch)"
 OURS = "i3d_fast InceptionI3d"
+COMPILED = "PlainInceptionI3d + torch.compile (inductor)"
 PROVIDERS = (BASELINE, OURS)
 PROFILE_TOP = 8
 
@@ -80,11 +82,13 @@ def workload(provider: str, case: Case) -> Callable[[], torch.Tensor]:
     x = torch.rand(case.batch, 3, case.frames, case.size, case.size) * 2 - 1
     labels = torch.randint(NUM_CLASSES, (case.batch,))
     model = InceptionI3d(NUM_CLASSES, adaptive_head=case.adaptive_head)
-    if provider == BASELINE:
+    if provider in (BASELINE, COMPILED):
         plain = PlainInceptionI3d(NUM_CLASSES, adaptive_head=case.adaptive_head)
         plain.load_state_dict(model.state_dict())
         model = plain
     model = model.to(case.device).train().to(memory_format=CL)
+    if provider == COMPILED:
+        model = torch.compile(model)
     x, labels = x.to(case.device).contiguous(memory_format=CL), labels.to(case.device)
 
     def step() -> torch.Tensor:
@@ -127,19 +131,24 @@ def profile_rows(steps: List[Callable[[], object]]) -> List[Row]:
     return rows
 
 
-def _case_rows(case: Case, repeat: int) -> Tuple[List[Row], List[Callable[[], torch.Tensor]]]:
-    """The case's rows (baseline first) and its warm steps, in :data:`PROVIDERS` order."""
-    steps = [workload(p, case) for p in PROVIDERS]
-    # Interleaved, run by run: on a shared machine a slow spell then falls on both providers.
+def _case_rows(case: Case, repeat: int,
+               compiled: bool = False) -> Tuple[List[Row], List[Callable[[], torch.Tensor]]]:
+    """The case's rows (baseline first) and the warm steps of :data:`PROVIDERS`, in that order.
+    ``compiled`` adds the plain model under ``torch.compile`` (its compile time, minutes on 2 cores,
+    falls in the warm-up; no peak-memory column, which would compile again in the subprocess)."""
+    providers = PROVIDERS + ((COMPILED,) if compiled else ())
+    steps = [workload(p, case) for p in providers]
+    # Interleaved, run by run: on a shared machine a slow spell then falls on every provider.
     timings = measure_interleaved(steps, repeat, device=case.device)
     rows = []
-    for i, (provider, timing) in enumerate(zip(PROVIDERS, timings)):
+    for i, (provider, timing) in enumerate(zip(providers, timings)):
         extra = {"clips/s": round(case.batch * 1e3 / timing.median_ms, 2)}
-        peak = peak_memory_in_subprocess(__name__, str(i), str(torch.get_num_threads()), json.dumps(asdict(case)))
-        if peak is not None:
-            extra["peak MiB"] = round(peak, 1)
+        if provider in PROVIDERS:
+            peak = peak_memory_in_subprocess(__name__, str(i), str(torch.get_num_threads()), json.dumps(asdict(case)))
+            if peak is not None:
+                extra["peak MiB"] = round(peak, 1)
         rows.append(Row(SUITE, case.name, provider, timing, baseline=provider == BASELINE, extra=extra))
-    return rows, steps
+    return rows, steps[:len(PROVIDERS)]
 
 
 def run(quick: bool = False, device: str = "cpu") -> List[Row]:
@@ -149,7 +158,7 @@ def run(quick: bool = False, device: str = "cpu") -> List[Row]:
     if device == "cuda":
         return _case_rows(CUDA_CASE[quick], repeat)[0]
     fp32 = CPU_CASE[quick]
-    rows, fp32_steps = _case_rows(fp32, repeat)
+    rows, fp32_steps = _case_rows(fp32, repeat, compiled=not quick)
     op_rows = profile_rows(fp32_steps)
     del fp32_steps  # free both models before the next case
     bf16 = replace(fp32, bf16=True)

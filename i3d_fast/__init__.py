@@ -4,11 +4,13 @@
 - :mod:`i3d_fast.ops`: fused/fast kernels behind one dispatching function per op.
 - :mod:`i3d_fast.layers`: drop-in ``nn.Module`` layers over the ops.
 - :func:`fuse`: the fused inference model.
+- :func:`convert`: any 3D network's Conv3d / BatchNorm3d / ReLU / pools on the ops, in place.
 - :mod:`i3d_fast.flow`: TV-L1 optical flow and the I3D flow preprocessing.
 """
 from . import flow, layers, ops
+from .convert import ConversionReport, convert
 from .models import ENDPOINTS, InceptionI3d, TwoStreamI3D, fuse
 from .weights import WeightsError
 
 __version__ = "0.1.0"
-__all__ = ["ENDPOINTS", "InceptionI3d", "TwoStreamI3D", "WeightsError", "flow", "fuse", "layers", "ops"]
+__all__ = ["ENDPOINTS", "ConversionReport", "convert", "InceptionI3d", "TwoStreamI3D", "WeightsError", "flow", "fuse", "layers", "ops"]

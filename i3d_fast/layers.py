@@ -88,6 +88,60 @@ def conv_bn_relu(x: torch.Tensor, conv: nn.Conv3d, bn: nn.BatchNorm3d | None, pa
                           backend=backend)
 
 
+def torch_padding(conv: nn.Conv3d) -> tuple:
+    """An ``nn.Conv3d``'s zero padding (an int triple, "same" or "valid") as ((t0, t1), (h0, h1), (w0, w1))."""
+    w0, w1, h0, h1, t0, t1 = conv._reversed_padding_repeated_twice
+    return ((t0, t1), (h0, h1), (w0, w1))
+
+
+class FusedConv3d(nn.Conv3d):
+    """What :func:`i3d_fast.convert` turns an ``nn.Conv3d`` into (in place: the same object, parameters
+    and state_dict keys): the convolution on :mod:`i3d_fast.ops`, followed by the ``nn.BatchNorm3d``
+    (``fused_bn``) and ReLU (``fused_relu``) that consumed its output, whose modules stay in the
+    model (holding their parameters and statistics) as :class:`AbsorbedBatchNorm3d` /
+    :class:`AbsorbedReLU` pass-throughs. ``fused_bn`` keeps its own train/eval mode and semantics.
+
+    Tensor[N, C_in, T, H, W] -> Tensor[N, C_out, T', H', W'] (channels_last_3d).
+    """
+
+    fused_bn: nn.BatchNorm3d | None = None
+    fused_relu: bool = False
+    backend: str = "auto"
+    inference_only: bool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bn = self.fused_bn
+        if self.inference_only and (self.training or (bn is not None and bn.training)):
+            raise RuntimeError("this layer was converted with i3d_fast.convert(..., inference=True); call "
+                               "convert(model) without inference=True to train it")
+        return conv_bn_relu(x, self, bn, torch_padding(self), self.fused_relu, self.backend)
+
+    def extra_repr(self) -> str:
+        fused = " + BatchNorm3d" if self.fused_bn is not None else ""
+        return f"{super().extra_repr()}, fused: conv{fused}{' + ReLU' if self.fused_relu else ''}"
+
+
+class AbsorbedBatchNorm3d(nn.BatchNorm3d):
+    """An ``nn.BatchNorm3d`` whose work the :class:`FusedConv3d` before it does: a pass-through that
+    keeps the parameters, running statistics and state_dict keys."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, absorbed by the conv before it"
+
+
+class AbsorbedReLU(nn.ReLU):
+    """An ``nn.ReLU`` applied by the :class:`FusedConv3d` before it: a pass-through."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def extra_repr(self) -> str:
+        return "absorbed by the conv before it"
+
+
 class Unit3D(nn.Module):
     """Conv3d with TF "SAME" padding, then BatchNorm (eps 1e-3) and ReLU: the I3D unit, one fused op
     (:func:`i3d_fast.ops.conv3d_bn_relu`) in training and in eval.
@@ -108,3 +162,23 @@ class Unit3D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return conv_bn_relu(x, self.conv3d, self.bn, "same", self.relu)
+
+
+class ConvertedMaxPool3d(nn.MaxPool3d):
+    """What :func:`i3d_fast.convert` turns an ``nn.MaxPool3d`` (dilation 1, floor mode, no indices) into:
+    the same pooling on :func:`i3d_fast.ops.max_pool3d` (padding as -inf, like PyTorch's)."""
+
+    backend: str = "auto"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return max_pool3d(x, self.kernel_size, self.stride, self.padding, self.backend)
+
+
+class ConvertedAvgPool3d(nn.AvgPool3d):
+    """What :func:`i3d_fast.convert` turns an unpadded (or ``count_include_pad=False``), floor-mode
+    ``nn.AvgPool3d`` into: the same pooling on :func:`i3d_fast.ops.avg_pool3d`."""
+
+    backend: str = "auto"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return avg_pool3d(x, self.kernel_size, self.stride, self.padding, self.backend)

@@ -27,7 +27,7 @@ class WeightCache(Generic[Derived]):
         self._entries = WeakIdKeyDictionary()
 
     def get(self, weight: torch.Tensor) -> Derived:
-        if weight.is_inference() or weight.requires_grad:
+        if weight.is_inference() or (weight.requires_grad and torch.is_grad_enabled()):
             return self._make(weight)
         state = _state(weight)
         hit = self._entries.get(weight)

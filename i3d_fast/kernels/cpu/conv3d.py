@@ -26,7 +26,7 @@ import torch
 from ...ops.padding import Pads, Triple
 from ..aten import conv3d as aten_conv3d
 from ..weight_cache import WeightCache
-from . import extension, threads
+from . import autotune, extension, threads
 
 CL = torch.channels_last_3d
 PAD_1 = ((1, 1), (1, 1), (1, 1))
@@ -58,16 +58,18 @@ def slower_than_onednn(x: torch.Tensor, weight: torch.Tensor, transformed_per_ca
 
     The micro-kernels keep 24 vectors of 16 floats in registers: without AVX-512 (a portable
     ``I3D_FAST_PORTABLE=1`` build, or an AVX2 machine) they spill and run several times slower than
-    oneDNN. Otherwise, from crossovers measured on the 2-core AMD EPYC (Zen 4) development machine
-    (1 thread): Winograd 3x3x3 ties oneDNN at Cin * Cout = 64-128 (4 -> 4 channels: 0.7x) and loses
-    on inputs that are planes (a size-1 dimension) of 100 positions or more, where a direct
-    convolution skips the padded taps (1x10x10: 1.0x, 1x14x14: 0.77x, 1x56x56: 0.48x).
+    oneDNN. Otherwise both are timed on the first call with this configuration
+    (:mod:`.autotune`); ``transformed_per_call``: the weight changes every call (training), so its
+    transform is part of the C++ kernel's time.
 
-    ``transformed_per_call``: the weight is transformed on every call (training: it changes every
-    step), which oneDNN's direct convolution does not pay; with under 48 tiles of 2x2x2 outputs per
-    thread that loses (I3D's 2x7x7 layers at batch 2: 0.45x)."""
+    With ``I3D_FAST_AUTOTUNE=0``, fixed rules from crossovers measured on a 2-core AMD EPYC (Zen 4),
+    1 thread: Winograd 3x3x3 ties oneDNN at Cin * Cout = 64-128 and loses on inputs that are planes
+    (a size-1 dimension) of 100 positions or more (1x14x14: 0.77x, 1x56x56: 0.48x), and, when the
+    weight is transformed per call, with under 48 tiles of 2x2x2 outputs per thread (0.45x)."""
     if not extension().conv3d_avx512:
         return "i3d_fast._C was built without AVX-512, which its GEMM micro-kernels need to be fast"
+    if autotune.enabled():
+        return _measured_forward(x, weight, transformed_per_call)
     if tuple(weight.shape[2:]) != (3, 3, 3):
         return None
     cout, cin = weight.shape[:2]
@@ -80,6 +82,26 @@ def slower_than_onednn(x: torch.Tensor, weight: torch.Tensor, transformed_per_ca
     if transformed_per_call and tiles < 48 * threads():
         return f"oneDNN is faster with few tiles ({tiles} < 48 per thread) when the weight changes every call"
     return None
+
+
+def _measured_forward(x: torch.Tensor, weight: torch.Tensor, transformed_per_call: bool) -> Optional[str]:
+    """Times this kernel (bias + ReLU epilogue) against oneDNN's on x and weight (see :mod:`.autotune`)."""
+    key = ("conv3d", tuple(x.shape), row_stride(x) is not None, tuple(weight.shape), transformed_per_call, threads())
+
+    def candidates():
+        w = weight.detach()
+        cout = w.shape[0]
+        pads = PAD_1 if w.shape[2] == 3 else PAD_0
+        shift = torch.zeros(cout)
+        packed = None if transformed_per_call else prepare_weight(w)
+
+        def ours():
+            out = torch.empty((x.shape[0], cout, *x.shape[2:]), memory_format=CL)
+            conv3d_packed(x, packed or prepare_weight(w), shift, True, [(out, 0, cout)])
+
+        return ours, lambda: aten_conv3d.conv3d(x, w, None, shift, (1, 1, 1), pads, True)
+
+    return autotune.slower(key, candidates)
 
 
 def _tiles(x: torch.Tensor) -> int:
@@ -209,10 +231,11 @@ def _whole_layer(x: torch.Tensor) -> bool:
 
 def winograd_weight_grad_rejected(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, stride: Triple,
                                   pads: Pads) -> Optional[str]:
-    """Why the Winograd weight gradient does not take this convolution (None when it does). Measured
-    on the development machine (2 threads) against oneDNN: 2.2-2.4x on I3D's 56x56 and 28x28 layers
-    (chunks of tiles, per-thread accumulators), 0.9-1.2x on the 14x14 ones and 4x on the 7x7 ones
-    (every tile at once)."""
+    """Why the Winograd weight gradient does not take this convolution (None when it does): timed
+    against oneDNN's on the first call with this configuration (:mod:`.autotune`; with
+    ``I3D_FAST_AUTOTUNE=0`` it always takes it). On the Zen 4 development machine (2 threads): 2.2-2.4x
+    on I3D's 56x56 and 28x28 layers (chunks of tiles, per-thread accumulators), 0.9-1.2x on the 14x14
+    ones and 4x on the 7x7 ones (every tile at once)."""
     why = unsupported(x, weight, stride, pads, None) or (None if grad.dtype == torch.float32 else "float32 only")
     if why or not extension().conv3d_avx512:
         return why or "needs an AVX-512 build"
@@ -220,7 +243,11 @@ def winograd_weight_grad_rejected(x: torch.Tensor, grad: torch.Tensor, weight: t
     floats = 64 * (_tiles(x) * (cin + coutp) if _whole_layer(x) else threads() * cin * coutp)
     if floats * 4 > 512 << 20:
         return f"would need {floats * 4 >> 20} MiB of scratch"
-    return None
+    if not autotune.enabled():
+        return None
+    key = ("conv3d_weight_grad", tuple(x.shape), tuple(grad.shape), row_stride(x) is not None, threads())
+    return autotune.slower(key, lambda: (lambda: winograd_weight_grad(x, grad), lambda: aten_conv3d.conv3d_backward(
+        grad, x, weight.detach(), stride, pads, False, True)))
 
 
 def winograd_weight_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:

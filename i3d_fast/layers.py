@@ -114,7 +114,21 @@ class FusedConv3d(nn.Conv3d):
         if self.inference_only and (self.training or (bn is not None and bn.training)):
             raise RuntimeError("this layer was converted with i3d_fast.convert(..., inference=True); call "
                                "convert(model) without inference=True to train it")
+        if bn is None and not torch.is_grad_enabled():
+            return conv3d(x, self._constant_weight(), None, self.bias, self.stride, torch_padding(self),
+                          self.fused_relu, backend=self.backend)
         return conv_bn_relu(x, self, bn, torch_padding(self), self.fused_relu, self.backend)
+
+    def _constant_weight(self) -> torch.Tensor:
+        """A detached alias of the weight, kept while it aliases the same memory: it shares the
+        weight's version counter, so the kernels cache their packed / transformed copies of it (and
+        notice optimiser steps) when no gradient is recorded."""
+        alias = self.__dict__.get("_detached_weight")
+        w = self.weight
+        if alias is None or alias.data_ptr() != w.data_ptr() or alias.shape != w.shape or alias.dtype != w.dtype \
+                or alias.device != w.device or alias.stride() != w.stride():
+            alias = self.__dict__["_detached_weight"] = w.detach()
+        return alias
 
     def extra_repr(self) -> str:
         fused = " + BatchNorm3d" if self.fused_bn is not None else ""

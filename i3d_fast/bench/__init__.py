@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Iterable, List
 
-from . import conv3d, model, pool3d, train, tvl1
+from . import conv3d, convert, model, pool3d, train, tvl1
 from .plot import write_plot
 from .report import Row, format_table, machine, write_json, write_text
 
 SUITES = {"pool3d": pool3d.run, "conv3d": conv3d.run, "model": model.run, "tvl1": tvl1.run,
-          "train": train.run}
+          "train": train.run, "convert": convert.run}
 
 
 def run(suites: Iterable[str] = tuple(SUITES), quick: bool = False, device: str = "cpu") -> List[Row]:

@@ -27,7 +27,7 @@ class WeightCache(Generic[Derived]):
         self._entries = WeakIdKeyDictionary()
 
     def get(self, weight: torch.Tensor) -> Derived:
-        if weight.is_inference() or (weight.requires_grad and torch.is_grad_enabled()):
+        if weight.is_inference() or weight.requires_grad:
             return self._make(weight)
         state = _state(weight)
         hit = self._entries.get(weight)
@@ -36,3 +36,17 @@ class WeightCache(Generic[Derived]):
         value = self._make(weight)
         self._entries[weight] = (state, value)
         return value
+
+    def seen_unchanged(self, weight: torch.Tensor) -> bool:
+        """Whether ``weight`` (the same tensor object, unchanged) was passed here before; records it
+        otherwise. Inside a custom op's autograd the kernels get a fresh alias of a trainable weight
+        on every call, so this tells a constant weight (e.g. folded eval weights) from one in
+        training without any flag."""
+        if weight.is_inference():
+            return False
+        state = _state(weight)
+        hit = self._entries.get(weight)
+        if hit is not None and hit[0] == state:
+            return True
+        self._entries[weight] = (state, None)
+        return False

@@ -36,8 +36,7 @@ def _reject_triton(x, weight, stride, pads, pool, allow_tf32, destinations, expl
 
 def _reject_cpu(x, weight, stride, pads, pool, allow_tf32, destinations, explicit: bool) -> Optional[str]:
     why = cpu_kernels.reject_unless_available(x) or cpu_conv3d.unsupported(x, weight, stride, pads, pool)
-    return why or (None if explicit else cpu_conv3d.slower_than_onednn(
-        x, weight, weight.requires_grad and torch.is_grad_enabled()))
+    return why or (None if explicit else cpu_conv3d.slower_than_onednn(x, weight, weight.requires_grad))
 
 
 def _reject_any(x, weight, stride, pads, pool, allow_tf32, destinations, explicit: bool) -> Optional[str]:

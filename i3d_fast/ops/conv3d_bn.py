@@ -81,7 +81,8 @@ def _train_backward(ctx, grad_y, grad_z, grad_mean, grad_var):
     x, weight, z, bn_weight, bn_bias, mean, var = ctx.saved_tensors
     needs = ctx.needs_input_grad
     mask = [needs[0], needs[1], needs[3], needs[4]]
-    grads = conv3d_bn_train_backward_op(grad_y, x, weight, z, bn_weight, bn_bias, mean, var, ctx.eps, ctx.stride,
+    backward = _train_backward_impl if _library.plain_eager(grad_y) else conv3d_bn_train_backward_op
+    grads = backward(grad_y, x, weight, z, bn_weight, bn_bias, mean, var, ctx.eps, ctx.stride,
                                         ctx.pads, ctx.relu, mask, ctx.backend)
     grad_x, grad_w, grad_gamma, grad_beta = (g if m else None for g, m in zip(grads, mask))
     # A conv bias before batch statistics cancels out of the output: its gradient is exactly zero.
@@ -115,6 +116,7 @@ conv3d_bn_train_op = _library.define(
     "conv3d_bn_train(Tensor x, Tensor weight, Tensor? bias, Tensor bn_weight, Tensor bn_bias, float eps, "
     "int[] stride, int[] pads, bool relu, str backend) -> (Tensor, Tensor, Tensor, Tensor)",
     _train, _train_fake, _train_backward, _train_setup_context)
+_conv3d_bn_train = _library.eager_autograd(conv3d_bn_train_op, _train, _train_backward, _train_setup_context)
 
 
 # -- eval mode: BatchNorm folded into the convolution ----------------------------------------------------
@@ -205,12 +207,11 @@ def conv3d_bn_relu(x: torch.Tensor, weight: torch.Tensor, bn_weight: Optional[to
     if per_channel < 2:
         raise ValueError(f"{op}: training mode needs more than 1 value per channel to compute batch statistics "
                          f"(output {out_shape})")
-    y, _, mean, var = conv3d_bn_train_op(x, weight, bias, bn_weight, bn_bias, float(eps), list(stride),
+    y, _, mean, var = _conv3d_bn_train(x, weight, bias, bn_weight, bn_bias, float(eps), list(stride),
                                          flat_pads(pads), relu, backend)
     if running_mean is not None:
-        with torch.no_grad():
+        with torch.no_grad():  # running += momentum * (batch - running)
             batch_mean = mean if bias is None else mean + bias.to(mean.dtype)
-            running_mean.mul_(1 - momentum).add_(batch_mean.to(running_mean.dtype), alpha=momentum)
-            unbiased = var * (per_channel / (per_channel - 1))
-            running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+            running_mean.lerp_(batch_mean.to(running_mean.dtype), momentum)
+            running_var.lerp_((var * (per_channel / (per_channel - 1))).to(running_var.dtype), momentum)
     return y

@@ -6,8 +6,8 @@ and the fallback on devices without a hand-written kernel.
 - Symmetric padding goes to the convolution itself; only TF's odd extra cell (e.g. (2, 3)) costs a pad.
 - Other convolutions call oneDNN directly with ReLU fused (``mkldnn._convolution_pointwise``):
   ATen's own dispatch sends batch-1 3x3x3 convolutions with few channels to its slow im2col path
-  (2-7x slower here), and would need a separate ReLU pass. Weights that do not change (eval, no
-  autograd) are reordered into oneDNN's blocked layout once per input shape and kept (eager
+  (2-7x slower here), and would need a separate ReLU pass. Weights used again unchanged (e.g.
+  folded eval weights) are reordered into oneDNN's blocked layout once per input shape and kept (eager
   PyTorch reorders them on every call: 8.1 -> 5.1 ms for a 512 -> 512 3x3x3 layer at 2x7x7).
 - scale is folded into the weights, shift is the convolution bias.
 """
@@ -70,10 +70,13 @@ def _onednn_usable(x: torch.Tensor) -> bool:
 
 # weight -> {(input shape, stride, padding): the weight in oneDNN's layout for that convolution}
 _PREPACKED = WeightCache(lambda weight: {})
+_SEEN = WeightCache(lambda weight: None)
 
 
 def _prepacked(weight: torch.Tensor, x: torch.Tensor, stride, padding) -> torch.Tensor:
-    if weight.requires_grad and torch.is_grad_enabled():
+    """The weight reordered for oneDNN once, from its second use unchanged (a weight that changes
+    or is a fresh alias every call, as in training, is passed as it is)."""
+    if not _SEEN.seen_unchanged(weight):
         return weight
     packs = _PREPACKED.get(weight)
     key = (tuple(x.shape), tuple(stride), tuple(padding))

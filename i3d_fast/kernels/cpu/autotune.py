@@ -13,13 +13,17 @@ import os
 import time
 from typing import Callable, Dict, Hashable, Optional, Tuple
 
+import torch
+
 #: The C++ kernel is chosen when its time is at most this fraction of oneDNN's.
 MARGIN = 0.95
 _VERDICTS: Dict[Hashable, Tuple[float, float]] = {}
 
 
-def enabled() -> bool:
-    return os.environ.get("I3D_FAST_AUTOTUNE", "1") != "0"
+def enabled(*tensors) -> bool:
+    """Autotuning is on (``I3D_FAST_AUTOTUNE`` is not "0") and ``tensors`` are ordinary tensors that
+    can be timed (not the fake / symbolic tensors of tracing, which take the fixed rules)."""
+    return os.environ.get("I3D_FAST_AUTOTUNE", "1") != "0" and all(type(t) is torch.Tensor for t in tensors)
 
 
 def _seconds(fn: Callable[[], object]) -> float:

@@ -68,7 +68,7 @@ def slower_than_onednn(x: torch.Tensor, weight: torch.Tensor, transformed_per_ca
     weight is transformed per call, with under 48 tiles of 2x2x2 outputs per thread (0.45x)."""
     if not extension().conv3d_avx512:
         return "i3d_fast._C was built without AVX-512, which its GEMM micro-kernels need to be fast"
-    if autotune.enabled():
+    if autotune.enabled(x, weight):
         return _measured_forward(x, weight, transformed_per_call)
     if tuple(weight.shape[2:]) != (3, 3, 3):
         return None
@@ -243,7 +243,7 @@ def winograd_weight_grad_rejected(x: torch.Tensor, grad: torch.Tensor, weight: t
     floats = 64 * (_tiles(x) * (cin + coutp) if _whole_layer(x) else threads() * cin * coutp)
     if floats * 4 > 512 << 20:
         return f"would need {floats * 4 >> 20} MiB of scratch"
-    if not autotune.enabled():
+    if not autotune.enabled(x, grad, weight):
         return None
     key = ("conv3d_weight_grad", tuple(x.shape), tuple(grad.shape), row_stride(x) is not None, threads())
     return autotune.slower(key, lambda: (lambda: winograd_weight_grad(x, grad), lambda: aten_conv3d.conv3d_backward(

@@ -1,0 +1,89 @@
+"""``i3d_fast.convert`` on well-known video networks (:mod:`.video_nets`): each stock network against
+its converted copy (same weights), channels_last_3d, same threads, timed interleaved in one run.
+
+Cases per network: inference (eval, ``torch.no_grad``) and a training step (train mode,
+``zero_grad``, forward, cross-entropy on 400 classes, backward; no optimiser step). The stock
+network is the baseline: it is what a user runs before calling ``convert``. Conversion happens
+before timing; the converted model's first call (which times the C++ kernels against oneDNN per
+layer, see :mod:`i3d_fast.kernels.cpu.autotune`) is in the warm-up. A "geomean" row per mode sums
+the networks up. CUDA rows are "not measured" without a GPU.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Callable, List
+
+import torch
+import torch.nn.functional as F
+
+from ..convert import convert
+from .report import Row
+from .timing import Timing, measure_interleaved
+from .video_nets import ARCHITECTURES
+
+SUITE = "convert"
+CL = torch.channels_last_3d
+NUM_CLASSES = 400
+STOCK, CONVERTED = "stock PyTorch", "i3d_fast.convert"
+
+
+def _input_shape(name: str, quick: bool) -> tuple:
+    """The network's benchmark input (batch 2, the frames and size it expects); quick: batch 1 and
+    half the frames and pixels."""
+    shape = ARCHITECTURES[name][1]
+    if not quick:
+        return shape
+    n, c, t, h, w = shape
+    return (1, c, max(t // 2, 8), h // 2, w // 2)
+
+
+def workload(name: str, provider: str, training: bool, shape: tuple) -> Callable[[], object]:
+    """One inference call or training step of the stock or converted network (seeded: same weights
+    and inputs for both)."""
+    torch.manual_seed(0)
+    model = ARCHITECTURES[name][0](NUM_CLASSES).to(memory_format=CL)
+    if provider == CONVERTED:
+        model = convert(copy.deepcopy(model))
+    model.train(training)
+    x = torch.randn(shape).contiguous(memory_format=CL)
+    labels = torch.randint(NUM_CLASSES, (shape[0],))
+    if not training:
+        def infer():
+            with torch.no_grad():
+                return model(x)
+        return infer
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(x), labels)
+        loss.backward()
+        return loss.detach()
+    return step
+
+
+def run(quick: bool = False, device: str = "cpu") -> List[Row]:
+    if device == "cuda":
+        return [Row(SUITE, "video networks", f"{CONVERTED} vs {STOCK}", None,
+                    note="not measured: the CUDA training backend of the fused unit is ATen's for now")]
+    repeat = 3 if quick else 5
+    rows: List[Row] = []
+    for training in (False, True):
+        mode = "train step" if training else "inference"
+        ratios = []
+        for name in ARCHITECTURES:
+            shape = _input_shape(name, quick)
+            steps = [workload(name, p, training, shape) for p in (STOCK, CONVERTED)]
+            stock, ours = measure_interleaved(steps, repeat)
+            case = f"{name} {mode} {list(shape)} float32"
+            rows.append(Row(SUITE, case, STOCK, stock, baseline=True))
+            rows.append(Row(SUITE, case, CONVERTED, ours))
+            ratios.append(stock.median_ms / ours.median_ms)
+            del steps
+        geomean = math.exp(sum(map(math.log, ratios)) / len(ratios))
+        rows.append(Row(SUITE, f"all networks {mode} (geomean)", f"{CONVERTED} vs {STOCK}", None,
+                        note=f"geomean {geomean:.2f}x, worst {min(ratios):.2f}x",
+                        extra={"geomean speedup": round(geomean, 3), "worst speedup": round(min(ratios), 3)}))
+    why = "not measured (no GPU)" if not torch.cuda.is_available() else "not measured (--cpu)"
+    rows.append(Row(SUITE, "video networks on CUDA", f"{CONVERTED} vs {STOCK}", None, note=why))
+    return rows

@@ -1,0 +1,40 @@
+"""The measured C++-vs-oneDNN choice (kernels/cpu/autotune.py)."""
+import time
+
+from i3d_fast.kernels.cpu import autotune
+
+
+def _sleeper(seconds, calls):
+    def run():
+        calls.append(seconds)
+        time.sleep(seconds)
+    return run
+
+
+def test_faster_kernel_is_kept_and_verdict_cached():
+    calls = []
+    made = []
+
+    def candidates():
+        made.append(1)
+        return _sleeper(0.0, calls), _sleeper(0.004, calls)
+
+    key = ("test", "faster")
+    assert autotune.slower(key, candidates) is None
+    runs = len(calls)
+    assert autotune.slower(key, candidates) is None
+    assert len(made) == 1 and len(calls) == runs  # measured once
+    mine, onednn = autotune.verdicts()[key]
+    assert mine < onednn
+
+
+def test_slower_kernel_is_rejected_with_the_times():
+    why = autotune.slower(("test", "slower"), lambda: (_sleeper(0.004, []), _sleeper(0.0, [])))
+    assert why is not None and "measured slower than oneDNN" in why and "ms" in why
+
+
+def test_autotune_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("I3D_FAST_AUTOTUNE", "0")
+    assert not autotune.enabled()
+    monkeypatch.setenv("I3D_FAST_AUTOTUNE", "1")
+    assert autotune.enabled()

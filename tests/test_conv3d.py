@@ -114,3 +114,32 @@ def test_bad_arguments(kwargs, error, message):
     args.update(kwargs)
     with pytest.raises(error, match=message):
         conv3d(**args)
+
+
+@pytest.mark.parametrize("backend", ["aten", "cpu", "reference"])
+@pytest.mark.parametrize("kernel, stride, padding", [(1, 1, 0), (3, 1, 1), (7, 2, "same"), (3, 1, ((1, 1), (0, 0), (1, 1)))])
+def test_nan_propagates_like_torch(backend, kernel, stride, padding):
+    """relu?(conv(x) + shift) with a NaN in x or in shift: NaN exactly where F.conv3d + torch.relu
+    put it (a fused ReLU must not turn NaN into 0), on every backend that runs the case."""
+    from i3d_fast.ops.dispatch import NoBackendError
+    from i3d_fast.ops.padding import resolve_padding
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, 5, 9, 9, generator=g)
+    w = torch.randn(16, 8, kernel, kernel, kernel, generator=g)
+    shift = torch.zeros(16)
+    (t0, t1), (h0, h1), (w0, w1) = resolve_padding(x.shape[2:], (kernel,) * 3, (stride,) * 3, padding)
+    for case in ("x", "shift"):
+        xx, ss = x.clone(), shift.clone()
+        if case == "x":
+            xx[0, 3, 2, 4, 4] = float("nan")
+        else:
+            ss[5] = float("nan")
+        expected = torch.relu(F.conv3d(F.pad(xx, (w0, w1, h0, h1, t0, t1)), w, ss, stride))
+        try:
+            y = conv3d(xx.contiguous(memory_format=torch.channels_last_3d), w, None, ss, stride, padding, True,
+                       backend=backend)
+        except NoBackendError:
+            pytest.skip(f"{backend} does not run this case")
+        assert expected.isnan().any()
+        assert torch.equal(y.isnan(), expected.isnan()), case

@@ -88,3 +88,11 @@ def test_fused_model_gives_the_same_input_errors():
         fused(torch.zeros(1, 3, 8, 224, 224))
     with pytest.raises(ValueError, match="3 input channels, got 2"):
         fused(torch.zeros(1, 2, 16, 224, 224))
+
+
+def test_non_finite_clip_gives_non_finite_logits(small):
+    """An all-NaN clip must not come out as confident finite logits (the reference model gives NaN)."""
+    x = torch.full((1, 3, 12, 40, 36), float("nan"))
+    with torch.no_grad():
+        assert small(x).isnan().all()
+        assert i3d_fast.fuse(small)(x).isnan().all()

@@ -4,9 +4,9 @@ and the fallback on devices without a hand-written kernel.
 - 1x1x1 stride-1 convolutions are one GEMM on the channels-last view, written straight into the
   destination channel slices (``addmm(out=...)``): no copy, no concatenation.
 - Symmetric padding goes to the convolution itself; only TF's odd extra cell (e.g. (2, 3)) costs a pad.
-- Other convolutions call oneDNN directly with ReLU fused (``mkldnn._convolution_pointwise``):
-  ATen's own dispatch sends batch-1 3x3x3 convolutions with few channels to its slow im2col path
-  (2-7x slower here), and would need a separate ReLU pass. Weights used again unchanged (e.g.
+- Other convolutions call oneDNN directly (``mkldnn._convolution_pointwise``): ATen's own dispatch
+  sends batch-1 3x3x3 convolutions with few channels to its slow im2col path (2-7x slower here). ReLU
+  is a separate in-place pass: oneDNN's fused ReLU turns NaN into 0. Weights used again unchanged (e.g.
   folded eval weights) are reordered into oneDNN's blocked layout once per input shape and kept (eager
   PyTorch reorders them on every call: 8.1 -> 5.1 ms for a 512 -> 512 3x3x3 layer at 2x7x7).
 - scale is folded into the weights, shift is the convolution bias.
@@ -88,9 +88,10 @@ def _prepacked(weight: torch.Tensor, x: torch.Tensor, stride, padding) -> torch.
 
 def _conv(x, weight, bias, stride, padding, relu: bool) -> torch.Tensor:
     if _onednn_usable(x):
-        return torch.ops.mkldnn._convolution_pointwise(x, _prepacked(weight, x, stride, padding), bias,
-                                                        list(padding), list(stride), [1, 1, 1], 1,
-                                                        "relu" if relu else "none", [None], "")
+        # ReLU as its own pass: oneDNN's fused ReLU post-op turns NaN into 0, torch.relu keeps it.
+        y = torch.ops.mkldnn._convolution_pointwise(x, _prepacked(weight, x, stride, padding), bias, list(padding),
+                                                     list(stride), [1, 1, 1], 1, "none", [None], "")
+        return y.relu_() if relu else y
     y = F.conv3d(x, weight, bias, stride, padding)
     return y.relu_() if relu else y
 

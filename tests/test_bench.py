@@ -36,3 +36,22 @@ def test_train_suite_rows(monkeypatch):
 def test_train_peak_memory_subprocess_prints_a_number():
     peak = peak_memory_in_subprocess(train.__name__, "1", "1", json.dumps(asdict(TINY)))
     assert peak is not None and peak > 0
+
+
+def test_convert_suite_rows(monkeypatch):
+    """The convert suite at tiny sizes: per network and mode a stock baseline row and a converted row,
+    a geomean row per mode, the CUDA row "not measured"."""
+    from i3d_fast.bench import convert as convert_suite
+
+    monkeypatch.setattr(convert_suite, "_input_shape", lambda name, quick: (1, 3, 8, 32, 32))
+    rows = bench.SUITES["convert"](quick=True)
+    names = list(convert_suite.ARCHITECTURES)
+    for mode in ("inference", "train step"):
+        pairs = [r for r in rows if f" {mode} " in r.case and r.timing is not None]
+        assert [(r.provider, r.baseline) for r in pairs[:2]] == [(convert_suite.STOCK, True),
+                                                                  (convert_suite.CONVERTED, False)]
+        assert len(pairs) == 2 * len(names)
+        summary = next(r for r in rows if r.case == f"all networks {mode} (geomean)")
+        ratios = [b.timing.median_ms / c.timing.median_ms for b, c in zip(pairs[::2], pairs[1::2])]
+        assert summary.extra["geomean speedup"] == pytest.approx(math.prod(ratios) ** (1 / len(ratios)), rel=1e-2)
+    assert rows[-1].timing is None and rows[-1].note.startswith("not measured")

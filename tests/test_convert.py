@@ -161,12 +161,22 @@ class _Branchy(nn.Module):
         return self.avg(self.pool(self.shared(self.shared(z))))
 
 
-def test_soundness_rules_and_report():
+def _convert_small(cls):
+    """(stock, converted, report) for a small test network."""
     torch.manual_seed(0)
-    model = _randomise(_Branchy())
-    stock = copy.deepcopy(model)
-    i3d_fast.convert(model)
-    report = model.i3d_fast_report
+    stock = _randomise(cls())
+    model = i3d_fast.convert(copy.deepcopy(stock))
+    return stock, model, model.i3d_fast_report
+
+
+def _same_in_both_modes(stock, model, x):
+    for mode in ("train", "eval"):
+        getattr(stock, mode)(), getattr(model, mode)()
+        assert _rel(model(x), stock(x)) <= 1e-4, mode
+
+
+def test_soundness_rules_and_report():
+    stock, model, report = _convert_small(_Branchy)
     converted = dict(report.converted)
     assert "conv2 + bn2" in converted and converted["conv2 + bn2"] == "conv + batch_norm"
     assert not any("conv + bn" in names and names.startswith("conv +") for names in converted)
@@ -175,10 +185,7 @@ def test_soundness_rules_and_report():
     left = {name: why for name, _, why in report.left}
     assert "count_include_pad" in left["avg"]
     assert "bn" in left
-    x = torch.randn(2, 4, 4, 8, 8)
-    for mode in ("train", "eval"):
-        getattr(stock, mode)(), getattr(model, mode)()
-        assert _rel(model(x), stock(x)) <= 1e-4
+    _same_in_both_modes(stock, model, torch.randn(2, 4, 4, 8, 8))
     assert "converted" in str(report)
 
 
@@ -196,17 +203,10 @@ class _Untraceable(nn.Module):
 
 
 def test_sequential_fallback_when_fx_fails():
-    torch.manual_seed(0)
-    model = _randomise(_Untraceable())
-    stock = copy.deepcopy(model)
-    i3d_fast.convert(model)
-    report = model.i3d_fast_report
+    stock, model, report = _convert_small(_Untraceable)
     assert "Sequential" in report.method[0]
     assert [kind for _, kind in report.converted] == ["conv + batch_norm + relu", "conv + batch_norm"]
-    x = torch.randn(2, 3, 4, 6, 6)
-    for mode in ("train", "eval"):
-        getattr(stock, mode)(), getattr(model, mode)()
-        assert _rel(model(x), stock(x)) <= 1e-4
+    _same_in_both_modes(stock, model, torch.randn(2, 3, 4, 6, 6))
 
 
 def test_unsupported_layers_are_left_with_reasons():

@@ -43,7 +43,7 @@ def test_convert_suite_rows(monkeypatch):
     a geomean row per mode, the CUDA row "not measured"."""
     from i3d_fast.bench import convert as convert_suite
 
-    monkeypatch.setattr(convert_suite, "_input_shape", lambda name, quick: (1, 3, 8, 32, 32))
+    monkeypatch.setattr(convert_suite, "_input_shape", lambda name, quick: (2, 3, 8, 32, 32))
     rows = bench.SUITES["convert"](quick=True)
     names = list(convert_suite.ARCHITECTURES)
     for mode in ("inference", "train step"):

@@ -60,6 +60,20 @@ def test_matches_reference(n, cin, cout, shape, relu):
     _check(actual, x, w, scale, shift, relu)
 
 
+@pytest.mark.parametrize("n, cin, cout, shape", [(2, 5, 7, (3, 5, 4)), (1, 37, 96, (2, 6, 9)), (1, 8, 130, (1, 1, 1))])
+def test_spatial_1x3x3_matches_reference(n, cin, cout, shape):
+    """The 2D form F(1x2x2, 1x3x3), padding (0, 1, 1): against float64 within ERROR_FACTOR x ATen's
+    float32 error (input transforms of 16/8/4/1 channels, partial tiles and panels)."""
+    x, _, scale, shift = _data(n, cin, cout, shape)
+    w = torch.randn(cout, cin, 1, 3, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64) / (9 * cin) ** 0.5
+    pads = ((0, 0), (1, 1), (1, 1))
+    actual = conv3d(x.float(), w.float(), scale.float(), shift.float(), 1, pads, True, backend="cpu")
+    expected = conv3d(x, w, scale, shift, 1, pads, True, backend="reference")
+    aten = torch.relu(F.conv3d(x.float(), (w * scale.view(-1, 1, 1, 1, 1)).float(), shift.float(), padding=(0, 1, 1)))
+    ours = (actual.double() - expected).abs().max().item()
+    assert ours <= ERROR_FACTOR * (aten.double() - expected).abs().max().item() + 1e-7
+
+
 def test_many_tiles_over_several_chunks_and_threads():
     x, w, scale, shift = _data(1, 20, 70, (9, 13, 11), seed=1)
     actual = conv3d(x.float(), w.float(), None, shift.float(), 1, "same", True, backend="cpu")
@@ -128,9 +142,9 @@ def test_auto_picks_cpu_only_for_what_it_runs(monkeypatch):
     assert select("auto", x, w1, ones, pad0, (3, 3, 3)) == "cpu"
     cases = [(x.double(), w3.double(), ones, pad1, None, "float32 only"),
              (x, w3, (2, 2, 2), pad1, None, "stride-1"),
-             (x, w3, ones, pad0, None, "padding 1"),
+             (x, w3, ones, pad0, None, "zero padding"),
              (x, w1, ones, pad1, None, "unpadded 1x1x1"),
-             (x, torch.zeros(5, 16, 2, 3, 1), ones, pad0, None, "3x3x3 .Winograd. and 1x1x1"),
+             (x, torch.zeros(5, 16, 2, 3, 1), ones, pad0, None, "3x3x3 and 1x3x3 .Winograd. and 1x1x1"),
              (x, w3, ones, pad1, (3, 3, 3), "max pool into 1x1x1")]
     for xx, ww, stride, pads, pool, reason in cases:
         assert select("auto", xx, ww, stride, pads, pool) != "cpu"
@@ -142,6 +156,9 @@ def test_auto_picks_cpu_only_for_what_it_runs(monkeypatch):
         assert select("auto", xx, ww, ones, pad1, None) == "aten"
         assert select("cpu", xx, ww, ones, pad1, None) == "cpu"
     assert select("auto", torch.zeros(1, 16, 1, 9, 11), wide, ones, pad1, None) == "cpu"
+    spatial, pad_hw = torch.zeros(16, 16, 1, 3, 3), ((0, 0), (1, 1), (1, 1))  # 1x3x3: timed only (autotune)
+    assert select("auto", x, spatial, ones, pad_hw, None) == "aten"
+    assert select("cpu", x, spatial, ones, pad_hw, None) == "cpu"
 
 
 # Cin covers the 16-, 8-, 4- and 1-channel pooling paths; pools: I3D's 3x3x3 and others.

@@ -2,10 +2,11 @@
 
 - 3x3x3 stride-1 convolutions with one cell of zero padding per side (what TF "SAME" gives for
   k = 3, s = 1): 3D Winograd F(2x2x2, 3x3x3) (csrc/cpu/winograd3d.cpp), 64 multiplies per 2x2x2
-  outputs and input channel instead of 216.
+  outputs and input channel instead of 216; and 1x3x3 ones padded (0, 1, 1) (the spatial convolutions
+  of R(2+1)D, S3D, SlowFast): F(1x2x2, 1x3x3), 16 multiplies per 1x2x2 outputs instead of 36.
 - 1x1x1 stride-1 unpadded convolutions: one GEMM (csrc/cpu/pointwise_conv3d.cpp), optionally of a
   stride-1 SAME max pool of the input computed on load (Inception branch 3).
-- Gradients of the 3x3x3 ones (:func:`conv3d_backward`): the data gradient on the same Winograd
+- Gradients of the Winograd ones (:func:`conv3d_backward`): the data gradient on the same Winograd
   kernel (flipped, transposed weights) and the weight gradient on a Winograd weight-gradient kernel
   (:func:`winograd_weight_grad`); oneDNN for the rest.
 
@@ -31,6 +32,15 @@ from . import autotune, extension, threads
 CL = torch.channels_last_3d
 PAD_1 = ((1, 1), (1, 1), (1, 1))
 PAD_0 = ((0, 0), (0, 0), (0, 0))
+PAD_SPATIAL = ((0, 0), (1, 1), (1, 1))
+#: kernel -> the zero padding the Winograd / GEMM kernels run it with
+WINOGRAD = {(3, 3, 3): PAD_1, (1, 3, 3): PAD_SPATIAL}
+
+
+def winograd_kt(weight: torch.Tensor) -> int:
+    """The temporal kernel size of a Winograd-run weight (3 for 3x3x3, 1 for 1x3x3), 0 for others."""
+    kernel = tuple(weight.shape[2:])
+    return kernel[0] if any(kernel == k for k in WINOGRAD) else 0  # == (not hashing): symbolic shapes too
 
 
 def unsupported(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads,
@@ -42,15 +52,17 @@ def unsupported(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pad
     if tuple(stride) != (1, 1, 1):
         return f"runs stride-1 convolutions only, got stride {tuple(stride)}"
     kernel, pads = tuple(weight.shape[2:]), tuple(map(tuple, pads))
-    if kernel == (3, 3, 3):
-        if pads != PAD_1:
-            return f"runs 3x3x3 kernels with zero padding 1 on every side (SAME) only, got pads {pads}"
+    if winograd_kt(weight):
+        kernel = (3, 3, 3) if kernel[0] == 3 else (1, 3, 3)
+        if pads != WINOGRAD[kernel]:
+            return (f"runs {'x'.join(map(str, kernel))} kernels with zero padding {WINOGRAD[kernel]} only (SAME), "
+                    f"got pads {pads}")
         if pool is not None:
             return "fuses a max pool into 1x1x1 convolutions only"
         return None
     if kernel == (1, 1, 1):
         return None if pads == PAD_0 else f"runs unpadded 1x1x1 kernels only, got pads {pads}"
-    return f"runs 3x3x3 (Winograd) and 1x1x1 (GEMM) kernels only, got {kernel}"
+    return f"runs 3x3x3 and 1x3x3 (Winograd) and 1x1x1 (GEMM) kernels only, got {kernel}"
 
 
 def slower_than_onednn(x: torch.Tensor, weight: torch.Tensor, transformed_per_call: bool = False) -> Optional[str]:
@@ -70,6 +82,8 @@ def slower_than_onednn(x: torch.Tensor, weight: torch.Tensor, transformed_per_ca
         return "i3d_fast._C was built without AVX-512, which its GEMM micro-kernels need to be fast"
     if autotune.enabled(x, weight):
         return _measured_forward(x, weight, transformed_per_call)
+    if tuple(weight.shape[2:]) == (1, 3, 3):
+        return "the fixed rules have no crossover for 1x3x3 kernels (enable autotuning to time them)"
     if tuple(weight.shape[2:]) != (3, 3, 3):
         return None
     cout, cin = weight.shape[:2]
@@ -91,7 +105,7 @@ def _measured_forward(x: torch.Tensor, weight: torch.Tensor, transformed_per_cal
     def candidates():
         w = weight.detach()
         cout = w.shape[0]
-        pads = PAD_1 if w.shape[2] == 3 else PAD_0
+        pads = WINOGRAD[(3, 3, 3) if w.shape[2] == 3 else (1, 3, 3)] if winograd_kt(w) else PAD_0
         shift = torch.zeros(cout)
         packed = None if transformed_per_call else prepare_weight(w)
 
@@ -104,52 +118,56 @@ def _measured_forward(x: torch.Tensor, weight: torch.Tensor, transformed_per_cal
     return autotune.slower(key, candidates)
 
 
-def _tiles(x: torch.Tensor) -> int:
-    """2x2x2 output tiles of a SAME 3x3x3 stride-1 convolution of x."""
-    return x.shape[0] * math.prod((s + 1) // 2 for s in x.shape[2:])
+def _tiles(x: torch.Tensor, kt: int = 3) -> int:
+    """Output tiles (2x2x2, or 1x2x2 for kt = 1) of a SAME kt x 3 x 3 stride-1 convolution of x."""
+    t = (x.shape[2] + 1) // 2 if kt == 3 else x.shape[2]
+    return x.shape[0] * t * math.prod((s + 1) // 2 for s in x.shape[3:])
 
 
 class PackedWeight(NamedTuple):
     """Weights in the layout of the C++ kernels (see :func:`prepare_weight`)."""
     data: torch.Tensor  # 1-D float32
-    kernel: int  # 3 (Winograd) or 1 (GEMM)
+    kt: int  # Winograd kt x 3 x 3 (3 or 1), or 0: a 1x1x1 GEMM
     cin: int
     cout: int
 
 
 def prepare_weight(weight: torch.Tensor, scale: Optional[torch.Tensor] = None, flipped: bool = False) -> PackedWeight:
-    """Winograd-transformed (3x3x3: ``U = G g G^T`` per dimension) or packed (1x1x1) weights.
+    """Winograd-transformed (3x3x3 / 1x3x3: ``U = G g G^T`` per transformed dimension) or packed
+    (1x1x1) weights.
 
     Args:
-        weight: Tensor[Cout, Cin, 3, 3, 3] or Tensor[Cout, Cin, 1, 1, 1] (any float dtype; CPU; a
-            float32 3x3x3 weight is read in place when its output channels are contiguous, e.g. a
-            channels_last_3d weight for ``flipped``).
+        weight: Tensor[Cout, Cin, kT, 3, 3] (kT 3 or 1) or Tensor[Cout, Cin, 1, 1, 1] (any float dtype;
+            CPU; a float32 Winograd weight is read in place when its output channels are contiguous,
+            e.g. a channels_last_3d weight for ``flipped``).
         scale: optional Tensor[Cout] folded into the weights (in float64) first.
         flipped: transform the data-gradient weight instead, without materialising it: the input
-            gradient of a stride-1 pad-1 3x3x3 convolution is the same convolution of the output
+            gradient of a stride-1 SAME kT x 3 x 3 convolution is the same convolution of the output
             gradient with the weight flipped in T, H, W and in/out channels swapped
-            (Tensor[Cin, Cout, 3, 3, 3]).
+            (Tensor[Cin, Cout, kT, 3, 3]).
     """
     w = weight.detach()
     if scale is not None:
         w = w.double() * scale.detach().double().view(-1, 1, 1, 1, 1)
-    k = weight.shape[2]
-    if w.dtype != torch.float32 or (k != 3 and not w.is_contiguous()):
+    kt = winograd_kt(weight)
+    if w.dtype != torch.float32 or (not kt and not w.is_contiguous()):
         w = w.float().contiguous()
     cout, cin = (w.shape[1], w.shape[0]) if flipped else (w.shape[0], w.shape[1])
     ext = extension()
-    name = "winograd3d" if k == 3 else "pointwise_conv3d"
-    data = torch.empty(getattr(ext, f"{name}_packed_size")(cout, cin), dtype=torch.float32)
-    if k == 3:
+    if kt:
+        data = torch.empty(ext.winograd3d_packed_size(cout, cin, kt), dtype=torch.float32)
+    else:
+        data = torch.empty(ext.pointwise_conv3d_packed_size(cout, cin), dtype=torch.float32)
+    if kt:
         lanes = 1 if flipped else 0  # the dimension the transform vectorises over (its output channels)
         if w.stride(lanes) != 1:
             w = w.movedim(lanes, -1).contiguous().movedim(-1, lanes)
         s = w.stride()
         strides = (s[1], s[0], *s[2:]) if flipped else s
-        ext.winograd3d_prepare_weight(w.data_ptr(), data.data_ptr(), cout, cin, threads(), strides, flipped)
+        ext.winograd3d_prepare_weight(w.data_ptr(), data.data_ptr(), cout, cin, threads(), strides, flipped, kt)
     else:
         ext.pointwise_conv3d_prepare_weight(w.data_ptr(), data.data_ptr(), cout, cin, threads())
-    return PackedWeight(data, k, cin, cout)
+    return PackedWeight(data, kt, cin, cout)
 
 
 _PREPARED = WeightCache(lambda weight: prepare_weight(weight))
@@ -188,7 +206,8 @@ def as_rows(t: torch.Tensor) -> Tuple[torch.Tensor, int]:
 def conv3d_packed(x: torch.Tensor, weight: PackedWeight, shift: Optional[torch.Tensor], relu: bool,
                   destinations: Sequence[Tuple[torch.Tensor, int, int]], pool: Optional[Triple] = None) -> None:
     """Writes relu?(conv3d(x, w) + shift) into ``destinations`` = [(out, channel offset, count), ...]
-    (channels_last_3d float32 outs, counts summing to Cout). 3x3x3: zero padding 1; 1x1x1: ``pool``
+    (channels_last_3d float32 outs, counts summing to Cout). kT x 3 x 3: zero padding (kT // 2, 1, 1);
+    1x1x1: ``pool``
     = (kT, kH, kW) convolves a stride-1 SAME max pool of x instead. x: float32 Tensor[N, Cin, T, H, W]
     in channels-last rows (a channel slice of a wider tensor is read in place; other layouts are
     copied first)."""
@@ -199,9 +218,9 @@ def conv3d_packed(x: torch.Tensor, weight: PackedWeight, shift: Optional[torch.T
     bias = None if shift is None else shift.to(torch.float32).contiguous()
     bias_ptr = 0 if bias is None else bias.data_ptr()
     ext = extension()
-    if weight.kernel == 3:
+    if weight.kt:
         ext.winograd3d_forward(x.data_ptr(), ld, (n, t, h, w), cin, weight.data.data_ptr(), weight.cout, bias_ptr,
-                               relu, dests, threads())
+                               relu, dests, threads(), 0, weight.kt)
     else:
         ext.pointwise_conv3d_forward(x.data_ptr(), ld, (n, t, h, w), cin, weight.data.data_ptr(), weight.cout,
                                      bias_ptr, relu, tuple(pool) if pool is not None else (0, 0, 0), dests,
@@ -223,10 +242,10 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor],
     return None
 
 
-def _whole_layer(x: torch.Tensor) -> bool:
+def _whole_layer(x: torch.Tensor, kt: int = 3) -> bool:
     """Whether the Winograd weight gradient transforms every tile at once (few tiles per thread) rather
     than accumulating per-thread copies of the transformed gradient over chunks of tiles."""
-    return _tiles(x) < 256 * threads()
+    return _tiles(x, kt) < 256 * threads()
 
 
 def winograd_weight_grad_rejected(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, stride: Triple,
@@ -239,39 +258,42 @@ def winograd_weight_grad_rejected(x: torch.Tensor, grad: torch.Tensor, weight: t
     why = unsupported(x, weight, stride, pads, None) or (None if grad.dtype == torch.float32 else "float32 only")
     if why or not extension().conv3d_avx512:
         return why or "needs an AVX-512 build"
-    cin, coutp = weight.shape[1], -(-weight.shape[0] // 16) * 16
-    floats = 64 * (_tiles(x) * (cin + coutp) if _whole_layer(x) else threads() * cin * coutp)
+    cin, coutp, kt = weight.shape[1], -(-weight.shape[0] // 16) * 16, winograd_kt(weight)
+    positions = 16 * (4 if kt == 3 else 1)
+    floats = positions * (_tiles(x, kt) * (cin + coutp) if _whole_layer(x, kt) else threads() * cin * coutp)
     if floats * 4 > 512 << 20:
         return f"would need {floats * 4 >> 20} MiB of scratch"
     if not autotune.enabled(x, grad, weight):
         return None
-    key = ("conv3d_weight_grad", tuple(x.shape), tuple(grad.shape), row_stride(x) is not None, threads())
-    return autotune.slower(key, lambda: (lambda: winograd_weight_grad(x, grad), lambda: aten_conv3d.conv3d_backward(
+    key = ("conv3d_weight_grad", tuple(x.shape), tuple(grad.shape), kt, row_stride(x) is not None, threads())
+    return autotune.slower(key, lambda: (lambda: winograd_weight_grad(x, grad, kt), lambda: aten_conv3d.conv3d_backward(
         grad, x, weight.detach(), stride, pads, False, True)))
 
 
-def winograd_weight_grad(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """Weight gradient of a 3x3x3 stride-1 SAME convolution of x Tensor[N, Cin, T, H, W] given its
-    output gradient Tensor[N, Cout, T, H, W] (float32, channels-last rows, channel slices read in
-    place) -> Tensor[Cout, Cin, 3, 3, 3] (stored input-channel-major, output channels contiguous)."""
+def winograd_weight_grad(x: torch.Tensor, grad: torch.Tensor, kt: int = 3) -> torch.Tensor:
+    """Weight gradient of a kt x 3 x 3 (kt 3 or 1) stride-1 SAME convolution of x Tensor[N, Cin, T, H,
+    W] given its output gradient Tensor[N, Cout, T, H, W] (float32, channels-last rows, channel slices
+    read in place) -> Tensor[Cout, Cin, kt, 3, 3] (stored input-channel-major, output channels
+    contiguous)."""
     (x, ldx), (grad, ldg) = as_rows(x), as_rows(grad)
     n, cin, t, h, w = x.shape
     cout = grad.shape[1]
-    dw = torch.empty((cin, 3, 3, 3, cout), dtype=torch.float32)
+    dw = torch.empty((cin, kt, 3, 3, cout), dtype=torch.float32)
     extension().winograd3d_weight_grad(x.data_ptr(), ldx, (n, t, h, w), cin, grad.data_ptr(), ldg, cout,
-                                       dw.data_ptr(), threads(), _whole_layer(x))
+                                       dw.data_ptr(), threads(), _whole_layer(x, kt), kt)
     return dw.permute(4, 0, 1, 2, 3)
 
 
 def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads,
                     need_input: bool, need_weight: bool):
-    """(grad_x or None, grad_weight or None) of the convolution, float32. For a 3x3x3 stride-1 SAME
-    convolution the data gradient is itself one (flipped, transposed weights) and runs on the
+    """(grad_x or None, grad_weight or None) of the convolution, float32. For a 3x3x3 or 1x3x3
+    stride-1 SAME convolution the data gradient is itself one (flipped, transposed weights) and runs on the
     Winograd kernel where ``backend="auto"`` would pick it for that shape, and the weight gradient
     runs on the Winograd weight-gradient kernel where :func:`winograd_weight_grad_rejected` allows;
     everything else is :func:`i3d_fast.kernels.aten.conv3d.conv3d_backward`."""
     grad_x = grad_w = None
-    if tuple(weight.shape[2:]) == (3, 3, 3):
+    kt = winograd_kt(weight)
+    if kt:
         if need_input:
             swapped = weight.transpose(0, 1)  # the data-gradient weight's shape, for the checks
             if unsupported(grad, swapped, stride, pads, None) is None and \
@@ -280,7 +302,7 @@ def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, s
                 conv3d_packed(grad, prepare_weight(weight, flipped=True), None, False, [(grad_x, 0, x.shape[1])])
                 need_input = False
         if need_weight and winograd_weight_grad_rejected(x, grad, weight, stride, pads) is None:
-            grad_w = winograd_weight_grad(x, grad).to(weight.dtype)
+            grad_w = winograd_weight_grad(x, grad, kt).to(weight.dtype)
             need_weight = False
     if need_input or need_weight:
         aten_x, aten_w = aten_conv3d.conv3d_backward(grad, x, weight, stride, pads, need_input, need_weight)

@@ -74,9 +74,9 @@ _SEEN = WeightCache(lambda weight: None)
 
 
 def _prepacked(weight: torch.Tensor, x: torch.Tensor, stride, padding) -> torch.Tensor:
-    """The weight reordered for oneDNN once, from its second use unchanged (a weight that changes
-    or is a fresh alias every call, as in training, is passed as it is)."""
-    if not _SEEN.seen_unchanged(weight):
+    """The weight reordered for oneDNN once, from its second use unchanged (a trainable weight, or one
+    that changes or is a fresh alias every call, is passed as it is)."""
+    if weight.requires_grad or not _SEEN.seen_unchanged(weight):
         return weight
     packs = _PREPACKED.get(weight)
     key = (tuple(x.shape), tuple(stride), tuple(padding))

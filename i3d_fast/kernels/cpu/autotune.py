@@ -23,7 +23,10 @@ _VERDICTS: Dict[Hashable, Tuple[float, float]] = {}
 def enabled(*tensors) -> bool:
     """Autotuning is on (``I3D_FAST_AUTOTUNE`` is not "0") and ``tensors`` are ordinary tensors that
     can be timed (not the fake / symbolic tensors of tracing, which take the fixed rules)."""
-    return os.environ.get("I3D_FAST_AUTOTUNE", "1") != "0" and all(type(t) is torch.Tensor for t in tensors)
+    return os.environ.get("I3D_FAST_AUTOTUNE", "1") != "0" and all(type(t) in _TIMEABLE for t in tensors)
+
+
+_TIMEABLE = (torch.Tensor, torch.nn.Parameter)
 
 
 def _seconds(fn: Callable[[], object]) -> float:

@@ -161,6 +161,10 @@ def load_state(model: torch.nn.Module, state: Dict[str, torch.Tensor], path: str
         if key in state and tuple(state[key].shape) != tuple(value.shape):
             raise WeightsError(f"{path}: {key} has shape {tuple(state[key].shape)}, the model expects "
                                f"{tuple(value.shape)}")
+        if key in state and value.is_floating_point() and not state[key].is_floating_point():
+            raise WeightsError(f"{path}: {key} is {str(state[key].dtype).replace('torch.', '')}; the model's "
+                               f"{key} is floating point (a file of integer or bool weights is not a checkpoint "
+                               "of this model, and converting it would predict garbage)")
         if key in state and state[key].is_floating_point() and not torch.isfinite(state[key]).all():
             raise WeightsError(f"{path}: {key} holds non-finite values")
     model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
@@ -230,13 +234,22 @@ def _read_torch_state_dict(path: Path) -> Dict[str, torch.Tensor]:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise WeightsError(f"{path}: not a loadable PyTorch state dict of tensors (read with weights_only=True, "
-                           f"which refuses code): {exc}") from exc
+        raise WeightsError(f"{path}: not a loadable PyTorch state dict of tensors: {_unpickler_reason(exc)}. It was "
+                           "read with weights_only=True, which refuses anything but tensors; i3d_fast never retries "
+                           "with weights_only=False, because unpickling arbitrary objects can run code from the file. "
+                           "Save a plain state_dict (or safetensors) instead.") from exc
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise WeightsError(f"{path}: expected a dict of tensors (a state_dict)")
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def _unpickler_reason(exc: Exception) -> str:
+    """torch.load's reason for refusing a file, without its advice to retry with weights_only=False."""
+    paragraphs = [p.strip() for p in str(exc).split("\n\n") if p.strip()]
+    useful = [p for p in paragraphs if "weights_only" not in p]
+    return useful[0].rstrip(".") if useful else type(exc).__name__
 
 
 def save_safetensors(model, path: str) -> None:

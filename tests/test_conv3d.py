@@ -143,3 +143,14 @@ def test_nan_propagates_like_torch(backend, kernel, stride, padding):
             pytest.skip(f"{backend} does not run this case")
         assert expected.isnan().any()
         assert torch.equal(y.isnan(), expected.isnan()), case
+
+
+def test_out_sharing_memory_with_an_input_is_refused():
+    """conv3d(x, ..., out=buf) with x a slice of buf would read cells it already overwrote."""
+    buf = torch.zeros(1, 16, 4, 6, 6).contiguous(memory_format=torch.channels_last_3d)
+    w = torch.randn(8, 8, 3, 3, 3)
+    with pytest.raises(ValueError, match="x shares memory with out"):
+        conv3d(buf[:, :8], w, out=buf, channel_offset=8, padding=1)
+    other = torch.randn(1, 8, 4, 6, 6)
+    conv3d(other, w, out=buf, channel_offset=8, padding=1)  # separate memory: fine
+    torch.testing.assert_close(buf[:, 8:], conv3d(other, w, padding=1))

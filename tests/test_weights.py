@@ -100,9 +100,15 @@ def test_bad_weights_files(tmp_path):
     with pytest.raises(WeightsError, match="not a readable safetensors"):
         InceptionI3d.from_pretrained(str(tmp_path / "junk.safetensors"))
     torch.save({"x": _RunsCode(tmp_path / "pwned")}, tmp_path / "evil.pt")
-    with pytest.raises(WeightsError, match="weights_only"):
+    with pytest.raises(WeightsError, match="never retries with weights_only=False, because") as refused:
         InceptionI3d.from_pretrained(str(tmp_path / "evil.pt"))
+    assert "will likely succeed" not in str(refused.value)  # torch's own retry hint is not repeated
     assert not (tmp_path / "pwned").exists()
+    from safetensors.torch import save_file
+    ints = {k: v.to(torch.int32) if v.is_floating_point() else v for k, v in state.items()}
+    save_file(ints, str(tmp_path / "ints.safetensors"))
+    with pytest.raises(WeightsError, match=r"Conv3d_1a_7x7.conv3d.weight is int32; the model's"):
+        InceptionI3d.from_pretrained(str(tmp_path / "ints.safetensors"))
     with pytest.raises(WeightsError, match="neither a pretrained name"):
         InceptionI3d.from_pretrained("kinetics600-rgb")
 

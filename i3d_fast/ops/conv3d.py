@@ -222,6 +222,20 @@ def autocast_inputs(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.
     return x.to(low), weight.to(low), None if bias is None else bias.to(low)
 
 
+def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the memory spans of a and b (first to last element, in bytes) intersect."""
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
+        return False
+
+    def span(t):
+        start = t.data_ptr()
+        last = sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+        return start, start + (last + 1) * t.element_size()
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
+
+
 def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor] = None,
            shift: Optional[torch.Tensor] = None, stride: Union[int, Sequence[int]] = 1, padding: PaddingArg = "same",
            relu: bool = False, out: Optional[torch.Tensor] = None, channel_offset: int = 0, backend: str = "auto",
@@ -265,6 +279,10 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor] 
     check_tensor("conv3d", "out", out, x)
     if out.dtype != x.dtype or not out.is_contiguous(memory_format=CL):
         raise ValueError(f"conv3d: out must be a channels_last_3d tensor of dtype {x.dtype}")
+    for name, t in (("x", x), ("weight", weight), ("scale", scale), ("shift", shift)):
+        if t is not None and _overlap(t, out):
+            raise ValueError(f"conv3d: {name} shares memory with out; the kernels would read what they already "
+                             "overwrote. Pass a separate out tensor (or none)")
     if not 0 <= channel_offset <= out.shape[1] - cout:
         raise ValueError(f"conv3d: channels [{channel_offset}, {channel_offset + cout}) do not fit in out's "
                          f"{out.shape[1]} channels")

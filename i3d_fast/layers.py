@@ -7,6 +7,9 @@ import torch
 from torch import nn
 
 from .ops import avg_pool3d, conv3d, conv3d_bn_relu, max_pool3d
+from .ops._library import plain_eager as _plain_eager
+from .ops.conv3d import planned_conv3d
+from .ops.conv3d_bn import folded
 from .ops.padding import PaddingArg, triple
 
 IntOr3 = Union[int, Sequence[int]]
@@ -114,10 +117,22 @@ class FusedConv3d(nn.Conv3d):
         if self.inference_only and (self.training or (bn is not None and bn.training)):
             raise RuntimeError("this layer was converted with i3d_fast.convert(..., inference=True); call "
                                "convert(model) without inference=True to train it")
-        if bn is None and not torch.is_grad_enabled():
-            return conv3d(x, self._constant_weight(), None, self.bias, self.stride, torch_padding(self),
-                          self.fused_relu, backend=self.backend)
-        return conv_bn_relu(x, self, bn, torch_padding(self), self.fused_relu, self.backend)
+        if torch.is_grad_enabled() or not _plain_eager(x) or (bn is not None and (bn.training or bn.running_mean is None)):
+            return conv_bn_relu(x, self, bn, torch_padding(self), self.fused_relu, self.backend)
+        # Inference: BatchNorm folded (cached per version), the kernel selected once per input shape.
+        if bn is None:
+            weight, shift = self._constant_weight(), self.bias
+        else:
+            weight, shift = folded(self.weight, self.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                                   bn.eps)
+        key = (x.shape, x.stride(), x.dtype, x.device, weight.dtype, weight.device, torch.is_autocast_enabled(x.device.type))
+        plan = self.__dict__.get("_plan")
+        if plan is None or plan[0] != key:
+            if key[-1]:  # autocast: the op casts per call
+                return conv_bn_relu(x, self, bn, torch_padding(self), self.fused_relu, self.backend)
+            plan = self.__dict__["_plan"] = (key, planned_conv3d(x, weight, shift, self.stride, torch_padding(self),
+                                                                 self.fused_relu, self.backend))
+        return plan[1](x, weight, shift)
 
     def _constant_weight(self) -> torch.Tensor:
         """A detached alias of the weight, kept while it aliases the same memory: it shares the

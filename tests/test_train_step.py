@@ -22,9 +22,16 @@ def _step(model, x, labels):
     return loss.detach()
 
 
-@pytest.fixture(scope="module")
-def steps():
-    """(loss, model) after one step of: ours fp32, plain fp32, plain float64 (the oracle)."""
+@pytest.fixture(scope="module", params=["fixed-rules", "autotune"])
+def steps(request):
+    """(loss, model) after one step of: ours fp32, plain fp32, plain float64 (the oracle); ours with the
+    fixed kernel-selection rules (every Winograd kernel runs) or with the per-machine timed choice."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("I3D_FAST_AUTOTUNE", "0" if request.param == "fixed-rules" else "1")
+        return _three_steps()
+
+
+def _three_steps():
     torch.manual_seed(0)
     ours = InceptionI3d(num_classes=10, adaptive_head=True)
     randomise_batchnorm(ours)
@@ -53,14 +60,22 @@ def _relative_errors(model, oracle):
             for name, p in model.named_parameters()}
 
 
-def test_every_gradient_matches(steps):
+def test_every_gradient_matches(steps, request):
     """Against the float64 step, each parameter's gradient is within 1e-3 relative, or (where fp32
     itself cannot get there: sums of many cancelling terms, e.g. BatchNorm biases deep in the
-    network) within 2x the plain fp32 model's own error."""
+    network) within 2x the plain fp32 model's own error. With the timed kernel choice, which differs
+    by machine, a different set of ReLU masks may flip than in the plain model (one flip moves a
+    branch's gradients by ~1e-2): there the mean error over all parameters must be within 2x plain's,
+    and each one within max(5e-2, 4x plain's)."""
     (_, ours), (_, plain), (_, oracle) = steps
     assert all(p.grad is not None for p in ours.parameters())
     ours_err, plain_err = _relative_errors(ours, oracle), _relative_errors(plain, oracle)
-    bad = {n: (e, plain_err[n]) for n, e in ours_err.items() if e > max(1e-3, 2 * plain_err[n])}
+    if request.node.callspec.params["steps"] == "fixed-rules":
+        bad = {n: (e, plain_err[n]) for n, e in ours_err.items() if e > max(1e-3, 2 * plain_err[n])}
+    else:
+        mean_ours, mean_plain = (sum(errs.values()) / len(errs) for errs in (ours_err, plain_err))
+        assert mean_ours <= max(1e-3, 2 * mean_plain), (mean_ours, mean_plain)
+        bad = {n: (e, plain_err[n]) for n, e in ours_err.items() if e > max(5e-2, 4 * plain_err[n])}
     assert not bad, f"relative errors (ours, plain fp32): {bad}"
 
 

@@ -236,6 +236,24 @@ def _overlap(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a0 < b1 and b0 < a1
 
 
+def planned_conv3d(x: torch.Tensor, weight: torch.Tensor, shift: Optional[torch.Tensor], stride, padding,
+                   relu: bool, backend: str = "auto"):
+    """For repeated inference calls of one layer: validates ``conv3d(x, weight, None, shift, stride,
+    padding, relu)`` and selects its kernel once, then returns ``run(x, weight, shift)`` that calls
+    that kernel directly (no per-call checks, op dispatch or backend selection) for inputs of the same
+    shapes, dtypes and devices, in eager mode without autograd. Tensor -> channels_last_3d Tensor."""
+    stride, pads = check_conv_args("conv3d", x, weight, stride, padding)
+    if shift is not None:
+        check_tensor("conv3d", "shift", shift, x, (weight.shape[0],))
+    impl = dispatch.select("i3d_fast.conv3d", backend, BACKENDS, x, weight, tuple(stride), pads, None, False,
+                           None).impl()
+
+    def run(x: torch.Tensor, weight: torch.Tensor, shift: Optional[torch.Tensor]) -> torch.Tensor:
+        return impl.conv3d(x, weight, None, shift, stride, pads, relu, None, None, False)
+
+    return run
+
+
 def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor] = None,
            shift: Optional[torch.Tensor] = None, stride: Union[int, Sequence[int]] = 1, padding: PaddingArg = "same",
            relu: bool = False, out: Optional[torch.Tensor] = None, channel_offset: int = 0, backend: str = "auto",

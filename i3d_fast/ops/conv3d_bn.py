@@ -131,7 +131,7 @@ def _fold(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps: floa
     return weight * scale.to(weight.dtype).view(-1, 1, 1, 1, 1), bn_bias + centred * scale
 
 
-def _folded(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps: float):
+def folded(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps: float):
     """:func:`_fold`, computed in float64 and cached per weight tensor while none of its inputs changes
     (version counters), so eval calls reuse the folded weight (and the kernels their transform of it)."""
     tensors = (weight, bias, bn_weight, bn_bias, running_mean, running_var)
@@ -198,7 +198,7 @@ def conv3d_bn_relu(x: torch.Tensor, weight: torch.Tensor, bn_weight: Optional[to
         if running_mean is None:
             raise ValueError(f"{op}: eval mode (training=False) needs running_mean and running_var")
         fold = _fold if torch.is_grad_enabled() and any(
-            t is not None and t.requires_grad for t in (weight, bias, bn_weight, bn_bias)) else _folded
+            t is not None and t.requires_grad for t in (weight, bias, bn_weight, bn_bias)) else folded
         folded_weight, shift = fold(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps)
         return conv3d(x, folded_weight, None, shift.to(x.dtype), stride, pads, relu,
                       backend="auto" if backend == "cpu" else backend)

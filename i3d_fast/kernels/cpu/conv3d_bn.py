@@ -31,6 +31,9 @@ def _conv(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads) -> 
 
 
 def _float32(t: torch.Tensor) -> torch.Tensor:
+    """t as contiguous float32 (itself when it already is: the kernels only read its data)."""
+    if t.dtype == torch.float32 and t.is_contiguous():
+        return t
     return t.detach().to(torch.float32).contiguous()
 
 

@@ -101,40 +101,45 @@ def test_gradcheck_float64(backend, stride):
     assert torch.autograd.gradcheck(lambda *a: fn(*a, None, None), leaves)
 
 
-@pytest.mark.parametrize("kt", [3, 1], ids=["3x3x3", "1x3x3"])
+WINOGRAD_KERNELS = [(3, 3, 3), (1, 3, 3), (3, 1, 1)]
+KERNEL_IDS = ["x".join(map(str, k)) for k in WINOGRAD_KERNELS]
+
+
+@pytest.mark.parametrize("kernel", WINOGRAD_KERNELS, ids=KERNEL_IDS)
 @pytest.mark.parametrize("whole", [False, True], ids=["chunks", "whole-layer"])
-def test_winograd_weight_gradient_matches_float64(monkeypatch, whole, kt):
-    """The C++ Winograd weight gradient (both schedules, several channel panels, partial tiles; 3x3x3
-    and 1x3x3) against ATen in float64: error within ~2x of oneDNN's fp32 error."""
-    monkeypatch.setattr(cpu_conv3d, "_whole_layer", lambda x, kt=3: whole)
+def test_winograd_weight_gradient_matches_float64(monkeypatch, whole, kernel):
+    """The C++ Winograd weight gradient (both schedules, several channel panels, partial tiles; every
+    kernel kind) against ATen in float64: error within ~2x of oneDNN's fp32 error."""
+    monkeypatch.setattr(cpu_conv3d, "_whole_layer", lambda x, kernel=None: whole)
+    pads = [k // 2 for k in kernel]
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 20, 5, 7, 9, generator=g, dtype=torch.float64)
     dy = torch.randn(2, 70, 5, 7, 9, generator=g, dtype=torch.float64)
-    w = torch.zeros(70, 20, kt, 3, 3, dtype=torch.float64)
+    w = torch.zeros(70, 20, *kernel, dtype=torch.float64)
 
     def aten(x, dy):
-        return torch.ops.aten.convolution_backward(dy, x, w.to(x.dtype), None, [1] * 3, [kt // 2, 1, 1], [1] * 3,
+        return torch.ops.aten.convolution_backward(dy, x, w.to(x.dtype), None, [1] * 3, pads, [1] * 3,
                                                    False, [0] * 3, 1, [False, True, False])[1]
 
     ref = aten(x, dy)
     wide = torch.randn(2, 90, 5, 7, 9, generator=g).contiguous(memory_format=CL)
     wide[:, 10:80] = dy.float()  # the output gradient as a channel slice of a wider tensor
-    ours = cpu_conv3d.winograd_weight_grad(x.float().contiguous(memory_format=CL), wide[:, 10:80], kt)
+    ours = cpu_conv3d.winograd_weight_grad(x.float().contiguous(memory_format=CL), wide[:, 10:80], kernel)
     assert ours.shape == w.shape
     assert _max_err(ours, ref) <= 2 * _max_err(aten(x.float(), dy.float()), ref) + 1e-6
 
 
-@pytest.mark.parametrize("kt", [3, 1], ids=["3x3x3", "1x3x3"])
-def test_winograd_data_gradient_matches_float64(kt):
+@pytest.mark.parametrize("kernel", WINOGRAD_KERNELS, ids=KERNEL_IDS)
+def test_winograd_data_gradient_matches_float64(kernel):
     """The data gradient as a Winograd convolution of the output gradient with the flipped,
     transposed kernel (transformed straight from the weight) against ATen in float64."""
     g = torch.Generator().manual_seed(4)
     x = torch.randn(2, 20, 5, 7, 9, generator=g, dtype=torch.float64)
     dy = torch.randn(2, 36, 5, 7, 9, generator=g, dtype=torch.float64)
-    w = torch.randn(36, 20, kt, 3, 3, generator=g, dtype=torch.float64)
+    w = torch.randn(36, 20, *kernel, generator=g, dtype=torch.float64)
 
     def aten(dy, w):
-        return torch.ops.aten.convolution_backward(dy, x.to(w.dtype), w, None, [1] * 3, [kt // 2, 1, 1], [1] * 3,
+        return torch.ops.aten.convolution_backward(dy, x.to(w.dtype), w, None, [1] * 3, [k // 2 for k in kernel], [1] * 3,
                                                    False, [0] * 3, 1, [True, False, False])[0]
 
     ref = aten(dy, w)

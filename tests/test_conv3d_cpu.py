@@ -8,6 +8,8 @@ inputs, ReLU'd and signed) the ratio is 0.6x-2.7x (largest with Cin >= 96), and 
 error of oneDNN's ``_convolution_pointwise`` (the ``aten`` backend); 4x leaves room for shapes and
 seeds the measurement did not cover without hiding a wrong transform (errors of 1e-2 and more).
 """
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -60,16 +62,20 @@ def test_matches_reference(n, cin, cout, shape, relu):
     _check(actual, x, w, scale, shift, relu)
 
 
+@pytest.mark.parametrize("kernel", [(1, 3, 3), (3, 1, 1)], ids=["1x3x3", "3x1x1"])
 @pytest.mark.parametrize("n, cin, cout, shape", [(2, 5, 7, (3, 5, 4)), (1, 37, 96, (2, 6, 9)), (1, 8, 130, (1, 1, 1))])
-def test_spatial_1x3x3_matches_reference(n, cin, cout, shape):
-    """The 2D form F(1x2x2, 1x3x3), padding (0, 1, 1): against float64 within ERROR_FACTOR x ATen's
-    float32 error (input transforms of 16/8/4/1 channels, partial tiles and panels)."""
+def test_factorised_kernels_match_reference(n, cin, cout, shape, kernel):
+    """The lower-dimensional forms F(1x2x2, 1x3x3) and F(2x1x1, 3x1x1), SAME padding: against float64
+    within ERROR_FACTOR x ATen's float32 error (input transforms of 16/8/4/1 channels, partial tiles
+    and panels)."""
     x, _, scale, shift = _data(n, cin, cout, shape)
-    w = torch.randn(cout, cin, 1, 3, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64) / (9 * cin) ** 0.5
-    pads = ((0, 0), (1, 1), (1, 1))
+    w = torch.randn(cout, cin, *kernel, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    w = w / (math.prod(kernel) * cin) ** 0.5
+    pads = tuple((k // 2, k // 2) for k in kernel)
     actual = conv3d(x.float(), w.float(), scale.float(), shift.float(), 1, pads, True, backend="cpu")
     expected = conv3d(x, w, scale, shift, 1, pads, True, backend="reference")
-    aten = torch.relu(F.conv3d(x.float(), (w * scale.view(-1, 1, 1, 1, 1)).float(), shift.float(), padding=(0, 1, 1)))
+    aten = torch.relu(F.conv3d(x.float(), (w * scale.view(-1, 1, 1, 1, 1)).float(), shift.float(),
+                               padding=[k // 2 for k in kernel]))
     ours = (actual.double() - expected).abs().max().item()
     assert ours <= ERROR_FACTOR * (aten.double() - expected).abs().max().item() + 1e-7
 
@@ -144,7 +150,7 @@ def test_auto_picks_cpu_only_for_what_it_runs(monkeypatch):
              (x, w3, (2, 2, 2), pad1, None, "stride-1"),
              (x, w3, ones, pad0, None, "zero padding"),
              (x, w1, ones, pad1, None, "unpadded 1x1x1"),
-             (x, torch.zeros(5, 16, 2, 3, 1), ones, pad0, None, "3x3x3 and 1x3x3 .Winograd. and 1x1x1"),
+             (x, torch.zeros(5, 16, 2, 3, 1), ones, pad0, None, "3x3x3, 1x3x3 and 3x1x1 .Winograd. and 1x1x1"),
              (x, w3, ones, pad1, (3, 3, 3), "max pool into 1x1x1")]
     for xx, ww, stride, pads, pool, reason in cases:
         assert select("auto", xx, ww, stride, pads, pool) != "cpu"

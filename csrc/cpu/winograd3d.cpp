@@ -1,8 +1,9 @@
 // 3D Winograd convolution F(2x2x2, 3x3x3) on channels-last (NDHWC) float32 tensors: 3x3x3 kernel,
-// stride 1, one cell of zero padding on every side (TF "SAME" for k = 3, s = 1); and its 2D form
-// F(1x2x2, 1x3x3) for the (1, 3, 3) spatial convolutions of factorised networks (R(2+1)D, S3D,
-// SlowFast), padding (0, 1, 1). Every function is a template on KT, the temporal kernel size (3 or 1):
-// with KT = 1 the T dimension is not transformed (one input cell, one output per tile along T).
+// stride 1, one cell of zero padding on every side (TF "SAME" for k = 3, s = 1); and its lower-
+// dimensional forms for the factorised convolutions of R(2+1)D, S3D and SlowFast: F(1x2x2, 1x3x3)
+// for (1, 3, 3) kernels padded (0, 1, 1) and F(2x1x1, 3x1x1) for (3, 1, 1) kernels padded (1, 0, 0).
+// Every function is a template on the kernel kind K (Tile<K>): a dimension with kernel size 1 is not
+// transformed (one input cell and one output per tile along it).
 //
 // Along one dimension (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks"), two
 // outputs of a 3-tap correlation are y = A^T [(G g) * (B^T d)] with
@@ -42,14 +43,20 @@ namespace {
 
 using namespace gemm;
 
-// Tile shape along T for temporal kernel size KT: input cells, outputs, transform positions.
-template <int KT>
-struct Temporal {
-  static_assert(KT == 1 || KT == 3, "temporal kernel size 1 or 3");
-  static constexpr int kIn = KT == 3 ? 4 : 1;
-  static constexpr int kOut = KT == 3 ? 2 : 1;
-  static constexpr int kPositions = kIn * 16;  // 4 x 4 x 4 or 1 x 4 x 4
-  static constexpr int kTaps = KT * 9;
+// The kernel kinds and their tiles: input cells, outputs and transform positions per dimension.
+enum Kind { k333 = 0, k133 = 1, k311 = 2 };
+template <int K>
+struct Tile {
+  static_assert(K == k333 || K == k133 || K == k311, "kernel kind");
+  static constexpr int kT = K == k133 ? 1 : 3;  // kernel size along T
+  static constexpr int kS = K == k311 ? 1 : 3;  // kernel size along H and along W
+  static constexpr int kInT = kT == 3 ? 4 : 1, kOutT = kT == 3 ? 2 : 1;
+  static constexpr int kInS = kS == 3 ? 4 : 1, kOutS = kS == 3 ? 2 : 1;
+  static constexpr int kPosS = kInS * kInS;      // positions of one t-slice (16 or 1)
+  static constexpr int kOutPerT = kOutS * kOutS;  // outputs of one t-slice (4 or 1)
+  static constexpr int kPositions = kInT * kPosS;
+  static constexpr int kTapsS = kS * kS;
+  static constexpr int kTaps = kT * kTapsS;
 };
 constexpr int64_t kL2Budget = 640 * 1024;  // bytes of V + M per thread
 
@@ -73,54 +80,59 @@ struct WeightView {
   const float* w;
   std::array<int64_t, 5> s;
   bool flip;
-  int kt_size;  // KT
+  int kt_size, ks_size;  // kernel sizes along T and along H, W
   const float& at(int64_t co, int64_t ci, int tap) const {
-    int kt = tap / 9, kh = (tap / 3) % 3, kw = tap % 3;
-    if (flip) kt = kt_size - 1 - kt, kh = 2 - kh, kw = 2 - kw;
+    int kt = tap / (ks_size * ks_size), kh = (tap / ks_size) % ks_size, kw = tap % ks_size;
+    if (flip) kt = kt_size - 1 - kt, kh = ks_size - 1 - kh, kw = ks_size - 1 - kw;
     return w[co * s[0] + ci * s[1] + kt * s[2] + kh * s[3] + kw * s[4]];
   }
 };
 
-// U = G g G^T per dimension for 8 output channels at a time (in double, rounded once; fastest when
-// the output channels are contiguous, s[0] == 1); padded output channels get zeros.
-template <int KT>
+// U = G g G^T per transformed dimension for 8 output channels at a time (in double, rounded once;
+// fastest when the output channels are contiguous, s[0] == 1); padded output channels get zeros.
+template <int K>
 void transform_weight(const WeightView& wv, float* u, int64_t cout, int64_t cin, int threads) {
-  using TD = Temporal<KT>;
-  const PanelLayout L(TD::kPositions, cin, cout);
+  using TL = Tile<K>;
+  const PanelLayout L(TL::kPositions, cin, cout);
   // Each (panel, input channel) writes whole [width] rows of the position blocks.
 #pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
   for (int64_t panel = 0; panel < L.panels(); ++panel) {
     for (int64_t ci = 0; ci < cin; ++ci) {
      for (int64_t co0 = panel * kPanel; co0 < panel * kPanel + L.width(panel); co0 += 8) {
-      v8d g[TD::kTaps];
+      v8d g[TL::kTaps];
       if (wv.s[0] == 1 && co0 + 8 <= cout) {  // output channels contiguous: vector loads
-        for (int tap = 0; tap < TD::kTaps; ++tap)
+        for (int tap = 0; tap < TL::kTaps; ++tap)
           g[tap] = __builtin_convertvector(load<v8>(&wv.at(co0, ci, tap)), v8d);
       } else {
-        for (int tap = 0; tap < TD::kTaps; ++tap)
+        for (int tap = 0; tap < TL::kTaps; ++tap)
           for (int lane = 0; lane < 8; ++lane)
             g[tap][lane] = co0 + lane < cout ? static_cast<double>(wv.at(co0 + lane, ci, tap)) : 0.0;
       }
-      v8d a[TD::kIn][9], b[TD::kIn][4][3], out[TD::kPositions];
-      for (int hw = 0; hw < 9; ++hw) {
-        if constexpr (KT == 3) {
+      v8d a[TL::kInT][TL::kTapsS], out[TL::kPositions];
+      for (int hw = 0; hw < TL::kTapsS; ++hw) {  // along t
+        if constexpr (TL::kT == 3) {
           v8d t[4];
-          weight_1d(g[hw], g[9 + hw], g[18 + hw], t);
+          weight_1d(g[hw], g[TL::kTapsS + hw], g[2 * TL::kTapsS + hw], t);
           for (int i = 0; i < 4; ++i) a[i][hw] = t[i];
         } else {
           a[0][hw] = g[hw];
         }
       }
-      for (int i = 0; i < TD::kIn; ++i)
-        for (int kw = 0; kw < 3; ++kw) {
-          v8d t[4];
-          weight_1d(a[i][kw], a[i][3 + kw], a[i][6 + kw], t);
-          for (int k = 0; k < 4; ++k) b[i][k][kw] = t[k];
+      for (int i = 0; i < TL::kInT; ++i) {  // along w, then h
+        if constexpr (TL::kS == 3) {
+          v8d b[4][3];
+          for (int kw = 0; kw < 3; ++kw) {
+            v8d t[4];
+            weight_1d(a[i][kw], a[i][3 + kw], a[i][6 + kw], t);
+            for (int k = 0; k < 4; ++k) b[k][kw] = t[k];
+          }
+          for (int k = 0; k < 4; ++k) weight_1d(b[k][0], b[k][1], b[k][2], out + (i * 4 + k) * 4);
+        } else {
+          out[i] = a[i][0];
         }
-      for (int i = 0; i < TD::kIn; ++i)
-        for (int k = 0; k < 4; ++k) weight_1d(b[i][k][0], b[i][k][1], b[i][k][2], out + (i * 4 + k) * 4);
+      }
       const int64_t j = co0 % kPanel, width = L.width(panel);
-      for (int xi = 0; xi < TD::kPositions; ++xi)
+      for (int xi = 0; xi < TL::kPositions; ++xi)
         store(u + L.offset(panel, xi) + ci * width + j, __builtin_convertvector(out[xi], v8));
      }
     }
@@ -139,60 +151,70 @@ inline void input_1d(Vec& a, Vec& b, Vec& c, Vec& d) {
   d = t3;
 }
 
-// rows[kPositions]: the tile's 4x4x4 (or 1x4x4) input cells in (t, h, w) order; position xi goes to
-// v + xi * v_stride.
-template <typename Vec, int KT>
+// rows[kPositions]: the tile's input cells in (t, h, w) order; position xi goes to v + xi * v_stride.
+template <typename Vec, int K>
 inline void input_tile(const float* const* rows, int64_t c, float* v, int64_t v_stride) {
-  constexpr int kIn = Temporal<KT>::kIn;
+  using TL = Tile<K>;
+  constexpr int kP = TL::kPosS;
   // Along t first, through a small buffer, then one t-slice (16 values) at a time along h and w:
   // few enough live values to stay in registers.
-  Vec d[kIn * 16];
-  for (int hw = 0; hw < 16; ++hw) {
-    if constexpr (KT == 3) {
-      Vec a = load<Vec>(rows[hw] + c), b = load<Vec>(rows[16 + hw] + c);
-      Vec e = load<Vec>(rows[32 + hw] + c), f = load<Vec>(rows[48 + hw] + c);
+  Vec d[TL::kPositions];
+  for (int hw = 0; hw < kP; ++hw) {
+    if constexpr (TL::kT == 3) {
+      Vec a = load<Vec>(rows[hw] + c), b = load<Vec>(rows[kP + hw] + c);
+      Vec e = load<Vec>(rows[2 * kP + hw] + c), f = load<Vec>(rows[3 * kP + hw] + c);
       input_1d(a, b, e, f);
       d[hw] = a;
-      d[16 + hw] = b;
-      d[32 + hw] = e;
-      d[48 + hw] = f;
+      d[kP + hw] = b;
+      d[2 * kP + hw] = e;
+      d[3 * kP + hw] = f;
     } else {
       d[hw] = load<Vec>(rows[hw] + c);
     }
   }
-  for (int t = 0; t < kIn; ++t) {
-    Vec s[16];
-    for (int i = 0; i < 16; ++i) s[i] = d[t * 16 + i];
-    for (int h = 0; h < 4; ++h) input_1d(s[h * 4], s[h * 4 + 1], s[h * 4 + 2], s[h * 4 + 3]);
-    for (int w = 0; w < 4; ++w) input_1d(s[w], s[4 + w], s[8 + w], s[12 + w]);
-    for (int i = 0; i < 16; ++i) store(v + (t * 16 + i) * v_stride + c, s[i]);
+  for (int t = 0; t < TL::kInT; ++t) {
+    if constexpr (TL::kS == 3) {
+      Vec s[16];
+      for (int i = 0; i < 16; ++i) s[i] = d[t * 16 + i];
+      for (int h = 0; h < 4; ++h) input_1d(s[h * 4], s[h * 4 + 1], s[h * 4 + 2], s[h * 4 + 3]);
+      for (int w = 0; w < 4; ++w) input_1d(s[w], s[4 + w], s[8 + w], s[12 + w]);
+      for (int i = 0; i < 16; ++i) store(v + (t * 16 + i) * v_stride + c, s[i]);
+    } else {
+      store(v + t * v_stride + c, d[t]);
+    }
   }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Output transform A^T m A of one tile for 16 channels: m[kPositions] -> y[kOut * 4] in (t, h, w) order.
-template <int KT>
-inline void output_tile(const float* m, int64_t m_stride, v16 y[Temporal<KT>::kOut * 4]) {
-  constexpr int kIn = Temporal<KT>::kIn;
-  v16 b[kIn][4];  // [t][h2 * 2 + w2]: one t-slice at a time along w, then h
-  for (int t = 0; t < kIn; ++t) {
-    v16 a[8];  // [h][w2]
-    for (int h = 0; h < 4; ++h) {
-      const float* p = m + (t * 16 + h * 4) * m_stride;
-      const v16 m0 = load<v16>(p), m1 = load<v16>(p + m_stride);
-      const v16 m2 = load<v16>(p + 2 * m_stride), m3 = load<v16>(p + 3 * m_stride);
-      a[h * 2] = m0 + m1 + m2;
-      a[h * 2 + 1] = m1 - m2 - m3;
-    }
-    for (int w = 0; w < 2; ++w) {
-      b[t][w] = a[w] + a[2 + w] + a[4 + w];
-      b[t][2 + w] = a[2 + w] - a[4 + w] - a[6 + w];
+// Output transform A^T m A of one tile for 16 channels: m[kPositions] -> y[kOutT * kOutPerT] in
+// (t, h, w) order.
+template <int K>
+inline void output_tile(const float* m, int64_t m_stride, v16 y[Tile<K>::kOutT * Tile<K>::kOutPerT]) {
+  using TL = Tile<K>;
+  constexpr int kO = TL::kOutPerT;
+  v16 b[TL::kInT][kO];  // [t][h2 * 2 + w2]: one t-slice at a time along w, then h
+  for (int t = 0; t < TL::kInT; ++t) {
+    if constexpr (TL::kS == 3) {
+      v16 a[8];  // [h][w2]
+      for (int h = 0; h < 4; ++h) {
+        const float* p = m + (t * 16 + h * 4) * m_stride;
+        const v16 m0 = load<v16>(p), m1 = load<v16>(p + m_stride);
+        const v16 m2 = load<v16>(p + 2 * m_stride), m3 = load<v16>(p + 3 * m_stride);
+        a[h * 2] = m0 + m1 + m2;
+        a[h * 2 + 1] = m1 - m2 - m3;
+      }
+      for (int w = 0; w < 2; ++w) {
+        b[t][w] = a[w] + a[2 + w] + a[4 + w];
+        b[t][2 + w] = a[2 + w] - a[4 + w] - a[6 + w];
+      }
+    } else {
+      b[t][0] = load<v16>(m + t * m_stride);
     }
   }
-  for (int i = 0; i < 4; ++i) {  // along t
-    if constexpr (KT == 3) {
+  for (int i = 0; i < kO; ++i) {  // along t
+    if constexpr (TL::kT == 3) {
       y[i] = b[0][i] + b[1][i] + b[2][i];
-      y[4 + i] = b[1][i] - b[2][i] - b[3][i];
+      y[kO + i] = b[1][i] - b[2][i] - b[3][i];
     } else {
       y[i] = b[0][i];
     }
@@ -212,48 +234,48 @@ struct Geometry {
   }
 };
 
-// V[xi][p][cin] for tiles [first, first + count): B^T d B of each tile's 4x4x4 (1x4x4) input cells,
-// with cells outside the input read from a row of zeros.
-template <int KT>
+// V[xi][p][cin] for tiles [first, first + count): B^T d B of each tile's input cells (4x4x4, 1x4x4 or
+// 4x1x1), with cells outside the input read from a row of zeros.
+template <int K>
 void transform_chunk(const float* x, const float* zeros, const Geometry& g, int64_t first, int64_t count,
                      int64_t P, float* V) {
-  using TD = Temporal<KT>;
-  const float* rows[TD::kPositions];
+  using TL = Tile<K>;
+  const float* rows[TL::kPositions];
   const int64_t v_stride = P * g.cin;
   for (int64_t p = 0; p < count; ++p) {
     const auto [n, tt, th, tw] = g.tile(first + p);
-    for (int i = 0; i < TD::kIn; ++i) {
-      const int64_t t = TD::kOut * tt - KT / 2 + i;
-      for (int j = 0; j < 4; ++j) {
-        const int64_t h = 2 * th - 1 + j;
-        for (int k = 0; k < 4; ++k) {
-          const int64_t w = 2 * tw - 1 + k;
+    for (int i = 0; i < TL::kInT; ++i) {
+      const int64_t t = TL::kOutT * tt - TL::kT / 2 + i;
+      for (int j = 0; j < TL::kInS; ++j) {
+        const int64_t h = TL::kOutS * th - TL::kS / 2 + j;
+        for (int k = 0; k < TL::kInS; ++k) {
+          const int64_t w = TL::kOutS * tw - TL::kS / 2 + k;
           const bool inside = t >= 0 && t < g.T && h >= 0 && h < g.H && w >= 0 && w < g.W;
-          rows[(i * 4 + j) * 4 + k] = inside ? x + (((n * g.T + t) * g.H + h) * g.W + w) * g.ldx : zeros;
+          rows[(i * TL::kInS + j) * TL::kInS + k] = inside ? x + (((n * g.T + t) * g.H + h) * g.W + w) * g.ldx : zeros;
         }
       }
     }
     float* v = V + p * g.cin;
     int64_t c = 0;
-    for (; c + 16 <= g.cin; c += 16) input_tile<v16, KT>(rows, c, v, v_stride);
+    for (; c + 16 <= g.cin; c += 16) input_tile<v16, K>(rows, c, v, v_stride);
     if (c + 8 <= g.cin) {
-      input_tile<v8, KT>(rows, c, v, v_stride);
+      input_tile<v8, K>(rows, c, v, v_stride);
       c += 8;
     }
     if (c + 4 <= g.cin) {
-      input_tile<v4, KT>(rows, c, v, v_stride);
+      input_tile<v4, K>(rows, c, v, v_stride);
       c += 4;
     }
-    for (; c < g.cin; ++c) input_tile<float, KT>(rows, c, v, v_stride);
+    for (; c < g.cin; ++c) input_tile<float, K>(rows, c, v, v_stride);
   }
 }
 
 // Output transform of M[xi][p][width] for tiles [first, first + count), output channels
 // [c_first, c_first + width) of which those < cout are stored.
-template <int KT>
+template <int K>
 void store_chunk(const float* M, const Geometry& g, int64_t first, int64_t count, int64_t P, int64_t width,
                  int64_t c_first, const float* bias, bool relu, const std::vector<Dest>& dests, bool stream) {
-  constexpr int kOut = Temporal<KT>::kOut;
+  using TL = Tile<K>;
   const int64_t m_stride = P * width;
   for (int64_t p = 0; p < count; ++p) {
     const auto [n, tt, th, tw] = g.tile(first + p);
@@ -261,19 +283,19 @@ void store_chunk(const float* M, const Geometry& g, int64_t first, int64_t count
       const int64_t c0 = c_first + j;
       if (c0 >= g.cout) break;
       const int valid = static_cast<int>(std::min<int64_t>(16, g.cout - c0));
-      v16 y[kOut * 4];
-      output_tile<KT>(M + p * width + j, m_stride, y);
+      v16 y[TL::kOutT * TL::kOutPerT];
+      output_tile<K>(M + p * width + j, m_stride, y);
       const v16 b = load<v16>(bias + c0);
-      for (int i = 0; i < kOut; ++i) {
-        const int64_t t = kOut * tt + i;
+      for (int i = 0; i < TL::kOutT; ++i) {
+        const int64_t t = TL::kOutT * tt + i;
         if (t >= g.T) break;
-        for (int k = 0; k < 2; ++k) {
-          const int64_t h = 2 * th + k;
+        for (int k = 0; k < TL::kOutS; ++k) {
+          const int64_t h = TL::kOutS * th + k;
           if (h >= g.H) break;
-          for (int l = 0; l < 2; ++l) {
-            const int64_t w = 2 * tw + l;
+          for (int l = 0; l < TL::kOutS; ++l) {
+            const int64_t w = TL::kOutS * tw + l;
             if (w >= g.W) break;
-            v16 out = y[(i * 2 + k) * 2 + l] + b;
+            v16 out = y[(i * TL::kOutS + k) * TL::kOutS + l] + b;
             if (relu) out = out < 0 ? v16{} : out;  // NaN stays NaN
             store_channels(dests, ((n * g.T + t) * g.H + h) * g.W + w, c0, valid, out, stream);
           }
@@ -285,22 +307,22 @@ void store_chunk(const float* M, const Geometry& g, int64_t first, int64_t count
 
 // Tiles per chunk: V + M within kL2Budget, a multiple of the micro-kernel's rows, and no more
 // than an even share of the tiles for each thread.
-template <int KT>
+template <int K>
 int64_t chunk_tiles(const Geometry& g, int threads, int64_t requested) {
   if (requested > 0) return requested;
-  const int64_t fit = kL2Budget / (4 * Temporal<KT>::kPositions * (g.cin + kPanel));
+  const int64_t fit = kL2Budget / (4 * Tile<K>::kPositions * (g.cin + kPanel));
   const int64_t step = fit >= 12 ? 12 : 6;
   const int64_t share = round_up(ceil_div(g.tiles(), threads), 6);
   return std::min(share, std::max<int64_t>(6, fit / step * step));
 }
 
-template <int KT>
+template <int K>
 void winograd_forward(const float* x, const float* u, const float* bias, bool relu, const Geometry& g,
                       const std::vector<Dest>& dests, int threads, int64_t requested_chunk) {
-  constexpr int kPositions = Temporal<KT>::kPositions;
+  constexpr int kPositions = Tile<K>::kPositions;
   const PanelLayout L(kPositions, g.cin, g.cout);
   const int64_t tiles = g.tiles();
-  const int64_t P = chunk_tiles<KT>(g, threads, requested_chunk);
+  const int64_t P = chunk_tiles<K>(g, threads, requested_chunk);
   const int64_t chunks = ceil_div(tiles, P);
   const std::vector<float> zeros(g.cin, 0.0f);
   const std::vector<float> b = padded_bias(bias, g.cout);
@@ -314,12 +336,12 @@ void winograd_forward(const float* x, const float* u, const float* bias, bool re
 #pragma omp for schedule(dynamic, 1)
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       const int64_t first = chunk * P, count = std::min(P, tiles - first);
-      transform_chunk<KT>(x, zeros.data(), g, first, count, P, V);
+      transform_chunk<K>(x, zeros.data(), g, first, count, P, V);
       for (int64_t panel = 0; panel < L.panels(); ++panel) {
         const int64_t width = L.width(panel);
         for (int xi = 0; xi < kPositions; ++xi)
           panel_gemm(V + xi * P * g.cin, g.cin, count, u + L.offset(panel, xi), g.cin, width, M + xi * P * width);
-        store_chunk<KT>(M, g, first, count, P, width, panel * kPanel, b.data(), relu, dests, stream);
+        store_chunk<K>(M, g, first, count, P, width, panel * kPanel, b.data(), relu, dests, stream);
       }
     }
     finish_streaming();
@@ -352,41 +374,47 @@ inline v16 load_channels(const float* p, int valid) {
 
 // dM for tiles [first, first + count) into rows [row0, row0 + count) of PanelLayout(kPositions, P, cout):
 // for each panel and position a [P][width] block. Output cells outside the output read zeros.
-template <int KT>
+template <int K>
 void transform_grad_chunk(const float* dy, int64_t ldy, const float* zeros, const Geometry& g, int64_t first,
                           int64_t count, int64_t P, int64_t row0, float* dM) {
-  using TD = Temporal<KT>;
-  const PanelLayout L(TD::kPositions, P, g.cout);
-  const float* rows[TD::kOut * 4];
+  using TL = Tile<K>;
+  constexpr int kO = TL::kOutPerT;
+  const PanelLayout L(TL::kPositions, P, g.cout);
+  const float* rows[TL::kOutT * kO];
   for (int64_t p = 0; p < count; ++p) {
     const auto [n, tt, th, tw] = g.tile(first + p);
-    for (int i = 0; i < TD::kOut; ++i)
-      for (int k = 0; k < 2; ++k)
-        for (int l = 0; l < 2; ++l) {
-          const int64_t t = TD::kOut * tt + i, h = 2 * th + k, w = 2 * tw + l;
+    for (int i = 0; i < TL::kOutT; ++i)
+      for (int k = 0; k < TL::kOutS; ++k)
+        for (int l = 0; l < TL::kOutS; ++l) {
+          const int64_t t = TL::kOutT * tt + i, h = TL::kOutS * th + k, w = TL::kOutS * tw + l;
           const bool inside = t < g.T && h < g.H && w < g.W;
-          rows[(i * 2 + k) * 2 + l] = inside ? dy + (((n * g.T + t) * g.H + h) * g.W + w) * ldy : zeros;
+          rows[(i * TL::kOutS + k) * TL::kOutS + l] = inside ? dy + (((n * g.T + t) * g.H + h) * g.W + w) * ldy : zeros;
         }
     for (int64_t c0 = 0; c0 < L.coutp; c0 += 16) {
       const int valid = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(16, g.cout - c0)));
-      v16 d[TD::kOut * 4];
-      for (int i = 0; i < TD::kOut * 4; ++i) d[i] = load_channels(rows[i] + c0, valid);
-      v16 a[TD::kIn][4];  // [t position][h * 2 + w]
-      for (int hw = 0; hw < 4; ++hw) {
-        if constexpr (KT == 3) {
-          grad_1d(d[hw], d[4 + hw], a[0][hw], a[1][hw], a[2][hw], a[3][hw]);
+      v16 d[TL::kOutT * kO];
+      for (int i = 0; i < TL::kOutT * kO; ++i) d[i] = load_channels(rows[i] + c0, valid);
+      v16 a[TL::kInT][kO];  // [t position][h * 2 + w]
+      for (int hw = 0; hw < kO; ++hw) {
+        if constexpr (TL::kT == 3) {
+          grad_1d(d[hw], d[kO + hw], a[0][hw], a[1][hw], a[2][hw], a[3][hw]);
         } else {
           a[0][hw] = d[hw];
         }
       }
       const int64_t panel = c0 / kPanel, j = c0 % kPanel, width = L.width(panel);
-      for (int ti = 0; ti < TD::kIn; ++ti) {
-        v16 b[4][2];  // [h position][w]
-        for (int w = 0; w < 2; ++w) grad_1d(a[ti][w], a[ti][2 + w], b[0][w], b[1][w], b[2][w], b[3][w]);
-        for (int hi = 0; hi < 4; ++hi) {
-          v16 o[4];
-          grad_1d(b[hi][0], b[hi][1], o[0], o[1], o[2], o[3]);
-          for (int wi = 0; wi < 4; ++wi) store(dM + L.offset(panel, (ti * 4 + hi) * 4 + wi) + (row0 + p) * width + j, o[wi]);
+      for (int ti = 0; ti < TL::kInT; ++ti) {
+        if constexpr (TL::kS == 3) {
+          v16 b[4][2];  // [h position][w]
+          for (int w = 0; w < 2; ++w) grad_1d(a[ti][w], a[ti][2 + w], b[0][w], b[1][w], b[2][w], b[3][w]);
+          for (int hi = 0; hi < 4; ++hi) {
+            v16 o[4];
+            grad_1d(b[hi][0], b[hi][1], o[0], o[1], o[2], o[3]);
+            for (int wi = 0; wi < 4; ++wi)
+              store(dM + L.offset(panel, (ti * 4 + hi) * 4 + wi) + (row0 + p) * width + j, o[wi]);
+          }
+        } else {
+          store(dM + L.offset(panel, ti) + (row0 + p) * width + j, a[ti][0]);
         }
       }
     }
@@ -401,12 +429,12 @@ inline void weight_grad_1d(const T& u0, const T& u1, const T& u2, const T& u3, T
   dg[2] = 0.5 * (u1 + u2) + u3;
 }
 
-// dU (PanelLayout(kPositions, cin, cout)) -> dW stored [cin][KT * 9 taps][cout], in double, 8 output
-// channels at a time (contiguous in both).
-template <int KT>
+// dU (PanelLayout(kPositions, cin, cout)) -> dW stored [cin][kTaps][cout], in double, 8 output channels
+// at a time (contiguous in both).
+template <int K>
 void inverse_weight_transform(const float* dU, float* dw, int64_t cout, int64_t cin, int threads) {
-  using TD = Temporal<KT>;
-  const PanelLayout L(TD::kPositions, cin, cout);
+  using TL = Tile<K>;
+  const PanelLayout L(TL::kPositions, cin, cout);
 #pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
   for (int64_t panel = 0; panel < L.panels(); ++panel)
     for (int64_t ci = 0; ci < cin; ++ci) {
@@ -414,34 +442,38 @@ void inverse_weight_transform(const float* dU, float* dw, int64_t cout, int64_t 
       for (int64_t j = 0; j < width; j += 8) {
         const int64_t co0 = panel * kPanel + j;
         if (co0 >= cout) break;
-        v8d u[TD::kPositions];
-        for (int xi = 0; xi < TD::kPositions; ++xi)
+        v8d u[TL::kPositions];
+        for (int xi = 0; xi < TL::kPositions; ++xi)
           u[xi] = __builtin_convertvector(load<v8>(dU + L.offset(panel, xi) + ci * width + j), v8d);
-        v8d a[TD::kIn][4][3], b[TD::kIn][3][3], out[TD::kTaps];
-        for (int t = 0; t < TD::kIn; ++t)
-          for (int h = 0; h < 4; ++h) {
-            const v8d* r = u + (t * 4 + h) * 4;
-            weight_grad_1d(r[0], r[1], r[2], r[3], a[t][h]);
-          }
-        for (int t = 0; t < TD::kIn; ++t)
-          for (int kw = 0; kw < 3; ++kw) {
-            v8d r[3];
-            weight_grad_1d(a[t][0][kw], a[t][1][kw], a[t][2][kw], a[t][3][kw], r);
-            for (int kh = 0; kh < 3; ++kh) b[t][kh][kw] = r[kh];
-          }
-        for (int kh = 0; kh < 3; ++kh)
-          for (int kw = 0; kw < 3; ++kw) {
-            if constexpr (KT == 3) {
-              v8d r[3];
-              weight_grad_1d(b[0][kh][kw], b[1][kh][kw], b[2][kh][kw], b[3][kh][kw], r);
-              for (int kt = 0; kt < 3; ++kt) out[(kt * 3 + kh) * 3 + kw] = r[kt];
-            } else {
-              out[kh * 3 + kw] = b[0][kh][kw];
+        v8d b[TL::kInT][TL::kTapsS], out[TL::kTaps];  // b: [t position][kh * kS + kw]
+        for (int t = 0; t < TL::kInT; ++t) {
+          if constexpr (TL::kS == 3) {
+            v8d a[4][3];  // [h position][kw]
+            for (int h = 0; h < 4; ++h) {
+              const v8d* r = u + (t * 4 + h) * 4;
+              weight_grad_1d(r[0], r[1], r[2], r[3], a[h]);
             }
+            for (int kw = 0; kw < 3; ++kw) {
+              v8d r[3];
+              weight_grad_1d(a[0][kw], a[1][kw], a[2][kw], a[3][kw], r);
+              for (int kh = 0; kh < 3; ++kh) b[t][kh * 3 + kw] = r[kh];
+            }
+          } else {
+            b[t][0] = u[t];
           }
+        }
+        for (int hw = 0; hw < TL::kTapsS; ++hw) {
+          if constexpr (TL::kT == 3) {
+            v8d r[3];
+            weight_grad_1d(b[0][hw], b[1][hw], b[2][hw], b[3][hw], r);
+            for (int kt = 0; kt < 3; ++kt) out[kt * TL::kTapsS + hw] = r[kt];
+          } else {
+            out[hw] = b[0][hw];
+          }
+        }
         const int valid = static_cast<int>(std::min<int64_t>(8, cout - co0));
-        for (int tap = 0; tap < TD::kTaps; ++tap) {
-          float* dst = dw + (ci * TD::kTaps + tap) * cout + co0;
+        for (int tap = 0; tap < TL::kTaps; ++tap) {
+          float* dst = dw + (ci * TL::kTaps + tap) * cout + co0;
           const v8 v = __builtin_convertvector(out[tap], v8);
           if (valid == 8) {
             store(dst, v);
@@ -456,10 +488,10 @@ void inverse_weight_transform(const float* dU, float* dw, int64_t cout, int64_t 
 // For layers with few tiles: every tile's V and dM at once (parallel over tiles), then one product
 // per (panel, position) over all tiles (parallel over those): no per-thread copies of dU to zero and
 // add up, which cost more than the products when each thread has only ~100 tiles.
-template <int KT>
+template <int K>
 void winograd_weight_grad_whole(const float* x, const float* dy, int64_t ldy, const Geometry& g, float* dw,
                                 int threads) {
-  constexpr int kPositions = Temporal<KT>::kPositions;
+  constexpr int kPositions = Tile<K>::kPositions;
   const PanelLayout L(kPositions, g.cin, g.cout);
   const int64_t tiles = g.tiles();
   const PanelLayout LM(kPositions, tiles, g.cout);
@@ -475,8 +507,8 @@ void winograd_weight_grad_whole(const float* x, const float* dy, int64_t ldy, co
 #pragma omp for schedule(dynamic, 1)
     for (int64_t first = 0; first < tiles; first += kTilesPerItem) {
       const int64_t count = std::min(kTilesPerItem, tiles - first);
-      transform_chunk<KT>(x, zeros.data(), g, first, count, tiles, V + first * g.cin);
-      transform_grad_chunk<KT>(dy, ldy, zeros.data(), g, first, count, tiles, first, dM);
+      transform_chunk<K>(x, zeros.data(), g, first, count, tiles, V + first * g.cin);
+      transform_grad_chunk<K>(dy, ldy, zeros.data(), g, first, count, tiles, first, dM);
     }
 #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int64_t panel = 0; panel < L.panels(); ++panel)
@@ -486,14 +518,14 @@ void winograd_weight_grad_whole(const float* x, const float* dy, int64_t ldy, co
         panel_gemm_at_acc(V + xi * tiles * g.cin, g.cin, g.cin, dM + LM.offset(panel, xi), tiles, L.width(panel), u);
       }
   }
-  inverse_weight_transform<KT>(dU, dw, g.cout, g.cin, threads);
+  inverse_weight_transform<K>(dU, dw, g.cout, g.cin, threads);
 }
 
 constexpr int64_t kGradChunkBytes = int64_t(4) << 20;  // V + dM per thread
 
-template <int KT>
+template <int K>
 void winograd_weight_grad(const float* x, const float* dy, int64_t ldy, const Geometry& g, float* dw, int threads) {
-  constexpr int kPositions = Temporal<KT>::kPositions;
+  constexpr int kPositions = Tile<K>::kPositions;
   const PanelLayout L(kPositions, g.cin, g.cout);
   const int64_t tiles = g.tiles();
   const int64_t fit = kGradChunkBytes / (4 * kPositions * (g.cin + L.coutp));
@@ -513,8 +545,8 @@ void winograd_weight_grad(const float* x, const float* dy, int64_t ldy, const Ge
 #pragma omp for schedule(dynamic, 1)
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       const int64_t first = chunk * P, count = std::min(P, tiles - first);
-      transform_chunk<KT>(x, zeros.data(), g, first, count, P, V);
-      transform_grad_chunk<KT>(dy, ldy, zeros.data(), g, first, count, P, 0, dM);
+      transform_chunk<K>(x, zeros.data(), g, first, count, P, V);
+      transform_grad_chunk<K>(dy, ldy, zeros.data(), g, first, count, P, 0, dM);
       for (int64_t panel = 0; panel < L.panels(); ++panel) {
         const int64_t width = L.width(panel);
         for (int xi = 0; xi < kPositions; ++xi)
@@ -531,36 +563,52 @@ void winograd_weight_grad(const float* x, const float* dy, int64_t ldy, const Ge
       store(scratch.data + (v_size + m_size) + i, sum);
     }
   }
-  inverse_weight_transform<KT>(scratch.data + v_size + m_size, dw, g.cout, g.cin, threads);
+  inverse_weight_transform<K>(scratch.data + v_size + m_size, dw, g.cout, g.cin, threads);
 }
 
 // ---------------------------------------------------------------------------------------------
-int check_kt(int kt) {
-  if (kt != 1 && kt != 3) throw std::invalid_argument("winograd3d: the temporal kernel size must be 1 or 3");
-  return kt;
+// The kernel kind of a (kt, ks, ks) kernel: 3x3x3, 1x3x3 or 3x1x1.
+int kind(int kt, int ks) {
+  if (kt == 3 && ks == 3) return k333;
+  if (kt == 1 && ks == 3) return k133;
+  if (kt == 3 && ks == 1) return k311;
+  throw std::invalid_argument("winograd3d: kernels 3x3x3, 1x3x3 and 3x1x1 only");
 }
 
-int64_t packed_size(int64_t cout, int64_t cin, int kt) {
-  return PanelLayout(check_kt(kt) == 3 ? Temporal<3>::kPositions : Temporal<1>::kPositions, cin, cout).size();
+// f<k333>, f<k133> or f<k311>(args...) for the kind of (kt, ks).
+#define I3D_BY_KIND(f, kt, ks, ...)                       \
+  switch (kind(kt, ks)) {                                 \
+    case k333: f<k333>(__VA_ARGS__); break;               \
+    case k133: f<k133>(__VA_ARGS__); break;               \
+    default: f<k311>(__VA_ARGS__); break;                 \
+  }
+
+int64_t packed_size(int64_t cout, int64_t cin, int kt, int ks) {
+  const int k = kind(kt, ks);
+  const int positions = k == k333 ? Tile<k333>::kPositions : k == k133 ? Tile<k133>::kPositions : Tile<k311>::kPositions;
+  return PanelLayout(positions, cin, cout).size();
 }
 
 void prepare_weight(uintptr_t weight, uintptr_t packed, int64_t cout, int64_t cin, int threads,
-                    const std::array<int64_t, 5>& strides, bool flip, int kt) {
+                    const std::array<int64_t, 5>& strides, bool flip, int kt, int ks) {
   std::array<int64_t, 5> s = strides;
-  if (s[0] == 0 && s[1] == 0) s = {cin * 9 * kt, 9 * kt, 9, 3, 1};  // contiguous
-  const WeightView wv{as_ptr<const float>(weight), s, flip, check_kt(kt)};
+  if (s[0] == 0 && s[1] == 0) s = {cin * kt * ks * ks, kt * ks * ks, ks * ks, ks, 1};  // contiguous
+  const WeightView wv{as_ptr<const float>(weight), s, flip, kt, ks};
+  kind(kt, ks);
   py::gil_scoped_release release;
-  (kt == 3 ? transform_weight<3> : transform_weight<1>)(wv, as_ptr<float>(packed), cout, cin, std::max(threads, 1));
+  I3D_BY_KIND(transform_weight, kt, ks, wv, as_ptr<float>(packed), cout, cin, std::max(threads, 1))
 }
 
-Geometry geometry(const std::array<int64_t, 4>& ndhw, int64_t cin, int64_t ldx, int64_t cout, int kt) {
+Geometry geometry(const std::array<int64_t, 4>& ndhw, int64_t cin, int64_t ldx, int64_t cout, int kt, int ks) {
   const auto [N, T, H, W] = ndhw;
-  return Geometry{N, T, H, W, kt == 3 ? ceil_div(T, 2) : T, ceil_div(H, 2), ceil_div(W, 2), cin, ldx, cout};
+  kind(kt, ks);
+  const int64_t out_t = kt == 3 ? 2 : 1, out_s = ks == 3 ? 2 : 1;
+  return Geometry{N, T, H, W, ceil_div(T, out_t), ceil_div(H, out_s), ceil_div(W, out_s), cin, ldx, cout};
 }
 
 void forward(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64_t cin, uintptr_t packed,
              int64_t cout, uintptr_t bias, bool relu, const std::vector<std::tuple<uintptr_t, int64_t, int64_t>>& dests,
-             int threads, int64_t chunk, int kt) {
+             int threads, int64_t chunk, int kt, int ks) {
   const auto [N, T, H, W] = ndhw;
   if (N < 1 || T < 1 || H < 1 || W < 1 || cin < 1 || cout < 1 || ldx < cin)
     throw std::invalid_argument("winograd3d_forward: bad sizes");
@@ -572,24 +620,28 @@ void forward(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64
     start += count;
   }
   if (start != cout) throw std::invalid_argument("winograd3d_forward: destinations must hold cout channels");
-  const Geometry g = geometry(ndhw, cin, ldx, cout, check_kt(kt));
+  const Geometry g = geometry(ndhw, cin, ldx, cout, kt, ks);
   py::gil_scoped_release release;
-  (kt == 3 ? winograd_forward<3> : winograd_forward<1>)(
-      as_ptr<const float>(x), as_ptr<const float>(packed), bias ? as_ptr<const float>(bias) : nullptr, relu, g, out,
-      std::max(threads, 1), chunk);
+  I3D_BY_KIND(winograd_forward, kt, ks, as_ptr<const float>(x), as_ptr<const float>(packed),
+              bias ? as_ptr<const float>(bias) : nullptr, relu, g, out, std::max(threads, 1), chunk)
 }
 
 void weight_grad(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64_t cin, uintptr_t dy,
-                 int64_t ldy, int64_t cout, uintptr_t dw, int threads, bool whole, int kt) {
+                 int64_t ldy, int64_t cout, uintptr_t dw, int threads, bool whole, int kt, int ks) {
   const auto [N, T, H, W] = ndhw;
   if (N < 1 || T < 1 || H < 1 || W < 1 || cin < 1 || cout < 1 || ldx < cin || ldy < cout)
     throw std::invalid_argument("winograd3d_weight_grad: bad sizes");
-  const Geometry g = geometry(ndhw, cin, ldx, cout, check_kt(kt));
+  const Geometry g = geometry(ndhw, cin, ldx, cout, kt, ks);
   py::gil_scoped_release release;
-  auto run = kt == 3 ? (whole ? winograd_weight_grad_whole<3> : winograd_weight_grad<3>)
-                     : (whole ? winograd_weight_grad_whole<1> : winograd_weight_grad<1>);
-  run(as_ptr<const float>(x), as_ptr<const float>(dy), ldy, g, as_ptr<float>(dw), std::max(threads, 1));
+  if (whole) {
+    I3D_BY_KIND(winograd_weight_grad_whole, kt, ks, as_ptr<const float>(x), as_ptr<const float>(dy), ldy, g,
+                as_ptr<float>(dw), std::max(threads, 1))
+  } else {
+    I3D_BY_KIND(winograd_weight_grad, kt, ks, as_ptr<const float>(x), as_ptr<const float>(dy), ldy, g,
+                as_ptr<float>(dw), std::max(threads, 1))
+  }
 }
+#undef I3D_BY_KIND
 
 }  // namespace
 
@@ -600,24 +652,28 @@ void register_winograd3d(py::module_& m) {
   m.attr("conv3d_avx512") = false;
 #endif
   m.def("winograd3d_packed_size", &packed_size, py::arg("cout"), py::arg("cin"), py::arg("kt") = 3,
-        "Floats in the transformed (packed) weight of a [cout, cin, kt, 3, 3] convolution (kt 3 or 1).");
+        py::arg("ks") = 3,
+        "Floats in the transformed (packed) weight of a [cout, cin, kt, ks, ks] convolution (3x3x3, 1x3x3 or "
+        "3x1x1).");
   m.def("winograd3d_prepare_weight", &prepare_weight, py::arg("weight"), py::arg("packed"), py::arg("cout"),
         py::arg("cin"), py::arg("threads"), py::arg("strides") = std::array<int64_t, 5>{0, 0, 0, 0, 0},
-        py::arg("flip") = false, py::arg("kt") = 3,
-        "Winograd F(2,3) weight transform U = G g G^T per dimension of a float32 [cout, cin, kt, 3, 3] "
-        "weight (kt 3, or 1: T not transformed) with element strides (co, ci, kt, kh, kw) (all 0: "
+        py::arg("flip") = false, py::arg("kt") = 3, py::arg("ks") = 3,
+        "Winograd F(2,3) weight transform U = G g G^T per dimension of size 3 of a float32 [cout, cin, kt, ks, "
+        "ks] weight (3x3x3, 1x3x3 or 3x1x1) with element strides (co, ci, kt, kh, kw) (all 0: "
         "contiguous), taps reversed when flip, into a 64-byte aligned buffer of winograd3d_packed_size floats.");
   m.def("winograd3d_forward", &forward, py::arg("x"), py::arg("ldx"), py::arg("ndhw"), py::arg("cin"),
         py::arg("packed"), py::arg("cout"), py::arg("bias"), py::arg("relu"), py::arg("dests"),
-        py::arg("threads"), py::arg("chunk") = 0, py::arg("kt") = 3,
-        "kt x 3 x 3 (kt 3 or 1) stride-1 convolution, padding (kt / 2, 1, 1), of float32 NDHWC rows x (cin channels, row stride ldx) with a "
+        py::arg("threads"), py::arg("chunk") = 0, py::arg("kt") = 3, py::arg("ks") = 3,
+        "kt x ks x ks (3x3x3, 1x3x3 or 3x1x1) stride-1 convolution, padding (kt / 2, ks / 2, ks / 2), of "
+        "float32 NDHWC rows x (cin channels, row stride ldx) with a "
         "packed weight; bias (0 = none, else cout floats) and ReLU fused. dests: (pointer, row stride, "
         "channel count) per destination, taking the output channels in order. chunk: tiles per work "
         "item (0 = sized for the L2 cache).");
   m.def("winograd3d_weight_grad", &weight_grad, py::arg("x"), py::arg("ldx"), py::arg("ndhw"), py::arg("cin"),
         py::arg("dy"), py::arg("ldy"), py::arg("cout"), py::arg("dw"), py::arg("threads"), py::arg("whole") = false,
-        py::arg("kt") = 3,
-        "Weight gradient of the kt x 3 x 3 stride-1 convolution, padding (kt / 2, 1, 1): float32 NDHWC rows x "
+        py::arg("kt") = 3, py::arg("ks") = 3,
+        "Weight gradient of the kt x ks x ks stride-1 convolution, padding (kt / 2, ks / 2, ks / 2): float32 "
+        "NDHWC rows x "
         "(cin channels, row stride ldx) and output gradient dy (cout channels, row stride ldy) -> float32 dw "
         "stored [cin][kT][kH][kW][cout]. Chunks of tiles with per-thread accumulators (threads * 64 * cin * "
         "round_up(cout, 16) floats of scratch), or whole: every tile transformed at once (64 * tiles * "

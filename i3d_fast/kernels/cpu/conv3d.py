@@ -2,8 +2,9 @@
 
 - 3x3x3 stride-1 convolutions with one cell of zero padding per side (what TF "SAME" gives for
   k = 3, s = 1): 3D Winograd F(2x2x2, 3x3x3) (csrc/cpu/winograd3d.cpp), 64 multiplies per 2x2x2
-  outputs and input channel instead of 216; and 1x3x3 ones padded (0, 1, 1) (the spatial convolutions
-  of R(2+1)D, S3D, SlowFast): F(1x2x2, 1x3x3), 16 multiplies per 1x2x2 outputs instead of 36.
+  outputs and input channel instead of 216; and the factorised convolutions of R(2+1)D, S3D and
+  SlowFast: 1x3x3 padded (0, 1, 1) by F(1x2x2, 1x3x3), 16 multiplies per 1x2x2 outputs instead of 36,
+  and 3x1x1 padded (1, 0, 0) by F(2x1x1, 3x1x1), 4 instead of 6 per 2 outputs.
 - 1x1x1 stride-1 unpadded convolutions: one GEMM (csrc/cpu/pointwise_conv3d.cpp), optionally of a
   stride-1 SAME max pool of the input computed on load (Inception branch 3).
 - Gradients of the Winograd ones (:func:`conv3d_backward`): the data gradient on the same Winograd
@@ -32,15 +33,14 @@ from . import autotune, extension, threads
 CL = torch.channels_last_3d
 PAD_1 = ((1, 1), (1, 1), (1, 1))
 PAD_0 = ((0, 0), (0, 0), (0, 0))
-PAD_SPATIAL = ((0, 0), (1, 1), (1, 1))
-#: kernel -> the zero padding the Winograd / GEMM kernels run it with
-WINOGRAD = {(3, 3, 3): PAD_1, (1, 3, 3): PAD_SPATIAL}
+#: Winograd kernel -> the zero padding it runs with (SAME, stride 1)
+WINOGRAD = {(3, 3, 3): PAD_1, (1, 3, 3): ((0, 0), (1, 1), (1, 1)), (3, 1, 1): ((1, 1), (0, 0), (0, 0))}
 
 
-def winograd_kt(weight: torch.Tensor) -> int:
-    """The temporal kernel size of a Winograd-run weight (3 for 3x3x3, 1 for 1x3x3), 0 for others."""
+def winograd_kernel(weight: torch.Tensor) -> Optional[Triple]:
+    """The weight's kernel (kT, kH, kW) if the Winograd kernels run it (3x3x3, 1x3x3, 3x1x1), else None."""
     kernel = tuple(weight.shape[2:])
-    return kernel[0] if any(kernel == k for k in WINOGRAD) else 0  # == (not hashing): symbolic shapes too
+    return next((k for k in WINOGRAD if kernel == k), None)  # == (not hashing): symbolic shapes too
 
 
 def unsupported(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads,
@@ -52,8 +52,8 @@ def unsupported(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pad
     if tuple(stride) != (1, 1, 1):
         return f"runs stride-1 convolutions only, got stride {tuple(stride)}"
     kernel, pads = tuple(weight.shape[2:]), tuple(map(tuple, pads))
-    if winograd_kt(weight):
-        kernel = (3, 3, 3) if kernel[0] == 3 else (1, 3, 3)
+    if winograd_kernel(weight):
+        kernel = winograd_kernel(weight)
         if pads != WINOGRAD[kernel]:
             return (f"runs {'x'.join(map(str, kernel))} kernels with zero padding {WINOGRAD[kernel]} only (SAME), "
                     f"got pads {pads}")
@@ -62,7 +62,7 @@ def unsupported(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pad
         return None
     if kernel == (1, 1, 1):
         return None if pads == PAD_0 else f"runs unpadded 1x1x1 kernels only, got pads {pads}"
-    return f"runs 3x3x3 and 1x3x3 (Winograd) and 1x1x1 (GEMM) kernels only, got {kernel}"
+    return f"runs 3x3x3, 1x3x3 and 3x1x1 (Winograd) and 1x1x1 (GEMM) kernels only, got {kernel}"
 
 
 def slower_than_onednn(x: torch.Tensor, weight: torch.Tensor, transformed_per_call: bool = False) -> Optional[str]:
@@ -82,8 +82,8 @@ def slower_than_onednn(x: torch.Tensor, weight: torch.Tensor, transformed_per_ca
         return "i3d_fast._C was built without AVX-512, which its GEMM micro-kernels need to be fast"
     if autotune.enabled(x, weight):
         return _measured_forward(x, weight, transformed_per_call)
-    if tuple(weight.shape[2:]) == (1, 3, 3):
-        return "the fixed rules have no crossover for 1x3x3 kernels (enable autotuning to time them)"
+    if tuple(weight.shape[2:]) in ((1, 3, 3), (3, 1, 1)):
+        return "the fixed rules have no crossover for 1x3x3 / 3x1x1 kernels (enable autotuning to time them)"
     if tuple(weight.shape[2:]) != (3, 3, 3):
         return None
     cout, cin = weight.shape[:2]
@@ -105,7 +105,7 @@ def _measured_forward(x: torch.Tensor, weight: torch.Tensor, transformed_per_cal
     def candidates():
         w = weight.detach()
         cout = w.shape[0]
-        pads = WINOGRAD[(3, 3, 3) if w.shape[2] == 3 else (1, 3, 3)] if winograd_kt(w) else PAD_0
+        pads = WINOGRAD[winograd_kernel(w)] if winograd_kernel(w) else PAD_0
         shift = torch.zeros(cout)
         packed = None if transformed_per_call else prepare_weight(w)
 
@@ -118,16 +118,16 @@ def _measured_forward(x: torch.Tensor, weight: torch.Tensor, transformed_per_cal
     return autotune.slower(key, candidates)
 
 
-def _tiles(x: torch.Tensor, kt: int = 3) -> int:
-    """Output tiles (2x2x2, or 1x2x2 for kt = 1) of a SAME kt x 3 x 3 stride-1 convolution of x."""
-    t = (x.shape[2] + 1) // 2 if kt == 3 else x.shape[2]
-    return x.shape[0] * t * math.prod((s + 1) // 2 for s in x.shape[3:])
+def _tiles(x: torch.Tensor, kernel: Triple = (3, 3, 3)) -> int:
+    """Output tiles (2 outputs along each dimension of kernel size 3, 1 along the others) of a SAME
+    stride-1 Winograd convolution of x."""
+    return x.shape[0] * math.prod((s + 1) // 2 if k == 3 else s for s, k in zip(x.shape[2:], kernel))
 
 
 class PackedWeight(NamedTuple):
     """Weights in the layout of the C++ kernels (see :func:`prepare_weight`)."""
     data: torch.Tensor  # 1-D float32
-    kt: int  # Winograd kt x 3 x 3 (3 or 1), or 0: a 1x1x1 GEMM
+    winograd: Optional[Triple]  # the Winograd kernel (3x3x3, 1x3x3, 3x1x1), or None: a 1x1x1 GEMM
     cin: int
     cout: int
 
@@ -149,25 +149,26 @@ def prepare_weight(weight: torch.Tensor, scale: Optional[torch.Tensor] = None, f
     w = weight.detach()
     if scale is not None:
         w = w.double() * scale.detach().double().view(-1, 1, 1, 1, 1)
-    kt = winograd_kt(weight)
-    if w.dtype != torch.float32 or (not kt and not w.is_contiguous()):
+    kernel = winograd_kernel(weight)
+    if w.dtype != torch.float32 or (not kernel and not w.is_contiguous()):
         w = w.float().contiguous()
     cout, cin = (w.shape[1], w.shape[0]) if flipped else (w.shape[0], w.shape[1])
     ext = extension()
-    if kt:
-        data = torch.empty(ext.winograd3d_packed_size(cout, cin, kt), dtype=torch.float32)
+    if kernel:
+        data = torch.empty(ext.winograd3d_packed_size(cout, cin, kernel[0], kernel[1]), dtype=torch.float32)
     else:
         data = torch.empty(ext.pointwise_conv3d_packed_size(cout, cin), dtype=torch.float32)
-    if kt:
+    if kernel:
         lanes = 1 if flipped else 0  # the dimension the transform vectorises over (its output channels)
         if w.stride(lanes) != 1:
             w = w.movedim(lanes, -1).contiguous().movedim(-1, lanes)
         s = w.stride()
         strides = (s[1], s[0], *s[2:]) if flipped else s
-        ext.winograd3d_prepare_weight(w.data_ptr(), data.data_ptr(), cout, cin, threads(), strides, flipped, kt)
+        ext.winograd3d_prepare_weight(w.data_ptr(), data.data_ptr(), cout, cin, threads(), strides, flipped,
+                                      kernel[0], kernel[1])
     else:
         ext.pointwise_conv3d_prepare_weight(w.data_ptr(), data.data_ptr(), cout, cin, threads())
-    return PackedWeight(data, kt, cin, cout)
+    return PackedWeight(data, kernel, cin, cout)
 
 
 _PREPARED = WeightCache(lambda weight: prepare_weight(weight))
@@ -218,9 +219,9 @@ def conv3d_packed(x: torch.Tensor, weight: PackedWeight, shift: Optional[torch.T
     bias = None if shift is None else shift.to(torch.float32).contiguous()
     bias_ptr = 0 if bias is None else bias.data_ptr()
     ext = extension()
-    if weight.kt:
+    if weight.winograd:
         ext.winograd3d_forward(x.data_ptr(), ld, (n, t, h, w), cin, weight.data.data_ptr(), weight.cout, bias_ptr,
-                               relu, dests, threads(), 0, weight.kt)
+                               relu, dests, threads(), 0, weight.winograd[0], weight.winograd[1])
     else:
         ext.pointwise_conv3d_forward(x.data_ptr(), ld, (n, t, h, w), cin, weight.data.data_ptr(), weight.cout,
                                      bias_ptr, relu, tuple(pool) if pool is not None else (0, 0, 0), dests,
@@ -242,10 +243,10 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor],
     return None
 
 
-def _whole_layer(x: torch.Tensor, kt: int = 3) -> bool:
+def _whole_layer(x: torch.Tensor, kernel: Triple = (3, 3, 3)) -> bool:
     """Whether the Winograd weight gradient transforms every tile at once (few tiles per thread) rather
     than accumulating per-thread copies of the transformed gradient over chunks of tiles."""
-    return _tiles(x, kt) < 256 * threads()
+    return _tiles(x, kernel) < 256 * threads()
 
 
 def winograd_weight_grad_rejected(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, stride: Triple,
@@ -258,29 +259,29 @@ def winograd_weight_grad_rejected(x: torch.Tensor, grad: torch.Tensor, weight: t
     why = unsupported(x, weight, stride, pads, None) or (None if grad.dtype == torch.float32 else "float32 only")
     if why or not extension().conv3d_avx512:
         return why or "needs an AVX-512 build"
-    cin, coutp, kt = weight.shape[1], -(-weight.shape[0] // 16) * 16, winograd_kt(weight)
-    positions = 16 * (4 if kt == 3 else 1)
-    floats = positions * (_tiles(x, kt) * (cin + coutp) if _whole_layer(x, kt) else threads() * cin * coutp)
+    cin, coutp, kernel = weight.shape[1], -(-weight.shape[0] // 16) * 16, winograd_kernel(weight)
+    positions = math.prod(4 if k == 3 else 1 for k in kernel)
+    floats = positions * (_tiles(x, kernel) * (cin + coutp) if _whole_layer(x, kernel) else threads() * cin * coutp)
     if floats * 4 > 512 << 20:
         return f"would need {floats * 4 >> 20} MiB of scratch"
     if not autotune.enabled(x, grad, weight):
         return None
-    key = ("conv3d_weight_grad", tuple(x.shape), tuple(grad.shape), kt, row_stride(x) is not None, threads())
-    return autotune.slower(key, lambda: (lambda: winograd_weight_grad(x, grad, kt), lambda: aten_conv3d.conv3d_backward(
+    key = ("conv3d_weight_grad", tuple(x.shape), tuple(grad.shape), kernel, row_stride(x) is not None, threads())
+    return autotune.slower(key, lambda: (lambda: winograd_weight_grad(x, grad, kernel), lambda: aten_conv3d.conv3d_backward(
         grad, x, weight.detach(), stride, pads, False, True)))
 
 
-def winograd_weight_grad(x: torch.Tensor, grad: torch.Tensor, kt: int = 3) -> torch.Tensor:
-    """Weight gradient of a kt x 3 x 3 (kt 3 or 1) stride-1 SAME convolution of x Tensor[N, Cin, T, H,
-    W] given its output gradient Tensor[N, Cout, T, H, W] (float32, channels-last rows, channel slices
-    read in place) -> Tensor[Cout, Cin, kt, 3, 3] (stored input-channel-major, output channels
-    contiguous)."""
+def winograd_weight_grad(x: torch.Tensor, grad: torch.Tensor, kernel: Triple = (3, 3, 3)) -> torch.Tensor:
+    """Weight gradient of a stride-1 SAME convolution with a Winograd ``kernel`` (3x3x3, 1x3x3, 3x1x1)
+    of x Tensor[N, Cin, T, H, W] given its output gradient Tensor[N, Cout, T, H, W] (float32,
+    channels-last rows, channel slices read in place) -> Tensor[Cout, Cin, *kernel] (stored
+    input-channel-major, output channels contiguous)."""
     (x, ldx), (grad, ldg) = as_rows(x), as_rows(grad)
     n, cin, t, h, w = x.shape
     cout = grad.shape[1]
-    dw = torch.empty((cin, kt, 3, 3, cout), dtype=torch.float32)
+    dw = torch.empty((cin, *kernel, cout), dtype=torch.float32)
     extension().winograd3d_weight_grad(x.data_ptr(), ldx, (n, t, h, w), cin, grad.data_ptr(), ldg, cout,
-                                       dw.data_ptr(), threads(), _whole_layer(x, kt), kt)
+                                       dw.data_ptr(), threads(), _whole_layer(x, kernel), kernel[0], kernel[1])
     return dw.permute(4, 0, 1, 2, 3)
 
 
@@ -292,8 +293,8 @@ def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, s
     runs on the Winograd weight-gradient kernel where :func:`winograd_weight_grad_rejected` allows;
     everything else is :func:`i3d_fast.kernels.aten.conv3d.conv3d_backward`."""
     grad_x = grad_w = None
-    kt = winograd_kt(weight)
-    if kt:
+    kernel = winograd_kernel(weight)
+    if kernel:
         if need_input:
             swapped = weight.transpose(0, 1)  # the data-gradient weight's shape, for the checks
             if unsupported(grad, swapped, stride, pads, None) is None and \
@@ -302,7 +303,7 @@ def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, s
                 conv3d_packed(grad, prepare_weight(weight, flipped=True), None, False, [(grad_x, 0, x.shape[1])])
                 need_input = False
         if need_weight and winograd_weight_grad_rejected(x, grad, weight, stride, pads) is None:
-            grad_w = winograd_weight_grad(x, grad, kt).to(weight.dtype)
+            grad_w = winograd_weight_grad(x, grad, kernel).to(weight.dtype)
             need_weight = False
     if need_input or need_weight:
         aten_x, aten_w = aten_conv3d.conv3d_backward(grad, x, weight, stride, pads, need_input, need_weight)

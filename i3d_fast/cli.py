@@ -259,15 +259,18 @@ def _bench(args: argparse.Namespace) -> int:
           + (f", GPU {info['cuda']}" if device == "cuda" else ""), flush=True)
     rows = bench.run(args.suite or list(bench.SUITES), quick=args.quick, device=device)
     table = bench.format_table(rows)
-    print(table)
+    print(table if args.full else bench.summary(rows))
+    if not args.full:
+        print("(every row: --full, or bench.txt / bench.md with --out)")
     status = 0
     json_paths = [args.json] if args.json else []
     plot_paths = [args.plot] if args.plot else []
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        bench.write_text(table + "\n", str(out / "bench.txt"))
-        print(f"wrote {out / 'bench.txt'}")
+        bench.write_text(bench.summary(rows) + "\n\n" + table + "\n", str(out / "bench.txt"))
+        bench.write_text(bench.format_markdown(rows) + "\n", str(out / "bench.md"))
+        print(f"wrote {out / 'bench.txt'} and {out / 'bench.md'}")
         json_paths.append(str(out / "bench.json"))
         plot_paths.append(str(out / "bench.png"))
     for path in json_paths:
@@ -288,6 +291,14 @@ def _bench(args: argparse.Namespace) -> int:
     return status
 
 
+# -- doctor -----------------------------------------------------------------------------------------
+def _doctor(args: argparse.Namespace) -> int:
+    from .doctor import report
+
+    print(report())
+    return 0
+
+
 # -- the parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
@@ -301,7 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "  features  I3D features (Mixed_5c, the 400-d FVD logits, ...) of videos, one .npy each\n"
                     "  flow      TV-L1 optical flow of videos as denseflow-layout JPEGs\n"
                     "  train     fine-tune I3D on a folder of class subfolders of videos\n"
-                    "  bench     benchmark the kernels and the model on this machine\n\n"
+                    "  bench     benchmark the kernels and the model on this machine\n"
+                    "  doctor    what this machine can run: each op's backends, the C++ extension, CPU ISA, GPU\n\n"
                     "Run `i3d-fast COMMAND --help` for each command's options.")
     parser.add_argument("--version", action="version", version=f"i3d-fast {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -439,11 +451,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", action="append", choices=sorted(SUITES), help="run only this suite (repeatable)")
     p.add_argument("--threads", type=NON_NEGATIVE, default=0, help="CPU threads (default: torch's default)")
     p.add_argument("--cpu", action="store_true", help="benchmark the CPU even when a GPU is present")
+    p.add_argument("--full", action="store_true", help="print every row, not the per-suite summary")
     p.add_argument("--out", default="bench-out", metavar="DIR",
                    help="write bench.txt, bench.json and bench.png here (default bench-out; '' for none)")
     p.add_argument("--json", metavar="PATH", help="also write the rows and machine info as JSON to PATH")
     p.add_argument("--plot", metavar="PATH", help="also write the PNG plot to PATH (an error without matplotlib)")
     p.set_defaults(func=_bench)
+
+    # doctor
+    p = sub.add_parser("doctor", formatter_class=fmt,
+                       help="what this machine can run: each op's backends, the C++ extension, CPU ISA, GPU",
+                       description=_wrap("Prints the environment (i3d_fast, torch, CPU model and vector ISA, "
+                                   "threads, whether the C++ extension is built, kernel selection, CUDA, "
+                                   "Triton, CuPy) and, for every op, each backend and whether it can run "
+                                   "float32 inputs here, or why not."))
+    p.set_defaults(func=_doctor)
     return parser
 
 

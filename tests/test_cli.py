@@ -232,7 +232,14 @@ def test_bench_writes_table_json_and_plot(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(bench.SUITES, "tiny", _tiny_suite)
     out = tmp_path / "results"
     assert main(["bench", "--suite", "tiny", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    # the terminal gets the summary: geomean, best / worst case, not-measured rows collapsed to one line
+    assert "tiny: 1 comparisons, geomean speedup" in printed and "tiny: 1 rows not measured (no GPU)" in printed
+    assert "median ms" not in printed and "--full" in printed
     assert "max_pool3d 3x3x3" in (out / "bench.txt").read_text() and "not measured" in (out / "bench.txt").read_text()
+    assert (out / "bench.md").read_text().startswith("| suite | case | provider | median ms | speedup | note |")
+    assert main(["bench", "--suite", "tiny", "--out", "", "--full"]) == 0
+    assert "median ms" in capsys.readouterr().out
     rows = json.loads((out / "bench.json").read_text())["rows"]
     assert [r["provider"] for r in rows] == ["ATen", "i3d_fast", "cuda"] and rows[2]["timing"] is None
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -253,7 +260,8 @@ def test_bench_with_nothing_measured_writes_the_table_and_skips_the_plot(tmp_pat
     out = tmp_path / "results"
     assert main(["bench", "--suite", "gpu_only", "--out", str(out), "--plot", str(tmp_path / "p.png")]) == 0
     assert "no row was measured" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.txt"] and not (tmp_path / "p.png").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md", "bench.txt"]
+    assert not (tmp_path / "p.png").exists()
 
 
 def test_train_fine_tunes_the_head_and_saves_a_usable_checkpoint(small_weights, tmp_path, capsys):

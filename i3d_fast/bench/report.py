@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from dataclasses import asdict, dataclass, field
@@ -62,6 +63,40 @@ def format_table(rows: List[Row]) -> str:
                       "; ".join([r.note] * bool(r.note) + [f"{k} {v:g}" for k, v in r.extra.items()])))
     widths = [max(len(str(line[c])) for line in lines) for c in range(len(header))]
     return "\n".join("  ".join(str(v).ljust(w) for v, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def summary(rows: List[Row]) -> str:
+    """Per suite: the geometric-mean speedup of every measured row over its case's baseline, the best
+    and worst case, and how many rows were not measured (collapsed to one line)."""
+    ratio = speedups(rows)
+    lines = []
+    for suite in dict.fromkeys(r.suite for r in rows):
+        picked = [(ratio[i], r) for i, r in enumerate(rows) if r.suite == suite and i in ratio and not r.baseline]
+        missing = [r for r in rows if r.suite == suite and r.timing is None]
+        if picked:
+            geomean = math.exp(sum(math.log(v) for v, _ in picked) / len(picked))
+            best, worst = max(picked, key=lambda p: p[0]), min(picked, key=lambda p: p[0])
+            lines.append(f"{suite}: {len(picked)} comparisons, geomean speedup {geomean:.2f}x; "
+                         f"best {best[0]:.2f}x ({best[1].case}: {best[1].provider}); "
+                         f"worst {worst[0]:.2f}x ({worst[1].case}: {worst[1].provider})")
+        elif not missing:
+            lines.append(f"{suite}: {sum(r.timing is not None for r in rows if r.suite == suite)} rows, no baseline")
+        if missing:
+            notes = sorted({r.note for r in missing if r.note})
+            lines.append(f"{suite}: {len(missing)} rows not measured ({'; '.join(notes)[:160]})")
+    return "\n".join(lines)
+
+
+def format_markdown(rows: List[Row]) -> str:
+    """Every row as a Markdown table (to paste into an issue or a README)."""
+    ratio = speedups(rows)
+    lines = ["| suite | case | provider | median ms | speedup | note |", "|---|---|---|---|---|---|"]
+    for i, r in enumerate(rows):
+        note = "; ".join([r.note] * bool(r.note) + [f"{k} {v:g}" for k, v in r.extra.items()])
+        lines.append(f"| {r.suite} | {r.case} | {r.provider}{' (baseline)' if r.baseline else ''} | "
+                     f"{f'{r.timing.median_ms:.2f}' if r.timing else 'not measured'} | "
+                     f"{f'{ratio[i]:.2f}x' if i in ratio else ''} | {note.replace('|', '/')} |")
+    return "\n".join(lines)
 
 
 def write_json(rows: List[Row], path: str) -> None:

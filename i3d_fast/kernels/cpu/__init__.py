@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Optional
 
 import torch
@@ -9,9 +10,14 @@ import torch
 
 @functools.lru_cache(maxsize=1)
 def _load():
+    """(the extension module, None), or (None, why it failed to import), warning once when it is missing."""
     try:
         from ... import _C
     except ImportError as exc:
+        warnings.warn(f"i3d_fast._C (the C++ CPU kernels) is not built ({exc}): every CPU op runs its ATen "
+                      "fallback, several times slower. Install with `pip install .` (needs g++) or build in "
+                      "place with `python setup.py build_ext --inplace`; `i3d-fast doctor` lists every backend.",
+                      RuntimeWarning, stacklevel=3)
         return None, str(exc)
     return _C, None
 

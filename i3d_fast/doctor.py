@@ -1,0 +1,82 @@
+"""``i3d-fast doctor``: what this machine can run, op by op, and why a backend is not available."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from typing import List
+
+import torch
+
+from . import __version__
+from .bench.report import machine
+from .flow import solver
+from .kernels import cpu as cpu_kernels
+from .kernels.cpu import autotune
+from .ops.conv3d import BACKENDS as CONV3D_BACKENDS
+from .ops.conv3d_bn import BACKENDS as CONV3D_BN_BACKENDS
+from .ops.pool3d import BACKENDS as POOL3D_BACKENDS
+
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def _cpu_flags() -> List[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [flag for flag in ISA_FLAGS if flag in flags]
+
+
+def _version(module: str) -> str:
+    if importlib.util.find_spec(module) is None:
+        return "not installed"
+    try:
+        return getattr(importlib.import_module(module), "__version__", "installed")
+    except Exception as exc:  # noqa: BLE001 - a broken install is worth reporting, not raising
+        return f"installed but fails to import ({type(exc).__name__}: {exc})"
+
+
+def _backends(op: str, backends, *args) -> List[str]:
+    """One line per backend: available, or why not, for ``args`` (asked for by name)."""
+    lines = []
+    for backend in backends:
+        why = backend.reject(*args, explicit=True)
+        lines.append(f"    {backend.name:10s} {'available' if why is None else 'no: ' + why}")
+    return [f"  {op}"] + lines
+
+
+def report() -> str:
+    """The environment and, for every op, each backend's availability on float32 inputs on the CPU
+    (and on the GPU when there is one)."""
+    info = machine()
+    module, error = cpu_kernels._load()
+    if module is None:
+        extension = f"NOT BUILT ({error}): every CPU op runs its ATen fallback, several times slower"
+    else:
+        extension = "built" + ("" if module.conv3d_avx512 else " without AVX-512 (Winograd / GEMM kernels off)")
+    lines = [
+        f"i3d_fast {__version__}, torch {info['torch']}, Python {info['python']}",
+        f"CPU: {info['cpu']}, {info['cpu_count']} cores, torch threads {info['threads']}, "
+        f"ISA: {', '.join(_cpu_flags()) or 'none of ' + ', '.join(ISA_FLAGS)}",
+        f"C++ extension i3d_fast._C: {extension}",
+        f"kernel selection: {'timed per layer (autotune)' if autotune.enabled() else 'fixed rules (I3D_FAST_AUTOTUNE=0)'}",
+        f"CUDA: {info['cuda'] or 'no GPU visible to torch'}",
+        f"triton: {_version('triton')}; cupy (TV-L1 on CUDA): {_version('cupy')}; "
+        f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}",
+        "",
+        "backends per op (on float32 inputs, asked for by name):",
+    ]
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        lines.append(f" on {device}:")
+        x = torch.zeros(1, 16, 4, 8, 8, device=device).contiguous(memory_format=torch.channels_last_3d)
+        w = torch.zeros(16, 16, 3, 3, 3, device=device)
+        pads = ((1, 1),) * 3
+        lines += _backends("conv3d (3x3x3, stride 1)", CONV3D_BACKENDS, x, w, (1, 1, 1), pads, None, False, None)
+        lines += _backends("conv3d_bn_relu (training)", CONV3D_BN_BACKENDS, x)
+        lines += _backends("max_pool3d / avg_pool3d", POOL3D_BACKENDS, x, "max")
+        frames = torch.zeros(1, 16, 16, dtype=torch.uint8, device=device)
+        lines += _backends("flow.tvl1", solver.BACKENDS, frames)
+    return "\n".join(lines)

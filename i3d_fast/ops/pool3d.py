@@ -14,6 +14,7 @@ import torch
 
 from ..kernels import cpu as cpu_kernels
 from ..kernels.aten import pool3d as aten_pool3d
+from ..kernels.cpu import autotune
 from ..kernels.cpu import pool3d as cpu_pool3d
 from ..kernels.reference import pool3d as reference_pool3d
 from . import _library, dispatch
@@ -62,13 +63,28 @@ def _impl(requested: str, x: torch.Tensor, mode: str):
     return dispatch.select("i3d_fast.pool3d", requested, BACKENDS, x, mode).impl()
 
 
+def _timed_choice(requested: str, impl, what: str, key: tuple, run):
+    """``impl``, or ATen's kernels where ``backend="auto"`` picked the C++ ones but they measured slower
+    for this configuration (see :mod:`i3d_fast.kernels.cpu.autotune`): small pools of few channels
+    are faster in ATen's own kernels. ``run(kernels)`` runs the pooling with a kernel module."""
+    if requested != "auto" or impl is not cpu_pool3d or not autotune.enabled(*key[:1]):
+        return impl
+    tensor = key[0]
+    key = (what, tuple(tensor.shape), tensor.stride(), tensor.dtype, *key[1:], cpu_kernels.threads())
+    slower = autotune.slower(key, lambda: (lambda: run(cpu_pool3d), lambda: run(aten_pool3d)))
+    return impl if slower is None else aten_pool3d
+
+
 def _pool3d(x: torch.Tensor, mode: str, kernel: List[int], stride: List[int], pads: List[int],
             backend: str) -> torch.Tensor:
     """Validated arguments only (see :func:`max_pool3d` / :func:`avg_pool3d`); pads = [t0, t1, h0, h1, w0, w1]."""
     impl = _impl(backend, x, mode)
     if x.numel() == 0:  # N or C is 0
         return _empty_output(x, kernel, stride, pads)
-    return impl.pool3d(x, mode, tuple(kernel), tuple(stride), nested_pads(pads))
+    args = (x, mode, tuple(kernel), tuple(stride), nested_pads(pads))
+    impl = _timed_choice(backend, impl, "pool3d", (x, mode, args[2], args[3], args[4]),
+                         lambda kernels: kernels.pool3d(*args))
+    return impl.pool3d(*args)
 
 
 def _empty_output(x, kernel, stride, pads):
@@ -86,8 +102,10 @@ def _pool3d_backward(grad_out: torch.Tensor, x: Optional[torch.Tensor], input_sh
     impl = _impl(backend, grad_out, mode)
     if grad_out.numel() == 0:
         return grad_out.new_zeros(input_shape).contiguous(memory_format=torch.channels_last_3d)
-    return impl.pool3d_backward(grad_out, x, tuple(input_shape), mode, tuple(kernel), tuple(stride),
-                                nested_pads(pads))
+    args = (grad_out, x, tuple(input_shape), mode, tuple(kernel), tuple(stride), nested_pads(pads))
+    impl = _timed_choice(backend, impl, "pool3d_backward", (grad_out, mode, args[4], args[5], args[6]),
+                         lambda kernels: kernels.pool3d_backward(*args))
+    return impl.pool3d_backward(*args)
 
 
 def _pool3d_backward_fake(grad_out, x, input_shape, mode, kernel, stride, pads, backend):

@@ -1,5 +1,6 @@
-"""3D pooling from ATen ops: explicit -inf / zero padding, then ATen's max / average pooling.
-Backward calls ATen's backward kernels (max pooling keeps ATen's int64 index tensor)."""
+"""3D pooling from ATen ops: ATen's own ``padding=`` where it accepts the pads (symmetric, at most
+half the kernel), else explicit -inf / zero padding, then ATen's max / average pooling. Backward
+calls ATen's backward kernels (max pooling keeps ATen's int64 index tensor)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -36,10 +37,23 @@ def _real_cells(sizes, kernel: Triple, stride: Triple, pads: Pads, like: torch.T
     return (ct[:, None, None] * ch[None, :, None] * cw[None, None, :]).to(like.dtype)
 
 
+def _native_padding(kernel: Triple, pads: Pads) -> Optional[list]:
+    """The pads as ATen's own ``padding=`` (no padded copy; padded cells ignored by max pooling and, with
+    ``count_include_pad=False``, by average pooling) when ATen accepts them: symmetric, at most half
+    the kernel. None otherwise (e.g. TF SAME's odd cell at the end)."""
+    if all(before == after and 2 * before <= k for (before, after), k in zip(pads, kernel)):
+        return [before for before, _ in pads]
+    return None
+
+
 def pool3d(x: torch.Tensor, mode: str, kernel: Triple, stride: Triple, pads: Pads) -> torch.Tensor:
     """Tensor[N, C, T, H, W] -> Tensor[N, C, OT, OH, OW] (channels_last_3d)."""
     x = x.contiguous(memory_format=CL)
-    if mode == "max":
+    native = _native_padding(kernel, pads)
+    if native is not None:
+        y = F.max_pool3d(x, kernel, stride, native) if mode == "max" else \
+            F.avg_pool3d(x, kernel, stride, native, count_include_pad=False)
+    elif mode == "max":
         y = F.max_pool3d(_pad(x, pads, float("-inf")), kernel, stride)
     else:
         total = F.avg_pool3d(_pad(x, pads, 0.0), kernel, stride, divisor_override=1)
@@ -49,6 +63,16 @@ def pool3d(x: torch.Tensor, mode: str, kernel: Triple, stride: Triple, pads: Pad
 
 def pool3d_backward(grad_out: torch.Tensor, x: Optional[torch.Tensor], input_shape, mode: str, kernel: Triple,
                     stride: Triple, pads: Pads) -> torch.Tensor:
+    native = _native_padding(kernel, pads)
+    if native is not None and mode == "max":
+        x = x.contiguous(memory_format=CL)
+        _, indices = aten.max_pool3d_with_indices(x, kernel, stride, native)
+        return aten.max_pool3d_with_indices_backward(grad_out, x, kernel, stride, native, [1, 1, 1], False,
+                                                     indices).contiguous(memory_format=CL)
+    if native is not None:
+        like = grad_out.new_empty(input_shape).contiguous(memory_format=CL)
+        return aten.avg_pool3d_backward(grad_out.contiguous(memory_format=CL), like, kernel, stride, native, False,
+                                        False, None).contiguous(memory_format=CL)
     if mode == "max":
         xp = _pad(x.contiguous(memory_format=CL), pads, float("-inf"))
         _, indices = aten.max_pool3d_with_indices(xp, kernel, stride)

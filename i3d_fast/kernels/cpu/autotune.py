@@ -1,4 +1,5 @@
-"""Measured choice between a C++ kernel and oneDNN, once per layer configuration.
+"""Measured choice between a C++ kernel and ATen's (oneDNN for convolutions), once per layer
+configuration.
 
 Fixed crossovers measured on one CPU do not hold on another (the Winograd kernels beat oneDNN by
 2.4x on a Zen 4, whose AVX-512 runs at half width, and lose on some shapes on an Intel Xeon with
@@ -55,8 +56,8 @@ def slower(key: Hashable, candidates: Callable[[], Tuple[Callable[[], object], C
     mine, onednn = hit
     if mine <= MARGIN * onednn:
         return None
-    return (f"measured slower than oneDNN for this configuration ({mine * 1e3:.2f} ms vs {onednn * 1e3:.2f} ms; "
-            "I3D_FAST_AUTOTUNE=0 uses fixed rules)")
+    return (f"measured slower than ATen / oneDNN for this configuration ({mine * 1e3:.2f} ms vs {onednn * 1e3:.2f} "
+            "ms; I3D_FAST_AUTOTUNE=0 uses fixed rules)")
 
 
 def verdicts() -> Dict[Hashable, Tuple[float, float]]:

@@ -55,3 +55,21 @@ def test_convert_suite_rows(monkeypatch):
         ratios = [b.timing.median_ms / c.timing.median_ms for b, c in zip(pairs[::2], pairs[1::2])]
         assert summary.extra["geomean speedup"] == pytest.approx(math.prod(ratios) ** (1 / len(ratios)), rel=1e-2)
     assert rows[-1].timing is None and rows[-1].note.startswith("not measured")
+
+
+@pytest.mark.parametrize("shape, kernel, stride", [((1, 4, 8, 20, 20), (1, 3, 3), (1, 2, 2)),
+                                                   ((1, 4, 8, 10, 10), (3, 3, 3), (1, 1, 1)),
+                                                   ((1, 4, 8, 10, 10), (3, 3, 3), (2, 2, 2)),
+                                                   ((1, 4, 7, 9, 11), (3, 3, 3), (2, 2, 2)),
+                                                   ((1, 4, 6, 6, 6), (2, 2, 2), (2, 2, 2))])
+def test_pool_baseline_is_the_same_result_as_ours(shape, kernel, stride):
+    """The pool suite's ATen baseline (padding= / ceil_mode where ATen can, else a -inf pad) computes
+    exactly TF SAME max pooling."""
+    import torch
+
+    from i3d_fast.bench.pool3d import _aten_same
+    from i3d_fast.ops import max_pool3d
+
+    x = torch.randn(shape)
+    torch.testing.assert_close(_aten_same(x, False, kernel, stride, "same"),
+                               max_pool3d(x, kernel, stride, "same", backend="reference"), rtol=0, atol=0)

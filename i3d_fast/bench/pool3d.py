@@ -1,9 +1,11 @@
 """Pooling benchmarks: every pooling shape of I3D at 64x224x224, ours vs ATen, channels_last_3d.
 
 For every shape, forward and forward+backward, side by side in one run:
-  - "ATen" (the baseline): the same result from stock ATen. SAME max pooling needs an explicit
-    -inf pad before ``max_pool3d``; forward+backward is plain autograd through pad + pool (ATen
-    keeps an int64 index tensor for the backward).
+  - "ATen" (the baseline): the same result from stock ATen, the cheapest way a user can get it:
+    SAME pads that ATen expresses itself (symmetric ones as ``padding=``, an extra cell at the end as
+    ``ceil_mode=True``) go to ``max_pool3d`` directly; only the others need an explicit -inf pad
+    first (what a TF port does). Forward+backward is plain autograd (ATen keeps an int64 index tensor
+    for the backward).
   - "ATen kernel alone (VALID, less output)": ``max_pool3d`` / ``avg_pool3d`` without the pad: a
     smaller output and not the SAME result, shown so the pad's cost is visible.
   - "i3d_fast": ``max_pool3d`` / ``avg_pool3d`` with backend "auto" (C++ on the CPU, Triton on CUDA);
@@ -20,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import avg_pool3d, max_pool3d
-from ..ops.padding import resolve_padding
+from ..ops.padding import output_size, resolve_padding
 from .report import Row
 from .timing import measure
 
@@ -47,8 +49,30 @@ def _aten_same(x: torch.Tensor, is_avg: bool, kernel, stride, padding) -> torch.
         if padding != "valid":
             raise ValueError("the ATen baseline covers VALID average pooling only (I3D's head)")
         return F.avg_pool3d(x, kernel, stride)
-    (t0, t1), (h0, h1), (w0, w1) = resolve_padding(x.shape[2:], kernel, stride, padding)
+    pads = resolve_padding(x.shape[2:], kernel, stride, padding)
+    native = _native(x.shape[2:], kernel, stride, pads)
+    if native is not None:
+        return F.max_pool3d(x, kernel, stride, native[0], ceil_mode=native[1])
+    (t0, t1), (h0, h1), (w0, w1) = pads
     return F.max_pool3d(F.pad(x, (w0, w1, h0, h1, t0, t1), value=float("-inf")), kernel, stride)
+
+
+def _native(sizes, kernel, stride, pads):
+    """(padding, ceil_mode) for which ATen's max_pool3d gives the SAME result without a padded copy
+    (padding the smaller pad of each side, at most half the kernel; ceil_mode adding the extra cell at
+    the end), or None."""
+    padding = [before for before, _ in pads]
+    if any(after < before or 2 * before > k for (before, after), k in zip(pads, kernel)):
+        return None
+    ceil = any(after > before for before, after in pads)
+    for size, k, s, p, (before, after) in zip(sizes, kernel, stride, padding, pads):
+        want = output_size(size, k, s, (before, after))
+        got = -(-(size + 2 * p - k) // s) + 1 if ceil else (size + 2 * p - k) // s + 1
+        if ceil and (got - 1) * s >= size + p:  # ATen drops a last window that starts in the right padding
+            got -= 1
+        if got != want:
+            return None
+    return padding, ceil
 
 
 def _fwd_bwd(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> Callable[[], object]:

@@ -38,3 +38,10 @@ def test_autotune_can_be_switched_off(monkeypatch):
     assert not autotune.enabled()
     monkeypatch.setenv("I3D_FAST_AUTOTUNE", "1")
     assert autotune.enabled()
+
+
+def test_a_baseline_without_a_kernel_loses():
+    def missing():
+        raise NotImplementedError("no bf16 kernel")
+
+    assert autotune.slower(("test", "missing"), lambda: (lambda: None, missing)) is None

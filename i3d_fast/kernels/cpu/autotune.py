@@ -10,6 +10,7 @@ configuration (shapes, layout, threads) and keeps the C++ kernel only where it t
 """
 from __future__ import annotations
 
+import math
 import os
 import time
 from typing import Callable, Dict, Hashable, Optional, Tuple
@@ -40,11 +41,17 @@ def slower(key: Hashable, candidates: Callable[[], Tuple[Callable[[], object], C
     """None when ``ours()`` measured at most MARGIN of ``theirs()``'s time for ``key``, else why not;
     ``candidates()`` makes (ours, theirs), only when ``key`` was not measured yet. Each runs once to
     warm up, then alternately (2 runs each; 4 when a run takes under 5 ms); the best run of each
-    counts. Measured once per key per process."""
+    counts (a baseline that raises, having no kernel for the case, loses). Measured once per key per
+    process."""
     hit = _VERDICTS.get(key)
     if hit is None:
         ours, theirs = candidates()
-        ours(), theirs()
+        ours()
+        try:
+            theirs()
+        except (RuntimeError, NotImplementedError):  # ATen has no kernel for this (e.g. a bf16 backward)
+            hit = _VERDICTS[key] = (_seconds(ours), math.inf)
+    if hit is None:
         times: Tuple[list, list] = ([], [])
         first = _seconds(ours)
         times[0].append(first)

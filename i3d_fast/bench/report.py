@@ -75,7 +75,8 @@ def summary(rows: List[Row]) -> str:
         compared = [(ratio[i], r) for i, r in enumerate(rows) if r.suite == suite and i in ratio and not r.baseline]
         # i3d_fast's own rows when the suite names them (others are alternative baselines)
         picked = [(v, r) for v, r in compared if "i3d_fast" in r.provider] or compared
-        missing = [r for r in rows if r.suite == suite and r.timing is None and r.note.startswith("not measured")]
+        # rows without a timing are "not measured", except a suite's own summary rows (they carry values)
+        missing = [r for r in rows if r.suite == suite and r.timing is None and not r.extra]
         if picked:
             geomean = math.exp(sum(math.log(v) for v, _ in picked) / len(picked))
             best, worst = max(picked, key=lambda p: p[0]), min(picked, key=lambda p: p[0])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -65,9 +66,45 @@ def _positive_or_none(kind):
     return parse
 
 
+MAX_FPS = 1000.0
+
+
+def _fps(text: str) -> Optional[float]:
+    """--fps: 0 (keep every frame) or a rate up to MAX_FPS (beyond, resampling only repeats frames
+    and the clip grows without bound)."""
+    value = _positive_or_none(float)(text)
+    if value is not None and not value <= MAX_FPS:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_FPS:g} frames per second (0: keep every frame), "
+                                         f"got {text}")
+    return value
+
+
+def _device(text: str) -> str:
+    """--device: "auto" or anything torch.device accepts (cpu, cuda, cuda:1, ...)."""
+    if text == "auto":
+        return text
+    import torch
+
+    try:
+        torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"not a device: {text!r} (use auto, cpu, cuda, cuda:N, ...)") from None
+    return text
+
+
+def _check_out_dir(path: str, option: str = "--out") -> None:
+    """A usage error, before any work, unless ``path`` is (or can be created as) a writable folder."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{option} {path} is a file, not a folder")
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: {existing} is not writable")
+
+
 def _add_video_options(p: argparse.ArgumentParser, crop: bool = True) -> None:
     g = p.add_argument_group("frames")
-    g.add_argument("--fps", type=_positive_or_none(float), default=25.0, metavar="F",
+    g.add_argument("--fps", type=_fps, default=25.0, metavar="F",
                    help="resample to F frames per second by timestamps (default 25, as DeepMind; 0: keep every "
                         "decoded frame)")
     g.add_argument("--short-side", type=_positive_or_none(int), default=256, metavar="PX",
@@ -79,7 +116,8 @@ def _add_video_options(p: argparse.ArgumentParser, crop: bool = True) -> None:
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
-    g.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
+    g.add_argument("--device", type=_device, default="auto",
+                   help="auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
     g.add_argument("--fuse", action=argparse.BooleanOptionalAction, default=True,
                    help="run the fused inference path (i3d_fast.fuse: BatchNorm folded, each Inception block one "
                         "op; same outputs to float32 rounding, faster); --no-fuse runs the plain modules")
@@ -203,6 +241,7 @@ def _run_batch(args: argparse.Namespace, job) -> int:
     from . import batch
 
     shard = batch.parse_shard(args.shard)
+    _check_out_dir(args.out)
     tasks = batch.select_shard(batch.plan(_videos(args), args.out, job.output_suffix, args.root), *shard)
     summary = batch.run(job, tasks, workers=args.workers, shard=shard, progress=args.progress)
     print(summary.format())
@@ -251,6 +290,8 @@ def _bench(args: argparse.Namespace) -> int:
     from . import bench
     from ._optional import MissingDependencyError
 
+    if args.out:
+        _check_out_dir(args.out)  # before the benchmark runs, not after
     if args.threads:
         torch.set_num_threads(args.threads)
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
@@ -396,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bound", type=_positive_float, default=20.0, metavar="PX",
                    help="clip flow to +-PX pixels before JPEG encoding (default 20)")
     p.add_argument("--batch", type=POSITIVE, default=16, metavar="N", help="frame pairs per TV-L1 call (default 16)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, ...")
+    p.add_argument("--device", type=_device, default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, ...")
     _add_video_options(p, crop=False)
     p.set_defaults(func=_flow)
 
@@ -428,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=POSITIVE, default=64, metavar="N", help="frames per training clip (default 64)")
     p.add_argument("--dropout", type=float, default=0.5, help="drop probability before the Logits conv (default 0.5)")
     p.add_argument("--seed", type=int, default=0, help="random seed for clip sampling and crops (default 0)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, ...")
+    p.add_argument("--device", type=_device, default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, ...")
     p.add_argument("--threads", type=NON_NEGATIVE, default=0, help="CPU threads (default: torch's default)")
     _add_video_options(p, crop=False)
     p.add_argument("--crop", type=POSITIVE, default=224, metavar="PX",

@@ -319,3 +319,28 @@ def test_features_window_too_short_for_logits_fails_up_front(clips, tmp_path, wo
                  "--endpoint", "Logits", "--workers", workers, "--out", str(out)]) == 2
     assert "window must be at least 9 frames for Logits, got 5" in capsys.readouterr().err
     assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["flow", "v.mp4", "--out", "o", "--fps", "1e9"], "must be at most 1000 frames per second"),
+    (["flow", "v.mp4", "--out", "o", "--device", "bogus"], "not a device: 'bogus'"),
+    (["features", "v.mp4", "--out", "o", "--device", "gpu7"], "not a device"),
+])
+def test_absurd_options_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    from i3d_fast import bench
+
+    blocker = tmp_path / "results"
+    blocker.write_text("not a folder")
+    ran = []
+    monkeypatch.setitem(bench.SUITES, "tiny", lambda quick=False, device="cpu": ran.append(1) or [])
+    assert main(["bench", "--suite", "tiny", "--out", str(blocker)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err and not ran  # refused before benchmarking
+    video = make_video(tmp_path / "v.mp4", 16, 25)
+    assert main(["flow", str(video), "--out", str(blocker)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

@@ -31,6 +31,7 @@ import shutil
 import signal
 import sys
 import time
+import warnings
 from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -86,6 +87,7 @@ class Outcome:
     status: str  # "done" | "skipped" | "failed"
     message: str = ""
     seconds: float = 0.0
+    warnings: List[str] = field(default_factory=list)  # e.g. a truncated video: done, but only in part
 
 
 @dataclass
@@ -123,6 +125,10 @@ class Summary:
         if self.interrupted:
             left = self.total - len(self.outcomes)
             lines.append(f"interrupted with {left} video(s) not finished; run the same command again to resume")
+        warned = [o for o in self.outcomes if o.warnings]
+        if warned:
+            lines.append(f"{len(warned)} with warnings:")
+            lines.extend(f"  {o.task.video}: {w}" for o in warned for w in o.warnings)
         if self.failures:
             lines.append("failed:")
             lines.extend(f"  {o.task.video}: {o.message}" for o in self.failures)
@@ -225,6 +231,19 @@ def execute(job: Job, task: Task) -> Outcome:
     start = time.perf_counter()
     if task.output.exists():
         return Outcome(task, "skipped")
+    from .video import TruncatedVideoWarning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TruncatedVideoWarning)
+        outcome = _execute(job, task, start)
+    outcome.warnings = [str(w.message) for w in caught if issubclass(w.category, TruncatedVideoWarning)]
+    for w in caught:  # anything else goes on as it would have
+        if not issubclass(w.category, TruncatedVideoWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return outcome
+
+
+def _execute(job: "Job", task: Task, start: float) -> Outcome:
     try:
         if job.output_suffix:
             with atomic_file(task.output) as target:
@@ -353,6 +372,8 @@ def run(job: Job, tasks: Sequence[Task], workers: int = 1, shard: Tuple[int, int
         bar.update(1)
         if outcome.status == "failed":
             bar.write(f"{job.name}: failed: {outcome.task.video}: {outcome.message}", file=log)
+        for warning in outcome.warnings:
+            bar.write(f"{job.name}: warning: {warning}", file=log)
 
     try:
         if todo and (workers == 1 or len(todo) == 1):

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
@@ -107,6 +108,10 @@ def _add_video_options(p: argparse.ArgumentParser, crop: bool = True) -> None:
     g.add_argument("--fps", type=_fps, default=25.0, metavar="F",
                    help="resample to F frames per second by timestamps (default 25, as DeepMind; 0: keep every "
                         "decoded frame)")
+    g.add_argument("--strict-duration", action="store_true",
+                   help="fail a video whose decoded frames end well before the duration its container declares "
+                        "(truncated or damaged: >10%% and >0.5 s short); by default it is processed as far as it "
+                        "decodes and reported with a warning")
     g.add_argument("--short-side", type=_positive_or_none(int), default=256, metavar="PX",
                    help="bilinear resize so the short side is PX pixels (default 256; 0: no resize)")
     if crop:
@@ -155,7 +160,8 @@ def _add_batch_options(p: argparse.ArgumentParser) -> None:
 def _preprocess(args: argparse.Namespace):
     from .video import Preprocess
 
-    return Preprocess(fps=args.fps, short_side=args.short_side, crop=getattr(args, "crop", None))
+    return Preprocess(fps=args.fps, short_side=args.short_side, crop=getattr(args, "crop", None),
+                      strict_duration=args.strict_duration)
 
 
 def _stride(args: argparse.Namespace) -> Optional[int]:
@@ -181,9 +187,9 @@ def _require_av() -> None:
 
 # -- predict ----------------------------------------------------------------------------------------
 def _predict(args: argparse.Namespace) -> int:
-    from .batch import describe_error
     from .labels import labels_for
-    from .pipeline import Predictor, top_k
+    from .pipeline import Predictor
+    from .video import TruncatedVideoWarning
 
     _require_av()
     stride = _stride(args)
@@ -196,28 +202,42 @@ def _predict(args: argparse.Namespace) -> int:
     fps = predictor.preprocess.fps
     records, failed = [], 0
     for video in args.videos:
-        try:
-            if args.window:
-                windows = predictor.predict_windows(video, args.window, stride)
-                record = {"video": video, "ok": True, "streams": list(predictor.streams),
-                          "windows": [{"start_frame": w.start, "end_frame": w.end,
-                                       "start_s": w.start / fps if fps else None, "end_s": w.end / fps if fps else None,
-                                       "top": top_k(w.logits, labels, args.top_k)} for w in windows]}
-            else:
-                result = predictor.predict(video)
-                record = {"video": video, "ok": True, "streams": list(predictor.streams), "frames": result.frames,
-                          "fps": fps, "seconds": result.seconds, "top": top_k(result.logits, labels, args.top_k)}
-        except Exception as exc:  # one bad video: report it, go on with the others
-            failed += 1
-            message = describe_error(exc, video)
-            record = {"video": video, "ok": False, "error": message}
-            print(f"i3d-fast predict: failed: {video}: {message}", file=sys.stderr)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TruncatedVideoWarning)
+            record, ok = _predict_one(predictor, video, args, stride, labels, fps)
+        failed += not ok
+        notes = [str(w.message) for w in caught if issubclass(w.category, TruncatedVideoWarning)]
+        if notes:
+            record["warnings"] = notes
+            for note in notes:
+                print(f"i3d-fast predict: warning: {note}", file=sys.stderr)
         records.append(record)
         if not args.json and record["ok"]:
             print(_format_prediction(record))
     if args.json:
         print(json.dumps({"videos": records, "failed": failed}, indent=2))
     return 1 if failed else 0
+
+
+def _predict_one(predictor, video: str, args: argparse.Namespace, stride, labels, fps):
+    """(the video's JSON record, whether it succeeded); a failure is reported, not raised."""
+    from .batch import describe_error
+    from .pipeline import top_k
+
+    try:
+        if args.window:
+            windows = predictor.predict_windows(video, args.window, stride)
+            return {"video": video, "ok": True, "streams": list(predictor.streams),
+                    "windows": [{"start_frame": w.start, "end_frame": w.end,
+                                 "start_s": w.start / fps if fps else None, "end_s": w.end / fps if fps else None,
+                                 "top": top_k(w.logits, labels, args.top_k)} for w in windows]}, True
+        result = predictor.predict(video)
+        return {"video": video, "ok": True, "streams": list(predictor.streams), "frames": result.frames,
+                "fps": fps, "seconds": result.seconds, "top": top_k(result.logits, labels, args.top_k)}, True
+    except Exception as exc:  # one bad video: report it, go on with the others
+        message = describe_error(exc, video)
+        print(f"i3d-fast predict: failed: {video}: {message}", file=sys.stderr)
+        return {"video": video, "ok": False, "error": message}, False
 
 
 def _format_prediction(record: dict) -> str:
@@ -262,7 +282,8 @@ def _flow(args: argparse.Namespace) -> int:
     from .jobs import FlowJob
 
     _require_av()
-    job = FlowJob(args.bound, fps=args.fps, short_side=args.short_side, device=args.device, batch=args.batch)
+    job = FlowJob(args.bound, fps=args.fps, short_side=args.short_side, device=args.device, batch=args.batch,
+                  strict_duration=args.strict_duration)
     return _run_batch(args, job)
 
 
@@ -278,7 +299,8 @@ def _train(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     train(Path(args.data), Path(args.out), args.init, head_only=args.head_only, epochs=args.epochs,
           batch_size=args.batch_size, lr=args.lr, clip=args.clip,
-          preprocess=Preprocess(fps=args.fps, short_side=args.short_side, crop=None), crop=args.crop,
+          preprocess=Preprocess(fps=args.fps, short_side=args.short_side, crop=None,
+                                strict_duration=args.strict_duration), crop=args.crop,
           dropout=args.dropout, device=args.device, seed=args.seed)
     return 0
 

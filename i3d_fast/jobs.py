@@ -72,13 +72,14 @@ class FlowJob(Job):
     output_suffix = ""
 
     def __init__(self, bound: float = BOUND, *, fps: Optional[float] = 25.0, short_side: Optional[int] = 256,
-                 device: str = "auto", batch: int = 16, tvl1_params: Optional[dict] = None):
+                 device: str = "auto", batch: int = 16, tvl1_params: Optional[dict] = None,
+                 strict_duration: bool = False):
         if not bound > 0:
             raise ValueError(f"--bound must be > 0 pixels, got {bound}")
         if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
             raise ValueError(f"--batch must be a positive int (frame pairs per TV-L1 call), got {batch!r}")
         self.bound, self.batch = bound, batch
-        self.preprocess = Preprocess(fps=fps, short_side=short_side, crop=None)
+        self.preprocess = Preprocess(fps=fps, short_side=short_side, crop=None, strict_duration=strict_duration)
         self.device = device
         self.tvl1_params = dict(tvl1_params or {})
 

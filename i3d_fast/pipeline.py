@@ -283,7 +283,7 @@ class Predictor:
         if "flow" not in self.models:
             raise ValueError("this predictor has no flow network (give flow weights)")
         pre = self.preprocess
-        gray = frames(path, Preprocess(pre.fps, pre.short_side, None), gray=True)
+        gray = frames(path, Preprocess(pre.fps, pre.short_side, None, pre.strict_duration), gray=True)
         crop = pre.crop
 
         def fields() -> Iterator[torch.Tensor]:

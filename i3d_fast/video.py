@@ -22,6 +22,7 @@ frame stream into fixed-length clips with overlap, holding one clip at a time.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
@@ -54,6 +55,9 @@ class Preprocess:
     fps: Optional[float] = FPS
     short_side: Optional[int] = SHORT_SIDE
     crop: Optional[int] = CROP
+    #: a video whose decoded frames end well before the duration its container declares (truncated or
+    #: damaged) raises VideoError instead of warning (TruncatedVideoWarning)
+    strict_duration: bool = False
 
     def __post_init__(self):
         if self.fps is not None and not (self.fps > 0 and math.isfinite(self.fps)):
@@ -120,22 +124,44 @@ def probe(path: PathLike) -> VideoInfo:
     try:
         stream = container.streams.video[0]
         rate = _stream_rate(stream)
-        duration = None
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / 1e6
+        duration = _declared_duration(stream, container)
         return VideoInfo(str(path), stream.codec_context.name, stream.codec_context.width,
                          stream.codec_context.height, float(rate) if rate else None, stream.frames or 0, duration)
     finally:
         container.close()
 
 
-def decode(path: PathLike) -> Iterator[Tuple[float, float, np.ndarray]]:
+class TruncatedVideoWarning(UserWarning):
+    """The decoded frames end well before the duration the container declares (a truncated or damaged
+    file): the output covers only the decoded part."""
+
+
+def _declared_duration(stream, container) -> Optional[float]:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    return container.duration / 1e6 if container.duration is not None else None
+
+
+def _check_duration(path: PathLike, decoded: float, declared: Optional[float], strict: bool) -> None:
+    """Warns (or raises with ``strict``) when ``decoded`` seconds fall short of ``declared`` by more than
+    10% and more than half a second."""
+    if declared is None or not declared - decoded > max(0.5, 0.1 * declared):
+        return
+    message = (f"{path}: decoded {decoded:.2f} s of the {declared:.2f} s its container declares (truncated or "
+               "damaged?)")
+    if strict:
+        raise VideoError(message)
+    warnings.warn(message + "; the result covers only the decoded part", TruncatedVideoWarning, stacklevel=3)
+
+
+def decode(path: PathLike, strict_duration: bool = False) -> Iterator[Tuple[float, float, np.ndarray]]:
     """Every decoded frame as ``(time, duration, rgb)``: seconds since the stream's first frame, the
     frame's display duration in seconds (0 when unknown), and ``uint8 [H, W, 3]``.
 
-    Raises :class:`VideoError` for unreadable input, and when no frame at all can be decoded.
+    Raises :class:`VideoError` for unreadable input, and when no frame at all can be decoded. When the
+    frames end well before the container's declared duration, warns with
+    :class:`TruncatedVideoWarning` after the last frame (raises :class:`VideoError` with
+    ``strict_duration``).
     """
     av = _av()
     container = _open(path)
@@ -146,6 +172,7 @@ def decode(path: PathLike) -> Iterator[Tuple[float, float, np.ndarray]]:
         period = float(1 / rate) if rate else 1 / FPS
         t0: Optional[float] = None
         last = -math.inf
+        last_duration = 0.0
         count = 0
         try:
             for frame in container.decode(stream):
@@ -156,13 +183,14 @@ def decode(path: PathLike) -> Iterator[Tuple[float, float, np.ndarray]]:
                     t0 = t
                 duration = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 0.0
                 rgb = frame.to_ndarray(format="rgb24")
-                last = t
+                last, last_duration = t, duration or period
                 count += 1
                 yield t - t0, duration or period, rgb
         except av.error.FFmpegError as exc:
             raise VideoError(f"{path}: decoding failed after {count} frames ({_describe(exc)})") from exc
         if count == 0:
             raise VideoError(f"{path}: no frame could be decoded")
+        _check_duration(path, last + last_duration - t0, _declared_duration(stream, container), strict_duration)
     finally:
         container.close()
 
@@ -233,7 +261,7 @@ def to_gray(rgb: np.ndarray) -> np.ndarray:
 def frames(path: PathLike, preprocess: Preprocess = Preprocess(), gray: bool = False) -> Iterator[np.ndarray]:
     """The preprocessed frames of a video, one at a time: ``uint8 [H, W, 3]`` RGB, or ``uint8 [H, W]``
     BT.601 grey with ``gray=True`` (resized and cropped like the RGB frames)."""
-    timed = decode(path)
+    timed = decode(path, preprocess.strict_duration)
     stream: Iterable[np.ndarray] = resample(timed, preprocess.fps) if preprocess.fps else (f for _, _, f in timed)
     for rgb in stream:
         if preprocess.short_side:

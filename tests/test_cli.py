@@ -344,3 +344,20 @@ def test_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys, monkeyp
     video = make_video(tmp_path / "v.mp4", 16, 25)
     assert main(["flow", str(video), "--out", str(blocker)]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_truncated_video_is_marked_in_the_summary_and_json_or_fails_when_strict(small_weights, tmp_path, capsys):
+    from _videos import make_truncated_video
+
+    cut = make_truncated_video(tmp_path / "cut.mp4")
+    out = tmp_path / "feats"
+    common = ["features", str(cut), "--weights", str(small_weights), "--endpoint", "Mixed_5c", *SMALL]
+    assert main(common + ["--out", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "1 with warnings:" in printed.out and "of the 2.40 s its container declares" in printed.out
+    assert (out / "cut.npy").exists()
+    assert main(common + ["--out", str(tmp_path / "strict"), "--strict-duration"]) == 1
+    assert "0 done" in capsys.readouterr().out and not (tmp_path / "strict" / "cut.npy").exists()
+    assert main(["predict", str(cut), "--rgb-weights", str(small_weights), "--json", *SMALL]) == 0
+    record = json.loads(capsys.readouterr().out)["videos"][0]
+    assert record["ok"] and "truncated or damaged" in record["warnings"][0]

@@ -176,3 +176,23 @@ def test_frames_are_streamed_lazily(clips):
     first = next(it)
     assert first.shape == (224, 224, 3)
     it.close()  # closes the container without decoding the rest
+
+
+def test_truncated_video_warns_or_fails_when_strict(tmp_path):
+    """An mp4 cut in half (index at the front) decodes ~half its declared frames: a warning names it;
+    strict_duration makes it an error. A whole video stays quiet."""
+    import warnings
+
+    from _videos import make_truncated_video
+
+    from i3d_fast.video import Preprocess, TruncatedVideoWarning, VideoError, frames
+
+    cut = make_truncated_video(tmp_path / "cut.mp4")
+    with pytest.warns(TruncatedVideoWarning, match=r"cut.mp4: decoded \d\.\d\d s of the 2.40 s"):
+        assert 0 < sum(1 for _ in frames(cut, Preprocess(crop=None))) < 60
+    with pytest.raises(VideoError, match="of the 2.40 s its container declares"):
+        list(frames(cut, Preprocess(crop=None, strict_duration=True)))
+    whole = make_video(tmp_path / "whole.mp4", 60, 25)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sum(1 for _ in frames(whole, Preprocess(crop=None))) == 60

@@ -10,6 +10,11 @@ datasets of any size.
   writes into a fresh hidden temp directory beside it (``.<name>.partial-*``) which is renamed into
   place (a directory output) or from which the file is renamed (a file output), so an output exists only
   when complete. Temp leftovers of an interrupted run are removed when the same shard runs again.
+- **Concurrent runs**: each output is produced under an exclusive lock (``flock`` on a file in the
+  temp folder, released by the system when its process ends), so two runs on the same inputs and
+  ``--out`` never produce one output twice or delete each other's temp folders: a video whose output
+  another live run is producing is left to it ("busy"), and only leftovers whose owner is gone are
+  removed.
 - **Bad items**: a video that fails (missing, empty, corrupt, too short, ...) is reported and skipped;
   the run goes on. A summary at the end lists every failure.
 - **Workers**: ``workers > 1`` runs videos in that many processes (spawned, each with its own copy of
@@ -25,11 +30,14 @@ datasets of any size.
 from __future__ import annotations
 
 import abc
+import contextlib
+import hashlib
 import multiprocessing
 import os
 import shutil
 import signal
 import sys
+import tempfile
 import time
 import warnings
 from collections import deque
@@ -37,7 +45,12 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, TextIO, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple, Union
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None
 
 from ._atomic import PARTIAL, atomic_dir, atomic_file
 
@@ -84,7 +97,7 @@ class Task:
 @dataclass
 class Outcome:
     task: Task
-    status: str  # "done" | "skipped" | "failed"
+    status: str  # "done" | "skipped" | "busy" (another run is producing it) | "failed"
     message: str = ""
     seconds: float = 0.0
     warnings: List[str] = field(default_factory=list)  # e.g. a truncated video: done, but only in part
@@ -111,6 +124,10 @@ class Summary:
         return self._count("skipped")
 
     @property
+    def busy(self) -> int:
+        return self._count("busy")
+
+    @property
     def failures(self) -> List[Outcome]:
         return [o for o in self.outcomes if o.status == "failed"]
 
@@ -122,6 +139,8 @@ class Summary:
         shard = f" (shard {self.shard[0]}/{self.shard[1]})" if self.shard[1] > 1 else ""
         lines = [f"{self.job}: {self.total} video(s){shard}: {self.done} done, {self.skipped} already done "
                  f"(skipped), {len(self.failures)} failed, in {self.seconds:.1f} s"]
+        if self.busy:
+            lines.append(f"{self.busy} video(s) left to another run that is producing them now")
         if self.interrupted:
             left = self.total - len(self.outcomes)
             lines.append(f"interrupted with {left} video(s) not finished; run the same command again to resume")
@@ -194,11 +213,52 @@ def select_shard(tasks: Sequence[Task], index: int, count: int) -> List[Task]:
     return list(tasks[index::count])
 
 
+def _lock_path(output: Path) -> Path:
+    """The lock file of an output: in the temp folder (not beside the outputs), named by a hash of
+    the output's absolute path, so every process on this machine finds the same one."""
+    digest = hashlib.sha1(str(Path(output).absolute()).encode()).hexdigest()
+    return Path(tempfile.gettempdir()) / "i3d-fast-locks" / f"{digest}.lock"
+
+
+@contextlib.contextmanager
+def output_lock(output: Path) -> Iterator[bool]:
+    """Holds the output's exclusive lock while the block runs and yields True, or yields False at once
+    when another process holds it (another run producing the same output). The lock is an ``flock``:
+    the system releases it when its process ends, however it ends, so a crashed run never blocks the
+    next. Without ``fcntl`` (Windows) every output counts as free."""
+    if fcntl is None:
+        yield True
+        return
+    path = _lock_path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def remove_stale(tasks: Sequence[Task]) -> int:
-    """Deletes temp leftovers (``.<name>.partial-*``) of these tasks' outputs; returns how many."""
-    names: Dict[Path, set] = {}
+    """Deletes temp leftovers (``.<name>.partial-*``) of these tasks' outputs whose owner is gone (no
+    process holds the output's lock); returns how many."""
+    free = []
     for task in tasks:
-        names.setdefault(task.output.parent, set()).add(task.output.name)
+        with output_lock(task.output) as unlocked:
+            if unlocked:
+                free.append(task.output)
+    return _remove_partials(free)
+
+
+def _remove_partials(outputs: Sequence[Path]) -> int:
+    """Deletes the temp leftovers of ``outputs`` (the caller knows their owners are gone)."""
+    names: Dict[Path, set] = {}
+    for output in outputs:
+        names.setdefault(output.parent, set()).add(output.name)
     removed = 0
     for parent, wanted in names.items():
         try:
@@ -227,15 +287,22 @@ def describe_error(exc: BaseException, video: PathLike) -> str:
 
 
 def execute(job: Job, task: Task) -> Outcome:
-    """Runs one task atomically: skipped when its output exists; a failure leaves nothing behind."""
+    """Runs one task atomically under its output's lock: skipped when its output exists, "busy" when
+    another run holds the lock; a failure leaves nothing behind."""
     start = time.perf_counter()
     if task.output.exists():
         return Outcome(task, "skipped")
     from .video import TruncatedVideoWarning
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", TruncatedVideoWarning)
-        outcome = _execute(job, task, start)
+    with output_lock(task.output) as mine:
+        if not mine:
+            return Outcome(task, "busy", "another run is producing it")
+        if task.output.exists():  # finished by another run since the check above
+            return Outcome(task, "skipped")
+        _remove_partials([task.output])  # a crashed run's leftovers: we hold the lock, so their owner is gone
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", TruncatedVideoWarning)
+            outcome = _execute(job, task, start)
     outcome.warnings = [str(w.message) for w in caught if issubclass(w.category, TruncatedVideoWarning)]
     for w in caught:  # anything else goes on as it would have
         if not issubclass(w.category, TruncatedVideoWarning):

@@ -235,3 +235,21 @@ def test_setup_failing_in_the_workers_stops_the_run(tmp_path):
     with pytest.raises(batch.BatchError, match="could not start in a worker process: RuntimeError: out of GPU memory"):
         batch.run(CrashJob(tmp_path / "log.txt", setup_error=True), tasks, workers=2, progress=False)
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_output_another_run_is_producing_is_left_to_it(dataset, tmp_path):
+    """Two runs on the same inputs and --out: while one holds an output's lock (producing it), the
+    other neither produces it nor deletes its temp folder; once the owner is gone, a rerun does both."""
+    root, vids = dataset
+    tasks = batch.plan(vids[:2], tmp_path / "out", ".npy")
+    owner_temp = tasks[0].output.parent / f".{tasks[0].output.name}.partial-owner"
+    owner_temp.mkdir(parents=True)
+    with batch.output_lock(tasks[0].output) as mine:  # "another run", mid-way through the first video
+        assert mine
+        summary = batch.run(FrameCountJob(), tasks, progress=False)
+        assert [o.status for o in summary.outcomes] == ["busy", "done"] and summary.busy == 1
+        assert owner_temp.exists() and not tasks[0].output.exists()
+        assert "1 video(s) left to another run" in summary.format() and summary.exit_code == 0
+    summary = batch.run(FrameCountJob(), tasks, progress=False)  # the owner is gone
+    assert [o.status for o in summary.outcomes] == ["skipped", "done"]
+    assert tasks[0].output.exists() and not owner_temp.exists()

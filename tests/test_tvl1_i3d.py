@@ -63,3 +63,16 @@ def test_read_errors(tmp_path):
     with pytest.raises(ValueError, match=r"\[2, H, W\]"):
         to_i3d_input(torch.zeros(3, 16, 16))
     assert np.all(encode_flow(np.zeros((2, 4, 4))).numpy() == 128)
+
+
+def test_read_flow_jpegs_refuses_a_folder_not_starting_at_one(tmp_path):
+    """An incomplete folder (numbering from 475, as a run cut short by another could leave) is refused;
+    start_index says where a folder written with another start begins."""
+    from i3d_fast.flow import read_flow_jpegs, write_flow_jpegs
+
+    flows = torch.zeros(3, 2, 8, 8)
+    write_flow_jpegs(flows, tmp_path / "late", start_index=475)
+    with pytest.raises(ValueError, match="start at index 475, not 1"):
+        read_flow_jpegs(tmp_path / "late")
+    assert read_flow_jpegs(tmp_path / "late", start_index=475).shape == (3, 2, 8, 8)
+    assert read_flow_jpegs(tmp_path / "late", start_index=None).shape == (3, 2, 8, 8)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import List, Union
+from typing import List, Optional, Union
 
 import numpy as np
 import torch
@@ -98,10 +98,12 @@ def write_flow_jpegs(flow, out_dir: PathArg, bound: float = 20.0, start_index: i
     return paths
 
 
-def read_flow_jpegs(directory: PathArg, bound: float = 20.0) -> torch.Tensor:
-    """Reads every ``flow_x_*.jpg`` / ``flow_y_*.jpg`` pair of ``directory`` (consecutive indices)
-    into flow ``Tensor[N, 2, H, W]`` float32 in pixels (JPEG is lossy: expect about 0.1-0.3 px of
-    error at bound 20). Use :func:`to_i3d_input` for the network's [-1, 1] input."""
+def read_flow_jpegs(directory: PathArg, bound: float = 20.0, start_index: Optional[int] = 1) -> torch.Tensor:
+    """Reads every ``flow_x_*.jpg`` / ``flow_y_*.jpg`` pair of ``directory`` (consecutive indices from
+    ``start_index``, as :func:`write_flow_jpegs` numbers them; None: from wherever they start) into
+    flow ``Tensor[N, 2, H, W]`` float32 in pixels (JPEG is lossy: expect about 0.1-0.3 px of error at
+    bound 20). A folder with gaps, or starting elsewhere, is refused: it is incomplete. Use
+    :func:`to_i3d_input` for the network's [-1, 1] input."""
     from PIL import Image
 
     bound = _check_bound(bound)
@@ -121,6 +123,9 @@ def read_flow_jpegs(directory: PathArg, bound: float = 20.0) -> torch.Tensor:
         raise ValueError(f"read_flow_jpegs: flow_x and flow_y files do not pair up in {root} "
                          f"(x only: {only_x[:5]}, y only: {only_y[:5]})")
     indices = sorted(found["x"])
+    if start_index is not None and indices[0] != start_index:
+        raise ValueError(f"read_flow_jpegs: the flow files in {root} start at index {indices[0]}, not {start_index} "
+                         "(an incomplete folder?)")
     if indices != list(range(indices[0], indices[0] + len(indices))):
         missing = sorted(set(range(indices[0], indices[-1] + 1)) - set(indices))
         raise ValueError(f"read_flow_jpegs: indices in {root} are not consecutive (missing {missing[:5]})")

@@ -32,6 +32,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import hashlib
+import json
 import multiprocessing
 import os
 import shutil
@@ -78,6 +79,11 @@ class Job(abc.ABC):
         """Cheap checks run in the parent process instead of :meth:`setup` when the videos run in worker
         processes: raise on a configuration that cannot work (missing weights or dependency, bad
         options) so that the run stops before any work. Must not keep models or open a GPU context."""
+
+    def options(self) -> Dict[str, object]:
+        """What determines this job's outputs (JSON-serialisable): recorded in the output folder's
+        manifest, so a rerun with other options does not take the old outputs as done."""
+        return {}
 
     @abc.abstractmethod
     def process(self, video: Path, target: Path) -> str:
@@ -275,6 +281,46 @@ def _remove_partials(outputs: Sequence[Path]) -> int:
                     os.unlink(entry.path)
                 removed += 1
     return removed
+
+
+# -- options manifest ------------------------------------------------------------------------------
+#: The manifest in an output folder: the job and the options its outputs were produced with.
+MANIFEST = ".i3d-fast-run.json"
+
+
+def check_manifest(job: Job, out: Path, tasks: Sequence[Task], overwrite: bool) -> None:
+    """Records ``job``'s options in ``out``/MANIFEST, or checks them against the recorded ones: on a
+    difference raises :class:`BatchError` naming it (outputs made with other options must not count
+    as done), unless ``overwrite``, which deletes these tasks' existing outputs so they are made again."""
+    current = {"job": job.name, "options": job.options()}
+    path = out / MANIFEST
+    recorded = None
+    if path.exists():
+        try:
+            recorded = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise BatchError(f"{path}: unreadable options manifest ({exc}); delete it to start over") from None
+    if recorded is not None and recorded != current:
+        if not overwrite:
+            was, now = recorded.get("options", {}), current["options"]
+            diff = [f"{k}: {was.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(was) | set(now)) if was.get(k) != now.get(k)]
+            if recorded.get("job") != current["job"]:
+                diff.insert(0, f"job: {recorded.get('job')!r} -> {current['job']!r}")
+            raise BatchError(f"{out} holds outputs made with other options ({'; '.join(diff)}); use another "
+                             "--out, or --overwrite to make them again")
+        for task in tasks:
+            with output_lock(task.output) as mine:
+                if not mine:
+                    raise BatchError(f"--overwrite: another run is producing {task.output} now")
+                if task.output.is_dir():
+                    shutil.rmtree(task.output)
+                elif task.output.exists():
+                    task.output.unlink()
+    if recorded != current:
+        from ._atomic import atomic_write
+
+        with atomic_write(path, "w") as f:
+            f.write(json.dumps(current, indent=2, sort_keys=True) + "\n")
 
 
 # -- running ---------------------------------------------------------------------------------------

@@ -153,6 +153,10 @@ def _add_batch_options(p: argparse.ArgumentParser) -> None:
                         "from position I. Run N commands (machines) with I = 0..N-1 on the same inputs")
     g.add_argument("--workers", type=POSITIVE, default=1, metavar="K",
                    help="K worker processes (default 1), each with cpu_count/K torch threads")
+    g.add_argument("--overwrite", action="store_true",
+                   help="make every output again: by default outputs that exist are kept (resume), and an --out "
+                        "whose outputs were made with other options (weights, endpoint, window, --fps, --bound, "
+                        "...; recorded in OUT/.i3d-fast-run.json) is refused")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="show a progress bar on stderr (default: only on a terminal)")
 
@@ -263,6 +267,8 @@ def _run_batch(args: argparse.Namespace, job) -> int:
     shard = batch.parse_shard(args.shard)
     _check_out_dir(args.out)
     tasks = batch.select_shard(batch.plan(_videos(args), args.out, job.output_suffix, args.root), *shard)
+    job.validate()  # a bad configuration fails here, before the options are recorded
+    batch.check_manifest(job, Path(args.out), tasks, args.overwrite)
     summary = batch.run(job, tasks, workers=args.workers, shard=shard, progress=args.progress)
     print(summary.format())
     return summary.exit_code

@@ -14,6 +14,20 @@ from .pipeline import BOUND, CHUNK, OVERLAP, Predictor, flow_batches, resolve_de
 from .video import Preprocess, VideoError, frames
 
 
+def _weights_identity(weights: str) -> object:
+    """A weights name as given; a file by its absolute path, size and modification time (retrained
+    weights saved under the same name are other weights)."""
+    path = Path(weights)
+    if not path.is_file():
+        return weights
+    stat = path.stat()
+    return {"file": str(path.absolute()), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _preprocess_options(preprocess: Preprocess) -> dict:
+    return {"fps": preprocess.fps, "short_side": preprocess.short_side, "crop": preprocess.crop}
+
+
 class FeaturesJob(Job):
     """I3D features of each video as one float32 ``.npy``.
 
@@ -34,6 +48,11 @@ class FeaturesJob(Job):
         self.stride = stride if stride is not None or not window else max(1, window // 2)
         self.preprocess, self.device, self.chunk, self.overlap = preprocess, device, chunk, overlap
         self.fused = fused
+
+    def options(self) -> dict:
+        return {"weights": _weights_identity(self.weights), "endpoint": self.endpoint, "window": self.window,
+                "stride": self.stride, "preprocess": _preprocess_options(self.preprocess), "chunk": self.chunk,
+                "overlap": self.overlap}
 
     def _predictor_on(self, device: str, fused: bool) -> Predictor:
         """The predictor, with the window checked against the endpoint (ValueError up front)."""
@@ -82,6 +101,9 @@ class FlowJob(Job):
         self.preprocess = Preprocess(fps=fps, short_side=short_side, crop=None, strict_duration=strict_duration)
         self.device = device
         self.tvl1_params = dict(tvl1_params or {})
+
+    def options(self) -> dict:
+        return {"bound": self.bound, "preprocess": _preprocess_options(self.preprocess), "tvl1": self.tvl1_params}
 
     def validate(self) -> None:
         require("PIL", "video", "writing flow JPEGs")

@@ -29,7 +29,14 @@ def run_cli(*args, cwd, timeout=300):
 
 
 def hidden(folder):
-    return sorted(p.name for p in folder.rglob(".*"))
+    """Hidden leftovers (temp folders), not counting the options manifest."""
+    from i3d_fast.batch import MANIFEST
+
+    return sorted(p.name for p in folder.rglob(".*") if p.name != MANIFEST)
+
+
+def listing(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name != ".i3d-fast-run.json")
 
 
 @pytest.fixture(scope="module")
@@ -97,17 +104,17 @@ def test_features_batch_bad_items_and_resume(small_weights, clips, tmp_path, cap
     (stale / "b.npy").write_bytes(b"half written")
     (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "corrupt.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8).tobytes())
-    listing = tmp_path / "videos.txt"
-    listing.write_text("\n".join(str(p) for p in (clips["a"], clips["b"], clips["c"], clips["d"])) +
-                       "\nempty.mp4\ncorrupt.mp4\nmissing.mp4\n")
-    args = ("features", "--list", listing, "--weights", small_weights, "--endpoint", "Logits", *SMALL, "--out", out)
+    video_list = tmp_path / "videos.txt"
+    video_list.write_text("\n".join(str(p) for p in (clips["a"], clips["b"], clips["c"], clips["d"])) +
+                          "\nempty.mp4\ncorrupt.mp4\nmissing.mp4\n")
+    args = ("features", "--list", video_list, "--weights", small_weights, "--endpoint", "Logits", *SMALL, "--out", out)
     first = run_cli(*args, cwd=tmp_path)
     assert first.returncode == 1, first.stderr
     assert "features: 7 video(s): 3 done, 1 already done (skipped), 3 failed" in first.stdout
     for name, why in (("empty.mp4", "empty file (0 bytes)"), ("corrupt.mp4", "not a readable video"),
                       ("missing.mp4", "no such file")):
         assert f"{name}: {why}" in first.stdout and f"failed: {tmp_path / name}: {why}" in first.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["a.npy", "b.npy", "c.npy", "d.npy"]  # no temp left
+    assert listing(out) == ["a.npy", "b.npy", "c.npy", "d.npy"]  # no temp left
     assert np.load(out / "a.npy").tolist() == [42.0]
     expected = Predictor(InceptionI3d.from_pretrained(str(small_weights)), device="cpu",
                          preprocess=Preprocess(short_side=64, crop=64)).features(clips["b"], "Logits")
@@ -146,9 +153,9 @@ def test_features_shards_workers_windows(small_weights, clips, tmp_path, capsys)
     common = ["features", *videos, "--weights", str(small_weights), "--endpoint", "Mixed_5c", "--window", "16",
               "--stride", "8", *SMALL, "--out", str(out)]
     assert main(common + ["--shard", "0/2", "--workers", "2"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a.npy", "c.npy"]  # sorted names a, b, c, d: positions 0, 2
+    assert listing(out) == ["a.npy", "c.npy"]  # sorted names a, b, c, d: positions 0, 2
     assert main(common + ["--shard", "1/2"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a.npy", "b.npy", "c.npy", "d.npy"]
+    assert listing(out) == ["a.npy", "b.npy", "c.npy", "d.npy"]
     assert np.load(out / "a.npy").shape == (2, 1024, 2, 2, 2)  # 24 frames: windows at 0 and 8
     assert np.load(out / "b.npy").shape == (3, 1024, 2, 2, 2)  # 30 frames: 0, 8, 14
     assert "(shard 1/2)" in capsys.readouterr().out
@@ -361,3 +368,20 @@ def test_truncated_video_is_marked_in_the_summary_and_json_or_fails_when_strict(
     assert main(["predict", str(cut), "--rgb-weights", str(small_weights), "--json", *SMALL]) == 0
     record = json.loads(capsys.readouterr().out)["videos"][0]
     assert record["ok"] and "truncated or damaged" in record["warnings"][0]
+
+
+def test_resume_with_other_options_is_refused_unless_overwrite(small_weights, clips, tmp_path, capsys):
+    """Outputs made with other options are not taken as done: a rerun with another --endpoint is
+    refused with the difference named; --overwrite makes them again."""
+    out = tmp_path / "out"
+    common = ["features", str(clips["a"]), "--weights", str(small_weights), *SMALL, "--out", str(out)]
+    assert main(common + ["--endpoint", "Mixed_5c"]) == 0
+    assert np.load(out / "a.npy").ndim == 4
+    assert main(common + ["--endpoint", "Mixed_5c"]) == 0  # same options: resumed (skipped)
+    assert "1 already done" in capsys.readouterr().out
+    assert main(common + ["--endpoint", "Logits"]) == 2
+    err = capsys.readouterr().err
+    assert "made with other options (endpoint: 'Mixed_5c' -> 'Logits')" in err and "--overwrite" in err
+    assert main(common + ["--endpoint", "Logits", "--overwrite"]) == 0
+    assert np.load(out / "a.npy").shape == (5,)  # the Logits now
+    assert main(common + ["--endpoint", "Logits"]) == 0

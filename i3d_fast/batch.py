@@ -453,6 +453,10 @@ def _run_workers(job: Job, todo: Sequence[Task], workers: int, record) -> None:
             except BaseException:
                 for future in in_flight:
                     future.cancel()
+                for future, task in in_flight.items():  # those already running finish (workers ignore
+                    if not future.cancelled():           # Ctrl-C): count what they did
+                        with contextlib.suppress(BaseException):
+                            record(future.result())
                 raise
         remove_stale(crashed)  # the temp outputs of the tasks in flight, now that the pool's processes are gone
 

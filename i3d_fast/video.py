@@ -94,6 +94,8 @@ def _open(path: PathLike):
         raise VideoError(f"{path}: no such file")
     if path.is_dir():
         raise VideoError(f"{path}: is a directory, not a video file")
+    if not path.is_file():
+        raise VideoError(f"{path}: not a regular file (a FIFO, socket or device); videos are read from files")
     if path.stat().st_size == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
     try:

@@ -253,3 +253,21 @@ def test_output_another_run_is_producing_is_left_to_it(dataset, tmp_path):
     summary = batch.run(FrameCountJob(), tasks, progress=False)  # the owner is gone
     assert [o.status for o in summary.outcomes] == ["skipped", "done"]
     assert tasks[0].output.exists() and not owner_temp.exists()
+
+
+def test_interrupt_with_workers_counts_the_videos_that_finished(dataset, tmp_path, monkeypatch):
+    """Ctrl-C while two workers run: they finish their videos (workers ignore SIGINT), and the summary
+    counts those as done instead of "0 done"."""
+    from concurrent.futures import ALL_COMPLETED
+
+    real_wait = batch.wait
+
+    def wait_then_interrupt(futures, return_when):
+        real_wait(futures, return_when=ALL_COMPLETED)  # both workers finish their video ...
+        raise KeyboardInterrupt  # ... as Ctrl-C arrives
+
+    monkeypatch.setattr(batch, "wait", wait_then_interrupt)
+    _, vids = dataset
+    summary = batch.run(FrameCountJob(), batch.plan(vids[:3], tmp_path / "out", ".npy"), workers=2, progress=False)
+    assert summary.interrupted and summary.done == 2 and summary.exit_code == 130
+    assert len(list((tmp_path / "out").glob("*.npy"))) == 2

@@ -196,3 +196,14 @@ def test_truncated_video_warns_or_fails_when_strict(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert sum(1 for _ in frames(whole, Preprocess(crop=None))) == 60
+
+
+def test_fifo_is_not_reported_as_an_empty_file(tmp_path):
+    import os
+
+    from i3d_fast.video import VideoError, probe
+
+    fifo = tmp_path / "pipe.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(VideoError, match="not a regular file"):
+        probe(fifo)

@@ -63,15 +63,18 @@ def _grads(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> dict:
     return {k: p.grad.double() for k, p in model.named_parameters()}
 
 
+@pytest.mark.parametrize("selection", ["fixed-rules", "autotune"])
 @pytest.mark.parametrize("name", sorted(SHAPES))
-def test_train_step_matches(name):
+def test_train_step_matches(name, selection, monkeypatch):
     """Training-mode outputs, gradients, running statistics and an optimiser step in float32 (the
     C++ kernels). Errors are measured against a float64 copy of the stock model: in fp32 ReLU masks
     flip and ~30 training-mode BatchNorms amplify rounding, which moves single gradients by up to a
     few percent in the stock model too, so the converted model's mean relative error over all
     parameters must be at most max(1e-3, 2x the stock fp32 model's) and no single one over
-    max(0.1, 3x the stock's) (a wrong formula is off by ~1; test_float64_matches_exactly checks the
-    formulas to 1e-8)."""
+    max(0.25, 4x the stock's) (a wrong formula is off by ~1; test_float64_matches_exactly checks the
+    formulas to 1e-8). Run with the fixed kernel-selection rules (deterministic) and with the timed
+    per-machine choice (which kernels run, and so which masks flip, varies from run to run)."""
+    monkeypatch.setenv("I3D_FAST_AUTOTUNE", "0" if selection == "fixed-rules" else "1")
     stock, converted, _ = _pair(name)
     oracle = copy.deepcopy(stock).double()
     x = torch.randn(SHAPES[name]).contiguous(memory_format=CL)
@@ -88,7 +91,7 @@ def test_train_step_matches(name):
         scale = g.abs().max().clamp_min(1e-12)
         plain_errs.append(((plain[key] - g).abs().max() / scale).item())
         ours_errs.append(((ours[key] - g).abs().max() / scale).item())
-        assert ours_errs[-1] <= max(0.1, 3 * plain_errs[-1]), (key, ours_errs[-1], plain_errs[-1])
+        assert ours_errs[-1] <= max(0.25, 4 * plain_errs[-1]), (key, ours_errs[-1], plain_errs[-1])
     mean_plain, mean_ours = sum(plain_errs) / len(plain_errs), sum(ours_errs) / len(ours_errs)
     assert mean_ours <= max(1e-3, 2 * mean_plain), (mean_ours, mean_plain)
     stock_sd, conv_sd = stock.state_dict(), converted.state_dict()

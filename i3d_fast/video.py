@@ -220,11 +220,23 @@ def resample(frames: Iterable[Tuple[float, float, T]], fps: float) -> Iterator[T
         next_slot += 1
 
 
+#: Longest side a resized frame may have: a 1000x1 video resized to a 256-pixel short side would
+#: give 256000x256 frames (200 MB each); such inputs are refused instead of exhausting memory.
+MAX_RESIZED_SIDE = 8192
+
+
 def resized_size(height: int, width: int, short_side: int) -> Tuple[int, int]:
-    """(H, W) with the short side at ``short_side`` and the aspect ratio kept (rounded)."""
+    """(H, W) with the short side at ``short_side`` and the aspect ratio kept (rounded). Raises
+    :class:`VideoError` when the long side would exceed :data:`MAX_RESIZED_SIDE`."""
     if height <= width:
-        return short_side, max(1, int(width * short_side / height + 0.5))
-    return max(1, int(height * short_side / width + 0.5)), short_side
+        size = short_side, max(1, int(width * short_side / height + 0.5))
+    else:
+        size = max(1, int(height * short_side / width + 0.5)), short_side
+    if max(size) > MAX_RESIZED_SIDE:
+        raise VideoError(f"frames of {height}x{width} pixels would be resized to {size[0]}x{size[1]} for a "
+                         f"{short_side}-pixel short side (more than {MAX_RESIZED_SIDE} pixels on a side): an aspect "
+                         "ratio this extreme is not a video this model can use")
+    return size
 
 
 def resize_short_side(frame: np.ndarray, short_side: int) -> np.ndarray:

@@ -207,3 +207,11 @@ def test_fifo_is_not_reported_as_an_empty_file(tmp_path):
     os.mkfifo(fifo)
     with pytest.raises(VideoError, match="not a regular file"):
         probe(fifo)
+
+
+def test_extreme_aspect_ratio_is_refused_not_resized_into_gigabytes():
+    from i3d_fast.video import VideoError, resized_size
+
+    assert resized_size(64, 80, 256) == (256, 320)
+    with pytest.raises(VideoError, match="1x1000 pixels would be resized to 256x256000"):
+        resized_size(1, 1000, 256)

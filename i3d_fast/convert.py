@@ -80,7 +80,7 @@ def convert(model: nn.Module, *, inference: bool = False, backend: str = "auto")
         raise ValueError(f"convert: unknown backend {backend!r}; choose 'auto', 'triton', 'cpu', 'aten' or 'reference'")
     report = ConversionReport()
     names = _unique_names(model)
-    chains = _find_chains(model, names, report)
+    chains = _find_chains(model, report)
     fused = set()
     for conv, bn, relu in chains:
         _fuse(conv, bn, relu, backend, inference)
@@ -136,7 +136,7 @@ def _fusable_bn(m: nn.Module, conv: nn.Conv3d) -> bool:
     return _plain(m, BN) and m.num_features == conv.out_channels
 
 
-def _find_chains(model: nn.Module, names: Dict[nn.Module, str], report: ConversionReport):
+def _find_chains(model: nn.Module, report: ConversionReport):
     """[(conv, bn or None, relu or None)] with at least two members, each module in one chain."""
     counts = Counter(m for _, m in model.named_modules(remove_duplicate=False))
     chains: List[tuple] = []
@@ -149,27 +149,28 @@ def _find_chains(model: nn.Module, names: Dict[nn.Module, str], report: Conversi
         taken.update(members)
         chains.append((conv, bn, relu))
 
-    def visit(module: nn.Module, prefix: str) -> None:
+    def visit(module: nn.Module) -> None:
         if not any(isinstance(m, CONV) for m in module.modules()):
             return
         try:
             graph = torch.fx.symbolic_trace(module).graph
         except Exception as e:  # noqa: BLE001 - any tracing failure means: use the fallback here
             if module is model:
+                first_line = (str(e).splitlines() or [""])[0][:120]
                 report.method.append(f"nn.Sequential order (torch.fx could not trace the model: "
-                                     f"{type(e).__name__}: {str(e).splitlines()[0][:120]})")
+                                     f"{type(e).__name__}: {first_line})")
             if type(module).forward is nn.Sequential.forward:
                 for conv, bn, relu in _sequential_chains(list(module.children())):
                     add(conv, bn, relu)
-            for name, child in module.named_children():
-                visit(child, f"{prefix}{name}.")
+            for child in module.children():
+                visit(child)
             return
         if module is model:
             report.method.append("torch.fx trace of the model")
         for conv, bn, relu in _fx_chains(module, graph):
             add(conv, bn, relu)
 
-    visit(model, "")
+    visit(model)
     return chains
 
 

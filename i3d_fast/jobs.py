@@ -121,4 +121,7 @@ class FlowJob(Job):
             written += fields.shape[0]
         if written == 0:
             raise VideoError(f"{video}: too short: a single frame; flow needs at least 2 frames")
+        present = sum(1 for _ in target.glob("flow_[xy]_*.jpg"))
+        if present != 2 * written:  # before the folder is published: never a partial one under the final name
+            raise RuntimeError(f"{target} holds {present} flow JPEGs, expected {2 * written}")
         return f"{written} flow fields"

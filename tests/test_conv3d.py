@@ -116,11 +116,12 @@ def test_bad_arguments(kwargs, error, message):
         conv3d(**args)
 
 
-@pytest.mark.parametrize("backend", ["aten", "cpu", "reference"])
+@pytest.mark.parametrize("backend", ["aten", "cpu", "reference", "triton"])
 @pytest.mark.parametrize("kernel, stride, padding", [(1, 1, 0), (3, 1, 1), (7, 2, "same"), (3, 1, ((1, 1), (0, 0), (1, 1)))])
 def test_nan_propagates_like_torch(backend, kernel, stride, padding):
     """relu?(conv(x) + shift) with a NaN in x or in shift: NaN exactly where F.conv3d + torch.relu
-    put it (a fused ReLU must not turn NaN into 0), on every backend that runs the case."""
+    put it (a fused ReLU must not turn NaN into 0), on every backend that runs the case (Triton
+    through its interpreter on CPU tensors)."""
     from i3d_fast.ops.dispatch import NoBackendError
     from i3d_fast.ops.padding import resolve_padding
 

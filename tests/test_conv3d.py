@@ -116,12 +116,13 @@ def test_bad_arguments(kwargs, error, message):
         conv3d(**args)
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # numpy, in the Triton interpreter
 @pytest.mark.parametrize("backend", ["aten", "cpu", "reference", "triton"])
 @pytest.mark.parametrize("kernel, stride, padding", [(1, 1, 0), (3, 1, 1), (7, 2, "same"), (3, 1, ((1, 1), (0, 0), (1, 1)))])
 def test_nan_propagates_like_torch(backend, kernel, stride, padding):
-    """relu?(conv(x) + shift) with a NaN in x or in shift: NaN exactly where F.conv3d + torch.relu
-    put it (a fused ReLU must not turn NaN into 0), on every backend that runs the case (Triton
-    through its interpreter on CPU tensors)."""
+    """relu?(conv(x) + shift) with a NaN in x or in shift, or an inf in x: NaN and +-inf exactly where
+    F.conv3d + torch.relu put them (a fused ReLU must not turn NaN into 0; Winograd's transforms must
+    not turn inf into NaN), on every backend that runs the case (Triton through its interpreter)."""
     from i3d_fast.ops.dispatch import NoBackendError
     from i3d_fast.ops.padding import resolve_padding
 
@@ -130,10 +131,12 @@ def test_nan_propagates_like_torch(backend, kernel, stride, padding):
     w = torch.randn(16, 8, kernel, kernel, kernel, generator=g)
     shift = torch.zeros(16)
     (t0, t1), (h0, h1), (w0, w1) = resolve_padding(x.shape[2:], (kernel,) * 3, (stride,) * 3, padding)
-    for case in ("x", "shift"):
+    for case in ("x", "shift", "inf"):
         xx, ss = x.clone(), shift.clone()
         if case == "x":
             xx[0, 3, 2, 4, 4] = float("nan")
+        elif case == "inf":  # +-inf must stay +-inf (Winograd's transforms alone would make NaN of it)
+            xx[0, 3, 2, 4, 4] = float("inf")
         else:
             ss[5] = float("nan")
         expected = torch.relu(F.conv3d(F.pad(xx, (w0, w1, h0, h1, t0, t1)), w, ss, stride))
@@ -142,8 +145,9 @@ def test_nan_propagates_like_torch(backend, kernel, stride, padding):
                        backend=backend)
         except NoBackendError:
             pytest.skip(f"{backend} does not run this case")
-        assert expected.isnan().any()
+        assert (expected.isinf() if case == "inf" else expected.isnan()).any()
         assert torch.equal(y.isnan(), expected.isnan()), case
+        assert torch.equal(y.isposinf(), expected.isposinf()) and torch.equal(y.isneginf(), expected.isneginf()), case
 
 
 def test_out_sharing_memory_with_an_input_is_refused():
@@ -155,3 +159,28 @@ def test_out_sharing_memory_with_an_input_is_refused():
     other = torch.randn(1, 8, 4, 6, 6)
     conv3d(other, w, out=buf, channel_offset=8, padding=1)  # separate memory: fine
     torch.testing.assert_close(buf[:, 8:], conv3d(other, w, padding=1))
+
+
+@pytest.mark.parametrize("kernel", [(3, 3, 3), (1, 3, 3), (3, 1, 1)])
+def test_inf_through_the_winograd_kernels_and_their_gradients(kernel):
+    """An infinite input through each Winograd kind (forward, data and weight gradient) gives the
+    +-inf / NaN pattern of ATen's direct convolution, not the transforms' NaN."""
+    from i3d_fast.kernels.cpu import conv3d as cpu_conv3d
+
+    g = torch.Generator().manual_seed(1)
+    pads = tuple((k // 2, k // 2) for k in kernel)
+    x = torch.randn(1, 16, 4, 6, 6, generator=g)
+    x[0, 2, 1, 3, 3] = float("inf")
+    w = torch.randn(16, 16, *kernel, generator=g)
+    y = conv3d(x, w, None, None, 1, pads, False, backend="cpu")
+    ref = F.conv3d(x, w, padding=[k // 2 for k in kernel])
+    assert ref.isinf().any()
+    assert torch.equal(y.isinf(), ref.isinf()) and torch.equal(y.isnan(), ref.isnan())
+    grad = torch.randn(ref.shape, generator=g).contiguous(memory_format=torch.channels_last_3d)
+    grad[0, 1, 1, 2, 2] = float("-inf")
+    gx, gw = cpu_conv3d.conv3d_backward(grad, x.contiguous(memory_format=torch.channels_last_3d), w, (1, 1, 1),
+                                        pads, True, True)
+    rx, rw = torch.ops.aten.convolution_backward(grad, x, w, None, [1] * 3, [k // 2 for k in kernel], [1] * 3,
+                                                 False, [0] * 3, 1, [True, True, False])[:2]
+    assert torch.equal(gx.isnan(), rx.isnan()) and torch.equal(gx.isinf(), rx.isinf())
+    assert torch.equal(gw.isnan(), rw.isnan()) and torch.equal(gw.isinf(), rw.isinf())

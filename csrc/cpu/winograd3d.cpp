@@ -274,7 +274,8 @@ void transform_chunk(const float* x, const float* zeros, const Geometry& g, int6
 // [c_first, c_first + width) of which those < cout are stored.
 template <int K>
 void store_chunk(const float* M, const Geometry& g, int64_t first, int64_t count, int64_t P, int64_t width,
-                 int64_t c_first, const float* bias, bool relu, const std::vector<Dest>& dests, bool stream) {
+                 int64_t c_first, const float* bias, bool relu, const std::vector<Dest>& dests, bool stream,
+                 v16& nonfinite) {
   using TL = Tile<K>;
   const int64_t m_stride = P * width;
   for (int64_t p = 0; p < count; ++p) {
@@ -296,6 +297,7 @@ void store_chunk(const float* M, const Geometry& g, int64_t first, int64_t count
             const int64_t w = TL::kOutS * tw + l;
             if (w >= g.W) break;
             v16 out = y[(i * TL::kOutS + k) * TL::kOutS + l] + b;
+            nonfinite += out - out;  // stays 0 unless an output is inf or NaN
             if (relu) out = out < 0 ? v16{} : out;  // NaN stays NaN
             store_channels(dests, ((n * g.T + t) * g.H + h) * g.W + w, c0, valid, out, stream);
           }
@@ -316,8 +318,10 @@ int64_t chunk_tiles(const Geometry& g, int threads, int64_t requested) {
   return std::min(share, std::max<int64_t>(6, fit / step * step));
 }
 
+// Returns whether any output (before ReLU) is inf or NaN: the transforms subtract neighbouring cells,
+// so an infinite input comes out NaN where a direct convolution gives +-inf (the caller recomputes).
 template <int K>
-void winograd_forward(const float* x, const float* u, const float* bias, bool relu, const Geometry& g,
+bool winograd_forward(const float* x, const float* u, const float* bias, bool relu, const Geometry& g,
                       const std::vector<Dest>& dests, int threads, int64_t requested_chunk) {
   constexpr int kPositions = Tile<K>::kPositions;
   const PanelLayout L(kPositions, g.cin, g.cout);
@@ -329,10 +333,12 @@ void winograd_forward(const float* x, const float* u, const float* bias, bool re
   const bool stream = streams(dests, g.N * g.T * g.H * g.W);
   const int64_t v_size = round_up(kPositions * P * g.cin, 16), m_size = kPositions * P * kPanel;
   AlignedBuffer scratch(threads * (v_size + m_size));
+  int found = 0;
 #pragma omp parallel num_threads(threads)
   {
     float* V = scratch.data + omp_get_thread_num() * (v_size + m_size);
     float* M = V + v_size;
+    v16 nonfinite{};
 #pragma omp for schedule(dynamic, 1)
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       const int64_t first = chunk * P, count = std::min(P, tiles - first);
@@ -341,11 +347,16 @@ void winograd_forward(const float* x, const float* u, const float* bias, bool re
         const int64_t width = L.width(panel);
         for (int xi = 0; xi < kPositions; ++xi)
           panel_gemm(V + xi * P * g.cin, g.cin, count, u + L.offset(panel, xi), g.cin, width, M + xi * P * width);
-        store_chunk<K>(M, g, first, count, P, width, panel * kPanel, b.data(), relu, dests, stream);
+        store_chunk<K>(M, g, first, count, P, width, panel * kPanel, b.data(), relu, dests, stream, nonfinite);
       }
     }
     finish_streaming();
+    int mine = 0;
+    for (int lane = 0; lane < 16; ++lane) mine |= nonfinite[lane] != nonfinite[lane];
+#pragma omp atomic update
+    found |= mine;
   }
+  return found != 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -606,7 +617,7 @@ Geometry geometry(const std::array<int64_t, 4>& ndhw, int64_t cin, int64_t ldx, 
   return Geometry{N, T, H, W, ceil_div(T, out_t), ceil_div(H, out_s), ceil_div(W, out_s), cin, ldx, cout};
 }
 
-void forward(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64_t cin, uintptr_t packed,
+bool forward(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64_t cin, uintptr_t packed,
              int64_t cout, uintptr_t bias, bool relu, const std::vector<std::tuple<uintptr_t, int64_t, int64_t>>& dests,
              int threads, int64_t chunk, int kt, int ks) {
   const auto [N, T, H, W] = ndhw;
@@ -622,8 +633,16 @@ void forward(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64
   if (start != cout) throw std::invalid_argument("winograd3d_forward: destinations must hold cout channels");
   const Geometry g = geometry(ndhw, cin, ldx, cout, kt, ks);
   py::gil_scoped_release release;
-  I3D_BY_KIND(winograd_forward, kt, ks, as_ptr<const float>(x), as_ptr<const float>(packed),
-              bias ? as_ptr<const float>(bias) : nullptr, relu, g, out, std::max(threads, 1), chunk)
+  const float* b = bias ? as_ptr<const float>(bias) : nullptr;
+  const int nthreads = std::max(threads, 1);
+  switch (kind(kt, ks)) {
+    case k333: return winograd_forward<k333>(as_ptr<const float>(x), as_ptr<const float>(packed), b, relu, g, out,
+                                             nthreads, chunk);
+    case k133: return winograd_forward<k133>(as_ptr<const float>(x), as_ptr<const float>(packed), b, relu, g, out,
+                                             nthreads, chunk);
+    default: return winograd_forward<k311>(as_ptr<const float>(x), as_ptr<const float>(packed), b, relu, g, out,
+                                           nthreads, chunk);
+  }
 }
 
 void weight_grad(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64_t cin, uintptr_t dy,
@@ -668,7 +687,8 @@ void register_winograd3d(py::module_& m) {
         "float32 NDHWC rows x (cin channels, row stride ldx) with a "
         "packed weight; bias (0 = none, else cout floats) and ReLU fused. dests: (pointer, row stride, "
         "channel count) per destination, taking the output channels in order. chunk: tiles per work "
-        "item (0 = sized for the L2 cache).");
+        "item (0 = sized for the L2 cache). Returns whether any output before ReLU is inf or NaN (the "
+        "transforms turn an infinite input into NaN; recompute such calls with a direct convolution).");
   m.def("winograd3d_weight_grad", &weight_grad, py::arg("x"), py::arg("ldx"), py::arg("ndhw"), py::arg("cin"),
         py::arg("dy"), py::arg("ldy"), py::arg("cout"), py::arg("dw"), py::arg("threads"), py::arg("whole") = false,
         py::arg("kt") = 3, py::arg("ks") = 3,

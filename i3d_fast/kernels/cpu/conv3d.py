@@ -205,13 +205,13 @@ def as_rows(t: torch.Tensor) -> Tuple[torch.Tensor, int]:
 
 
 def conv3d_packed(x: torch.Tensor, weight: PackedWeight, shift: Optional[torch.Tensor], relu: bool,
-                  destinations: Sequence[Tuple[torch.Tensor, int, int]], pool: Optional[Triple] = None) -> None:
+                  destinations: Sequence[Tuple[torch.Tensor, int, int]], pool: Optional[Triple] = None) -> bool:
     """Writes relu?(conv3d(x, w) + shift) into ``destinations`` = [(out, channel offset, count), ...]
-    (channels_last_3d float32 outs, counts summing to Cout). kT x 3 x 3: zero padding (kT // 2, 1, 1);
-    1x1x1: ``pool``
-    = (kT, kH, kW) convolves a stride-1 SAME max pool of x instead. x: float32 Tensor[N, Cin, T, H, W]
+    (channels_last_3d float32 outs, counts summing to Cout). Winograd kernels: SAME zero padding;
+    1x1x1: ``pool`` = (kT, kH, kW) convolves a stride-1 SAME max pool of x instead. x: float32 Tensor[N, Cin, T, H, W]
     in channels-last rows (a channel slice of a wider tensor is read in place; other layouts are
-    copied first)."""
+    copied first). Returns True when a Winograd output came out inf or NaN: its transforms turn an
+    infinite input into NaN where a direct convolution gives +-inf, so the caller recomputes."""
     x, ld = as_rows(x)
     n, cin, t, h, w = x.shape
     dests = [(out.data_ptr() + offset * out.element_size(), out.shape[1], count)
@@ -220,12 +220,11 @@ def conv3d_packed(x: torch.Tensor, weight: PackedWeight, shift: Optional[torch.T
     bias_ptr = 0 if bias is None else bias.data_ptr()
     ext = extension()
     if weight.winograd:
-        ext.winograd3d_forward(x.data_ptr(), ld, (n, t, h, w), cin, weight.data.data_ptr(), weight.cout, bias_ptr,
-                               relu, dests, threads(), 0, weight.winograd[0], weight.winograd[1])
-    else:
-        ext.pointwise_conv3d_forward(x.data_ptr(), ld, (n, t, h, w), cin, weight.data.data_ptr(), weight.cout,
-                                     bias_ptr, relu, tuple(pool) if pool is not None else (0, 0, 0), dests,
-                                     threads())
+        return ext.winograd3d_forward(x.data_ptr(), ld, (n, t, h, w), cin, weight.data.data_ptr(), weight.cout,
+                                      bias_ptr, relu, dests, threads(), 0, weight.winograd[0], weight.winograd[1])
+    ext.pointwise_conv3d_forward(x.data_ptr(), ld, (n, t, h, w), cin, weight.data.data_ptr(), weight.cout,
+                                 bias_ptr, relu, tuple(pool) if pool is not None else (0, 0, 0), dests, threads())
+    return False
 
 
 def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
@@ -233,14 +232,16 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor],
            pool: Optional[Triple] = None, allow_tf32: bool = False) -> Optional[torch.Tensor]:
     """See :func:`i3d_fast.ops.conv3d`; only what :func:`unsupported` accepts. Returns a new
     channels_last_3d tensor when ``destinations`` is None, else writes the output channels in order
-    into the (tensor, offset, count) destinations."""
+    into the (tensor, offset, count) destinations. A Winograd result with inf or NaN is recomputed by
+    oneDNN (an infinite input must give +-inf, as ``F.conv3d`` does, not the transforms' NaN)."""
     packed = _cached_weight(weight, scale)
-    if destinations is None:
+    new = destinations is None
+    if new:
         out = torch.empty((x.shape[0], packed.cout, *x.shape[2:]), dtype=x.dtype, memory_format=CL)
-        conv3d_packed(x, packed, shift, relu, [(out, 0, packed.cout)], pool)
-        return out
-    conv3d_packed(x, packed, shift, relu, destinations, pool)
-    return None
+        destinations = [(out, 0, packed.cout)]
+    if conv3d_packed(x, packed, shift, relu, destinations, pool):
+        return aten_conv3d.conv3d(x, weight, scale, shift, stride, pads, relu, None if new else destinations, pool)
+    return destinations[0][0] if new else None
 
 
 def _whole_layer(x: torch.Tensor, kernel: Triple = (3, 3, 3)) -> bool:
@@ -287,8 +288,8 @@ def winograd_weight_grad(x: torch.Tensor, grad: torch.Tensor, kernel: Triple = (
 
 def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads,
                     need_input: bool, need_weight: bool):
-    """(grad_x or None, grad_weight or None) of the convolution, float32. For a 3x3x3 or 1x3x3
-    stride-1 SAME convolution the data gradient is itself one (flipped, transposed weights) and runs on the
+    """(grad_x or None, grad_weight or None) of the convolution, float32. For a Winograd-kernel
+    (3x3x3, 1x3x3, 3x1x1) stride-1 SAME convolution the data gradient is itself one (flipped, transposed weights) and runs on the
     Winograd kernel where ``backend="auto"`` would pick it for that shape, and the weight gradient
     runs on the Winograd weight-gradient kernel where :func:`winograd_weight_grad_rejected` allows;
     everything else is :func:`i3d_fast.kernels.aten.conv3d.conv3d_backward`."""
@@ -300,11 +301,12 @@ def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, s
             if unsupported(grad, swapped, stride, pads, None) is None and \
                     slower_than_onednn(grad, swapped, transformed_per_call=True) is None:
                 grad_x = torch.empty(x.shape, dtype=torch.float32, memory_format=CL)
-                conv3d_packed(grad, prepare_weight(weight, flipped=True), None, False, [(grad_x, 0, x.shape[1])])
-                need_input = False
+                # a non-finite result (inf in the gradient) is left to oneDNN below, like the forward
+                need_input = conv3d_packed(grad, prepare_weight(weight, flipped=True), None, False,
+                                           [(grad_x, 0, x.shape[1])])
         if need_weight and winograd_weight_grad_rejected(x, grad, weight, stride, pads) is None:
             grad_w = winograd_weight_grad(x, grad, kernel).to(weight.dtype)
-            need_weight = False
+            need_weight = not bool(torch.isfinite(grad_w).all())  # inf inputs: oneDNN's +-inf, not NaN
     if need_input or need_weight:
         aten_x, aten_w = aten_conv3d.conv3d_backward(grad, x, weight, stride, pads, need_input, need_weight)
         grad_x = aten_x if need_input else grad_x

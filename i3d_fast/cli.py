@@ -14,7 +14,8 @@ from .pipeline import CHUNK, OVERLAP
 
 EXIT_CODES = """exit codes:
   0    every video done (or already done)
-  1    the run finished but at least one video failed (each failure is reported)
+  1    the run finished but at least one video failed (each failure is reported), or the command
+       failed at run time (one line; --debug shows the traceback)
   2    the command could not start: bad arguments, missing dependency or weights
   130  interrupted (Ctrl-C); outputs are never left half-written, run again to resume"""
 
@@ -385,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "  doctor    what this machine can run: each op's backends, the C++ extension, CPU ISA, GPU\n\n"
                     "Run `i3d-fast COMMAND --help` for each command's options.")
     parser.add_argument("--version", action="version", version=f"i3d-fast {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of a failure instead of a one-line message")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     # predict
@@ -552,6 +555,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"i3d-fast {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a runtime failure (out of memory, a kernel error, ...): exit 1, one line
+        if args.debug:
+            raise
+        print(f"i3d-fast {args.command}: failed: {type(exc).__name__}: {exc} (--debug shows the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

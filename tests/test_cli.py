@@ -385,3 +385,19 @@ def test_resume_with_other_options_is_refused_unless_overwrite(small_weights, cl
     assert main(common + ["--endpoint", "Logits", "--overwrite"]) == 0
     assert np.load(out / "a.npy").shape == (5,)  # the Logits now
     assert main(common + ["--endpoint", "Logits"]) == 0
+
+
+def test_runtime_failure_is_one_line_and_exit_1_unless_debug(monkeypatch, capsys):
+    """A failure while the command runs (not a usage error) exits 1 with one line; --debug re-raises."""
+    import i3d_fast.doctor
+
+    def broken():
+        raise RuntimeError("out of memory in the middle")
+
+    monkeypatch.setattr(i3d_fast.doctor, "report", broken)
+    assert main(["doctor"]) == 1
+    err = capsys.readouterr().err
+    assert "i3d-fast doctor: failed: RuntimeError: out of memory in the middle (--debug" in err
+    assert "Traceback" not in err
+    with pytest.raises(RuntimeError, match="out of memory"):
+        main(["--debug", "doctor"])

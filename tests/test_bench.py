@@ -73,3 +73,18 @@ def test_pool_baseline_is_the_same_result_as_ours(shape, kernel, stride):
     x = torch.randn(shape)
     torch.testing.assert_close(_aten_same(x, False, kernel, stride, "same"),
                                max_pool3d(x, kernel, stride, "same", backend="reference"), rtol=0, atol=0)
+
+
+def test_conv_bench_providers_compute_the_same_result():
+    """The 3x3x3 conv suite's providers (oneDNN prepacked / per-call reorder / Winograd) agree."""
+    import torch
+
+    from i3d_fast.bench.conv3d_cpu import PROVIDERS, workloads
+    from i3d_fast.kernels import cpu as cpu_kernels
+
+    if cpu_kernels.reject_unless_available(torch.zeros(1)) is not None:
+        pytest.skip("the C++ extension is not built")
+    outs = [fn() for fn in workloads(16, 24, 4, 6, 6)]
+    assert len(outs) == len(PROVIDERS) == 3
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0], rtol=1e-4, atol=1e-4)

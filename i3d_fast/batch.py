@@ -356,7 +356,7 @@ def execute(job: Job, task: Task) -> Outcome:
     return outcome
 
 
-def _execute(job: "Job", task: Task, start: float) -> Outcome:
+def _execute(job: Job, task: Task, start: float) -> Outcome:
     try:
         if job.output_suffix:
             with atomic_file(task.output) as target:

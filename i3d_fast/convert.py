@@ -80,7 +80,8 @@ def convert(model: nn.Module, *, inference: bool = False, backend: str = "auto")
         raise ValueError(f"convert: unknown backend {backend!r}; choose 'auto', 'triton', 'cpu', 'aten' or 'reference'")
     report = ConversionReport()
     names = _unique_names(model)
-    chains = _find_chains(model, report)
+    counts = Counter(m for _, m in model.named_modules(remove_duplicate=False))
+    chains = _find_chains(model, counts, report)
     fused = set()
     for conv, bn, relu in chains:
         _fuse(conv, bn, relu, backend, inference)
@@ -95,7 +96,7 @@ def convert(model: nn.Module, *, inference: bool = False, backend: str = "auto")
             report.converted.append((name, type(module).__name__.replace("Converted", "").replace("Fused", "").lower()))
         elif why:
             report.left.append((name, type(module).__name__, why))
-    for module, count in Counter(m for _, m in model.named_modules(remove_duplicate=False)).items():
+    for module, count in counts.items():
         if count > 1 and isinstance(module, (CONV, BN, RELU)):
             report.left.append((names[module], type(module).__name__, f"appears at {count} places in the model; not fused"))
     if inference:
@@ -136,9 +137,9 @@ def _fusable_bn(m: nn.Module, conv: nn.Conv3d) -> bool:
     return _plain(m, BN) and m.num_features == conv.out_channels
 
 
-def _find_chains(model: nn.Module, report: ConversionReport):
-    """[(conv, bn or None, relu or None)] with at least two members, each module in one chain."""
-    counts = Counter(m for _, m in model.named_modules(remove_duplicate=False))
+def _find_chains(model: nn.Module, counts: Counter, report: ConversionReport):
+    """[(conv, bn or None, relu or None)] with at least two members, each module in one chain and at
+    one place in the model (``counts``: places per module)."""
     chains: List[tuple] = []
     taken: set = set()
 

@@ -9,7 +9,7 @@ from typing import List
 import torch
 
 from . import __version__
-from .bench.report import machine
+from .bench.report import cpu_flags, machine
 from .flow import solver
 from .kernels import cpu as cpu_kernels
 from .kernels.cpu import autotune
@@ -18,15 +18,6 @@ from .ops.conv3d_bn import BACKENDS as CONV3D_BN_BACKENDS
 from .ops.pool3d import BACKENDS as POOL3D_BACKENDS
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
-
-
-def _cpu_flags() -> List[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return []
-    return [flag for flag in ISA_FLAGS if flag in flags]
 
 
 def _version(module: str) -> str:
@@ -51,15 +42,16 @@ def report() -> str:
     """The environment and, for every op, each backend's availability on float32 inputs on the CPU
     (and on the GPU when there is one)."""
     info = machine()
-    module, error = cpu_kernels._load()
-    if module is None:
-        extension = f"NOT BUILT ({error}): every CPU op runs its ATen fallback, several times slower"
+    missing = cpu_kernels.reject_unless_available(torch.zeros(1))
+    if missing is not None:
+        extension = f"NOT BUILT: {missing}: every CPU op runs its ATen fallback, several times slower"
     else:
-        extension = "built" + ("" if module.conv3d_avx512 else " without AVX-512 (Winograd / GEMM kernels off)")
+        avx512 = cpu_kernels.extension().conv3d_avx512
+        extension = "built" + ("" if avx512 else " without AVX-512 (Winograd / GEMM kernels off)")
     lines = [
         f"i3d_fast {__version__}, torch {info['torch']}, Python {info['python']}",
         f"CPU: {info['cpu']}, {info['cpu_count']} cores, torch threads {info['threads']}, "
-        f"ISA: {', '.join(_cpu_flags()) or 'none of ' + ', '.join(ISA_FLAGS)}",
+        f"ISA: {', '.join(f for f in ISA_FLAGS if f in cpu_flags()) or 'none of ' + ', '.join(ISA_FLAGS)}",
         f"C++ extension i3d_fast._C: {extension}",
         f"kernel selection: {'timed per layer (autotune)' if autotune.enabled() else 'fixed rules (I3D_FAST_AUTOTUNE=0)'}",
         f"CUDA: {info['cuda'] or 'no GPU visible to torch'}",

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ..convert import convert
 from .report import Row
-from .timing import Timing, measure_interleaved
+from .timing import measure_interleaved
 from .video_nets import ARCHITECTURES
 
 SUITE = "convert"

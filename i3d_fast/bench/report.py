@@ -25,6 +25,15 @@ class Row:
     extra: Dict[str, float] = field(default_factory=dict)
 
 
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return frozenset(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return frozenset()
+
+
 def machine() -> Dict[str, object]:
     info: Dict[str, object] = {
         "python": platform.python_version(),

@@ -27,7 +27,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from ..models import InceptionI3d
 from .plain_i3d import PlainInceptionI3d
-from .report import Row
+from .report import Row, cpu_flags
 from .timing import Timing, measure_interleaved, peak_memory_in_subprocess, peak_rss_mb
 
 SUITE = "train"
@@ -64,13 +64,8 @@ CUDA_CASE = {False: Case(8, 32, 224, bf16=True, device="cuda"), True: Case(4, 16
 
 
 def cpu_has_bf16() -> bool:
-    """Whether /proc/cpuinfo lists avx512_bf16 or amx_bf16 (else oneDNN emulates bf16 math slowly)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+    """Whether the CPU has avx512_bf16 or amx_bf16 (else oneDNN emulates bf16 math slowly)."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
 def workload(provider: str, case: Case) -> Callable[[], torch.Tensor]:

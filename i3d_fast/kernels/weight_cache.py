@@ -2,7 +2,7 @@
 unchanged, so a model's weights are prepared once rather than on every call."""
 from __future__ import annotations
 
-from typing import Callable, Generic, TypeVar
+from typing import Callable, Generic, Optional, TypeVar
 
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
@@ -37,16 +37,18 @@ class WeightCache(Generic[Derived]):
         self._entries[weight] = (state, value)
         return value
 
-    def seen_unchanged(self, weight: torch.Tensor) -> bool:
-        """Whether ``weight`` (the same tensor object, unchanged) was passed here before; records it
-        otherwise. Inside a custom op's autograd the kernels get a fresh alias of a trainable weight
-        on every call, so this tells a constant weight (e.g. folded eval weights) from one in
-        training without any flag."""
+    def get_if_seen(self, weight: torch.Tensor) -> Optional[Derived]:
+        """Like :meth:`get`, but only from the second call with the same unchanged tensor object:
+        the first records it and returns None. Inside a custom op's autograd the kernels get a fresh
+        alias of a trainable weight on every call, so this tells a constant weight (e.g. folded eval
+        weights) from one in training without any flag, and never derives data for the latter."""
         if weight.is_inference():
-            return False
+            return None
         state = _state(weight)
         hit = self._entries.get(weight)
-        if hit is not None and hit[0] == state:
-            return True
-        self._entries[weight] = (state, None)
-        return False
+        if hit is None or hit[0] != state:
+            self._entries[weight] = (state, None)
+            return None
+        if hit[1] is None:
+            self._entries[weight] = (state, self._make(weight))
+        return self._entries[weight][1]

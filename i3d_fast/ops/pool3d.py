@@ -63,14 +63,14 @@ def _impl(requested: str, x: torch.Tensor, mode: str):
     return dispatch.select("i3d_fast.pool3d", requested, BACKENDS, x, mode).impl()
 
 
-def _timed_choice(requested: str, impl, what: str, key: tuple, run):
+def _timed_choice(requested: str, impl, what: str, tensor: torch.Tensor, config: tuple, run):
     """``impl``, or ATen's kernels where ``backend="auto"`` picked the C++ ones but they measured slower
-    for this configuration (see :mod:`i3d_fast.kernels.cpu.autotune`): small pools of few channels
-    are faster in ATen's own kernels. ``run(kernels)`` runs the pooling with a kernel module."""
-    if requested != "auto" or impl is not cpu_pool3d or not autotune.enabled(*key[:1]):
+    for this configuration (``tensor``'s shape and layout, ``config``; see
+    :mod:`i3d_fast.kernels.cpu.autotune`): small pools of few channels are faster in ATen's own
+    kernels. ``run(kernels)`` runs the pooling with a kernel module."""
+    if requested != "auto" or impl is not cpu_pool3d or not autotune.enabled(tensor):
         return impl
-    tensor = key[0]
-    key = (what, tuple(tensor.shape), tensor.stride(), tensor.dtype, *key[1:], cpu_kernels.threads())
+    key = (what, tuple(tensor.shape), tensor.stride(), tensor.dtype, *config, cpu_kernels.threads())
     slower = autotune.slower(key, lambda: (lambda: run(cpu_pool3d), lambda: run(aten_pool3d)))
     return impl if slower is None else aten_pool3d
 
@@ -82,8 +82,7 @@ def _pool3d(x: torch.Tensor, mode: str, kernel: List[int], stride: List[int], pa
     if x.numel() == 0:  # N or C is 0
         return _empty_output(x, kernel, stride, pads)
     args = (x, mode, tuple(kernel), tuple(stride), nested_pads(pads))
-    impl = _timed_choice(backend, impl, "pool3d", (x, mode, args[2], args[3], args[4]),
-                         lambda kernels: kernels.pool3d(*args))
+    impl = _timed_choice(backend, impl, "pool3d", x, args[1:], lambda kernels: kernels.pool3d(*args))
     return impl.pool3d(*args)
 
 
@@ -103,7 +102,7 @@ def _pool3d_backward(grad_out: torch.Tensor, x: Optional[torch.Tensor], input_sh
     if grad_out.numel() == 0:
         return grad_out.new_zeros(input_shape).contiguous(memory_format=torch.channels_last_3d)
     args = (grad_out, x, tuple(input_shape), mode, tuple(kernel), tuple(stride), nested_pads(pads))
-    impl = _timed_choice(backend, impl, "pool3d_backward", (grad_out, mode, args[4], args[5], args[6]),
+    impl = _timed_choice(backend, impl, "pool3d_backward", grad_out, args[2:],
                          lambda kernels: kernels.pool3d_backward(*args))
     return impl.pool3d_backward(*args)
 

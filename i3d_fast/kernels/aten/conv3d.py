@@ -70,15 +70,14 @@ def _onednn_usable(x: torch.Tensor) -> bool:
 
 # weight -> {(input shape, stride, padding): the weight in oneDNN's layout for that convolution}
 _PREPACKED = WeightCache(lambda weight: {})
-_SEEN = WeightCache(lambda weight: None)
 
 
 def _prepacked(weight: torch.Tensor, x: torch.Tensor, stride, padding) -> torch.Tensor:
     """The weight reordered for oneDNN once, from its second use unchanged (a trainable weight, or one
     that changes or is a fresh alias every call, is passed as it is)."""
-    if weight.requires_grad or not _SEEN.seen_unchanged(weight):
+    packs = None if weight.requires_grad else _PREPACKED.get_if_seen(weight)
+    if packs is None:
         return weight
-    packs = _PREPACKED.get(weight)
     key = (tuple(x.shape), tuple(stride), tuple(padding))
     if key not in packs:
         packs[key] = torch.ops.mkldnn._reorder_convolution_weight(weight.detach(), list(padding), list(stride),

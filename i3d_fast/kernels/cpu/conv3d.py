@@ -52,11 +52,11 @@ def unsupported(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pad
     if tuple(stride) != (1, 1, 1):
         return f"runs stride-1 convolutions only, got stride {tuple(stride)}"
     kernel, pads = tuple(weight.shape[2:]), tuple(map(tuple, pads))
-    if winograd_kernel(weight):
-        kernel = winograd_kernel(weight)
-        if pads != WINOGRAD[kernel]:
-            return (f"runs {'x'.join(map(str, kernel))} kernels with zero padding {WINOGRAD[kernel]} only (SAME), "
-                    f"got pads {pads}")
+    winograd = winograd_kernel(weight)
+    if winograd:
+        if pads != WINOGRAD[winograd]:
+            return (f"runs {'x'.join(map(str, winograd))} kernels with zero padding {WINOGRAD[winograd]} only "
+                    f"(SAME), got pads {pads}")
         if pool is not None:
             return "fuses a max pool into 1x1x1 convolutions only"
         return None
@@ -105,7 +105,7 @@ def _measured_forward(x: torch.Tensor, weight: torch.Tensor, transformed_per_cal
     def candidates():
         w = weight.detach()
         cout = w.shape[0]
-        pads = WINOGRAD[winograd_kernel(w)] if winograd_kernel(w) else PAD_0
+        pads = WINOGRAD.get(winograd_kernel(w), PAD_0)
         shift = torch.zeros(cout)
         packed = None if transformed_per_call else prepare_weight(w)
 

@@ -94,14 +94,14 @@ def _device(text: str) -> str:
     return text
 
 
-def _check_out_dir(path: str, option: str = "--out") -> None:
-    """A usage error, before any work, unless ``path`` is (or can be created as) a writable folder."""
+def _check_out_dir(path: str) -> None:
+    """A usage error, before any work, unless ``--out path`` is (or can be created as) a writable folder."""
     out = Path(path)
     if out.exists() and not out.is_dir():
-        raise ValueError(f"{option} {path} is a file, not a folder")
+        raise ValueError(f"--out {path} is a file, not a folder")
     existing = next(p for p in (out, *out.parents) if p.exists())
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {path}: {existing} is not writable")
+        raise ValueError(f"--out {path}: {existing} is not writable")
 
 
 def _add_video_options(p: argparse.ArgumentParser, crop: bool = True) -> None:

@@ -52,7 +52,7 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor],
     if any(a or b for a, b in extra):
         (t0, t1), (h0, h1), (w0, w1) = extra
         x = F.pad(x, (w0, w1, h0, h1, t0, t1))
-    y = _conv(x, weight.contiguous(memory_format=CL), bias, stride, symmetric, relu)
+    y = _conv(x, weight, bias, stride, symmetric, relu)
     if destinations is None:
         return y.contiguous(memory_format=CL)
     start = 0
@@ -73,11 +73,12 @@ _PREPACKED = WeightCache(lambda weight: {})
 
 
 def _prepacked(weight: torch.Tensor, x: torch.Tensor, stride, padding) -> torch.Tensor:
-    """The weight reordered for oneDNN once, from its second use unchanged (a trainable weight, or one
-    that changes or is a fresh alias every call, is passed as it is)."""
+    """The weight reordered for oneDNN once, from its second use unchanged (keyed by the caller's tensor,
+    whatever its layout); a trainable weight, or one that changes or is a fresh alias every call, is
+    passed in channels_last_3d as it is."""
     packs = None if weight.requires_grad else _PREPACKED.get_if_seen(weight)
     if packs is None:
-        return weight
+        return weight.contiguous(memory_format=CL)
     key = (tuple(x.shape), tuple(stride), tuple(padding))
     if key not in packs:
         packs[key] = torch.ops.mkldnn._reorder_convolution_weight(weight.detach(), list(padding), list(stride),
@@ -91,7 +92,7 @@ def _conv(x, weight, bias, stride, padding, relu: bool) -> torch.Tensor:
         y = torch.ops.mkldnn._convolution_pointwise(x, _prepacked(weight, x, stride, padding), bias, list(padding),
                                                      list(stride), [1, 1, 1], 1, "none", [None], "")
         return y.relu_() if relu else y
-    y = F.conv3d(x, weight, bias, stride, padding)
+    y = F.conv3d(x, weight.contiguous(memory_format=CL), bias, stride, padding)
     return y.relu_() if relu else y
 
 

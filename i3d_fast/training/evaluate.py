@@ -3,7 +3,8 @@
 For each video, ``clips_per_video`` evenly spaced clips with the central crop (the clip size the run was
 trained with, from its ``train.json``, unless given); each stream's logits are averaged over the clips,
 the streams' summed (fused). Reports top-1 / top-5 per stream and fused, writes ``evaluation.json`` and a
-confusion-matrix PNG of the fused (or only) predictions.
+confusion-matrix PNG of the fused (or only) predictions; ``evaluation.json`` also lists each video's
+label and predicted class per stream.
 """
 from __future__ import annotations
 
@@ -63,6 +64,7 @@ def evaluate(data: Path, weights: Path, *, clips_per_video: int = 1, clip: Optio
     predictions: Dict[str, List[int]] = {name: [] for name in names}
     hits = {name: [0, 0] for name in names}
     truth: List[int] = []
+    per_video: List[dict] = []
     skipped = []
     with torch.no_grad():
         for batch in loader(ClipDataset(examples, spec, replace=False),
@@ -82,6 +84,9 @@ def evaluate(data: Path, weights: Path, *, clips_per_video: int = 1, clip: Optio
                 logits["fused"] = sum(logits[s] for s in streams)
             labels = batch.labels.to(dev)
             truth += batch.labels.tolist()
+            per_video += [{"video": str(examples[i].video), "label": examples[i].label,
+                           "predicted": {name: int(logits[name][n].argmax()) for name in names}}
+                          for n, i in enumerate(batch.indices)]
             for name in names:
                 top1, top5 = topk_correct(logits[name], labels)
                 hits[name][0] += top1
@@ -99,6 +104,7 @@ def evaluate(data: Path, weights: Path, *, clips_per_video: int = 1, clip: Optio
     for t, p in zip(truth, predictions[main]):
         matrix[t, p] += 1
     result["confusion"] = {"stream": main, "rows_true_columns_predicted": matrix.tolist()}
+    result["per_video"] = per_video
     out = Path(out) if out is not None else weights
     with atomic_write(out / "evaluation.json", "w") as f:
         json.dump(result, f, indent=1)

@@ -337,6 +337,7 @@ def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str
     def autocast():
         return torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
+    torch.manual_seed(derive_seed(options.seed, 0x1417))  # random initial weights: the same in every process
     models = {s: build_model(s, options.init, len(classes), options, say) for s in options.streams}
     for model in models.values():
         model.to(dev).to(memory_format=torch.channels_last_3d)
@@ -463,6 +464,8 @@ def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str
         if process.main:
             checkpoint.write_metrics(out, history)
         _export(process, models, out)
+        if stopped:
+            say(f"train: stopped after step {global_step} (--max-steps); continue with --resume")
     if not stopped:
         say(f"train: done: {options.epochs} epoch(s), {global_step} steps; weights in {out} "
             f"({', '.join(checkpoint.weights_path(out, s).name for s in models)}, {checkpoint.LABELS})")

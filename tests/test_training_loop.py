@@ -1,0 +1,123 @@
+"""The training loop (i3d_fast.training.loop): schedule, exact resume, several processes, evaluate."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from i3d_fast.training import TrainOptions, evaluate, make_synthetic, train
+from i3d_fast.training.loop import learning_rate
+
+pytest.importorskip("av")
+
+SMALL = dict(clip=8, crop=32, short_side=32, init="none", workers=0, threads=1, progress=False)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthetic") / "data"
+    make_synthetic(root, classes=2, train_per_class=4, val_per_class=2, frames=12, size=32)
+    return root
+
+
+def _weights(path: Path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _metrics(out: Path):
+    drop = ("seconds", "clips_per_s")
+    return [{k: v for k, v in json.loads(line).items() if k not in drop}
+            for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_learning_rate_schedules():
+    assert [learning_rate(1.0, "cosine", s, 10, 0) for s in (0, 5)] == [1.0, pytest.approx(0.5)]
+    assert learning_rate(1.0, "cosine", 10, 10, 0) == pytest.approx(0.0)
+    assert [learning_rate(1.0, "step", s, 10, 0) for s in (3, 4, 7, 8)] == pytest.approx([1, 0.1, 0.1, 0.01])
+    assert [learning_rate(0.4, "constant", s, 10, 4) for s in (0, 1, 3, 9)] == pytest.approx([0.1, 0.2, 0.4, 0.4])
+    assert learning_rate(1.0, "cosine", 4, 10, 4) == pytest.approx(1.0)  # cosine starts after the warmup
+
+
+@pytest.mark.parametrize("stop_at", [3, 4])  # in the middle of epoch 1, at its end
+def test_a_stopped_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(synthetic, tmp_path, stop_at):
+    options = dict(data=str(synthetic / "train"), val=str(synthetic / "val"), epochs=2, batch_size=2, lr=0.05,
+                   stream="both", dropout=0.5, **SMALL)
+    whole = train(TrainOptions(out=str(tmp_path / "whole"), **options), log=lambda _: None)
+    log = []
+    train(TrainOptions(out=str(tmp_path / "parts"), max_steps=stop_at, **options), log=log.append)
+    assert any("stopped after step" in line and "continue with --resume" in line for line in log)
+    assert len(_metrics(tmp_path / "parts")) == (stop_at // 4)
+    with pytest.raises(ValueError, match=r"started with other options \(lr: 0.05 -> 0.1\)"):
+        train(TrainOptions(out=str(tmp_path / "parts"), resume=True, **{**options, "lr": 0.1}))
+    log.clear()
+    resumed = train(TrainOptions(out=str(tmp_path / "parts"), resume=True, **options), log=log.append)
+    assert any(f"resuming {tmp_path / 'parts'} at epoch {stop_at // 4 + 1}, step {stop_at % 4} of 4" in line
+               for line in log)
+    for stream in ("rgb", "flow"):
+        for name, value in whole[stream].state_dict().items():
+            torch.testing.assert_close(resumed[stream].state_dict()[name], value, rtol=1e-5, atol=1e-6, msg=name)
+        on_disk = _weights(tmp_path / "parts" / f"{stream}.safetensors")
+        torch.testing.assert_close(on_disk, _weights(tmp_path / "whole" / f"{stream}.safetensors"), rtol=1e-5,
+                                   atol=1e-6)
+    parts, whole_metrics = _metrics(tmp_path / "parts"), _metrics(tmp_path / "whole")
+    assert len(parts) == len(whole_metrics) == 2
+    for a, b in zip(parts, whole_metrics):
+        assert a == pytest.approx(b, rel=1e-5)
+    record = _metrics(tmp_path / "whole")[-1]
+    assert {"train_loss_rgb", "train_top1_flow", "val_top1_fused", "val_top5_rgb", "lr"} <= set(record)
+    assert not [p for p in (tmp_path / "parts").iterdir() if p.name.startswith(".")]  # no partial files
+
+
+def test_resume_refuses_a_folder_without_a_run(synthetic, tmp_path):
+    with pytest.raises(ValueError, match="holds no run to resume"):
+        train(TrainOptions(data=str(synthetic / "train"), out=str(tmp_path / "none"), resume=True, **SMALL))
+
+
+def test_two_processes_give_the_weights_of_one_process_with_the_same_global_batch(synthetic, tmp_path):
+    options = ["--epochs", "1", "--clip", "8", "--crop", "32", "--short-side", "32", "--init", "none", "--lr", "0.05",
+               "--bn", "frozen", "--dropout", "0", "--workers", "0", "--threads", "1"]
+    one = train(TrainOptions(data=str(synthetic / "train"), out=str(tmp_path / "one"), epochs=1, batch_size=4,
+                             lr=0.05, bn="frozen", dropout=0.0, **SMALL), log=lambda _: None)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "i3d_fast.cli", "train", str(synthetic / "train"), "--out", str(tmp_path / "two"),
+                          "--batch-size", "2", *options], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "batch 2 x 2 process(es)" in run.stdout and run.stdout.count("train: done") == 1  # rank 0 speaks
+    two = _weights(tmp_path / "two" / "rgb.safetensors")
+    for name, value in one["rgb"].state_dict().items():
+        torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    assert _metrics(tmp_path / "two")[0]["step"] == _metrics(tmp_path / "one")[0]["step"] == 2
+
+
+def test_evaluate_averages_clips_and_fuses_the_streams(synthetic, tmp_path):
+    pytest.importorskip("matplotlib")
+    run = tmp_path / "run"
+    models = train(TrainOptions(data=str(synthetic / "train"), out=str(run), epochs=1, batch_size=2, stream="both",
+                                **SMALL), log=lambda _: None)
+    result = evaluate(synthetic / "val", run, clips_per_video=2, workers=0, log=lambda _: None)
+    assert result["videos"] == 4 and result["clips_per_video"] == 2 and result["clip"] == 8
+    assert {"top1_rgb", "top1_flow", "top1_fused", "top5_fused"} <= set(result)
+    assert result["top5_fused"] == 1.0  # two classes
+    matrix = result["confusion"]["rows_true_columns_predicted"]
+    assert result["confusion"]["stream"] == "fused" and sum(map(sum, matrix)) == 4
+    assert sum(matrix[i][i] for i in range(2)) / 4 == result["top1_fused"]
+    assert (run / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((run / "evaluation.json").read_text())
+    assert saved["top1_fused"] == result["top1_fused"]
+    # the fused prediction of one video by hand: both streams, logits averaged over the 2 clips and summed
+    from i3d_fast.training.data import ClipSpec, load_clip
+
+    video = sorted((synthetic / "val" / "left").iterdir())[0]
+    clips = load_clip(video, ClipSpec(("rgb", "flow"), 8, 32, 32, train=False, clips=2))
+    with torch.no_grad():
+        fused = sum(models[s](clips[s]).mean(0) for s in ("rgb", "flow"))
+    mine = next(v for v in result["per_video"] if v["video"] == str(video))
+    assert mine["label"] == 0 and mine["predicted"]["fused"] == int(fused.argmax())
+    with pytest.raises(ValueError, match="no labels.txt"):
+        evaluate(synthetic / "val", tmp_path, workers=0)

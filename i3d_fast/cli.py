@@ -304,7 +304,7 @@ def _train(args: argparse.Namespace) -> int:
         val_video_root=args.val_video_root, flow_root=args.flow_root, init=args.init, head_only=args.head_only,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         schedule=args.schedule, warmup_epochs=args.warmup_epochs, clip=args.clip, crop=args.crop,
-        short_side=args.short_side, fps=args.fps, bound=args.bound, bn=args.bn, dropout=args.dropout,
+        short_side=args.short_side, fps=args.fps, bound=args.bound, flip=args.flip, bn=args.bn, dropout=args.dropout,
         precision=args.precision, workers=args.workers, seed=args.seed, device=args.device, threads=args.threads,
         save_every=args.save_every, max_steps=args.max_steps, strict_duration=args.strict_duration,
         resume=args.resume, progress=sys.stderr.isatty())
@@ -565,6 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="linear warmup over the first N epochs (fractions allowed; default 0)")
     p.add_argument("--clip", type=POSITIVE, default=64, metavar="N", help="frames per training clip (default 64)")
     p.add_argument("--crop", type=POSITIVE, default=224, metavar="PX", help="random crop PX x PX (default 224)")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                   help="random horizontal flips (default on; --no-flip for classes a flip would change, such as "
+                        "'moving left' vs 'moving right')")
     p.add_argument("--bn", choices=("train", "frozen"), default="train",
                    help="BatchNorm in training mode (default) or frozen at the initial statistics")
     p.add_argument("--dropout", type=float, default=0.5, help="drop probability before the Logits conv (default 0.5)")

@@ -96,8 +96,11 @@ def test_training_clips_are_seeded_and_flip_negates_the_flow_x_component(video, 
 
 def test_a_flow_folder_of_another_size_than_the_frames_is_refused(video, tmp_path):
     write_flow_jpegs(torch.zeros(11, 2, 20, 24), tmp_path / "clip", bound=20)
-    with pytest.raises(VideoError, match="the flow in .* is 24x20 pixels, the frames 48x40"):
+    with pytest.raises(VideoError, match="the flow in .* is 24x20 pixels; frames resized to a short side of 40 are "
+                       "48x40"):
         load_clip(video, ClipSpec(("rgb", "flow"), frames=4, crop=16, short_side=40, train=False))
+    with pytest.raises(VideoError, match="is 24x20 pixels; frames resized to a short side of 40 are not that size"):
+        load_clip(video, ClipSpec(("flow",), frames=4, crop=16, short_side=40, train=False))
 
 
 def test_flow_without_a_precomputed_folder_is_solved_on_the_fly(video):

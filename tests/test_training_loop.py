@@ -113,7 +113,7 @@ def test_evaluate_averages_clips_and_fuses_the_streams(synthetic, tmp_path):
     # the fused prediction of one video by hand: both streams, logits averaged over the 2 clips and summed
     from i3d_fast.training.data import ClipSpec, load_clip
 
-    video = sorted((synthetic / "val" / "left").iterdir())[0]
+    video = sorted((synthetic / "val" / "down").iterdir())[0]
     clips = load_clip(video, ClipSpec(("rgb", "flow"), 8, 32, 32, train=False, clips=2))
     with torch.no_grad():
         fused = sum(models[s](clips[s]).mean(0) for s in ("rgb", "flow"))

@@ -9,7 +9,8 @@ where the CPU computes bf16 natively (avx512_bf16 or amx_bf16); CUDA bf16 autoca
 ``cudnn.benchmark``, "not measured" without a GPU. Each row gives clips/s and "peak MiB", the
 growth of peak memory over one step in a fresh process (CPU: resident set; CUDA: the caching
 allocator's peak). The CPU fp32 case adds "train-profile" rows: each provider's top ops by self
-CPU time in one profiled step.
+CPU time in one profiled step. The CPU run ends with ``i3d-fast train`` end to end on synthetic videos
+(:func:`pipeline_rows`): the data pipeline's cost against the step alone.
 
 Run as ``python -m i3d_fast.bench.train PROVIDER THREADS CASE_JSON`` it prints one provider's peak
 memory growth (MiB) in a fresh process; :func:`run` uses that for the "peak MiB" column.
@@ -28,7 +29,7 @@ from torch.profiler import ProfilerActivity, profile
 from ..models import InceptionI3d
 from .plain_i3d import PlainInceptionI3d
 from .report import Row, cpu_flags
-from .timing import Timing, measure_interleaved, peak_memory_in_subprocess, peak_rss_mb
+from .timing import Timing, measure, measure_interleaved, peak_memory_in_subprocess, peak_rss_mb
 
 SUITE = "train"
 CL = torch.channels_last_3d
@@ -60,6 +61,10 @@ class Case:
 
 
 CPU_CASE = {False: Case(2, 16, 224), True: Case(1, 16, 112, adaptive_head=True)}  # by --quick
+#: the end-to-end case (``i3d-fast train`` on make-synthetic videos), by --quick: videos per class, frame size
+#: (= the short side), crop, clip frames, batch
+PIPELINE_CASE = {False: (8, 128, 112, 16, 4), True: (4, 64, 56, 16, 4)}
+PIPELINE_WORKERS = 2
 CUDA_CASE = {False: Case(8, 32, 224, bf16=True, device="cuda"), True: Case(4, 16, 224, bf16=True, device="cuda")}
 
 
@@ -146,6 +151,53 @@ def _case_rows(case: Case, repeat: int,
     return rows, steps[:len(PROVIDERS)]
 
 
+def pipeline_rows(quick: bool, device: str = "cpu") -> List[Row]:
+    """``i3d-fast train`` end to end (decoding, augmentation in :data:`PIPELINE_WORKERS` loader processes,
+    step with SGD) on a make-synthetic dataset, per step in its second epoch (warm), against the same
+    step on a batch already in memory: how much of the step rate the data pipeline keeps."""
+    import tempfile
+    from pathlib import Path
+
+    from ..training import TrainOptions, make_synthetic, train
+    from ..training.checkpoint import read_metrics
+    from ..training.loop import TRAIN_BN_MOMENTUM
+
+    per_class, size, crop, clip, batch = PIPELINE_CASE[quick]
+    case = f"I3D RGB training [{batch}, 3, {clip}, {crop}, {crop}] fp32: decode + augment + SGD step"
+    with tempfile.TemporaryDirectory() as tmp:
+        data = make_synthetic(Path(tmp) / "data", train_per_class=per_class, val_per_class=1, frames=2 * clip,
+                              size=size)
+        options = TrainOptions(data=data["train"], out=str(Path(tmp) / "run"), init="none", epochs=2, batch_size=batch,
+                               clip=clip, crop=crop, short_side=size, workers=PIPELINE_WORKERS, device=device,
+                               progress=False)
+        train(options, log=lambda _: None)
+        warm = read_metrics(Path(options.out))[-1]
+    steps = warm["clips"] / batch
+    pipeline_ms = warm["seconds"] * 1e3 / steps
+
+    torch.manual_seed(0)
+    model = InceptionI3d(len(data["classes"]), adaptive_head=True).to(device).train().to(memory_format=CL)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm3d):
+            module.momentum = TRAIN_BN_MOMENTUM
+    optimiser = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    x = (torch.rand(batch, 3, clip, crop, crop) * 2 - 1).to(device).contiguous(memory_format=CL)
+    labels = torch.randint(len(data["classes"]), (batch,), device=device)
+
+    def step() -> None:
+        optimiser.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), labels).backward()
+        optimiser.step()
+
+    alone = measure(step, repeat=int(steps), device=device)
+    return [Row(SUITE, case, "training step alone (batch in memory)", alone, baseline=True,
+                extra={"clips/s": round(batch * 1e3 / alone.median_ms, 2)}),
+            Row(SUITE, case, f"i3d-fast train ({PIPELINE_WORKERS} loader workers)",
+                Timing(pipeline_ms, pipeline_ms, pipeline_ms, int(steps)),
+                extra={"clips/s": round(warm["clips_per_s"], 2)},
+                note="mean over the second epoch's steps")]
+
+
 def run(quick: bool = False, device: str = "cpu") -> List[Row]:
     """CUDA: the CUDA bf16 case. CPU: fp32, bf16 where the CPU has native bf16, the CUDA case "not
     measured", then the fp32 profile rows."""
@@ -164,6 +216,11 @@ def run(quick: bool = False, device: str = "cpu") -> List[Row]:
                         note="not measured (the CPU has neither avx512_bf16 nor amx_bf16: bf16 would be emulated)"))
     why = "not measured (no GPU)" if not torch.cuda.is_available() else "not measured (--cpu)"
     rows.append(Row(SUITE, CUDA_CASE[quick].name, f"{OURS} vs {BASELINE}", None, note=why))
+    try:
+        rows += pipeline_rows(quick)
+    except ImportError as exc:  # PyAV missing: the pipeline cannot decode
+        rows.append(Row(SUITE, "I3D RGB training: decode + augment + SGD step", "i3d-fast train", None,
+                        note=f"not measured ({exc.__class__.__name__}: needs PyAV, pip install 'i3d-fast[video]')"))
     return rows + op_rows
 
 

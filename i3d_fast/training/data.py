@@ -156,6 +156,8 @@ class ClipSpec:
     strict_duration: bool = False
     #: evaluation: evenly spaced clips per video (training takes one random clip)
     clips: int = 1
+    #: training: random horizontal flips (off for classes a flip would change, e.g. "moving left")
+    flip: bool = True
 
     def __post_init__(self):
         if not self.streams or any(s not in STREAMS for s in self.streams):
@@ -268,7 +270,7 @@ def load_clip(video: Path, spec: ClipSpec, seed: Optional[int] = None) -> Dict[s
     if want_flow:
         lengths.append(stored_fields or len(decoded) - 1)
     picks = _windows(min(lengths), spec.frames, rng, spec.clips)
-    flip = rng is not None and bool(rng.random() < 0.5)
+    flip = rng is not None and bool(rng.random() < 0.5) and spec.flip
     height, width = decoded[0].shape[:2] if decoded else (None, None)
     fields = None
     if want_flow:
@@ -279,9 +281,11 @@ def load_clip(video: Path, spec: ClipSpec, seed: Optional[int] = None) -> Dict[s
             solved = _solve_flow(decoded[used[0]:used[-1] + 2])[[i - used[0] for i in used]]
         where = {i: n for n, i in enumerate(used)}
         fields = [solved[[where[i] for i in window]] for window in picks]  # each [T, 2, H, W]
-        if height is not None and solved.shape[2:] != (height, width):
-            raise VideoError(f"{video}: the flow in {folder} is {solved.shape[3]}x{solved.shape[2]} pixels, the "
-                             f"frames {width}x{height} (computed with another --short-side?)")
+        if (height is not None and solved.shape[2:] != (height, width)) or min(solved.shape[2:]) != spec.short_side:
+            raise VideoError(f"{video}: the flow in {folder} is {solved.shape[3]}x{solved.shape[2]} pixels; "
+                             f"frames resized to a short side of {spec.short_side} are "
+                             f"{f'{width}x{height}' if height else 'not that size'} (computed with another "
+                             "--short-side?)")
         height, width = solved.shape[2:]
     top, left = _crop_box(height, width, spec.crop, rng, video)
     rows, cols = slice(top, top + spec.crop), slice(left, left + spec.crop)

@@ -64,6 +64,7 @@ class TrainOptions:
     short_side: int = 256
     fps: float = 25.0
     bound: float = 20.0
+    flip: bool = True
     bn: str = "train"  # train | frozen
     dropout: float = 0.5
     precision: str = "fp32"
@@ -320,7 +321,7 @@ def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str
                          f"{options.batch_size} x {process.world} processes); lower --batch-size")
     base_lr = options.lr if options.lr is not None else LR_PER_64_CLIPS * global_batch / 64
     spec = ClipSpec(options.streams, options.clip, options.crop, options.short_side, options.fps, options.bound,
-                    train=True, flow_root=options.flow_root and Path(options.flow_root),
+                    train=True, flip=options.flip, flow_root=options.flow_root and Path(options.flow_root),
                     data_root=Path(options.data) if Path(options.data).is_dir() else
                     Path(options.video_root or Path(options.data).parent), strict_duration=options.strict_duration)
     val_spec = ClipSpec(options.streams, options.clip, options.crop, options.short_side, options.fps, options.bound,

@@ -1,16 +1,19 @@
 """A small synthetic action-recognition dataset whose class is the motion, not the appearance.
 
-Each video shows one random smooth texture filling the whole frame and sliding at a constant
-velocity of :data:`SPEED` pixels per frame (by default) in one direction; the direction is the class:
+Each video shows one random smooth texture filling the whole frame, sliding at a constant velocity
+of :data:`SPEED` pixels per frame (by default) or standing still; how it moves is the class:
 
-=========  ===========================
-class      motion of the content
-=========  ===========================
-``right``  +x (towards the right edge)
-``left``   -x
-``down``   +y (towards the bottom edge)
-``up``     -y
-=========  ===========================
+============  ========================================================
+class         motion of the content
+============  ========================================================
+``up``        -y (towards the top edge)
+``down``      +y (towards the bottom edge)
+``sideways``  +x or -x, drawn per video
+``still``     none
+============  ========================================================
+
+The classes are unchanged by a horizontal flip, the augmentation I3D trains with (left and right
+classes would be swapped by it and could not be learnt).
 
 Appearance is uninformative on purpose: every video draws its texture (blurred white noise,
 contrast-normalised, with a random blur scale, brightness and colour tint) from the same
@@ -42,10 +45,12 @@ import numpy as np
 from i3d_fast._atomic import atomic_dir
 from i3d_fast._optional import require
 
-#: Class names, in label order; each is the direction in which the texture moves.
-CLASSES: tuple[str, ...] = ("right", "left", "down", "up")
-#: Per-frame displacement ``(dy, dx)`` of the content for one pixel of speed, by class.
-DIRECTIONS: dict[str, tuple[int, int]] = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}
+#: Class names, in label order: how the texture moves. The classes survive a horizontal flip (DeepMind's
+#: training augmentation), which would turn "right" into "left": "sideways" is left or right at random.
+CLASSES: tuple[str, ...] = ("up", "down", "sideways", "still")
+#: Per-frame displacement ``(dy, dx)`` of the content for one pixel of speed, by class ("sideways": the
+#: sign of dx is drawn per video).
+DIRECTIONS: dict[str, tuple[int, int]] = {"up": (-1, 0), "down": (1, 0), "sideways": (0, 1), "still": (0, 0)}
 #: Default speed of the motion in pixels per frame.
 SPEED = 2
 #: The dataset splits, in the order they are written (their position enters each video's seed).
@@ -123,6 +128,7 @@ def render_clip(rng: np.random.Generator, name: str, *, frames: int, size: int, 
     contrast = rng.uniform(20.0, 35.0)
     image = np.clip(brightness + contrast * tint * texture[..., None], 0, 255).round().astype(np.uint8)
     dy, dx = DIRECTIONS[name]
+    dx *= int(rng.choice([-1, 1]))  # drawn after the appearance, for every class alike
     return np.stack([np.roll(image, (t * speed * dy, t * speed * dx), axis=(0, 1)) for t in range(frames)])
 
 

@@ -121,3 +121,52 @@ def test_evaluate_averages_clips_and_fuses_the_streams(synthetic, tmp_path):
     assert mine["label"] == 0 and mine["predicted"]["fused"] == int(fused.argmax())
     with pytest.raises(ValueError, match="no labels.txt"):
         evaluate(synthetic / "val", tmp_path, workers=0)
+
+
+def test_bf16_autocast_trains_and_fp16_needs_cuda(synthetic, tmp_path):
+    options = dict(data=str(synthetic / "train"), epochs=1, batch_size=4, **SMALL)
+    before = train(TrainOptions(out=str(tmp_path / "fp32"), max_steps=1, **options), log=lambda _: None)["rgb"]
+    after = train(TrainOptions(out=str(tmp_path / "bf16"), precision="bf16", **options), log=lambda _: None)["rgb"]
+    weights = after.logits.conv3d.weight
+    assert weights.dtype == torch.float32 and torch.isfinite(weights).all()  # fp32 master weights
+    assert not torch.equal(weights, before.logits.conv3d.weight)
+    record = _metrics(tmp_path / "bf16")[0]
+    assert record["step"] == 2 and 0 < record["train_loss_rgb"] < 10
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--precision fp16 needs a CUDA device"):
+            train(TrainOptions(out=str(tmp_path / "fp16"), precision="fp16", **options))
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(stream="both", init="weights.safetensors"), "one weights file cannot start both streams"),
+    (dict(stream="flow", init="kinetics400"), "only the RGB stream has Kinetics weights"),
+    (dict(batch_size=9), "8 videos, fewer than one global batch"),
+    (dict(crop=48, short_side=32), "--crop 48 needs a --short-side of at least that many pixels"),
+    (dict(warmup_epochs=1), r"--warmup-epochs must be in \[0, epochs\)"),
+])
+def test_bad_training_options_are_refused_before_any_step(synthetic, tmp_path, changes, message):
+    (tmp_path / "weights.safetensors").write_bytes(b"")
+    options = {**dict(data=str(synthetic / "train"), out=str(tmp_path / "run"), epochs=1, batch_size=2), **SMALL,
+               **changes}
+    if options["init"].endswith(".safetensors"):
+        options["init"] = str(tmp_path / options["init"])
+    with pytest.raises(ValueError, match=message):
+        train(TrainOptions(**options))
+    assert not (tmp_path / "run" / "resume.safetensors").exists()
+
+
+def test_a_split_list_trains_with_its_video_root(synthetic, tmp_path):
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("1 down\n2 up\n")
+    videos = sorted((synthetic / "train").glob("*/*.mp4"))
+    (lists / "trainlist01.txt").write_text("".join(f"{v.parent.name}/{v.name} {1 + (v.parent.name == 'up')}\n"
+                                                   for v in videos))
+    (lists / "testlist01.txt").write_text("".join(f"{v.parent.name}/{v.name}\n"
+                                                  for v in sorted((synthetic / "val").glob("*/*.mp4"))))
+    train(TrainOptions(data=str(lists / "trainlist01.txt"), video_root=str(synthetic / "train"),
+                       val=str(lists / "testlist01.txt"), val_video_root=str(synthetic / "val"),
+                       out=str(tmp_path / "run"), epochs=1, batch_size=4, **SMALL), log=lambda _: None)
+    record = _metrics(tmp_path / "run")[0]
+    assert record["clips"] == 8 and record["val_videos"] == 4
+    assert (tmp_path / "run" / "labels.txt").read_text() == "down\nup\n"

@@ -397,6 +397,24 @@ class EpochBatches(torch.utils.data.Sampler):
             yield [(int(order[p]), derive_seed(self.seed, self.epoch, p)) for p in range(first, first + self.batch_size)]
 
 
+class RunBatches(torch.utils.data.Sampler):
+    """The training batches of this process from epoch ``epoch``, global batch ``start``, to the end of
+    epoch ``epochs - 1``: :class:`EpochBatches` one epoch after the other, so one DataLoader (and its
+    workers, prefetching across epoch ends) serves the whole run."""
+
+    def __init__(self, size: int, batch_size: int, *, seed: int, world: int, rank: int, epoch: int, start: int,
+                 epochs: int):
+        self.epochs = [EpochBatches(size, batch_size, seed=seed, epoch=e, world=world, rank=rank,
+                                    start=start if e == epoch else 0) for e in range(epoch, epochs)]
+
+    def __len__(self) -> int:
+        return sum(len(e) for e in self.epochs)
+
+    def __iter__(self) -> Iterator[List[Tuple[int, Optional[int]]]]:
+        for epoch in self.epochs:
+            yield from epoch
+
+
 def loader(dataset: ClipDataset, batches: EpochBatches, workers: int, pin_memory: bool = False
            ) -> torch.utils.data.DataLoader:
     """A DataLoader over ``batches``: decoding and augmentation in ``workers`` processes (0: inline)."""

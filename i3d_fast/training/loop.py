@@ -24,8 +24,8 @@ from torch import nn
 
 from ..models import InceptionI3d
 from . import checkpoint
-from .data import (CHANNELS, STREAMS, ClipDataset, ClipSpec, EpochBatches, Example, derive_seed, load_examples,
-                   loader, relabel)
+from .data import (CHANNELS, STREAMS, ClipDataset, ClipSpec, EpochBatches, Example, RunBatches, derive_seed,
+                   load_examples, loader, relabel)
 
 SCHEDULES = ("cosine", "step", "constant")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -393,14 +393,18 @@ def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str
         f"{base_lr:g} ({options.schedule}), {'head only' if options.head_only else 'all layers'}, {trainable:,} "
         f"parameters trained, {options.precision} on {dev}")
     stopped = False
+    # one loader for the rest of the run: its workers prefetch across epoch ends and validation
+    batches = RunBatches(len(examples), options.batch_size, seed=options.seed, world=process.world,
+                         rank=process.rank, epoch=epoch, start=step_in_epoch, epochs=options.epochs)
+    stream_of_batches = iter(loader(ClipDataset(examples, spec), batches, options.workers,
+                                    pin_memory=dev.type == "cuda"))
     while epoch < options.epochs and not stopped:
-        batches = EpochBatches(len(examples), options.batch_size, seed=options.seed, epoch=epoch,
-                               world=process.world, rank=process.rank, start=step_in_epoch)
         _set_mode(models, True, "frozen" if options.head_only else options.bn)  # a frozen backbone: its statistics too
         bar = _progress(options.progress and process.main, steps_per_epoch, step_in_epoch, epoch, options.epochs)
         started = time.perf_counter()
         lr = base_lr
-        for batch in loader(ClipDataset(examples, spec), batches, options.workers, pin_memory=dev.type == "cuda"):
+        for _ in range(steps_per_epoch - step_in_epoch):
+            batch = next(stream_of_batches)
             say.failures(batch.failures)
             lr = learning_rate(base_lr, options.schedule, global_step, total_steps, warmup_steps)
             torch.manual_seed(derive_seed(options.seed, global_step, process.rank))  # dropout
@@ -439,6 +443,7 @@ def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str
             bar.close()
         running["seconds"] += time.perf_counter() - started
         if stopped and step_in_epoch < steps_per_epoch:
+            del stream_of_batches  # stops the loader's workers
             save(epoch_done=False)
             _export(process, models, out)
             say(f"train: stopped after step {global_step} (--max-steps); continue with --resume")

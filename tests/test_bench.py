@@ -24,11 +24,16 @@ def test_train_suite_rows(monkeypatch):
     monkeypatch.setitem(train.CPU_CASE, True, TINY)
     monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
     monkeypatch.setattr(train, "peak_memory_in_subprocess", lambda *args: 12.5)
+    monkeypatch.setitem(train.PIPELINE_CASE, True, (2, 32, 24, 4, 2))
     rows = bench.SUITES["train"](quick=True)
     steps, ops = [r for r in rows if r.suite == "train"], [r for r in rows if r.suite == "train-profile"]
     assert [(r.provider, r.baseline) for r in steps[:2]] == [(train.BASELINE, True), (train.OURS, False)]
     assert all(r.extra["peak MiB"] == 12.5 and r.extra["clips/s"] > 0 for r in steps[:2])
-    assert [r.timing for r in steps[2:]] == [None, None] and steps[3].note.startswith("not measured")
+    assert [r.timing for r in steps[2:4]] == [None, None] and steps[3].note.startswith("not measured")
+    pipeline = steps[4:]  # i3d-fast train end to end (4 steps per epoch), after the step alone
+    assert [r.baseline for r in pipeline] == [True, False] and len({r.case for r in pipeline}) == 1
+    assert pipeline[1].provider.startswith("i3d-fast train") and pipeline[1].timing.runs == 4
+    assert all(r.timing.median_ms > 0 and r.extra["clips/s"] > 0 for r in pipeline)
     assert len(ops) == 2 * train.PROFILE_TOP and all(r.case.startswith(f"{r.provider}: ") for r in ops)
     assert "of the step" in ops[0].note and ops[0].timing.median_ms >= ops[1].timing.median_ms
 

@@ -304,7 +304,9 @@ def _train(args: argparse.Namespace) -> int:
         val_video_root=args.val_video_root, flow_root=args.flow_root, init=args.init, head_only=args.head_only,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         schedule=args.schedule, warmup_epochs=args.warmup_epochs, clip=args.clip, crop=args.crop,
-        short_side=args.short_side, fps=args.fps, bound=args.bound, flip=args.flip, bn=args.bn, dropout=args.dropout,
+        short_side=args.short_side, fps=args.fps, bound=args.bound, flip=args.flip, sampling=args.sampling,
+        segments=args.segments, distill_from=args.distill_from, distill_weight=args.distill_weight,
+        distill_temperature=args.distill_temperature, bn=args.bn, dropout=args.dropout,
         precision=args.precision, workers=args.workers, seed=args.seed, device=args.device, threads=args.threads,
         save_every=args.save_every, max_steps=args.max_steps, strict_duration=args.strict_duration,
         resume=args.resume, progress=sys.stderr.isatty())
@@ -321,7 +323,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     evaluate(Path(args.data), Path(args.weights), clips_per_video=args.clips_per_video, clip=args.clip,
-             crop=args.crop, video_root=args.video_root and Path(args.video_root), batch_size=args.batch_size,
+             crop=args.crop, video_root=args.video_root and Path(args.video_root),
+             svm_train=args.svm_train and Path(args.svm_train), batch_size=args.batch_size,
              workers=args.workers, device=args.device, out=args.out and Path(args.out))
     return 0
 
@@ -568,6 +571,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                    help="random horizontal flips (default on; --no-flip for classes a flip would change, such as "
                         "'moving left' vs 'moving right')")
+    p.add_argument("--sampling", choices=("clip", "tsn"), default="clip",
+                   help="clip: one random clip per video and step (default); tsn: one clip from each of --segments "
+                        "equal segments (TSN, Wang et al. 2016), the network's outputs averaged (training, "
+                        "validation and evaluate: segment centres)")
+    p.add_argument("--segments", type=POSITIVE, default=3, metavar="K", help="TSN segments (default 3)")
+    p.add_argument("--distill-from", metavar="DIR",
+                   help="D3D (Stroud et al. 2019): train the RGB stream with a distillation loss against the flow "
+                        "network of this run folder (its flow.safetensors, frozen; the clips carry flow for it), so "
+                        "the RGB network alone learns what flow sees")
+    p.add_argument("--distill-weight", type=float, default=1.0, metavar="W",
+                   help="loss = cross-entropy + W x distillation (default 1)")
+    p.add_argument("--distill-temperature", type=_positive_float, default=2.0, metavar="T",
+                   help="softmax temperature of the distillation term, scaled by T^2 (default 2)")
     p.add_argument("--bn", choices=("train", "frozen"), default="train",
                    help="BatchNorm in training mode (default) or frozen at the initial statistics")
     p.add_argument("--dropout", type=float, default=0.5, help="drop probability before the Logits conv (default 0.5)")
@@ -596,7 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "folder tree or a split list, as train takes). Each video gives --clips-per-video evenly "
                           "spaced clips with the central crop (clip length and crop as trained, from train.json); "
                           "logits are averaged over them, and summed over the streams (fused). Prints and writes "
-                          "top-1 / top-5 per stream and fused to evaluation.json and the fused confusion matrix "
+                          "top-1 / top-5 per stream and fused (logits summed; softmax scores averaged; with "
+                          "--svm-train a linear SVM) to evaluation.json and the fused confusion matrix "
                           "to confusion.png (needs matplotlib) in --out (default: the weights folder)."),
         epilog="examples:\n  i3d-fast evaluate data/val --weights run/ --clips-per-video 5")
     p.add_argument("data", metavar="VALDATA", help="labelled videos: a class-folder tree or a split list file")
@@ -605,6 +622,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=POSITIVE, default=None, metavar="N", help="frames per clip (default: as trained)")
     p.add_argument("--crop", type=POSITIVE, default=None, metavar="PX", help="central crop (default: as trained)")
     p.add_argument("--video-root", metavar="DIR", help="where a split list's video paths start (default: its folder)")
+    p.add_argument("--svm-train", metavar="DATA", help="two streams: also fuse them with a linear SVM on the "
+                   "stacked L2-normalised softmax scores, fitted on these (training) videos (needs scikit-learn: "
+                   "pip install 'i3d-fast[svm]')")
     p.add_argument("--batch-size", type=POSITIVE, default=4, metavar="N", help="videos per batch (default 4)")
     p.add_argument("--workers", type=NON_NEGATIVE, default=2, help="data-loading processes (default 2)")
     p.add_argument("--out", metavar="DIR", help="where to write evaluation.json and confusion.png")

@@ -124,3 +124,27 @@ def test_a_bad_video_is_replaced_in_training_and_skipped_in_evaluation(video, tm
     assert [f[0] for f in batch.failures] == [str(broken)]
     with pytest.raises(RuntimeError, match="2 videos in a row could not be read"):
         ClipDataset([Example(broken, 0), Example(broken, 1)], spec)[(0, 1)]
+
+
+def test_tsn_segments_take_one_window_from_each_equal_segment():
+    from i3d_fast.training.data import _windows
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        picks = _windows(30, 4, rng, 1, 3)  # segments [0, 10), [10, 20), [20, 30)
+        assert len(picks) == 3
+        for k, window in enumerate(picks):
+            assert window == list(range(window[0], window[0] + 4)) and 10 * k <= window[0] <= 10 * k + 6
+    assert [w[0] for w in _windows(30, 4, None, 1, 3)] == [3, 13, 23]  # evaluation: segment centres
+    assert [w[0] for w in _windows(12, 8, None, 1, 3)] == [0, 2, 4]  # longer than a segment: centred, clamped
+    assert _windows(3, 4, rng, 1, 2) == [[0, 1, 2, 0]] * 2  # a short video loops
+
+
+def test_tsn_training_clips_share_one_crop_and_flip(video):
+    spec = ClipSpec(("rgb",), frames=2, crop=24, short_side=40, train=True, segments=3)
+    clips = load_clip(video, spec, 5)["rgb"]
+    assert clips.shape == (3, 3, 2, 24, 24)
+    evaluation = load_clip(video, ClipSpec(("rgb",), frames=2, crop=24, short_side=40, train=False, segments=3))
+    assert evaluation["rgb"].shape == (3, 3, 2, 24, 24)
+    with pytest.raises(ValueError, match="exclude several clips per video"):
+        ClipSpec(("rgb",), frames=2, crop=24, short_side=40, train=False, segments=3, clips=2)

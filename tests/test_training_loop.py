@@ -43,14 +43,30 @@ def test_learning_rate_schedules():
     assert learning_rate(1.0, "cosine", 4, 10, 4) == pytest.approx(1.0)  # cosine starts after the warmup
 
 
-@pytest.mark.parametrize("stop_at", [3, 4])  # in the middle of epoch 1, at its end
-def test_a_stopped_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(synthetic, tmp_path, stop_at):
+@pytest.mark.parametrize("stop_at, how", [(3, "max-steps"), (4, "max-steps"), (3, "killed")])
+def test_a_stopped_and_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(synthetic, tmp_path, monkeypatch,
+                                                                               stop_at, how):
+    """Stopped by --max-steps in the middle of epoch 1 or at its end, or killed during step 4 with a
+    checkpoint every 3 steps (--save-every): the resumed run ends where the uninterrupted one does."""
+    from i3d_fast.training import loop
+
     options = dict(data=str(synthetic / "train"), val=str(synthetic / "val"), epochs=2, batch_size=2, lr=0.05,
                    stream="both", dropout=0.5, **SMALL)
     whole = train(TrainOptions(out=str(tmp_path / "whole"), **options), log=lambda _: None)
     log = []
-    train(TrainOptions(out=str(tmp_path / "parts"), max_steps=stop_at, **options), log=log.append)
-    assert any("stopped after step" in line and "continue with --resume" in line for line in log)
+    if how == "killed":
+        def dies_at_step_4(base, schedule, step, *args):
+            if step == 3:
+                raise KeyboardInterrupt
+            return learning_rate(base, schedule, step, *args)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(loop, "learning_rate", dies_at_step_4)
+            with pytest.raises(KeyboardInterrupt):
+                train(TrainOptions(out=str(tmp_path / "parts"), save_every=stop_at, **options), log=log.append)
+    else:
+        train(TrainOptions(out=str(tmp_path / "parts"), max_steps=stop_at, **options), log=log.append)
+        assert any("stopped after step" in line and "continue with --resume" in line for line in log)
     assert len(_metrics(tmp_path / "parts")) == (stop_at // 4)
     with pytest.raises(ValueError, match=r"started with other options \(lr: 0.05 -> 0.1\)"):
         train(TrainOptions(out=str(tmp_path / "parts"), resume=True, **{**options, "lr": 0.1}))
@@ -170,3 +186,70 @@ def test_a_split_list_trains_with_its_video_root(synthetic, tmp_path):
     record = _metrics(tmp_path / "run")[0]
     assert record["clips"] == 8 and record["val_videos"] == 4
     assert (tmp_path / "run" / "labels.txt").read_text() == "down\nup\n"
+
+
+def test_tsn_sampling_trains_on_the_consensus_of_the_segments(synthetic, tmp_path):
+    options = dict(data=str(synthetic / "train"), val=str(synthetic / "val"), epochs=1, batch_size=2,
+                   sampling="tsn", segments=2, **{**SMALL, "clip": 4})
+    models = train(TrainOptions(out=str(tmp_path / "tsn"), **options), log=lambda _: None)
+    record = _metrics(tmp_path / "tsn")[0]
+    assert record["clips"] == 8 and record["val_videos"] == 4 and 0 < record["train_loss_rgb"] < 10
+    result = evaluate(synthetic / "val", tmp_path / "tsn", workers=0, log=lambda _: None)
+    assert result["segments"] == 2 and result["top1_rgb"] == record["val_top1_rgb"]  # the same 2 segment centres
+    from i3d_fast.training.data import ClipSpec, load_clip
+    from i3d_fast.training.loop import clip_logits
+
+    video = sorted((synthetic / "val" / "up").iterdir())[0]
+    clips = load_clip(video, ClipSpec(("rgb",), 4, 32, 32, train=False, segments=2))["rgb"]
+    with torch.no_grad():
+        consensus = clip_logits(models["rgb"], clips[None])[0]
+        by_hand = (models["rgb"](clips[:1]) + models["rgb"](clips[1:])).squeeze(0) / 2
+    torch.testing.assert_close(consensus, by_hand, rtol=1e-5, atol=1e-5)
+
+
+def test_distillation_adds_the_teachers_softened_outputs_to_the_loss(synthetic, tmp_path):
+    from i3d_fast.training.loop import distillation_loss
+
+    student, teacher = torch.randn(3, 5, dtype=torch.float64), torch.randn(3, 5, dtype=torch.float64)
+    t = 2.0
+    p, q = (teacher / t).softmax(1), (student / t).softmax(1)
+    by_hand = (p * (p.log() - q.log())).sum(1).mean() * t * t
+    torch.testing.assert_close(distillation_loss(student, teacher, t), by_hand)
+    assert float(distillation_loss(teacher, teacher, t)) == pytest.approx(0, abs=1e-12)
+    # a flow teacher, then an RGB student taught by it: the clips carry flow for the teacher only
+    common = dict(data=str(synthetic / "train"), epochs=1, batch_size=4, **SMALL)
+    train(TrainOptions(out=str(tmp_path / "teacher"), stream="flow", **common), log=lambda _: None)
+    taught = train(TrainOptions(out=str(tmp_path / "student"), distill_from=str(tmp_path / "teacher"),
+                                distill_weight=1.0, **common), log=lambda _: None)
+    alone = train(TrainOptions(out=str(tmp_path / "alone"), **common), log=lambda _: None)
+    assert set(taught) == {"rgb"} and sorted(p.name for p in (tmp_path / "student").glob("*.safetensors")) == [
+        "resume.safetensors", "rgb.safetensors"]
+    assert _metrics(tmp_path / "student")[0]["train_loss_rgb"] > _metrics(tmp_path / "alone")[0]["train_loss_rgb"]
+    assert not torch.equal(taught["rgb"].logits.conv3d.weight, alone["rgb"].logits.conv3d.weight)
+    with pytest.raises(ValueError, match="no flow.safetensors"):
+        train(TrainOptions(out=str(tmp_path / "x"), distill_from=str(tmp_path / "alone"), **common))
+    with pytest.raises(ValueError, match="--distill-from trains an RGB student"):
+        TrainOptions(out=str(tmp_path / "x"), stream="both", distill_from=str(tmp_path / "teacher"), **common)
+
+
+def test_svm_fusion_fits_on_training_videos_and_is_reported_beside_the_other_fusions(synthetic, tmp_path):
+    pytest.importorskip("sklearn")
+    from i3d_fast.training.evaluate import VideoScores, svm_fusion
+
+    # separable by the flow stream alone: the SVM finds it whatever the RGB scores say
+    labels = torch.tensor([0, 1, 2] * 6)
+    flow = torch.nn.functional.one_hot(labels, 3).double() * 4
+    rgb = torch.randn(18, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    scores = VideoScores({"rgb": rgb, "flow": flow}, labels, [f"v{i}" for i in range(18)], [])
+    decision = svm_fusion(scores, scores, ["rgb", "flow"])
+    assert decision.shape == (18, 3) and torch.equal(decision.argmax(1), labels)
+    run = tmp_path / "run"
+    train(TrainOptions(data=str(synthetic / "train"), out=str(run), epochs=1, batch_size=4, stream="both",
+                       **SMALL), log=lambda _: None)
+    result = evaluate(synthetic / "val", run, svm_train=synthetic / "train", workers=0, log=lambda _: None)
+    assert {"top1_fused", "top1_fused_softmax", "top1_fused_svm", "top5_fused_svm"} <= set(result)
+    with pytest.raises(ValueError, match="--svm-train fuses two streams"):
+        only_rgb = tmp_path / "rgb_only"
+        train(TrainOptions(data=str(synthetic / "train"), out=str(only_rgb), epochs=1, batch_size=4, **SMALL),
+              log=lambda _: None)
+        evaluate(synthetic / "val", only_rgb, svm_train=synthetic / "train", workers=0)

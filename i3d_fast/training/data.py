@@ -156,6 +156,9 @@ class ClipSpec:
     strict_duration: bool = False
     #: evaluation: evenly spaced clips per video (training takes one random clip)
     clips: int = 1
+    #: TSN sampling: one clip from each of this many equal segments of the video (random place in training,
+    #: the centre in evaluation; replaces ``clips``); the network's outputs are averaged over them
+    segments: int = 1
     #: training: random horizontal flips (off for classes a flip would change, e.g. "moving left")
     flip: bool = True
 
@@ -167,6 +170,9 @@ class ClipSpec:
                              f"crop={self.crop}, short side={self.short_side}")
         if self.clips < 1 or (self.train and self.clips != 1):
             raise ValueError(f"clips per video must be >= 1 (1 in training), got {self.clips}")
+        if self.segments < 1 or (self.segments > 1 and self.clips != 1):
+            raise ValueError(f"segments must be >= 1 and exclude several clips per video, got segments="
+                             f"{self.segments}, clips={self.clips}")
 
     @property
     def preprocess(self) -> Preprocess:
@@ -178,7 +184,8 @@ class ClipSpec:
             return video.with_suffix("")
         if self.data_root is not None:
             try:
-                return Path(self.flow_root) / video.resolve().relative_to(Path(self.data_root).resolve()).with_suffix("")
+                relative = video.resolve().relative_to(Path(self.data_root).resolve())
+                return Path(self.flow_root) / relative.with_suffix("")
             except ValueError:
                 pass
         return Path(self.flow_root) / video.stem
@@ -227,12 +234,23 @@ def _solve_flow(rgb_frames: Sequence[np.ndarray]) -> np.ndarray:
     return tvl1_video(np.stack([to_gray(f) for f in rgb_frames])).numpy()
 
 
-def _windows(length: int, size: int, rng: Optional[np.random.Generator], count: int) -> List[List[int]]:
-    """Windows of ``size`` consecutive indices into ``length`` items (looped when ``length < size``): one
-    with a random start (``rng``), else ``count`` evenly spaced (one: the central window)."""
+def _windows(length: int, size: int, rng: Optional[np.random.Generator], count: int, segments: int
+             ) -> List[List[int]]:
+    """Windows of ``size`` consecutive indices into ``length`` items (looped when ``length < size``).
+    ``segments`` > 1 (TSN): one window per equal segment, at a random place in it (``rng``) or its centre
+    (a window longer than its segment is centred on it, clamped to the video). Otherwise one window at a
+    random start (``rng``), or ``count`` evenly spaced (one: the central window)."""
     if length < size:
-        return [[i % length for i in range(size)]] * (1 if rng is not None else count)
-    if rng is not None:
+        return [[i % length for i in range(size)]] * (segments if segments > 1 else 1 if rng is not None else count)
+    if segments > 1:
+        starts = []
+        for k in range(segments):
+            first, last = k * length // segments, (k + 1) * length // segments  # the segment [first, last)
+            lo, hi = first, last - size  # window starts that stay inside the segment
+            if hi < lo:  # the window is longer than the segment: centred on it, inside the video
+                lo = hi = min(max(0, (first + last - size) // 2), length - size)
+            starts.append(int(rng.integers(lo, hi + 1)) if rng is not None else (lo + hi) // 2)
+    elif rng is not None:
         starts = [int(rng.integers(0, length - size + 1))]
     elif count == 1:
         starts = [(length - size) // 2]
@@ -253,8 +271,9 @@ def _crop_box(height: int, width: int, crop: int, rng: Optional[np.random.Genera
 def load_clip(video: Path, spec: ClipSpec, seed: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """The clips of one video per stream of ``spec.streams`` (see the module docstring): in training
     (``spec.train`` and a ``seed``) one random clip ``Tensor[C, T, crop, crop]``; else ``spec.clips``
-    evenly spaced clips with the central crop, ``Tensor[clips, C, T, crop, crop]``. Raises VideoError for a
-    bad video."""
+    evenly spaced clips with the central crop, ``Tensor[clips, C, T, crop, crop]``. With ``spec.segments``
+    K > 1, one clip per segment, ``Tensor[K, C, T, crop, crop]`` (training: one random crop and flip for
+    all K, as TSN). Raises VideoError for a bad video."""
     rng = np.random.default_rng(seed) if spec.train and seed is not None else None
     want_flow = "flow" in spec.streams
     folder = spec.flow_folder(video) if want_flow else None
@@ -269,7 +288,7 @@ def load_clip(video: Path, spec: ClipSpec, seed: Optional[int] = None) -> Dict[s
     lengths = [len(decoded)] if "rgb" in spec.streams else []
     if want_flow:
         lengths.append(stored_fields or len(decoded) - 1)
-    picks = _windows(min(lengths), spec.frames, rng, spec.clips)
+    picks = _windows(min(lengths), spec.frames, rng, spec.clips, spec.segments)
     flip = rng is not None and bool(rng.random() < 0.5) and spec.flip
     height, width = decoded[0].shape[:2] if decoded else (None, None)
     fields = None
@@ -302,7 +321,7 @@ def load_clip(video: Path, spec: ClipSpec, seed: Optional[int] = None) -> Dict[s
             clips = clips[..., ::-1] * np.array([-1.0, 1.0], np.float32)[:, None, None]
         flow = torch.from_numpy(np.ascontiguousarray(clips)).permute(0, 2, 1, 3, 4)
         out["flow"] = flow.clamp(-spec.bound, spec.bound).div_(spec.bound)
-    return {stream: clip[0] for stream, clip in out.items()} if rng is not None else out
+    return {stream: clip[0] for stream, clip in out.items()} if rng is not None and spec.segments == 1 else out
 
 
 # -- datasets and batches for torch.utils.data -----------------------------------------------------------
@@ -394,7 +413,8 @@ class EpochBatches(torch.utils.data.Sampler):
         step = self.batch_size * self.world
         for batch in range(self.start, self.global_batches()):
             first = batch * step + self.rank * self.batch_size
-            yield [(int(order[p]), derive_seed(self.seed, self.epoch, p)) for p in range(first, first + self.batch_size)]
+            yield [(int(order[p]), derive_seed(self.seed, self.epoch, p))
+                   for p in range(first, first + self.batch_size)]
 
 
 class RunBatches(torch.utils.data.Sampler):

@@ -1,14 +1,17 @@
 """``i3d-fast evaluate``: video-level accuracy of a training run's networks on labelled videos.
 
 For each video, ``clips_per_video`` evenly spaced clips with the central crop (the clip size the run was
-trained with, from its ``train.json``, unless given); each stream's logits are averaged over the clips,
-the streams' summed (fused). Reports top-1 / top-5 per stream and fused, writes ``evaluation.json`` and a
+trained with, from its ``train.json``, unless given; a run trained with TSN sampling: the centres of its
+segments); each stream's logits are averaged over the clips. Two streams are fused by summing logits,
+by averaging softmax scores, and (with training videos to fit it on) by a linear SVM on the stacked
+L2-normalised softmax scores (Simonyan & Zisserman's late fusion). Reports top-1 / top-5 per stream and fused, writes ``evaluation.json`` and a
 confusion-matrix PNG of the fused (or only) predictions; ``evaluation.json`` also lists each video's
 label and predicted class per stream.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -19,15 +22,18 @@ from .._atomic import atomic_file, atomic_write
 from ..models import InceptionI3d
 from . import checkpoint
 from .data import STREAMS, ClipDataset, ClipSpec, EpochBatches, load_examples, loader, relabel
-from .loop import TrainOptions, options_from_json, topk_correct
+from .loop import TrainOptions, clip_logits, options_from_json, topk_correct
 
 
 def evaluate(data: Path, weights: Path, *, clips_per_video: int = 1, clip: Optional[int] = None,
-             crop: Optional[int] = None, video_root: Optional[Path] = None, batch_size: int = 4, workers: int = 2,
-             device: str = "auto", out: Optional[Path] = None, log: Callable[[str], None] = print) -> dict:
+             crop: Optional[int] = None, video_root: Optional[Path] = None, svm_train: Optional[Path] = None,
+             batch_size: int = 4, workers: int = 2, device: str = "auto", out: Optional[Path] = None,
+             log: Callable[[str], None] = print) -> dict:
     """Evaluates the streams found in ``weights`` (a ``train --out`` folder) on ``data`` (a class folder
     or a split list); returns the metrics and writes ``evaluation.json`` + ``confusion.png`` into ``out``
-    (default: ``weights``)."""
+    (default: ``weights``). With two streams: fused by summed logits ("fused"), by averaged softmax scores
+    ("fused_softmax") and, given ``svm_train`` videos, by a linear SVM on the stacked L2-normalised softmax
+    scores fitted on them ("fused_svm")."""
     from .._optional import require
     from ..pipeline import resolve_device
 
@@ -44,10 +50,10 @@ def evaluate(data: Path, weights: Path, *, clips_per_video: int = 1, clip: Optio
         raise ValueError(f"--weights {weights}: neither rgb.safetensors nor flow.safetensors is there")
     if clips_per_video < 1 or batch_size < 1:
         raise ValueError(f"clips per video and batch size must be >= 1, got {clips_per_video}, {batch_size}")
+    if svm_train is not None and len(streams) < 2:
+        raise ValueError("--svm-train fuses two streams; the weights folder has only " + streams[0])
     options_text = (weights / checkpoint.OPTIONS).read_text() if (weights / checkpoint.OPTIONS).is_file() else None
     trained = options_from_json(options_text) if options_text else TrainOptions(data=str(data), out=str(weights))
-    data_classes, examples = load_examples(Path(data), video_root)
-    examples = relabel(examples, data_classes, classes, str(data))
     dev = resolve_device(device)
     models: Dict[str, InceptionI3d] = {}
     for s in streams:
@@ -56,16 +62,71 @@ def evaluate(data: Path, weights: Path, *, clips_per_video: int = 1, clip: Optio
             raise ValueError(f"{checkpoint.weights_path(weights, s)}: {model.num_classes} classes, "
                              f"{checkpoint.LABELS} lists {len(classes)}")
         models[s] = model.to(dev).to(memory_format=torch.channels_last_3d).eval()
-    spec = ClipSpec(tuple(streams), clip or trained.clip, crop or trained.crop, max(trained.short_side, crop or 0),
-                    trained.fps, trained.bound, train=False, clips=clips_per_video,
-                    flow_root=trained.flow_root and Path(trained.flow_root),
-                    data_root=Path(data) if Path(data).is_dir() else Path(video_root or Path(data).parent))
-    names = streams + (["fused"] if len(streams) > 1 else [])
-    predictions: Dict[str, List[int]] = {name: [] for name in names}
-    hits = {name: [0, 0] for name in names}
-    truth: List[int] = []
-    per_video: List[dict] = []
-    skipped = []
+    segments = trained.clip_segments if clips_per_video == 1 else 1  # a TSN run: its segments
+
+    def scores(where: Path) -> VideoScores:
+        data_classes, examples = load_examples(Path(where), video_root)
+        examples = relabel(examples, data_classes, classes, str(where))
+        spec = ClipSpec(tuple(streams), clip or trained.clip, crop or trained.crop,
+                        max(trained.short_side, crop or 0), trained.fps, trained.bound, train=False,
+                        clips=clips_per_video, segments=segments,
+                        flow_root=trained.flow_root and Path(trained.flow_root),
+                        data_root=Path(where) if Path(where).is_dir() else Path(video_root or Path(where).parent))
+        result = video_scores(models, examples, spec, batch_size, workers, dev, log)
+        if not result.labels.numel():
+            raise ValueError(f"{where}: no video could be read ({len(result.skipped)} failed)")
+        return result
+
+    val = scores(Path(data))
+    predictions = dict(val.logits)
+    if len(streams) > 1:
+        predictions["fused"] = sum(val.logits[s] for s in streams)
+        predictions["fused_softmax"] = sum(val.logits[s].softmax(1) for s in streams) / len(streams)
+        if svm_train is not None:
+            predictions["fused_svm"] = svm_fusion(scores(Path(svm_train)), val, streams)
+    truth = val.labels
+    result = {"videos": len(truth), "skipped": len(val.skipped), "clips_per_video": clips_per_video,
+              "segments": segments, "clip": clip or trained.clip, "crop": crop or trained.crop, "classes": classes}
+    for name, score in predictions.items():
+        top1, top5 = topk_correct(score, truth)
+        result[f"top1_{name}"], result[f"top5_{name}"] = top1 / len(truth), top5 / len(truth)
+    main = "fused" if len(streams) > 1 else streams[0]
+    matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
+    for t, p in zip(truth.tolist(), predictions[main].argmax(1).tolist()):
+        matrix[t, p] += 1
+    result["confusion"] = {"stream": main, "rows_true_columns_predicted": matrix.tolist()}
+    result["per_video"] = [{"video": video, "label": int(label),
+                            "predicted": {name: int(score[n].argmax()) for name, score in predictions.items()}}
+                           for n, (video, label) in enumerate(zip(val.videos, truth.tolist()))]
+    out = Path(out) if out is not None else weights
+    with atomic_write(out / "evaluation.json", "w") as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
+    png = out / "confusion.png"
+    plot_confusion(matrix, classes, f"{main}: top-1 {result[f'top1_{main}']:.3f} on {len(truth)} videos", png)
+    log("evaluate: " + ", ".join(f"{name} top-1 {result[f'top1_{name}']:.4f} top-5 {result[f'top5_{name}']:.4f}"
+                                 for name in predictions) + f" on {len(truth)} videos ({len(val.skipped)} "
+        f"skipped, {max(clips_per_video, segments)} clip(s) each); wrote {out / 'evaluation.json'} and {png}")
+    return result
+
+
+@dataclass
+class VideoScores:
+    """Per read video: each stream's logits ``Tensor[N, classes]`` (averaged over its clips), the labels
+    ``Tensor[N]`` and paths; the videos that could not be read."""
+
+    logits: Dict[str, torch.Tensor]
+    labels: torch.Tensor
+    videos: List[str]
+    skipped: List[str]
+
+
+def video_scores(models: Dict[str, InceptionI3d], examples, spec: ClipSpec, batch_size: int, workers: int,
+                 device: torch.device, log: Callable[[str], None]) -> VideoScores:
+    logits: Dict[str, List[torch.Tensor]] = {s: [] for s in models}
+    labels: List[int] = []
+    videos: List[str] = []
+    skipped: List[str] = []
     with torch.no_grad():
         for batch in loader(ClipDataset(examples, spec, replace=False),
                             EpochBatches(len(examples), batch_size, shuffle=False), workers):
@@ -74,47 +135,39 @@ def evaluate(data: Path, weights: Path, *, clips_per_video: int = 1, clip: Optio
                 log(f"evaluate: skipped {video}: {reason}")
             if not batch.clips:
                 continue
-            logits = {}
             for s, model in models.items():
-                x = batch.clips[s].to(dev)
-                b, k = x.shape[:2]
-                logits[s] = model(x.flatten(0, 1).contiguous(memory_format=torch.channels_last_3d)).float() \
-                    .view(b, k, -1).mean(1)
-            if len(streams) > 1:
-                logits["fused"] = sum(logits[s] for s in streams)
-            labels = batch.labels.to(dev)
-            truth += batch.labels.tolist()
-            per_video += [{"video": str(examples[i].video), "label": examples[i].label,
-                           "predicted": {name: int(logits[name][n].argmax()) for name in names}}
-                          for n, i in enumerate(batch.indices)]
-            for name in names:
-                top1, top5 = topk_correct(logits[name], labels)
-                hits[name][0] += top1
-                hits[name][1] += top5
-                predictions[name] += logits[name].argmax(1).tolist()
-    if not truth:
-        raise ValueError(f"{data}: no video could be read ({len(skipped)} failed)")
-    result = {"videos": len(truth), "skipped": len(skipped), "clips_per_video": clips_per_video,
-              "clip": spec.frames, "crop": spec.crop, "classes": classes}
-    for name in names:
-        result[f"top1_{name}"] = hits[name][0] / len(truth)
-        result[f"top5_{name}"] = hits[name][1] / len(truth)
-    main = names[-1]
-    matrix = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    for t, p in zip(truth, predictions[main]):
-        matrix[t, p] += 1
-    result["confusion"] = {"stream": main, "rows_true_columns_predicted": matrix.tolist()}
-    result["per_video"] = per_video
-    out = Path(out) if out is not None else weights
-    with atomic_write(out / "evaluation.json", "w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
-    png = out / "confusion.png"
-    plot_confusion(matrix, classes, f"{main}: top-1 {result[f'top1_{main}']:.3f} on {len(truth)} videos", png)
-    log("evaluate: " + ", ".join(f"{name} top-1 {result[f'top1_{name}']:.4f} top-5 {result[f'top5_{name}']:.4f}"
-                                 for name in names) + f" on {len(truth)} videos ({len(skipped)} skipped, "
-        f"{clips_per_video} clip(s) each); wrote {out / 'evaluation.json'} and {png}")
-    return result
+                logits[s].append(clip_logits(model, batch.clips[s].to(device)).cpu())
+            labels += batch.labels.tolist()
+            videos += [str(examples[i].video) for i in batch.indices]
+    return VideoScores({s: torch.cat(v) if v else torch.zeros(0, models[s].num_classes) for s, v in logits.items()},
+                       torch.tensor(labels, dtype=torch.int64), videos, skipped)
+
+
+def _svm_features(scores: VideoScores, streams: List[str]) -> np.ndarray:
+    """Each stream's softmax scores, L2-normalised per video, side by side: ``[N, streams x classes]``."""
+    parts = [torch.nn.functional.normalize(scores.logits[s].softmax(1), dim=1) for s in streams]
+    return torch.cat(parts, dim=1).numpy()
+
+
+def svm_fusion(train: VideoScores, test: VideoScores, streams: List[str]) -> torch.Tensor:
+    """Late fusion by a linear SVM (scikit-learn's LinearSVC, one-vs-rest) fitted on ``train``'s stacked
+    L2-normalised softmax scores; returns its decision scores for ``test`` ``Tensor[N, classes]``."""
+    from .._optional import require
+
+    require("sklearn", "svm", "the SVM fusion (--svm-train)")
+    from sklearn.svm import LinearSVC
+
+    classes = test.logits[streams[0]].shape[1]
+    present = sorted(set(train.labels.tolist()))
+    if len(present) < 2:
+        raise ValueError(f"--svm-train: the SVM needs videos of at least 2 classes, got {len(present)}")
+    svm = LinearSVC(C=1.0).fit(_svm_features(train, streams), train.labels.numpy())
+    decision = np.asarray(svm.decision_function(_svm_features(test, streams)), dtype=np.float64)
+    if decision.ndim == 1:  # two classes: one score for the second
+        decision = np.stack([-decision, decision], axis=1)
+    full = np.full((decision.shape[0], classes), -np.inf)
+    full[:, svm.classes_] = decision  # classes absent from the SVM's training videos are never predicted
+    return torch.from_numpy(full)
 
 
 def plot_confusion(matrix: np.ndarray, classes: List[str], title: str, path: Path) -> None:

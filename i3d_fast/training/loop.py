@@ -65,6 +65,11 @@ class TrainOptions:
     fps: float = 25.0
     bound: float = 20.0
     flip: bool = True
+    sampling: str = "clip"  # clip: one clip per video | tsn: one clip per segment, outputs averaged
+    segments: int = 3  # TSN segments (sampling "tsn")
+    distill_from: Optional[str] = None  # a run folder with a trained flow.safetensors: D3D distillation
+    distill_weight: float = 1.0
+    distill_temperature: float = 2.0
     bn: str = "train"  # train | frozen
     dropout: float = 0.5
     precision: str = "fp32"
@@ -88,10 +93,16 @@ class TrainOptions:
              "epochs, batch size, clip and crop must be >= 1"),
             (self.lr is None or (self.lr > 0 and math.isfinite(self.lr)), f"--lr must be > 0, got {self.lr}"),
             (self.weight_decay >= 0 and 0 <= self.momentum < 1, "weight decay must be >= 0 and momentum in [0, 1)"),
-            (0 <= self.warmup_epochs < self.epochs, f"--warmup-epochs must be in [0, epochs), got {self.warmup_epochs}"),
+            (0 <= self.warmup_epochs < self.epochs,
+             f"--warmup-epochs must be in [0, epochs), got {self.warmup_epochs}"),
             (0 <= self.dropout < 1, f"--dropout must be in [0, 1), got {self.dropout}"),
             (self.workers >= 0 and self.save_every >= 0 and self.max_steps >= 0, "workers, save-every and max-steps "
              "must be >= 0"),
+            (self.sampling in ("clip", "tsn") and self.segments >= 1,
+             f"--sampling must be clip or tsn and --segments >= 1, got {self.sampling!r}, {self.segments}"),
+            (self.distill_from is None or self.stream == "rgb", "--distill-from trains an RGB student: --stream rgb"),
+            (self.distill_weight >= 0 and self.distill_temperature > 0,
+             "--distill-weight must be >= 0 and --distill-temperature > 0"),
             (isinstance(self.short_side, int) and self.crop <= self.short_side,
              f"--crop {self.crop} needs a --short-side of at least that many pixels, got {self.short_side}"),
         ]
@@ -102,6 +113,15 @@ class TrainOptions:
     @property
     def streams(self) -> Tuple[str, ...]:
         return STREAMS if self.stream == "both" else (self.stream,)
+
+    @property
+    def loaded_streams(self) -> Tuple[str, ...]:
+        """What each clip carries: the trained streams, plus flow for a distillation teacher."""
+        return STREAMS if self.distill_from else self.streams
+
+    @property
+    def clip_segments(self) -> int:
+        return self.segments if self.sampling == "tsn" else 1
 
     def recorded(self) -> dict:
         """The options as written to ``train.json`` (paths as given)."""
@@ -216,6 +236,43 @@ def _set_mode(models: Dict[str, nn.Module], training: bool, bn: str) -> None:
                     module.eval()
 
 
+def clip_logits(model: nn.Module, clips: torch.Tensor) -> torch.Tensor:
+    """float32 logits ``[B, classes]`` of clips ``[B, C, T, H, W]``, or averaged over the K clips of
+    ``[B, K, C, T, H, W]`` (several clips per video, TSN segments: the consensus)."""
+    if clips.dim() == 5:
+        return model(clips.contiguous(memory_format=torch.channels_last_3d)).float()
+    b, k = clips.shape[:2]
+    flat = clips.flatten(0, 1).contiguous(memory_format=torch.channels_last_3d)
+    return model(flat).float().view(b, k, -1).mean(1)
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s distillation term as D3D uses it: KL(softmax(teacher / t) || softmax(student / t))
+    x t^2 (so its gradients keep their scale as t changes), averaged over the batch."""
+    t = temperature
+    return nn.functional.kl_div(nn.functional.log_softmax(student / t, dim=1),
+                                nn.functional.log_softmax(teacher / t, dim=1), reduction="batchmean",
+                                log_target=True) * t * t
+
+
+def load_teacher(run: Path, classes: Sequence[str], device: torch.device) -> InceptionI3d:
+    """The trained flow network of a run folder, frozen in eval mode, for D3D distillation; its classes
+    must be the student's."""
+    path = checkpoint.weights_path(run, "flow")
+    if not path.is_file():
+        raise ValueError(f"--distill-from {run}: no {path.name} (the --out folder of a flow training run)")
+    labels = run / checkpoint.LABELS
+    if labels.is_file() and labels.read_text(encoding="utf-8").split() != list(classes):
+        raise ValueError(f"--distill-from {run}: its classes ({labels}) are not the student's")
+    teacher = InceptionI3d.from_pretrained(str(path))
+    if teacher.num_classes != len(classes) or teacher.in_channels != CHANNELS["flow"]:
+        raise ValueError(f"--distill-from {path}: a flow network with {len(classes)} classes is needed, this one "
+                         f"has {teacher.in_channels} input channels and {teacher.num_classes} classes")
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher.to(device).to(memory_format=torch.channels_last_3d).eval()
+
+
 # -- validation -----------------------------------------------------------------------------------------------
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> List[int]:
     """How many rows have their label among the top k logits, for each k (k capped at the class count)."""
@@ -241,11 +298,8 @@ def validate(models: Dict[str, nn.Module], examples: Sequence[Example], spec: Cl
             labels = batch.labels.to(process.device)
             logits = {}
             for stream, model in models.items():
-                x = batch.clips[stream].to(process.device)
-                b, k = x.shape[:2]
                 with autocast():
-                    out = model(x.flatten(0, 1).contiguous(memory_format=torch.channels_last_3d))
-                logits[stream] = out.float().view(b, k, -1).mean(1)
+                    logits[stream] = clip_logits(model, batch.clips[stream].to(process.device))
             if len(models) > 1:
                 logits["fused"] = sum(logits[s] for s in models)
             for n, name in enumerate(names):
@@ -290,9 +344,23 @@ def _check_resumable(saved: dict, options: TrainOptions, out: Path) -> None:
                          "(only " + ", ".join(RESUME_MAY_CHANGE[:-1]) + " may change)")
 
 
+def clip_specs(options: TrainOptions) -> Tuple[ClipSpec, ClipSpec]:
+    """The training clips (random, with what a distillation teacher needs) and the validation clips."""
+    def data_root(data: Optional[str], video_root: Optional[str]) -> Path:
+        if data and Path(data).is_dir():
+            return Path(data)
+        return Path(video_root or (Path(data).parent if data else "."))
+
+    common = dict(frames=options.clip, crop=options.crop, short_side=options.short_side, fps=options.fps,
+                  bound=options.bound, segments=options.clip_segments, strict_duration=options.strict_duration,
+                  flow_root=options.flow_root and Path(options.flow_root))
+    return (ClipSpec(options.loaded_streams, train=True, flip=options.flip,
+                     data_root=data_root(options.data, options.video_root), **common),
+            ClipSpec(options.streams, train=False, data_root=data_root(options.val, options.val_video_root), **common))
+
+
 def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str, InceptionI3d]:
     """Runs (or resumes) a training run; returns the trained networks per stream (eval mode)."""
-    from ..video import Preprocess  # noqa: F401  (PyAV is needed: fail before any work)
     from .._optional import require
 
     require("av", "video", "training on videos")
@@ -320,15 +388,7 @@ def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str
         raise ValueError(f"{options.data}: {len(examples)} videos, fewer than one global batch ({global_batch} = "
                          f"{options.batch_size} x {process.world} processes); lower --batch-size")
     base_lr = options.lr if options.lr is not None else LR_PER_64_CLIPS * global_batch / 64
-    spec = ClipSpec(options.streams, options.clip, options.crop, options.short_side, options.fps, options.bound,
-                    train=True, flip=options.flip, flow_root=options.flow_root and Path(options.flow_root),
-                    data_root=Path(options.data) if Path(options.data).is_dir() else
-                    Path(options.video_root or Path(options.data).parent), strict_duration=options.strict_duration)
-    val_spec = ClipSpec(options.streams, options.clip, options.crop, options.short_side, options.fps, options.bound,
-                        train=False, flow_root=spec.flow_root,
-                        data_root=Path(options.val) if options.val and Path(options.val).is_dir() else
-                        Path(options.val_video_root or (Path(options.val).parent if options.val else ".")),
-                        strict_duration=options.strict_duration)
+    spec, val_spec = clip_specs(options)
 
     dev = process.device
     if options.precision == "fp16" and dev.type != "cuda":
@@ -342,6 +402,7 @@ def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str
     models = {s: build_model(s, options.init, len(classes), options, say) for s in options.streams}
     for model in models.values():
         model.to(dev).to(memory_format=torch.channels_last_3d)
+    teacher = load_teacher(Path(options.distill_from), classes, dev) if options.distill_from else None
     optimisers = {s: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=base_lr,
                                      momentum=options.momentum, weight_decay=options.weight_decay)
                   for s, m in models.items()}
@@ -412,10 +473,14 @@ def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str
             for s, model in trained.items():
                 for group in optimisers[s].param_groups:
                     group["lr"] = lr
-                x = batch.clips[s].to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last_3d)
                 with autocast():
-                    logits = model(x)
-                loss = nn.functional.cross_entropy(logits.float(), labels)
+                    logits = clip_logits(model, batch.clips[s].to(dev, non_blocking=True))
+                loss = nn.functional.cross_entropy(logits, labels)
+                if teacher is not None:
+                    with torch.no_grad(), autocast():
+                        taught = clip_logits(teacher, batch.clips["flow"].to(dev, non_blocking=True))
+                    loss = loss + options.distill_weight * distillation_loss(logits, taught,
+                                                                           options.distill_temperature)
                 optimisers[s].zero_grad(set_to_none=True)
                 scalers[s].scale(loss).backward()
                 scalers[s].step(optimisers[s])
@@ -430,8 +495,9 @@ def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str
             step_in_epoch += 1
             if bar is not None:
                 bar.update(1)
+                rate = running["clips"] / max(1e-9, running["seconds"] + time.perf_counter() - started)
                 bar.set_postfix({f"loss_{s}": f"{running['loss'][s] / running['clips']:.3f}" for s in models}
-                                | {"lr": f"{lr:.2g}"})
+                                | {"lr": f"{lr:.2g}", "clips/s": f"{rate * process.world:.1f}"})
             if options.save_every and global_step % options.save_every == 0 and step_in_epoch < steps_per_epoch:
                 running["seconds"] += time.perf_counter() - started
                 started = time.perf_counter()

@@ -103,7 +103,7 @@ def _inflate_conv(conv: nn.Conv2d, name: str, time_kernel: int, time_stride: int
     if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
         raise ValueError(f"inflate: {name} (Conv2d): only explicit zero padding is supported, got "
                          f"padding={conv.padding!r}, padding_mode={conv.padding_mode!r}")
-    time_pad = time_kernel // 2
+    time_pad = (time_kernel - 1) // 2
     replicate = time_padding == "replicate" and time_pad > 0
     kwargs = dict(in_channels=conv.in_channels, out_channels=conv.out_channels,
                   kernel_size=(time_kernel, *conv.kernel_size), stride=(time_stride, *conv.stride),

@@ -299,8 +299,12 @@ def _train(args: argparse.Namespace) -> int:
     from .training import TrainOptions, train
 
     _require_av()
+    vals = args.val or []
+    if len(vals) > len(args.data):
+        raise ValueError(f"{len(vals)} --val sets for {len(args.data)} dataset(s)")
     options = TrainOptions(
-        data=args.data, out=args.out, stream=args.stream, val=args.val, video_root=args.video_root,
+        data=args.data[0], extra_data=args.data[1:], out=args.out, stream=args.stream,
+        val=vals[0] if vals else None, extra_val=vals[1:], video_root=args.video_root,
         val_video_root=args.val_video_root, flow_root=args.flow_root, init=args.init, head_only=args.head_only,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         schedule=args.schedule, warmup_epochs=args.warmup_epochs, clip=args.clip, crop=args.crop,
@@ -543,13 +547,19 @@ def build_parser() -> argparse.ArgumentParser:
                "ucfTrainTestlist/testlist01.txt --val-video-root UCF-101 --stream both --out ucf/\n"
                "  i3d-fast train data/train --out run/ --resume\n"
                "  i3d-fast evaluate data/val --weights run/ --clips-per-video 5")
-    p.add_argument("data", metavar="DATA", help="training videos: a class-folder tree or a split list file")
+    p.add_argument("data", metavar="DATA", nargs="+",
+                   help="training videos: a class-folder tree or a split list file; several: multi-task training "
+                        "(one network, one Logits head per dataset, each head's loss on its own dataset's clips, "
+                        "summed; the first dataset's networks in OUT, the k-th's in OUT/task<k>/)")
     p.add_argument("--out", required=True, metavar="DIR", help="the run's folder (weights, metrics, checkpoint)")
     p.add_argument("--stream", choices=("rgb", "flow", "both"), default="rgb", help="which network(s) to train "
                    "(default rgb; both: the two side by side on the same clips, fused in validation)")
-    p.add_argument("--val", metavar="VALDATA", help="validation videos (folder or split list), after each epoch")
-    p.add_argument("--video-root", metavar="DIR", help="where a split list's video paths start (default: its folder)")
-    p.add_argument("--val-video-root", metavar="DIR", help="the same for --val")
+    p.add_argument("--val", metavar="VALDATA", action="append",
+                   help="validation videos (folder or split list), after each epoch; repeat it for the further "
+                        "datasets of a multi-task run, in their order")
+    p.add_argument("--video-root", metavar="DIR", help="where the first DATA split list's video paths start "
+                   "(default: its folder; further lists: their folder)")
+    p.add_argument("--val-video-root", metavar="DIR", help="the same for the first --val")
     p.add_argument("--flow-root", metavar="DIR", help="precomputed flow folders: DIR/<class>/<video name>/ "
                    "(default: beside the videos)")
     p.add_argument("--init", default="auto", metavar="NAME|FILE|DIR|none",

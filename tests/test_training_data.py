@@ -115,8 +115,8 @@ def test_a_bad_video_is_replaced_in_training_and_skipped_in_evaluation(video, tm
     broken.write_bytes(b"not a video")
     examples = [Example(broken, 0), Example(video, 1)]
     spec = ClipSpec(("rgb",), frames=2, crop=16, short_side=40, train=True)
-    clips, label, used, failures = ClipDataset(examples, spec)[(0, 7)]
-    assert label == 1 and used == 1 and failures[0][0] == str(broken) and "not a readable video" in failures[0][1]
+    clips, example, used, failures = ClipDataset(examples, spec)[(0, 7)]
+    assert example == examples[1] and used == 1 and failures[0][0] == str(broken) and "not a readable video" in failures[0][1]
     eval_spec = ClipSpec(("rgb",), frames=2, crop=16, short_side=40, train=False)
     items = [ClipDataset(examples, eval_spec, replace=False)[(i, None)] for i in range(2)]
     batch = collate(items)

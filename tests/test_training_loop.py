@@ -253,3 +253,38 @@ def test_svm_fusion_fits_on_training_videos_and_is_reported_beside_the_other_fus
         train(TrainOptions(data=str(synthetic / "train"), out=str(only_rgb), epochs=1, batch_size=4, **SMALL),
               log=lambda _: None)
         evaluate(synthetic / "val", only_rgb, svm_train=synthetic / "train", workers=0)
+
+
+def test_multi_task_heads_share_the_network_and_learn_only_from_their_own_dataset(synthetic, tmp_path):
+    from i3d_fast.models import InceptionI3d
+    from i3d_fast.training.loop import TaskNetwork
+    from i3d_fast.layers import Unit3D
+
+    torch.manual_seed(0)
+    network = InceptionI3d(num_classes=2, adaptive_head=True).eval()
+    tasked = TaskNetwork(network, torch.nn.ModuleList([Unit3D(1024, 3, batch_norm=False, relu=False, bias=True)]))
+    clips, tasks = torch.rand(3, 3, 8, 32, 32) * 2 - 1, torch.tensor([1, 0, 1])
+    with torch.no_grad():
+        first, second = tasked(clips, tasks)
+        torch.testing.assert_close(first, network(clips[1:2]), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(second, tasked.task_model(1)(clips[[0, 2]]), rtol=1e-4, atol=1e-5)
+    assert second.shape == (2, 3) and tasked.task_model(1).num_classes == 3
+    assert tasked(clips[1:2], tasks[1:2])[1] is None  # no clip of task 2: no output, no loss, no gradient
+    # a run on two datasets: the second dataset's networks in OUT/task2/, validated on its own classes
+    other = tmp_path / "other"
+    make_synthetic(other, classes=3, train_per_class=2, val_per_class=1, frames=12, size=32, seed=1)
+    out = tmp_path / "run"
+    assert __import__("i3d_fast.cli", fromlist=["main"]).main(
+        ["train", str(synthetic / "train"), str(other / "train"), "--val", str(synthetic / "val"), "--val",
+         str(other / "val"), "--out", str(out), "--epochs", "1", "--batch-size", "7", "--clip", "8", "--crop", "32",
+         "--short-side", "32", "--init", "none", "--workers", "0", "--threads", "1"]) == 0
+    record = _metrics(out)[0]
+    assert record["clips"] == 14 and record["val_videos"] == 4 and record["val_videos_task2"] == 3
+    assert {"val_top1_rgb", "val_top5_rgb_task2"} <= set(record)
+    assert (out / "task2" / "labels.txt").read_text() == "down\nsideways\nup\n"
+    first, second = (InceptionI3d.from_pretrained(str(p)) for p in (out / "rgb.safetensors",
+                                                                   out / "task2" / "rgb.safetensors"))
+    assert (first.num_classes, second.num_classes) == (2, 3)
+    torch.testing.assert_close(first.Mixed_5c.b3b.conv3d.weight, second.Mixed_5c.b3b.conv3d.weight, rtol=0, atol=0)
+    result = evaluate(other / "val", out / "task2", workers=0, log=lambda _: None)
+    assert result["videos"] == 3 and result["top1_rgb"] == record["val_top1_rgb_task2"]

@@ -6,7 +6,7 @@ and a Logits head averaged over time. Parameter names match piergiaj/pytorch-i3d
 from __future__ import annotations
 
 import math
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -146,18 +146,19 @@ class InceptionI3d(nn.Module):
         check_input(x, self.in_channels, head and not self.adaptive_head)
 
     # -- forward --------------------------------------------------------------------------------
-    def _head(self, x: torch.Tensor) -> torch.Tensor:
+    def _head(self, x: torch.Tensor, logits: Optional[nn.Module] = None) -> torch.Tensor:
         kernel = tuple(min(k, s) for k, s in zip(HEAD_POOL, x.shape[2:])) if self.adaptive_head else HEAD_POOL
-        x = self.logits(self.dropout(avg_pool3d(x, kernel, 1, "valid")))
+        x = (logits or self.logits)(self.dropout(avg_pool3d(x, kernel, 1, "valid")))
         return x.mean(dim=(2, 3, 4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.extract_features(x, self.final_endpoint)
 
-    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+    def logits_from_features(self, features: torch.Tensor, head: Optional[nn.Module] = None) -> torch.Tensor:
         """The Logits head alone: Mixed_5c features Tensor[B, C, T', H', W'] -> Tensor[B, num_classes]
         (time-averaged, pre-softmax). Lets a long video's features, computed in chunks and joined in
-        time, go through the head once, so the time mean covers the whole video."""
+        time, go through the head once, so the time mean covers the whole video. ``head``: another
+        1x1x1 logits layer in place of ``self.logits`` (multi-task training: one head per dataset)."""
         if self.final_endpoint != "Logits":
             raise ValueError(f"this model has no Logits head (final_endpoint is {self.final_endpoint!r})")
         if features.dim() != 5 or features.shape[1] != self.feature_channels:
@@ -167,7 +168,7 @@ class InceptionI3d(nn.Module):
         if small and not self.adaptive_head:
             raise ValueError(f"features of {tuple(features.shape[2:])} steps are smaller than the 2x7x7 head pool "
                              "(the input needs at least 9 frames and 193x193 pixels), or use adaptive_head=True")
-        return self._head(features)
+        return self._head(features, head)
 
     def extract_features(self, x: torch.Tensor, endpoint: str = "Mixed_5c") -> torch.Tensor:
         """Output of ``endpoint``: Tensor[B, C, T', H', W'], or Tensor[B, num_classes] for "Logits"

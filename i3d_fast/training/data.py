@@ -46,6 +46,8 @@ MAX_REPLACEMENTS = 16
 class Example:
     video: Path
     label: int
+    #: which dataset (multi-task training: one classification head per dataset)
+    task: int = 0
 
 
 def derive_seed(*numbers: int) -> int:
@@ -135,7 +137,7 @@ def relabel(examples: Sequence[Example], classes: Sequence[str], into: Sequence[
     unknown = [name for name in classes if name not in position]
     if unknown:
         raise ValueError(f"{what}: class(es) {unknown[:5]} are not among the {len(into)} training classes")
-    return [Example(e.video, position[classes[e.label]]) for e in examples]
+    return [Example(e.video, position[classes[e.label]], e.task) for e in examples]
 
 
 # -- clips -----------------------------------------------------------------------------------------------
@@ -328,17 +330,18 @@ def load_clip(video: Path, spec: ClipSpec, seed: Optional[int] = None) -> Dict[s
 @dataclass
 class Batch:
     """Stacked clips per stream ``Tensor[B, C, T, crop, crop]`` (evaluation: ``[B, clips, C, T, crop, crop]``;
-    no streams when no video of the batch could be read), labels ``Tensor[B]`` (int64), the
+    no streams when no video of the batch could be read), labels and tasks ``Tensor[B]`` (int64), the
     dataset indices used, and the videos that failed on the way (path, reason)."""
 
     clips: Dict[str, torch.Tensor]
     labels: torch.Tensor
+    tasks: torch.Tensor
     indices: List[int]
     failures: List[Tuple[str, str]] = field(default_factory=list)
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """``dataset[(index, seed)]`` -> (clips or None, label, index used, failures). An unreadable video is
+    """``dataset[(index, seed)]`` -> (clips or None, example used, index used, failures). An unreadable video is
     replaced by the next one (``replace``, for training: batches keep their size) or skipped (clips None;
     evaluation counts only what it read)."""
 
@@ -359,13 +362,13 @@ class ClipDataset(torch.utils.data.Dataset):
             example = self.examples[(index + attempt) % len(self.examples)]
             try:
                 clips = load_clip(example.video, self.spec, seed)
-                return clips, example.label, (index + attempt) % len(self.examples), failures
+                return clips, example, (index + attempt) % len(self.examples), failures
             except (KeyboardInterrupt, MemoryError):
                 raise
             except Exception as exc:  # a bad video: report it, use the next one
                 failures.append((str(example.video), describe_error(exc, example.video)))
         if not self.replace:
-            return None, self.examples[index].label, index, failures
+            return None, self.examples[index], index, failures
         raise RuntimeError(f"{len(failures)} videos in a row could not be read, e.g. {failures[0][0]}: "
                            f"{failures[0][1]}")
 
@@ -375,7 +378,8 @@ def collate(items) -> Batch:
     read = [item for item in items if item[0] is not None]
     streams = read[0][0] if read else {}
     clips = {stream: torch.stack([item[0][stream] for item in read]) for stream in streams}
-    return Batch(clips, torch.tensor([item[1] for item in read], dtype=torch.int64), [item[2] for item in read],
+    return Batch(clips, torch.tensor([item[1].label for item in read], dtype=torch.int64),
+                 torch.tensor([item[1].task for item in read], dtype=torch.int64), [item[2] for item in read],
                  [failure for item in items for failure in item[3]])
 
 

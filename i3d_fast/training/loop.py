@@ -11,6 +11,7 @@ augmentation and dropout come from seeds derived from the step, not from a gener
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -22,6 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..layers import Unit3D
 from ..models import InceptionI3d
 from . import checkpoint
 from .data import (CHANNELS, STREAMS, ClipDataset, ClipSpec, EpochBatches, Example, RunBatches, derive_seed,
@@ -35,7 +37,7 @@ LR_PER_64_CLIPS = 0.01
 #: inference-time decay and would leave the running statistics far behind a fine-tuned network)
 TRAIN_BN_MOMENTUM = 0.1
 #: options a resumed run may change; any other difference is refused
-RESUME_MAY_CHANGE = ("epochs", "val", "val_video_root", "workers", "device", "threads", "save_every", "max_steps",
+RESUME_MAY_CHANGE = ("epochs", "val", "extra_val", "val_video_root", "workers", "device", "threads", "save_every", "max_steps",
                      "progress", "resume")
 
 
@@ -47,6 +49,10 @@ class TrainOptions:
     out: str
     stream: str = "rgb"  # rgb | flow | both
     val: Optional[str] = None
+    #: multi-task: further datasets, each with its own Logits head on the shared network (and their
+    #: validation sets, in the same order; fewer is allowed)
+    extra_data: List[str] = field(default_factory=list)
+    extra_val: List[str] = field(default_factory=list)
     video_root: Optional[str] = None
     val_video_root: Optional[str] = None
     flow_root: Optional[str] = None
@@ -101,6 +107,8 @@ class TrainOptions:
             (self.sampling in ("clip", "tsn") and self.segments >= 1,
              f"--sampling must be clip or tsn and --segments >= 1, got {self.sampling!r}, {self.segments}"),
             (self.distill_from is None or self.stream == "rgb", "--distill-from trains an RGB student: --stream rgb"),
+            (self.distill_from is None or not self.extra_data, "--distill-from takes one dataset"),
+            (len(self.extra_val) <= len(self.extra_data), "more --val sets than datasets"),
             (self.distill_weight >= 0 and self.distill_temperature > 0,
              "--distill-weight must be >= 0 and --distill-temperature > 0"),
             (isinstance(self.short_side, int) and self.crop <= self.short_side,
@@ -273,6 +281,77 @@ def load_teacher(run: Path, classes: Sequence[str], device: torch.device) -> Inc
     return teacher.to(device).to(memory_format=torch.channels_last_3d).eval()
 
 
+@dataclass
+class Task:
+    """One dataset of a (multi-task) run: its class names, training and validation examples."""
+
+    number: int
+    data: str
+    classes: List[str]
+    examples: List[Example]
+    val_examples: List[Example]
+
+    @property
+    def suffix(self) -> str:
+        """Metric-name suffix and export folder of tasks after the first ("" for the first)."""
+        return "" if self.number == 0 else f"task{self.number + 1}"
+
+
+def load_tasks(options: TrainOptions) -> List[Task]:
+    """The run's datasets: DATA (with --video-root) and the extra ones, each with its validation set."""
+    tasks = []
+    vals = [options.val] + list(options.extra_val) + [None] * (len(options.extra_data) - len(options.extra_val))
+    for number, (data, val) in enumerate(zip([options.data, *options.extra_data], vals)):
+        classes, examples = load_examples(Path(data), options.video_root and Path(options.video_root)
+                                          if number == 0 else None)
+        val_examples: List[Example] = []
+        if val:
+            val_classes, val_examples = load_examples(Path(val), options.val_video_root and
+                                                      Path(options.val_video_root) if number == 0 else None)
+            val_examples = relabel(val_examples, val_classes, classes, f"--val {val}")
+        tasks.append(Task(number, data, classes, [Example(e.video, e.label, number) for e in examples],
+                          [Example(e.video, e.label, number) for e in val_examples]))
+    return tasks
+
+
+class TaskNetwork(nn.Module):
+    """A stream's network with one Logits head per task: task 0 uses the network's own, task t its
+    ``extra_heads[t - 1]`` on the same Mixed_5c features. ``forward(clips, tasks)``: clips ``[B, C, T, H, W]``
+    (or ``[B, K, ...]``, outputs averaged over K) and task numbers ``[B]`` -> per task the float32 logits of
+    its rows (None when the batch has none)."""
+
+    def __init__(self, network: InceptionI3d, extra_heads: nn.ModuleList):
+        super().__init__()
+        self.network, self.extra_heads = network, extra_heads
+
+    def forward(self, clips: torch.Tensor, tasks: torch.Tensor) -> List[Optional[torch.Tensor]]:
+        if not len(self.extra_heads):
+            return [clip_logits(self.network, clips)]
+        b, k = clips.shape[0], clips.shape[1] if clips.dim() == 6 else 1
+        flat = clips.flatten(0, 1) if clips.dim() == 6 else clips
+        features = self.network.extract_features(flat.contiguous(memory_format=torch.channels_last_3d))
+        features = features.view(b, k, *features.shape[1:])
+        out: List[Optional[torch.Tensor]] = []
+        for task in range(1 + len(self.extra_heads)):
+            rows = (tasks == task).nonzero().flatten()
+            if not len(rows):
+                out.append(None)
+                continue
+            head = self.extra_heads[task - 1] if task else None
+            logits = self.network.logits_from_features(features[rows].flatten(0, 1), head)
+            out.append(logits.float().view(len(rows), k, -1).mean(1))
+        return out
+
+    def task_model(self, task: int) -> InceptionI3d:
+        """The network of one task alone (a copy with that task's head, for validation and export)."""
+        if task == 0:
+            return self.network
+        model = copy.deepcopy(self.network)
+        model.logits = copy.deepcopy(self.extra_heads[task - 1])
+        model.num_classes = model.logits.conv3d.weight.shape[0]
+        return model
+
+
 # -- validation -----------------------------------------------------------------------------------------------
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> List[int]:
     """How many rows have their label among the top k logits, for each k (k capped at the class count)."""
@@ -360,7 +439,8 @@ def clip_specs(options: TrainOptions) -> Tuple[ClipSpec, ClipSpec]:
 
 
 def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str, InceptionI3d]:
-    """Runs (or resumes) a training run; returns the trained networks per stream (eval mode)."""
+    """Runs (or resumes) a training run; returns the trained networks of the first dataset per stream
+    (eval mode)."""
     from .._optional import require
 
     require("av", "video", "training on videos")
@@ -377,12 +457,9 @@ def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str
     if saved is not None and not options.resume:
         raise ValueError(f"{out} holds a run already: add --resume to continue it, or choose another --out")
 
-    classes, examples = load_examples(Path(options.data), options.video_root and Path(options.video_root))
-    val_examples: List[Example] = []
-    if options.val:
-        val_classes, val_examples = load_examples(Path(options.val), options.val_video_root and
-                                                  Path(options.val_video_root))
-        val_examples = relabel(val_examples, val_classes, classes, f"--val {options.val}")
+    tasks = load_tasks(options)
+    classes = tasks[0].classes
+    examples = [e for task in tasks for e in task.examples]
     global_batch = options.batch_size * process.world
     if len(examples) < global_batch:
         raise ValueError(f"{options.data}: {len(examples)} videos, fewer than one global batch ({global_batch} = "
@@ -399,68 +476,87 @@ def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str
         return torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
     torch.manual_seed(derive_seed(options.seed, 0x1417))  # random initial weights: the same in every process
-    models = {s: build_model(s, options.init, len(classes), options, say) for s in options.streams}
-    for model in models.values():
-        model.to(dev).to(memory_format=torch.channels_last_3d)
+    networks = {}
+    for s in options.streams:
+        model = build_model(s, options.init, len(classes), options, say)
+        heads = nn.ModuleList(Unit3D(model.feature_channels, len(task.classes), batch_norm=False, relu=False,
+                                     bias=True) for task in tasks[1:])
+        networks[s] = TaskNetwork(model, heads).to(dev).to(memory_format=torch.channels_last_3d)
+    models = {s: n.network for s, n in networks.items()}
     teacher = load_teacher(Path(options.distill_from), classes, dev) if options.distill_from else None
-    optimisers = {s: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=base_lr,
+    optimisers = {s: torch.optim.SGD([p for p in n.parameters() if p.requires_grad], lr=base_lr,
                                      momentum=options.momentum, weight_decay=options.weight_decay)
-                  for s, m in models.items()}
-    scalers = {s: torch.amp.GradScaler(dev.type, enabled=options.precision == "fp16") for s in models}
+                  for s, n in networks.items()}
+    scalers = {s: torch.amp.GradScaler(dev.type, enabled=options.precision == "fp16") for s in networks}
     steps_per_epoch = len(examples) // global_batch
     total_steps = steps_per_epoch * options.epochs
     warmup_steps = round(options.warmup_epochs * steps_per_epoch)
 
+    def fresh_running() -> dict:
+        return {"loss": {s: 0.0 for s in networks}, "correct": {s: 0.0 for s in networks}, "clips": 0.0,
+                "seconds": 0.0}
+
     # where to start
     epoch = step_in_epoch = global_step = 0
-    running = {"loss": {s: 0.0 for s in models}, "correct": {s: 0.0 for s in models}, "clips": 0.0, "seconds": 0.0}
+    running = fresh_running()
     history: List[dict] = []
     if saved is not None:
         tensors, info = saved
         _check_resumable(info["options"], options, out)
-        for s, model in models.items():
-            model.load_state_dict({k[len(s) + 7:]: v for k, v in tensors.items() if k.startswith(f"model.{s}.")})
+        for s, network in networks.items():
+            network.load_state_dict({k[len(s) + 7:]: v for k, v in tensors.items() if k.startswith(f"model.{s}.")})
             optimisers[s].load_state_dict(checkpoint.unflatten_optimizer(f"optim.{s}", info["optim"][s], tensors))
             scalers[s].load_state_dict(info["scaler"][s])
         epoch, step_in_epoch, global_step = info["epoch"], info["step_in_epoch"], info["global_step"]
         running, history = info["running"], info["history"]
         say(f"train: resuming {out} at epoch {epoch + 1}, step {step_in_epoch} of {steps_per_epoch}")
     if process.main:
-        out.mkdir(parents=True, exist_ok=True)
-        checkpoint.write_options(out, options.recorded())
-        checkpoint.write_labels(out, classes)
+        for task in tasks:
+            folder = out / task.suffix
+            folder.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_options(folder, options.recorded())
+            checkpoint.write_labels(folder, task.classes)
         checkpoint.write_metrics(out, history)  # drops any epoch recorded after the checkpoint
-    trained = {s: m for s, m in models.items()}
+    trained: Dict[str, nn.Module] = dict(networks)
     if process.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        trained = {s: DistributedDataParallel(m, device_ids=[dev.index] if dev.type == "cuda" else None)
-                   for s, m in models.items()}
+        trained = {s: DistributedDataParallel(n, device_ids=[dev.index] if dev.type == "cuda" else None,
+                                              find_unused_parameters=len(tasks) > 1)  # a batch may miss a task
+                   for s, n in networks.items()}
 
     def save(epoch_done: bool) -> None:
         if not process.main:
             return
-        tensors = {f"model.{s}.{k}": v for s, m in models.items() for k, v in m.state_dict().items()}
+        tensors = {f"model.{s}.{k}": v for s, n in networks.items() for k, v in n.state_dict().items()}
         info = {"options": options.recorded(), "epoch": epoch + int(epoch_done),
                 "step_in_epoch": 0 if epoch_done else step_in_epoch, "global_step": global_step,
-                "running": running, "history": history, "scaler": {s: scalers[s].state_dict() for s in models},
+                "running": running, "history": history, "scaler": {s: scalers[s].state_dict() for s in networks},
                 "optim": {s: checkpoint.flatten_optimizer(f"optim.{s}", optimisers[s].state_dict(), tensors)
-                          for s in models}}
+                          for s in networks}}
         checkpoint.save_resume(out, tensors, info)
 
-    trainable = sum(p.numel() for m in models.values() for p in m.parameters() if p.requires_grad)
-    say(f"train: {len(examples)} videos in {len(classes)} classes, stream {options.stream}, {options.epochs} "
-        f"epoch(s) of {steps_per_epoch} steps, batch {options.batch_size} x {process.world} process(es), lr "
-        f"{base_lr:g} ({options.schedule}), {'head only' if options.head_only else 'all layers'}, {trainable:,} "
-        f"parameters trained, {options.precision} on {dev}")
+    def export() -> None:
+        if process.main:
+            for task in tasks:
+                for s, network in networks.items():
+                    network.task_model(task.number).save_pretrained(str(checkpoint.weights_path(out / task.suffix, s)))
+
+    trainable = sum(p.numel() for n in networks.values() for p in n.parameters() if p.requires_grad)
+    say(f"train: {len(examples)} videos in {' + '.join(str(len(t.classes)) for t in tasks)} classes, stream "
+        f"{options.stream}, {options.epochs} epoch(s) of {steps_per_epoch} steps, batch {options.batch_size} x "
+        f"{process.world} process(es), lr {base_lr:g} ({options.schedule}), "
+        f"{'head only' if options.head_only else 'all layers'}, {trainable:,} parameters trained, "
+        f"{options.precision} on {dev}")
     stopped = False
     # one loader for the rest of the run: its workers prefetch across epoch ends and validation
     batches = RunBatches(len(examples), options.batch_size, seed=options.seed, world=process.world,
                          rank=process.rank, epoch=epoch, start=step_in_epoch, epochs=options.epochs)
     stream_of_batches = iter(loader(ClipDataset(examples, spec), batches, options.workers,
                                     pin_memory=dev.type == "cuda"))
+    bn = "frozen" if options.head_only else options.bn  # a frozen backbone: its statistics too
     while epoch < options.epochs and not stopped:
-        _set_mode(models, True, "frozen" if options.head_only else options.bn)  # a frozen backbone: its statistics too
+        _set_mode(models, True, bn)
         bar = _progress(options.progress and process.main, steps_per_epoch, step_in_epoch, epoch, options.epochs)
         started = time.perf_counter()
         lr = base_lr
@@ -469,17 +565,20 @@ def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str
             say.failures(batch.failures)
             lr = learning_rate(base_lr, options.schedule, global_step, total_steps, warmup_steps)
             torch.manual_seed(derive_seed(options.seed, global_step, process.rank))  # dropout
-            labels = batch.labels.to(dev, non_blocking=True)
-            for s, model in trained.items():
+            labels, task_of = batch.labels.to(dev, non_blocking=True), batch.tasks.to(dev, non_blocking=True)
+            rows = [(task_of == t).nonzero().flatten() for t in range(len(tasks))]
+            for s, network in trained.items():
                 for group in optimisers[s].param_groups:
                     group["lr"] = lr
                 with autocast():
-                    logits = clip_logits(model, batch.clips[s].to(dev, non_blocking=True))
-                loss = nn.functional.cross_entropy(logits, labels)
+                    per_task = network(batch.clips[s].to(dev, non_blocking=True), task_of)
+                # each head's loss on its own dataset's clips, summed
+                loss = sum(nn.functional.cross_entropy(logits, labels[r]) for logits, r in zip(per_task, rows)
+                           if logits is not None)
                 if teacher is not None:
                     with torch.no_grad(), autocast():
                         taught = clip_logits(teacher, batch.clips["flow"].to(dev, non_blocking=True))
-                    loss = loss + options.distill_weight * distillation_loss(logits, taught,
+                    loss = loss + options.distill_weight * distillation_loss(per_task[0], taught,
                                                                            options.distill_temperature)
                 optimisers[s].zero_grad(set_to_none=True)
                 scalers[s].scale(loss).backward()
@@ -489,14 +588,15 @@ def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str
                     raise FloatingPointError(f"the {s} loss is {float(loss)} at step {global_step}; lower --lr "
                                              f"(now {lr:g}) or check the data")
                 running["loss"][s] += float(loss.detach()) * len(labels)
-                running["correct"][s] += int((logits.argmax(1) == labels).sum())
+                running["correct"][s] += sum(int((logits.argmax(1) == labels[r]).sum())
+                                             for logits, r in zip(per_task, rows) if logits is not None)
             running["clips"] += len(labels)
             global_step += 1
             step_in_epoch += 1
             if bar is not None:
                 bar.update(1)
                 rate = running["clips"] / max(1e-9, running["seconds"] + time.perf_counter() - started)
-                bar.set_postfix({f"loss_{s}": f"{running['loss'][s] / running['clips']:.3f}" for s in models}
+                bar.set_postfix({f"loss_{s}": f"{running['loss'][s] / running['clips']:.3f}" for s in networks}
                                 | {"lr": f"{lr:.2g}", "clips/s": f"{rate * process.world:.1f}"})
             if options.save_every and global_step % options.save_every == 0 and step_in_epoch < steps_per_epoch:
                 running["seconds"] += time.perf_counter() - started
@@ -511,43 +611,40 @@ def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str
         if stopped and step_in_epoch < steps_per_epoch:
             del stream_of_batches  # stops the loader's workers
             save(epoch_done=False)
-            _export(process, models, out)
+            export()
             say(f"train: stopped after step {global_step} (--max-steps); continue with --resume")
             break
         totals = process.all_sum([running["clips"], running["seconds"]]
-                                 + [running["loss"][s] for s in models] + [running["correct"][s] for s in models])
+                                 + [running["loss"][s] for s in networks] + [running["correct"][s] for s in networks])
         clips, seconds = totals[0], totals[1] / process.world
         record = {"epoch": epoch + 1, "step": global_step, "lr": lr, "clips": int(clips),
                   "clips_per_s": clips / seconds if seconds else None, "seconds": seconds}
-        for n, s in enumerate(models):
+        for n, s in enumerate(networks):
             record[f"train_loss_{s}"] = totals[2 + n] / clips
-            record[f"train_top1_{s}"] = totals[2 + len(models) + n] / clips
-        if val_examples:
-            val, failures = validate(models, val_examples, val_spec, options.batch_size, options.workers, process,
-                                     autocast)
-            say.failures(failures)
-            record.update(val)
+            record[f"train_top1_{s}"] = totals[2 + len(networks) + n] / clips
+        for task in tasks:
+            if task.val_examples:
+                val, failures = validate({s: n.task_model(task.number) for s, n in networks.items()},
+                                         task.val_examples, val_spec, options.batch_size, options.workers, process,
+                                         autocast)
+                say.failures(failures)
+                record.update({f"{k}_{task.suffix}" if task.suffix else k: v for k, v in val.items()})
         history.append(record)
         say("train: " + _describe(record))
-        running = {"loss": {s: 0.0 for s in models}, "correct": {s: 0.0 for s in models}, "clips": 0.0,
-                   "seconds": 0.0}
+        running = fresh_running()
         save(epoch_done=True)
         epoch, step_in_epoch = epoch + 1, 0
         if process.main:
             checkpoint.write_metrics(out, history)
-        _export(process, models, out)
+        export()
         if stopped:
             say(f"train: stopped after step {global_step} (--max-steps); continue with --resume")
     if not stopped:
-        say(f"train: done: {options.epochs} epoch(s), {global_step} steps; weights in {out} "
-            f"({', '.join(checkpoint.weights_path(out, s).name for s in models)}, {checkpoint.LABELS})")
+        exported = ", ".join(checkpoint.weights_path(out / t.suffix, s).relative_to(out).as_posix()
+                             for t in tasks for s in networks)
+        say(f"train: done: {options.epochs} epoch(s), {global_step} steps; weights in {out} ({exported}, "
+            f"{checkpoint.LABELS})")
     return {s: m.eval() for s, m in models.items()}
-
-
-def _export(process: Process, models: Dict[str, InceptionI3d], out: Path) -> None:
-    if process.main:
-        for s, model in models.items():
-            model.save_pretrained(str(checkpoint.weights_path(out, s)))
 
 
 def _describe(record: dict) -> str:

@@ -14,6 +14,12 @@ bootstrap the 3D ones, so that the new network sees a video of shape (N, C, T, H
   edge frames); an average pool with time padding and ``count_include_pad=True`` averages the zeros in
   (``time_padding="zeros"``) or repeats the edge frames (:class:`InflatedAvgPool3d`); a
   ``divisor_override`` d becomes kt * d.
+- This package's 2D layers (:mod:`i3d_fast.layers`, TF "SAME" padding): :class:`~i3d_fast.layers.Unit2D` ->
+  :class:`~i3d_fast.layers.Unit3D` (kernel and stride defaults as for ``nn.Conv2d``, the weights inflated the same
+  way, the BatchNorm kept); :class:`~i3d_fast.layers.MaxPool2d` -> :class:`~i3d_fast.layers.MaxPool3d` (time kernel
+  and stride 1 unless overridden). Their time padding is TF "SAME" too (zeros for a Unit3D: ``time_padding=
+  "replicate"`` is refused for a Unit2D whose time kernel exceeds 1; padding ignored for a max pool). Overrides
+  name the Unit2D itself, not its conv.
 - ``nn.AdaptiveAvgPool2d`` (h, w) -> ``nn.AdaptiveAvgPool3d`` (1, h, w): time is pooled to one frame, so
   a ``Flatten`` + ``Linear`` head after it sees the same number of features as in 2D.
 - ``nn.Dropout2d`` -> ``nn.Dropout3d``. Kept as they are (they work unchanged on 5D tensors or on the
@@ -39,17 +45,19 @@ counted as in 4D). Modules are converted, code is not; such models need their fo
 from __future__ import annotations
 
 import copy
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Set, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import layers
+
 TIME_PADDINGS = ("zeros", "replicate")
 # Leaves that work unchanged on (N, C, T, H, W) tensors (or on the features after a Flatten).
 DIMENSION_AGNOSTIC = (nn.Identity, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Mish, nn.Sigmoid,
                       nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.Dropout, nn.Flatten, nn.Linear, nn.GroupNorm, nn.PReLU)
-TIME_LAYERS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)
+TIME_LAYERS = (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d, layers.Unit2D, layers.MaxPool2d)
 # 2D classes whose 3D class differs only in the input dimension it checks.
 SAME_STATE_3D = {nn.BatchNorm2d: nn.BatchNorm3d, nn.Dropout2d: nn.Dropout3d}
 KNOWN_2D = TIME_LAYERS + tuple(SAME_STATE_3D) + (nn.AdaptiveAvgPool2d,)
@@ -98,8 +106,19 @@ def _pair(value) -> Tuple:
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
+def _copy_inflated_weights(conv: nn.Conv2d, conv3d: nn.Conv3d) -> None:
+    """Conv2d weight (O, I/g, kh, kw) -> Conv3d weight (O, I/g, kt, kh, kw) = the 2D one / kt at every t; the bias
+    copied; ``requires_grad`` carried over."""
+    with torch.no_grad():
+        conv3d.weight.copy_(conv.weight.unsqueeze(2).expand_as(conv3d.weight) / conv3d.kernel_size[0])
+        conv3d.weight.requires_grad_(conv.weight.requires_grad)
+        if conv.bias is not None:
+            conv3d.bias.copy_(conv.bias)
+            conv3d.bias.requires_grad_(conv.bias.requires_grad)
+
+
 def _inflate_conv(conv: nn.Conv2d, name: str, time_kernel: int, time_stride: int, time_padding: str) -> nn.Conv3d:
-    """Conv2d weight (O, I/g, kh, kw) -> Conv3d weight (O, I/g, kt, kh, kw) = the 2D one / kt at every t."""
+    """Conv2d -> Conv3d ((kt - 1) // 2 frames of time padding: zeros, or an InflatedConv3d repeating the edges)."""
     if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
         raise ValueError(f"inflate: {name} (Conv2d): only explicit zero padding is supported, got "
                          f"padding={conv.padding!r}, padding_mode={conv.padding_mode!r}")
@@ -110,13 +129,29 @@ def _inflate_conv(conv: nn.Conv2d, name: str, time_kernel: int, time_stride: int
                   padding=(0 if replicate else time_pad, *conv.padding), dilation=(1, *conv.dilation),
                   groups=conv.groups, bias=conv.bias is not None, device=conv.weight.device, dtype=conv.weight.dtype)
     conv3d = InflatedConv3d(**kwargs, time_pad=time_pad) if replicate else nn.Conv3d(**kwargs)
-    with torch.no_grad():
-        conv3d.weight.copy_(conv.weight.unsqueeze(2).expand_as(conv3d.weight) / time_kernel)
-        conv3d.weight.requires_grad_(conv.weight.requires_grad)
-        if conv.bias is not None:
-            conv3d.bias.copy_(conv.bias)
-            conv3d.bias.requires_grad_(conv.bias.requires_grad)
+    _copy_inflated_weights(conv, conv3d)
     return conv3d
+
+
+def _inflate_unit(unit: layers.Unit2D, name: str, time_kernel: int, time_stride: int,
+                  time_padding: str) -> layers.Unit3D:
+    """Unit2D -> Unit3D (TF "SAME" in time too): the conv inflated, the BatchNorm2d turned into a BatchNorm3d with
+    the same parameters, statistics, settings and mode."""
+    if time_padding == "replicate" and time_kernel > 1:
+        raise ValueError(f"inflate: {name} (Unit2D): time_padding='replicate' is not supported: a Unit3D pads time "
+                         "with zeros (TF SAME); use time_padding='zeros' or a time kernel of 1")
+    conv = unit.conv3d
+    if type(conv) is not nn.Conv2d or (unit.bn is not None and type(unit.bn) is not nn.BatchNorm2d):
+        raise ValueError(f"inflate: {name} (Unit2D): its conv3d / bn must be the nn.Conv2d / nn.BatchNorm2d it "
+                         f"builds, got {type(conv).__name__} / {type(unit.bn).__name__}")
+    unit3d = layers.Unit3D(conv.in_channels, conv.out_channels, (time_kernel, *unit.kernel_size),
+                           (time_stride, *unit.stride), batch_norm=False, relu=unit.relu, bias=conv.bias is not None)
+    unit3d.conv3d.to(device=conv.weight.device, dtype=conv.weight.dtype).train(conv.training)
+    _copy_inflated_weights(conv, unit3d.conv3d)
+    if unit.bn is not None:
+        unit.bn.__class__ = nn.BatchNorm3d  # same state: the 3D class in place, as for a plain BatchNorm2d
+        unit3d.bn = unit.bn
+    return unit3d
 
 
 def _inflate_max_pool(pool: nn.MaxPool2d, time_kernel: int, time_stride: int) -> nn.MaxPool3d:
@@ -156,12 +191,19 @@ def _check_kept(module: nn.Module, name: str) -> None:
                          "(a module with its own parameters or buffers must be one of these)")
 
 
+def _inside_units(model: nn.Module) -> Set[nn.Module]:
+    """The modules inside the model's Unit2D layers (inflated with their unit, as a whole)."""
+    return {m for unit in model.modules() if type(unit) is layers.Unit2D for m in unit.modules() if m is not unit}
+
+
 def _check_overrides(model_2d: nn.Module, overrides: Dict[str, Dict[str, int]]) -> None:
-    layers = {name for name, m in model_2d.named_modules() if type(m) in TIME_LAYERS}
+    inside = _inside_units(model_2d)
+    time_layers = {name for name, m in model_2d.named_modules() if type(m) in TIME_LAYERS and m not in inside}
     for what, values in overrides.items():
-        unknown = sorted(set(values) - layers)
+        unknown = sorted(set(values) - time_layers)
         if unknown:
-            raise ValueError(f"inflate: {what} names no Conv2d / MaxPool2d / AvgPool2d of the model: {unknown}")
+            raise ValueError(f"inflate: {what} names no Conv2d / MaxPool2d / AvgPool2d / layers.Unit2D / "
+                             f"layers.MaxPool2d of the model (a Unit2D by its own name, not its conv's): {unknown}")
         bad = {name: v for name, v in values.items() if isinstance(v, bool) or not isinstance(v, int) or v < 1}
         if bad:
             raise ValueError(f"inflate: {what} must be positive ints, got {bad}")
@@ -174,19 +216,21 @@ def inflate(model_2d: nn.Module, *, time_kernels: Optional[Dict[str, int]] = Non
 
     Args:
         model_2d: a network of Conv2d, BatchNorm2d, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Dropout(2d),
-            Flatten, Linear, element-wise activations and containers whose forward code works unchanged in 3D.
-        time_kernels: {module name: kt} for Conv2d / MaxPool2d / AvgPool2d modules; default kt = kh for a
-            conv, 1 for a pool.
-        time_strides: {module name: temporal stride}; default the spatial stride ``stride[0]`` for a conv,
-            1 for a pool.
+            Flatten, Linear, layers.Unit2D, layers.MaxPool2d, element-wise activations and containers whose
+            forward code works unchanged in 3D.
+        time_kernels: {module name: kt} for Conv2d / MaxPool2d / AvgPool2d / Unit2D / layers.MaxPool2d modules;
+            default kt = kh for a conv or Unit2D, 1 for a pool.
+        time_strides: {module name: temporal stride}; default the spatial stride ``stride[0]`` for a conv or
+            Unit2D, 1 for a pool.
         time_padding: "zeros" or "replicate" (repeat the edge frames: the boring-video fixed point then holds
-            at every frame).
+            at every frame; refused for a Unit2D with kt > 1).
     Returns:
         the 3D network, with the same module names and state_dict keys as ``model_2d``, each module in the
         same train / eval mode.
     Raises:
-        ValueError: an unknown ``time_padding``; override names that are not Conv2d / MaxPool2d / AvgPool2d
-            modules of ``model_2d``, or values that are not positive ints; a module that is neither a known
+        ValueError: an unknown ``time_padding``, or "replicate" with a Unit2D of kt > 1; override names that are
+            not Conv2d / MaxPool2d / AvgPool2d / Unit2D / layers.MaxPool2d modules of ``model_2d`` (nor the convs
+            inside a Unit2D), or values that are not positive ints; a module that is neither a known
             2D layer nor dimension-agnostic (e.g. Conv1d, LayerNorm, a custom module with its own parameters
             or buffers), named by its path and type.
     """
@@ -196,6 +240,7 @@ def inflate(model_2d: nn.Module, *, time_kernels: Optional[Dict[str, int]] = Non
     _check_overrides(model_2d, {"time_kernels": time_kernels, "time_strides": time_strides})
     model_3d = copy.deepcopy(model_2d)
     names = {module: name for name, module in model_3d.named_modules()}
+    inside_units = _inside_units(model_3d)
     inflated: Dict[nn.Module, nn.Module] = {}  # a module shared by several parents is inflated once, for all
 
     def inflated_version(module: nn.Module) -> Optional[nn.Module]:
@@ -212,13 +257,20 @@ def inflate(model_2d: nn.Module, *, time_kernels: Optional[Dict[str, int]] = Non
             return _inflate_avg_pool(module, time_kernels.get(name, 1), time_strides.get(name, 1), time_padding)
         if type(module) is nn.AdaptiveAvgPool2d:
             return nn.AdaptiveAvgPool3d((1, *_pair(module.output_size)))
+        if type(module) is layers.Unit2D:
+            return _inflate_unit(module, name, time_kernels.get(name, module.kernel_size[0]),
+                                 time_strides.get(name, module.stride[0]), time_padding)
+        if type(module) is layers.MaxPool2d:
+            return layers.MaxPool3d((time_kernels.get(name, 1), *module.kernel_size),
+                                    (time_strides.get(name, 1), *module.stride), module.padding)
         _check_kept(module, name)
         return None
 
     for module in list(names):
-        new = inflated_version(module)
+        new = None if module in inside_units else inflated_version(module)
         if new is not None:
-            inflated[module] = new.train(module.training)
+            new.training = module.training  # a Unit3D's conv and BatchNorm keep their own modes
+            inflated[module] = new
     for parent in list(names):
         for child_name, child in list(parent._modules.items()):  # named_children() skips repeated children
             if child in inflated:

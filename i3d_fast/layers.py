@@ -1,16 +1,17 @@
 """Drop-in layers for 3D networks, each a thin ``nn.Module`` over an op in :mod:`i3d_fast.ops`."""
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Sequence, Tuple, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .ops import avg_pool3d, conv3d, conv3d_bn_relu, max_pool3d
 from .ops._library import plain_eager as _plain_eager
 from .ops.conv3d import planned_conv3d
 from .ops.conv3d_bn import folded
-from .ops.padding import PaddingArg, triple
+from .ops.padding import PaddingArg, same_padding, triple
 
 IntOr3 = Union[int, Sequence[int]]
 
@@ -211,3 +212,65 @@ class ConvertedAvgPool3d(nn.AvgPool3d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return avg_pool3d(x, self.kernel_size, self.stride, self.padding, self.backend)
+
+
+def _pair(value: Union[int, Sequence[int]], name: str) -> Tuple[int, int]:
+    """``3`` -> ``(3, 3)``; a 2-sequence of positive ints is returned as a tuple."""
+    pair = (value, value) if isinstance(value, int) else tuple(value)
+    if len(pair) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in pair):
+        raise ValueError(f"{name} must be a positive int or two positive ints (H, W), got {value!r}")
+    return pair  # type: ignore[return-value]
+
+
+def _same_pad_2d(x: torch.Tensor, kernel: Tuple[int, int], stride: Tuple[int, int], value: float) -> torch.Tensor:
+    """Tensor[N, C, H, W] padded as TensorFlow's "SAME" (the odd cell at the end) with ``value``."""
+    (top, bottom), (left, right) = (same_padding(size, k, s) for size, k, s in zip(x.shape[-2:], kernel, stride))
+    return F.pad(x, (left, right, top, bottom), value=value) if top or bottom or left or right else x
+
+
+class Unit2D(nn.Module):
+    """The 2D (per-frame) counterpart of :class:`Unit3D`: Conv2d with TF "SAME" padding (asymmetric where
+    TF is), then BatchNorm (eps 1e-3) and ReLU, in plain PyTorch. :func:`i3d_fast.inflate` turns it into a
+    :class:`Unit3D`. The conv is called ``conv3d`` (an ``nn.Conv2d`` all the same) so that the state_dict
+    keys are Unit3D's, the weights 4D instead of 5D.
+
+    Tensor[N, C_in, H, W] -> Tensor[N, C_out, ceil(H/s), ceil(W/s)].
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: Union[int, Sequence[int]] = 1,
+                 stride: Union[int, Sequence[int]] = 1, batch_norm: bool = True, relu: bool = True, bias: bool = False):
+        super().__init__()
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = _pair(stride, "stride")
+        self.relu = relu
+        self.conv3d = nn.Conv2d(in_channels, out_channels, self.kernel_size, self.stride, padding=0, bias=bias)
+        self.bn = nn.BatchNorm2d(out_channels, eps=1e-3, momentum=1e-3) if batch_norm else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv3d(_same_pad_2d(x, self.kernel_size, self.stride, 0.0))
+        if self.bn is not None:
+            x = self.bn(x)
+        return F.relu(x) if self.relu else x
+
+
+class MaxPool2d(nn.Module):
+    """The 2D counterpart of :class:`MaxPool3d`: max pooling with TF "SAME" (default) or "valid" padding,
+    padded cells ignored (as if -inf), in plain PyTorch. :func:`i3d_fast.inflate` turns it into a
+    :class:`MaxPool3d`. Tensor[N, C, H, W] -> Tensor[N, C, H', W']."""
+
+    def __init__(self, kernel_size: Union[int, Sequence[int]], stride: Union[int, Sequence[int], None] = None,
+                 padding: str = "same"):
+        super().__init__()
+        if padding not in ("same", "valid"):
+            raise ValueError(f"MaxPool2d: padding must be 'same' or 'valid', got {padding!r}")
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.stride = self.kernel_size if stride is None else _pair(stride, "stride")
+        self.padding = padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.padding == "same":
+            x = _same_pad_2d(x, self.kernel_size, self.stride, float("-inf"))
+        return F.max_pool2d(x, self.kernel_size, self.stride)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}"

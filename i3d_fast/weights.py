@@ -11,7 +11,7 @@ import importlib.util
 import json
 import pickle
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Tuple, Union
 
 import numpy as np
 import torch
@@ -196,12 +196,7 @@ def load_pretrained(cls, name_or_path: str, **kwargs):
     path = Path(name_or_path)
     if not path.is_file():
         raise WeightsError(f"{name_or_path!r} is neither a pretrained name ({', '.join(PRETRAINED)}) nor a file")
-    if path.suffix == ".safetensors":
-        state, config = _read_safetensors(path)
-    elif path.suffix in (".pt", ".pth"):
-        state, config = _read_torch_state_dict(path), {}
-    else:
-        raise WeightsError(f"{path}: unknown weights format {path.suffix!r} (expected .safetensors, .pt or .pth)")
+    state, config = read_weights_file(path)
     if "logits.conv3d.weight" in state:
         config.setdefault("num_classes", state["logits.conv3d.weight"].shape[0])
     if "Conv3d_1a_7x7.conv3d.weight" in state:
@@ -212,6 +207,19 @@ def load_pretrained(cls, name_or_path: str, **kwargs):
     model = cls(**{**config, **kwargs})
     load_state(model, state, str(path))
     return model.eval()
+
+
+def read_weights_file(path: Union[str, Path]) -> Tuple[Dict[str, torch.Tensor], dict]:
+    """(state_dict, constructor arguments saved with it) from a ``.safetensors`` file (arguments from its
+    metadata) or a ``.pt`` / ``.pth`` state dict (no arguments), read without unpickling code."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    if path.suffix in (".pt", ".pth"):
+        return _read_torch_state_dict(path), {}
+    raise WeightsError(f"{path}: unknown weights format {path.suffix!r} (expected .safetensors, .pt or .pth)")
 
 
 def _read_safetensors(path: Path) -> Tuple[Dict[str, torch.Tensor], dict]:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from i3d_fast import layers
 from i3d_fast.inflate import InflatedAvgPool3d, InflatedConv3d, inflate
 
 TIMES = (1, 4, 8)
@@ -341,3 +342,92 @@ def test_average_pool_divisor_override_scales_with_the_time_kernel(time_padding:
     inside = range(5) if time_padding == "replicate" else range(2, 3)  # two kt=3 layers: frames 2 .. T-3
     for t in inside:
         assert _rel(out[:, :, t], expected) <= 1e-5
+
+
+# -- this package's 2D layers (TF SAME): Unit2D -> Unit3D, layers.MaxPool2d -> layers.MaxPool3d -----------------
+def _unit_net() -> nn.Sequential:
+    """(N, 3, H, W) -> (N, 5, H / 2, W / 2): Unit2D 3x3 stride 2, SAME max pool 3x3 stride 1, Unit2D 3x3, then a
+    1x1 Unit2D with a bias and no BatchNorm; random BatchNorm parameters and statistics; eval mode."""
+    torch.manual_seed(0)
+    net = nn.Sequential(layers.Unit2D(3, 8, 3, 2), layers.MaxPool2d(3, 1), layers.Unit2D(8, 6, 3),
+                        layers.Unit2D(6, 5, batch_norm=False, relu=False, bias=True))
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.5, 0.5)
+    return net.eval()
+
+
+def test_package_2d_layers_become_package_3d_layers() -> None:
+    net = _unit_net()
+    net[0].train().bn.eval()  # the unit's mode is carried over, and its BatchNorm keeps its own
+    net[2].conv3d.weight.requires_grad_(False)
+    net3d = inflate(net, time_kernels={"1": 3, "2": 1}, time_strides={"0": 1, "1": 2})
+    unit, pool, unit1x3, head = net3d
+    assert type(unit) is layers.Unit3D and unit.kernel_size == (3, 3, 3) and unit.stride == (1, 2, 2) and unit.relu
+    assert unit.training and not unit.bn.training and type(unit.bn) is nn.BatchNorm3d
+    assert (unit.bn.eps, unit.bn.momentum) == (1e-3, 1e-3)
+    assert type(pool) is layers.MaxPool3d and pool.kernel_size == (3, 3, 3) and pool.stride == (2, 1, 1)
+    assert pool.padding == "same"
+    assert unit1x3.kernel_size == (1, 3, 3) and unit1x3.stride == (1, 1, 1)
+    assert not unit1x3.conv3d.weight.requires_grad and unit.conv3d.weight.requires_grad
+    assert head.bn is None and not head.relu and head.kernel_size == (1, 1, 1)
+    assert list(net3d.state_dict()) == list(net.state_dict())
+    for key, value in net.state_dict().items():
+        inflated = net3d.state_dict()[key]
+        if value.dim() == 4:
+            kt = inflated.shape[2]
+            for t in range(kt):
+                torch.testing.assert_close(inflated[:, :, t], value / kt, rtol=0, atol=0)
+        else:
+            torch.testing.assert_close(inflated, value, rtol=0, atol=0)
+    clip = torch.randn(1, 3, 8, 16, 16)  # time: 8, the pool (kt 3, stride 2, SAME) -> 4
+    with torch.no_grad():
+        assert net3d.eval()(clip).shape == (1, 5, 4, 8, 8)
+    assert inflate(net)[1].kernel_size == (1, 3, 3)  # a pool keeps time unless overridden
+
+
+def test_unit_inflation_keeps_dtype() -> None:
+    unit = layers.Unit2D(3, 4, 3).double()
+    unit3d = inflate(unit)
+    assert unit3d.conv3d.weight.dtype == unit3d.bn.running_var.dtype == torch.float64
+
+
+def test_package_layers_boring_video_with_same_zero_padding() -> None:
+    """Two stride-1 kt=3 units (TF SAME: one zero frame at each end): frames 2 .. T-3 equal the 2D output, the
+    edge frames do not."""
+    net, frames = _unit_net(), 8
+    net3d = inflate(net, time_strides={"0": 1})
+    image = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        expected, out = net(image), net3d(_boring(image, frames))
+    for t in range(frames):
+        assert (_rel(out[:, :, t], expected) <= 1e-5) == (2 <= t <= frames - 3), t
+
+
+def test_same_max_pool_inflation_is_exact_on_a_boring_video() -> None:
+    pool, image = layers.MaxPool2d(3, 2), torch.randn(2, 3, 9, 10)
+    pool3d = inflate(pool, time_kernels={"": 3}, time_strides={"": 2})
+    out = pool3d(_boring(image, 5))
+    assert out.shape == (2, 3, 3, 5, 5)
+    for t in range(3):
+        torch.testing.assert_close(out[:, :, t], pool(image), rtol=0, atol=0)
+
+
+def test_unit_inflation_refusals() -> None:
+    net = _unit_net()
+    with pytest.raises(ValueError, match=r"time_kernels.*\['0.conv3d'\]"):  # a Unit2D is named itself
+        inflate(net, time_kernels={"0.conv3d": 1})
+    with pytest.raises(ValueError, match=r"0 \(Unit2D\): time_padding='replicate'"):
+        inflate(net, time_padding="replicate")
+    ones = {"0": 1, "2": 1}
+    image = torch.randn(1, 3, 12, 12)
+    with torch.no_grad():  # time kernels of 1: nothing to pad, the fixed point holds at every frame
+        out = inflate(net, time_kernels=ones, time_strides={"0": 1}, time_padding="replicate")(_boring(image, 3))
+        for t in range(3):
+            assert _rel(out[:, :, t], net(image)) <= 1e-5
+    net[0].bn = nn.GroupNorm(2, 8)
+    with pytest.raises(ValueError, match=r"0 \(Unit2D\).*GroupNorm"):
+        inflate(net)

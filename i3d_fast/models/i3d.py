@@ -208,6 +208,18 @@ class InceptionI3d(nn.Module):
 
         return load_pretrained(cls, name_or_path, **kwargs)
 
+    @classmethod
+    def from_2d(cls, source, **kwargs) -> "InceptionI3d":
+        """I3D bootstrapped from 2D Inception-v1 weights (e.g. ImageNet's): ``source`` is a state_dict of
+        :class:`~i3d_fast.models.inception2d.InceptionV1` (same keys as this model's, conv weights
+        (O, I, kh, kw)) or a ``.safetensors`` / ``.pt`` / ``.pth`` file of one. Each 2D kernel is repeated along
+        time and divided by its time size (:func:`i3d_fast.inflate` with I3D's time kernels and strides);
+        ``num_classes`` and ``in_channels`` come from the weights, other ``kwargs`` go to the constructor.
+        Returned in eval mode. See :func:`~i3d_fast.models.inception2d.i3d_from_inception_v1`."""
+        from .inception2d import i3d_from_inception_v1
+
+        return i3d_from_inception_v1(cls, source, **kwargs)
+
     def save_pretrained(self, path: str) -> None:
         """Saves the weights and the constructor arguments as safetensors."""
         from ..weights import save_safetensors

@@ -303,7 +303,8 @@ def _train(args: argparse.Namespace) -> int:
     if len(vals) > len(args.data):
         raise ValueError(f"{len(vals)} --val sets for {len(args.data)} dataset(s)")
     options = TrainOptions(
-        data=args.data[0], extra_data=args.data[1:], out=args.out, stream=args.stream,
+        data=args.data[0], extra_data=args.data[1:], out=args.out, stream=args.stream, model=args.model,
+        mean_flow_subtraction=args.mean_flow_subtraction,
         val=vals[0] if vals else None, extra_val=vals[1:], video_root=args.video_root,
         val_video_root=args.val_video_root, flow_root=args.flow_root, init=args.init, head_only=args.head_only,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -552,6 +553,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "(one network, one Logits head per dataset, each head's loss on its own dataset's clips, "
                         "summed; the first dataset's networks in OUT, the k-th's in OUT/task<k>/)")
     p.add_argument("--out", required=True, metavar="DIR", help="the run's folder (weights, metrics, checkpoint)")
+    p.add_argument("--model", choices=("i3d", "two-stream-2d"), default="i3d",
+                   help="i3d (default), or two-stream-2d: Simonyan & Zisserman's 2D two-stream ConvNet (CNN-M-2048 "
+                        "with BatchNorm; the RGB stream sees each clip's centre frame, the flow stream its --clip "
+                        "flow fields stacked as 2 x clip channels; evaluate with --clips-per-video 25 as the paper)")
+    p.add_argument("--mean-flow-subtraction", action="store_true",
+                   help="two-stream-2d: subtract each flow field's mean displacement (camera motion) before stacking")
     p.add_argument("--stream", choices=("rgb", "flow", "both"), default="rgb", help="which network(s) to train "
                    "(default rgb; both: the two side by side on the same clips, fused in validation)")
     p.add_argument("--val", metavar="VALDATA", action="append",

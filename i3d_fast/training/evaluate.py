@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_file, atomic_write
-from ..models import InceptionI3d
+from ..models.two_stream_2d import load_stream
 from . import checkpoint
 from .data import STREAMS, ClipDataset, ClipSpec, EpochBatches, load_examples, loader, relabel
 from .loop import TrainOptions, clip_logits, options_from_json, topk_correct
@@ -55,13 +55,13 @@ def evaluate(data: Path, weights: Path, *, clips_per_video: int = 1, clip: Optio
     options_text = (weights / checkpoint.OPTIONS).read_text() if (weights / checkpoint.OPTIONS).is_file() else None
     trained = options_from_json(options_text) if options_text else TrainOptions(data=str(data), out=str(weights))
     dev = resolve_device(device)
-    models: Dict[str, InceptionI3d] = {}
+    models: Dict[str, torch.nn.Module] = {}
     for s in streams:
-        model = InceptionI3d.from_pretrained(str(checkpoint.weights_path(weights, s)))
+        model = load_stream(checkpoint.weights_path(weights, s))
         if model.num_classes != len(classes):
             raise ValueError(f"{checkpoint.weights_path(weights, s)}: {model.num_classes} classes, "
                              f"{checkpoint.LABELS} lists {len(classes)}")
-        models[s] = model.to(dev).to(memory_format=torch.channels_last_3d).eval()
+        models[s] = model.to(dev).eval()
     segments = trained.clip_segments if clips_per_video == 1 else 1  # a TSN run: its segments
 
     def scores(where: Path) -> VideoScores:
@@ -121,7 +121,7 @@ class VideoScores:
     skipped: List[str]
 
 
-def video_scores(models: Dict[str, InceptionI3d], examples, spec: ClipSpec, batch_size: int, workers: int,
+def video_scores(models: Dict[str, torch.nn.Module], examples, spec: ClipSpec, batch_size: int, workers: int,
                  device: torch.device, log: Callable[[str], None]) -> VideoScores:
     logits: Dict[str, List[torch.Tensor]] = {s: [] for s in models}
     labels: List[int] = []

@@ -25,11 +25,13 @@ from torch import nn
 
 from ..layers import Unit3D
 from ..models import InceptionI3d
+from ..models.two_stream_2d import FrameStream
 from . import checkpoint
 from .data import (CHANNELS, STREAMS, ClipDataset, ClipSpec, EpochBatches, Example, RunBatches, derive_seed,
                    load_examples, loader, relabel)
 
 SCHEDULES = ("cosine", "step", "constant")
+MODELS = ("i3d", "two-stream-2d")
 PRECISIONS = ("fp32", "bf16", "fp16")
 #: default learning rate: this much per 64 clips of global batch (mmaction2's I3D recipe), scaled linearly
 LR_PER_64_CLIPS = 0.01
@@ -48,6 +50,9 @@ class TrainOptions:
     data: str
     out: str
     stream: str = "rgb"  # rgb | flow | both
+    #: i3d | two-stream-2d (Simonyan & Zisserman: a 2D CNN-M on the centre frame / on the clip's stacked flow)
+    model: str = "i3d"
+    mean_flow_subtraction: bool = False  # two-stream-2d temporal stream
     val: Optional[str] = None
     #: multi-task: further datasets, each with its own Logits head on the shared network (and their
     #: validation sets, in the same order; fewer is allowed)
@@ -108,6 +113,9 @@ class TrainOptions:
              f"--sampling must be clip or tsn and --segments >= 1, got {self.sampling!r}, {self.segments}"),
             (self.distill_from is None or self.stream == "rgb", "--distill-from trains an RGB student: --stream rgb"),
             (self.distill_from is None or not self.extra_data, "--distill-from takes one dataset"),
+            (self.model in MODELS, f"--model must be one of {MODELS}, got {self.model!r}"),
+            (self.model == "i3d" or not (self.extra_data or self.distill_from),
+             "multi-task training and --distill-from need --model i3d"),
             (len(self.extra_val) <= len(self.extra_data), "more --val sets than datasets"),
             (self.distill_weight >= 0 and self.distill_temperature > 0,
              "--distill-weight must be >= 0 and --distill-temperature > 0"),
@@ -192,10 +200,42 @@ def start_process(device: str) -> Process:
 
 
 # -- models --------------------------------------------------------------------------------------------------
+def build_frame_stream(stream: str, init: str, num_classes: int, options: TrainOptions,
+                       log: Callable[[str], None]) -> FrameStream:
+    """A stream of the 2D two-stream ConvNet: random weights, or a file / run folder saved by one."""
+    kind = "spatial" if stream == "rgb" else "temporal"
+    if init in ("auto", "none"):
+        if init == "auto":
+            log(f"train: the 2D {kind} stream starts from random weights (no pretrained ones are shipped)")
+        return FrameStream(kind, num_classes, options.clip, options.mean_flow_subtraction, options.dropout)
+    path = Path(init)
+    path = checkpoint.weights_path(path, stream) if path.is_dir() else path
+    model = FrameStream.from_pretrained(path)
+    if model.kind != kind or model.frames != options.clip:
+        raise ValueError(f"--init {path}: a {model.kind} stream of {model.frames} frames, not a {kind} stream of "
+                         f"{options.clip}")
+    if model.num_classes != num_classes:
+        model.replace_logits(num_classes)
+    return model
+
+
 def build_model(stream: str, init: str, num_classes: int, options: TrainOptions,
-                log: Callable[[str], None]) -> InceptionI3d:
+                log: Callable[[str], None]) -> nn.Module:
     """The network of ``stream`` from ``init`` (see :class:`TrainOptions`), with a ``num_classes`` head,
     the adaptive head when the clip is smaller than the Logits pool, and the trainer's dropout."""
+    model = _build_i3d(stream, init, num_classes, options, log) if options.model == "i3d" else \
+        build_frame_stream(stream, init, num_classes, options, log)
+    if options.bn == "train":
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.momentum = TRAIN_BN_MOMENTUM
+    for name, param in model.named_parameters():
+        param.requires_grad_(not options.head_only or name.startswith(("logits.", "net.logits.")))
+    return model
+
+
+def _build_i3d(stream: str, init: str, num_classes: int, options: TrainOptions,
+               log: Callable[[str], None]) -> InceptionI3d:
     adaptive = options.clip < 9 or options.crop < 193
     kwargs = {"dropout": options.dropout, "adaptive_head": adaptive}
     pretrained = f"kinetics400-{stream}"
@@ -226,12 +266,6 @@ def build_model(stream: str, init: str, num_classes: int, options: TrainOptions,
         raise ValueError(f"--init {init}: the model has no Logits head to train")
     if model.num_classes != num_classes:
         model.replace_logits(num_classes)
-    if options.bn == "train":
-        for module in model.modules():
-            if isinstance(module, nn.BatchNorm3d):
-                module.momentum = TRAIN_BN_MOMENTUM
-    for name, param in model.named_parameters():
-        param.requires_grad_(not options.head_only or name.startswith("logits."))
     return model
 
 
@@ -240,7 +274,7 @@ def _set_mode(models: Dict[str, nn.Module], training: bool, bn: str) -> None:
         model.train(training)
         if training and bn == "frozen":
             for module in model.modules():
-                if isinstance(module, nn.BatchNorm3d):
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
                     module.eval()
 
 
@@ -438,7 +472,7 @@ def clip_specs(options: TrainOptions) -> Tuple[ClipSpec, ClipSpec]:
             ClipSpec(options.streams, train=False, data_root=data_root(options.val, options.val_video_root), **common))
 
 
-def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str, InceptionI3d]:
+def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str, nn.Module]:
     """Runs (or resumes) a training run; returns the trained networks of the first dataset per stream
     (eval mode)."""
     from .._optional import require
@@ -480,8 +514,10 @@ def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str
     for s in options.streams:
         model = build_model(s, options.init, len(classes), options, say)
         heads = nn.ModuleList(Unit3D(model.feature_channels, len(task.classes), batch_norm=False, relu=False,
-                                     bias=True) for task in tasks[1:])
-        networks[s] = TaskNetwork(model, heads).to(dev).to(memory_format=torch.channels_last_3d)
+                                     bias=True) for task in tasks[1:])  # only with --model i3d
+        networks[s] = TaskNetwork(model, heads).to(dev)
+        if options.model == "i3d":
+            networks[s].to(memory_format=torch.channels_last_3d)
     models = {s: n.network for s, n in networks.items()}
     teacher = load_teacher(Path(options.distill_from), classes, dev) if options.distill_from else None
     optimisers = {s: torch.optim.SGD([p for p in n.parameters() if p.requires_grad], lr=base_lr,

@@ -308,7 +308,8 @@ def _train(args: argparse.Namespace) -> int:
         val=vals[0] if vals else None, extra_val=vals[1:], video_root=args.video_root,
         val_video_root=args.val_video_root, flow_root=args.flow_root, init=args.init, head_only=args.head_only,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-        schedule=args.schedule, warmup_epochs=args.warmup_epochs, clip=args.clip, crop=args.crop,
+        schedule=args.schedule, warmup_epochs=args.warmup_epochs,
+        clip=args.clip or (10 if args.model == "two-stream-2d" else 64), crop=args.crop,
         short_side=args.short_side, fps=args.fps, bound=args.bound, flip=args.flip, sampling=args.sampling,
         segments=args.segments, distill_from=args.distill_from, distill_weight=args.distill_weight,
         distill_temperature=args.distill_temperature, bn=args.bn, dropout=args.dropout,
@@ -583,7 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning rate over the steps: cosine to 0 (default), step (x0.1 at 40%% and 80%%), constant")
     p.add_argument("--warmup-epochs", type=float, default=0.0, metavar="N",
                    help="linear warmup over the first N epochs (fractions allowed; default 0)")
-    p.add_argument("--clip", type=POSITIVE, default=64, metavar="N", help="frames per training clip (default 64)")
+    p.add_argument("--clip", type=POSITIVE, default=None, metavar="N",
+                   help="frames per training clip (default 64; two-stream-2d: 10, the stacked flow fields L)")
     p.add_argument("--crop", type=POSITIVE, default=224, metavar="PX", help="random crop PX x PX (default 224)")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
                    help="random horizontal flips (default on; --no-flip for classes a flip would change, such as "

@@ -67,3 +67,14 @@ def test_the_trainer_and_evaluate_run_the_2d_two_stream_convnet(tmp_path):
     assert result["videos"] == 4 and {"top1_rgb", "top1_flow", "top1_fused"} <= set(result)
     with pytest.raises(ValueError, match="multi-task training and --distill-from need --model i3d"):
         TrainOptions(data=data["train"], extra_data=[data["train"]], out=str(tmp_path / "x"), model="two-stream-2d")
+
+
+def test_the_command_line_stacks_ten_flow_fields_by_default(tmp_path, monkeypatch):
+    from i3d_fast import cli
+
+    seen = {}
+    monkeypatch.setattr("i3d_fast.training.train", lambda options: seen.update(clip=options.clip))
+    monkeypatch.setattr(cli, "_require_av", lambda: None)
+    for model, clip in (("two-stream-2d", 10), ("i3d", 64)):
+        assert cli.main(["train", "data", "--out", str(tmp_path / model), "--model", model]) == 0
+        assert seen["clip"] == clip

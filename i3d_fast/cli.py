@@ -328,7 +328,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    evaluate(Path(args.data), Path(args.weights), clips_per_video=args.clips_per_video, clip=args.clip,
+    evaluate(Path(args.data), Path(args.weights), clips_per_video=args.clips_per_video, ten_crop=args.ten_crop,
+             clip=args.clip,
              crop=args.crop, video_root=args.video_root and Path(args.video_root),
              svm_train=args.svm_train and Path(args.svm_train), batch_size=args.batch_size,
              workers=args.workers, device=args.device, out=args.out and Path(args.out))
@@ -638,6 +639,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", metavar="VALDATA", help="labelled videos: a class-folder tree or a split list file")
     p.add_argument("--weights", required=True, metavar="DIR", help="the --out folder of i3d-fast train")
     p.add_argument("--clips-per-video", type=POSITIVE, default=1, metavar="K", help="clips per video (default 1)")
+    p.add_argument("--ten-crop", action="store_true",
+                   help="10 views of each clip (the centre and four corner crops, each also mirrored; the "
+                        "two-stream paper's test-time sampling), averaged")
     p.add_argument("--clip", type=POSITIVE, default=None, metavar="N", help="frames per clip (default: as trained)")
     p.add_argument("--crop", type=POSITIVE, default=None, metavar="PX", help="central crop (default: as trained)")
     p.add_argument("--video-root", metavar="DIR", help="where a split list's video paths start (default: its folder)")

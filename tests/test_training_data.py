@@ -116,7 +116,8 @@ def test_a_bad_video_is_replaced_in_training_and_skipped_in_evaluation(video, tm
     examples = [Example(broken, 0), Example(video, 1)]
     spec = ClipSpec(("rgb",), frames=2, crop=16, short_side=40, train=True)
     clips, example, used, failures = ClipDataset(examples, spec)[(0, 7)]
-    assert example == examples[1] and used == 1 and failures[0][0] == str(broken) and "not a readable video" in failures[0][1]
+    assert example == examples[1] and used == 1 and failures[0][0] == str(broken)
+    assert "not a readable video" in failures[0][1]
     eval_spec = ClipSpec(("rgb",), frames=2, crop=16, short_side=40, train=False)
     items = [ClipDataset(examples, eval_spec, replace=False)[(i, None)] for i in range(2)]
     batch = collate(items)
@@ -148,3 +149,25 @@ def test_tsn_training_clips_share_one_crop_and_flip(video):
     assert evaluation["rgb"].shape == (3, 3, 2, 24, 24)
     with pytest.raises(ValueError, match="exclude several clips per video"):
         ClipSpec(("rgb",), frames=2, crop=24, short_side=40, train=False, segments=3, clips=2)
+
+
+def test_ten_crop_evaluation_takes_the_centre_and_corners_each_mirrored(video, tmp_path):
+    write_flow_jpegs(torch.randn(11, 2, 40, 48), tmp_path / "clip", bound=20)
+    spec = ClipSpec(("rgb", "flow"), frames=2, crop=24, short_side=40, train=False, ten_crop=True)
+    views = load_clip(video, spec)
+    assert views["rgb"].shape == (10, 3, 2, 24, 24) and views["flow"].shape == (10, 2, 2, 24, 24)
+    centre = load_clip(video, ClipSpec(("rgb", "flow"), frames=2, crop=24, short_side=40, train=False))
+    for stream in ("rgb", "flow"):
+        torch.testing.assert_close(views[stream][0], centre[stream][0])
+    torch.testing.assert_close(views["rgb"][1], views["rgb"][0].flip(-1))  # the mirrored centre
+    mirrored_flow = views["flow"][0].flip(-1) * torch.tensor([-1.0, 1.0])[:, None, None, None]
+    torch.testing.assert_close(views["flow"][1], mirrored_flow)
+    frames = torch.from_numpy(np.stack(list(__import__("i3d_fast.video", fromlist=["frames"]).frames(
+        video, spec.preprocess)))).permute(3, 0, 1, 2).float() / 127.5 - 1
+    start = (11 - 2) // 2  # the central window over the 11 frames that have a flow field
+    window = frames[:, start:start + 2]
+    corners = [window[..., :24, :24], window[..., :24, 24:], window[..., 16:, :24], window[..., 16:, 24:]]
+    for n, corner in enumerate(corners):
+        torch.testing.assert_close(views["rgb"][2 + 2 * n], corner)
+    with pytest.raises(ValueError, match="ten-crop is an evaluation sampling"):
+        ClipSpec(("rgb",), frames=2, crop=24, short_side=40, train=True, ten_crop=True)

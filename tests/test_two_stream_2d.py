@@ -78,3 +78,15 @@ def test_the_command_line_stacks_ten_flow_fields_by_default(tmp_path, monkeypatc
     for model, clip in (("two-stream-2d", 10), ("i3d", 64)):
         assert cli.main(["train", "data", "--out", str(tmp_path / model), "--model", model]) == 0
         assert seen["clip"] == clip
+
+
+def test_evaluate_ten_crop_reports_ten_views(tmp_path):
+    pytest.importorskip("av")
+    from i3d_fast.training import TrainOptions, evaluate, make_synthetic, train
+
+    data = make_synthetic(tmp_path / "data", classes=2, train_per_class=2, val_per_class=1, frames=12, size=32)
+    train(TrainOptions(data=data["train"], out=str(tmp_path / "run"), model="two-stream-2d", clip=4, crop=24,
+                       short_side=32, epochs=1, batch_size=4, workers=0, threads=1, progress=False), log=lambda _: None)
+    result = evaluate(tmp_path / "data" / "val", tmp_path / "run", clips_per_video=2, ten_crop=True, workers=0,
+                      log=lambda _: None)
+    assert result["views_per_clip"] == 10 and result["videos"] == 2

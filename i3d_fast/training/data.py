@@ -163,6 +163,8 @@ class ClipSpec:
     segments: int = 1
     #: training: random horizontal flips (off for classes a flip would change, e.g. "moving left")
     flip: bool = True
+    #: evaluation: the centre and four corner crops, each also mirrored (10 views of every window, averaged)
+    ten_crop: bool = False
 
     def __post_init__(self):
         if not self.streams or any(s not in STREAMS for s in self.streams):
@@ -172,6 +174,8 @@ class ClipSpec:
                              f"crop={self.crop}, short side={self.short_side}")
         if self.clips < 1 or (self.train and self.clips != 1):
             raise ValueError(f"clips per video must be >= 1 (1 in training), got {self.clips}")
+        if self.ten_crop and self.train:
+            raise ValueError("ten-crop is an evaluation sampling; training takes one random crop")
         if self.segments < 1 or (self.segments > 1 and self.clips != 1):
             raise ValueError(f"segments must be >= 1 and exclude several clips per video, got segments="
                              f"{self.segments}, clips={self.clips}")
@@ -270,12 +274,25 @@ def _crop_box(height: int, width: int, crop: int, rng: Optional[np.random.Genera
     return int(rng.integers(0, height - crop + 1)), int(rng.integers(0, width - crop + 1))
 
 
+def _views(height: int, width: int, spec: ClipSpec, rng: Optional[np.random.Generator], flip: bool, video: Path
+           ) -> List[Tuple[slice, slice, bool]]:
+    """The crops taken of every window, as (rows, columns, mirrored): training one (random place, ``flip``);
+    evaluation the centre, or with ``spec.ten_crop`` the centre and the four corners, each also mirrored."""
+    top, left = _crop_box(height, width, spec.crop, rng, video)
+    places = [(top, left)]
+    if spec.ten_crop:
+        places += [(0, 0), (0, width - spec.crop), (height - spec.crop, 0), (height - spec.crop, width - spec.crop)]
+    mirrors = (False, True) if spec.ten_crop else (flip,)
+    return [(slice(t, t + spec.crop), slice(l, l + spec.crop), m) for t, l in places for m in mirrors]
+
+
 def load_clip(video: Path, spec: ClipSpec, seed: Optional[int] = None) -> Dict[str, torch.Tensor]:
     """The clips of one video per stream of ``spec.streams`` (see the module docstring): in training
     (``spec.train`` and a ``seed``) one random clip ``Tensor[C, T, crop, crop]``; else ``spec.clips``
-    evenly spaced clips with the central crop, ``Tensor[clips, C, T, crop, crop]``. With ``spec.segments``
-    K > 1, one clip per segment, ``Tensor[K, C, T, crop, crop]`` (training: one random crop and flip for
-    all K, as TSN). Raises VideoError for a bad video."""
+    evenly spaced clips with the central crop, ``Tensor[clips, C, T, crop, crop]`` (``spec.ten_crop``: 10 views
+    of each, ``Tensor[clips x 10, ...]``). With ``spec.segments`` K > 1, one clip per segment, ``Tensor[K, C, T,
+    crop, crop]`` (training: one random crop and flip for all K, as TSN). Raises VideoError for a bad
+    video."""
     rng = np.random.default_rng(seed) if spec.train and seed is not None else None
     want_flow = "flow" in spec.streams
     folder = spec.flow_folder(video) if want_flow else None
@@ -308,19 +325,17 @@ def load_clip(video: Path, spec: ClipSpec, seed: Optional[int] = None) -> Dict[s
                              f"{f'{width}x{height}' if height else 'not that size'} (computed with another "
                              "--short-side?)")
         height, width = solved.shape[2:]
-    top, left = _crop_box(height, width, spec.crop, rng, video)
-    rows, cols = slice(top, top + spec.crop), slice(left, left + spec.crop)
+    views = _views(height, width, spec, rng, flip, video)
     out: Dict[str, torch.Tensor] = {}
     if "rgb" in spec.streams:
-        clips = np.stack([np.stack([decoded[i][rows, cols] for i in window]) for window in picks])  # [K, T, h, w, 3]
-        if flip:
-            clips = clips[:, :, :, ::-1]
+        clips = np.stack([np.stack([decoded[i][rows, cols] for i in window])[:, :, ::-1 if mirror else 1]
+                          for window in picks for rows, cols, mirror in views])  # [K x views, T, h, w, 3]
         rgb = torch.from_numpy(np.ascontiguousarray(clips)).permute(0, 4, 1, 2, 3)
         out["rgb"] = rgb.float().div_(127.5).sub_(1.0)
     if fields is not None:
-        clips = np.stack([window[:, :, rows, cols] for window in fields])  # [K, T, 2, h, w]
-        if flip:
-            clips = clips[..., ::-1] * np.array([-1.0, 1.0], np.float32)[:, None, None]
+        negate_x = np.array([-1.0, 1.0], np.float32)[:, None, None]
+        clips = np.stack([window[:, :, rows, cols][..., ::-1] * negate_x if mirror else window[:, :, rows, cols]
+                          for window in fields for rows, cols, mirror in views])  # [K x views, T, 2, h, w]
         flow = torch.from_numpy(np.ascontiguousarray(clips)).permute(0, 2, 1, 3, 4)
         out["flow"] = flow.clamp(-spec.bound, spec.bound).div_(spec.bound)
     return {stream: clip[0] for stream, clip in out.items()} if rng is not None and spec.segments == 1 else out

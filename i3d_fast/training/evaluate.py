@@ -1,12 +1,13 @@
 """``i3d-fast evaluate``: video-level accuracy of a training run's networks on labelled videos.
 
-For each video, ``clips_per_video`` evenly spaced clips with the central crop (the clip size the run was
-trained with, from its ``train.json``, unless given; a run trained with TSN sampling: the centres of its
-segments); each stream's logits are averaged over the clips. Two streams are fused by summing logits,
-by averaging softmax scores, and (with training videos to fit it on) by a linear SVM on the stacked
-L2-normalised softmax scores (Simonyan & Zisserman's late fusion). Reports top-1 / top-5 per stream and fused, writes ``evaluation.json`` and a
-confusion-matrix PNG of the fused (or only) predictions; ``evaluation.json`` also lists each video's
-label and predicted class per stream.
+For each video, ``clips_per_video`` evenly spaced clips (a run trained with TSN sampling: the centres of
+its segments) of the clip size the run was trained with (from its ``train.json``, unless given), with
+the central crop (``ten_crop``: also the four corners, each also mirrored, as Simonyan & Zisserman
+tested); each stream's logits are averaged over them. Two streams are fused by summing logits, by
+averaging softmax scores, and (with training videos to fit it on) by a linear SVM on the stacked
+L2-normalised softmax scores (Simonyan & Zisserman's late fusion). Reports top-1 / top-5 per stream and
+fused, writes ``evaluation.json`` (with each video's label and predicted class per stream) and a
+confusion-matrix PNG of the fused (or only) predictions.
 """
 from __future__ import annotations
 
@@ -25,8 +26,8 @@ from .data import STREAMS, ClipDataset, ClipSpec, EpochBatches, load_examples, l
 from .loop import TrainOptions, clip_logits, options_from_json, topk_correct
 
 
-def evaluate(data: Path, weights: Path, *, clips_per_video: int = 1, clip: Optional[int] = None,
-             crop: Optional[int] = None, video_root: Optional[Path] = None, svm_train: Optional[Path] = None,
+def evaluate(data: Path, weights: Path, *, clips_per_video: int = 1, ten_crop: bool = False,
+             clip: Optional[int] = None, crop: Optional[int] = None, video_root: Optional[Path] = None, svm_train: Optional[Path] = None,
              batch_size: int = 4, workers: int = 2, device: str = "auto", out: Optional[Path] = None,
              log: Callable[[str], None] = print) -> dict:
     """Evaluates the streams found in ``weights`` (a ``train --out`` folder) on ``data`` (a class folder
@@ -69,7 +70,7 @@ def evaluate(data: Path, weights: Path, *, clips_per_video: int = 1, clip: Optio
         examples = relabel(examples, data_classes, classes, str(where))
         spec = ClipSpec(tuple(streams), clip or trained.clip, crop or trained.crop,
                         max(trained.short_side, crop or 0), trained.fps, trained.bound, train=False,
-                        clips=clips_per_video, segments=segments,
+                        clips=clips_per_video, segments=segments, ten_crop=ten_crop,
                         flow_root=trained.flow_root and Path(trained.flow_root),
                         data_root=Path(where) if Path(where).is_dir() else Path(video_root or Path(where).parent))
         result = video_scores(models, examples, spec, batch_size, workers, dev, log)
@@ -86,6 +87,7 @@ def evaluate(data: Path, weights: Path, *, clips_per_video: int = 1, clip: Optio
             predictions["fused_svm"] = svm_fusion(scores(Path(svm_train)), val, streams)
     truth = val.labels
     result = {"videos": len(truth), "skipped": len(val.skipped), "clips_per_video": clips_per_video,
+              "views_per_clip": 10 if ten_crop else 1,
               "segments": segments, "clip": clip or trained.clip, "crop": crop or trained.crop, "classes": classes}
     for name, score in predictions.items():
         top1, top5 = topk_correct(score, truth)

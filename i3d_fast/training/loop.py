@@ -39,8 +39,8 @@ LR_PER_64_CLIPS = 0.01
 #: inference-time decay and would leave the running statistics far behind a fine-tuned network)
 TRAIN_BN_MOMENTUM = 0.1
 #: options a resumed run may change; any other difference is refused
-RESUME_MAY_CHANGE = ("epochs", "val", "extra_val", "val_video_root", "workers", "device", "threads", "save_every", "max_steps",
-                     "progress", "resume")
+RESUME_MAY_CHANGE = ("epochs", "val", "extra_val", "val_video_root", "workers", "device", "threads", "save_every",
+                     "max_steps", "progress", "resume")
 
 
 @dataclass

@@ -291,3 +291,57 @@ def test_from_2d_refuses_bad_files(tmp_path: Path) -> None:
     torch.save({"logits.conv3d.weight": fractions.Fraction(1, 3)}, unsafe)
     with pytest.raises(WeightsError, match="weights_only=True"):
         InceptionI3d.from_2d(unsafe)
+
+
+class _BasicConv2d(torch.nn.Module):
+    """torchvision's GoogLeNet layer layout (written here: torchvision is not a dependency)."""
+
+    def __init__(self, cin, cout, k):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(cin, cout, k, bias=False)
+        self.bn = torch.nn.BatchNorm2d(cout, eps=0.001)
+
+
+class _GoogLeNetBlock(torch.nn.Module):
+    def __init__(self, cin, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj):
+        super().__init__()
+        self.branch1 = _BasicConv2d(cin, ch1x1, 1)
+        self.branch2 = torch.nn.Sequential(_BasicConv2d(cin, ch3x3red, 1), _BasicConv2d(ch3x3red, ch3x3, 3))
+        self.branch3 = torch.nn.Sequential(_BasicConv2d(cin, ch5x5red, 1), _BasicConv2d(ch5x5red, ch5x5, 3))
+        self.branch4 = torch.nn.Sequential(torch.nn.MaxPool2d(3, 1, 1), _BasicConv2d(cin, pool_proj, 1))
+
+
+class _GoogLeNet(torch.nn.Module):
+    """The module tree and widths of torchvision.models.googlenet (the auxiliary heads as two stand-in
+    layers: their keys must be dropped)."""
+
+    def __init__(self, num_classes=1000):
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = _BasicConv2d(3, 64, 7), _BasicConv2d(64, 64, 1), _BasicConv2d(64, 192, 3)
+        blocks = {"inception3a": (192, 64, 96, 128, 16, 32, 32), "inception3b": (256, 128, 128, 192, 32, 96, 64),
+                  "inception4a": (480, 192, 96, 208, 16, 48, 64), "inception4b": (512, 160, 112, 224, 24, 64, 64),
+                  "inception4c": (512, 128, 128, 256, 24, 64, 64), "inception4d": (512, 112, 144, 288, 32, 64, 64),
+                  "inception4e": (528, 256, 160, 320, 32, 128, 128),
+                  "inception5a": (832, 256, 160, 320, 32, 128, 128), "inception5b": (832, 384, 192, 384, 48, 128, 128)}
+        for name, widths in blocks.items():
+            setattr(self, name, _GoogLeNetBlock(*widths))
+        self.aux1, self.aux2 = torch.nn.Linear(2048, 1024), torch.nn.Linear(2048, 1024)
+        self.fc = torch.nn.Linear(1024, num_classes)
+
+
+def test_a_torchvision_layout_googlenet_state_dict_bootstraps_i3d():
+    from i3d_fast.models import InceptionI3d
+
+    torch.manual_seed(0)
+    googlenet = _GoogLeNet(num_classes=10)
+    state = googlenet.state_dict()
+    i3d = InceptionI3d.from_2d(state)  # every tensor placed by name and shape (strict)
+    assert i3d.num_classes == 10
+    kernel = i3d.Mixed_4d.b2b.conv3d.weight  # inception4c.branch3.1: 3x3 conv, 3 frames
+    torch.testing.assert_close(kernel.sum(2), state["inception4c.branch3.1.conv.weight"])
+    torch.testing.assert_close(i3d.Conv3d_2c_3x3.bn.running_var, state["conv3.bn.running_var"])
+    torch.testing.assert_close(i3d.logits.conv3d.weight[:, :, 0, 0, 0], state["fc.weight"])
+    torch.testing.assert_close(i3d.logits.conv3d.bias, state["fc.bias"])
+    state["inception4c.branch5.0.conv.weight"] = torch.zeros(1)
+    with pytest.raises(WeightsError, match="tensors of no GoogLeNet layer"):
+        InceptionI3d.from_2d(state)

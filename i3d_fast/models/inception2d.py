@@ -138,10 +138,60 @@ I3D_TIME_KERNELS, I3D_TIME_STRIDES = _i3d_time_choices()
 I3D = TypeVar("I3D", bound=nn.Module)
 
 
+#: torchvision's GoogLeNet module names -> ours (same widths; its "branch3" has a 3x3 conv, as TF-Slim's)
+GOOGLENET_UNITS = {"conv1": "Conv3d_1a_7x7", "conv2": "Conv3d_2b_1x1", "conv3": "Conv3d_2c_3x3"}
+GOOGLENET_BLOCKS = {"inception3a": "Mixed_3b", "inception3b": "Mixed_3c", "inception4a": "Mixed_4b",
+                    "inception4b": "Mixed_4c", "inception4c": "Mixed_4d", "inception4d": "Mixed_4e",
+                    "inception4e": "Mixed_4f", "inception5a": "Mixed_5b", "inception5b": "Mixed_5c"}
+GOOGLENET_BRANCHES = {"branch1": "b0", "branch2.0": "b1a", "branch2.1": "b1b", "branch3.0": "b2a", "branch3.1": "b2b",
+                      "branch4.1": "b3b"}
+
+
+def is_googlenet_layout(state: Mapping[str, torch.Tensor]) -> bool:
+    return "conv1.conv.weight" in state and "fc.weight" in state
+
+
+def from_googlenet_layout(state: Mapping[str, torch.Tensor], where: str = "state_dict") -> Dict[str, torch.Tensor]:
+    """A torchvision-layout GoogLeNet state_dict (``conv1.conv.weight``, ``inception3a.branch2.1.bn.*``,
+    ``fc.*``; BatchNorm, eps 1e-3) renamed to :class:`InceptionV1`'s keys; the auxiliary classifiers
+    (``aux1.*``, ``aux2.*``) are dropped and ``fc`` becomes the 1x1 logits conv. The weights are the same
+    numbers; the networks differ only in padding (torchvision pads symmetrically and pools with
+    ``ceil_mode``, InceptionV1 pads as TF "SAME"), so ImageNet accuracy carries over approximately."""
+    out: Dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, value in state.items():
+        if key.startswith(("aux1.", "aux2.")):
+            continue
+        module, _, rest = key.partition(".")
+        if module == "fc" and rest in ("weight", "bias"):
+            out[f"logits.conv3d.{rest}"] = value[:, :, None, None] if rest == "weight" else value
+            continue
+        if module in GOOGLENET_UNITS:
+            name, tail = GOOGLENET_UNITS[module], rest
+        elif module in GOOGLENET_BLOCKS:
+            branch = next((b for b in GOOGLENET_BRANCHES if rest.startswith(b + ".")), None)
+            if branch is None:
+                unknown.append(key)
+                continue
+            name, tail = f"{GOOGLENET_BLOCKS[module]}.{GOOGLENET_BRANCHES[branch]}", rest[len(branch) + 1:]
+        else:
+            unknown.append(key)
+            continue
+        layer, _, field = tail.partition(".")
+        if layer not in ("conv", "bn"):
+            unknown.append(key)
+            continue
+        out[f"{name}.{'conv3d' if layer == 'conv' else 'bn'}.{field}"] = value
+    if unknown:
+        raise WeightsError(f"{where}: {len(unknown)} tensors of no GoogLeNet layer, e.g. {unknown[:4]}")
+    return out
+
+
 def i3d_from_inception_v1(cls: Type[I3D], source: Union[Mapping[str, torch.Tensor], str, os.PathLike],
                           **kwargs) -> I3D:
     """``cls`` (InceptionI3d) bootstrapped from :class:`InceptionV1` weights: a state_dict, or a ``.safetensors`` /
-    ``.pt`` / ``.pth`` file of one (read without unpickling code). InceptionV1 is built and loaded strictly,
+    ``.pt`` / ``.pth`` file of one (read without unpickling code); a torchvision-layout GoogLeNet state_dict is
+    renamed first (:func:`from_googlenet_layout`). InceptionV1 is built and loaded strictly,
     inflated with :data:`I3D_TIME_KERNELS` / :data:`I3D_TIME_STRIDES`, and its state_dict loaded into
     ``cls(**kwargs)``; ``num_classes`` and ``in_channels`` come from the weights. Returned on the CPU, in eval mode.
 
@@ -160,6 +210,8 @@ def i3d_from_inception_v1(cls: Type[I3D], source: Union[Mapping[str, torch.Tenso
     not_tensors = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
     if not_tensors:
         raise WeightsError(f"{where}: expected a dict of tensors; not tensors: {not_tensors[:4]}")
+    if is_googlenet_layout(state):
+        state = from_googlenet_layout(state, where)
     for key, arg, dim in ((LOGITS_WEIGHT, "num_classes", 0), (STEM_WEIGHT, "in_channels", 1)):
         if key not in state:
             raise WeightsError(f"{where}: {key} is missing (not an InceptionV1 state_dict)")

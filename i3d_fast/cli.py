@@ -304,7 +304,7 @@ def _train(args: argparse.Namespace) -> int:
         raise ValueError(f"{len(vals)} --val sets for {len(args.data)} dataset(s)")
     options = TrainOptions(
         data=args.data[0], extra_data=args.data[1:], out=args.out, stream=args.stream, model=args.model,
-        mean_flow_subtraction=args.mean_flow_subtraction,
+        mean_flow_subtraction=args.mean_flow_subtraction, bidirectional=args.bidirectional,
         val=vals[0] if vals else None, extra_val=vals[1:], video_root=args.video_root,
         val_video_root=args.val_video_root, flow_root=args.flow_root, init=args.init, head_only=args.head_only,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
@@ -561,6 +561,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "flow fields stacked as 2 x clip channels; evaluate with --clips-per-video 25 as the paper)")
     p.add_argument("--mean-flow-subtraction", action="store_true",
                    help="two-stream-2d: subtract each flow field's mean displacement (camera motion) before stacking")
+    p.add_argument("--bidirectional", action="store_true",
+                   help="two-stream-2d: stack half forward flow fields from the clip's middle frame and half "
+                        "backward ones (TV-L1 from each frame to the previous, solved on the fly: slow)")
     p.add_argument("--stream", choices=("rgb", "flow", "both"), default="rgb", help="which network(s) to train "
                    "(default rgb; both: the two side by side on the same clips, fused in validation)")
     p.add_argument("--val", metavar="VALDATA", action="append",

@@ -171,3 +171,19 @@ def test_ten_crop_evaluation_takes_the_centre_and_corners_each_mirrored(video, t
         torch.testing.assert_close(views["rgb"][2 + 2 * n], corner)
     with pytest.raises(ValueError, match="ten-crop is an evaluation sampling"):
         ClipSpec(("rgb",), frames=2, crop=24, short_side=40, train=True, ten_crop=True)
+
+
+def test_bidirectional_flow_stacks_forward_fields_then_backward_ones(video):
+    # the test pattern's 12-pixel square moves 2 px right per frame: forward flow +2 px in x on it, backward -2
+    spec = ClipSpec(("flow",), frames=4, crop=40, short_side=40, train=False, bidirectional=True)
+    flow = load_clip(video, spec)["flow"][0] * 20  # [2, 4, 40, 40] in pixels
+    square = (slice(14, 26), None)
+    for t, sign in enumerate((1, 1, -1, -1)):
+        x = flow[0, t, square[0]]
+        moving = x[x.abs() > 1.0]
+        assert moving.numel() > 20 and (moving.sign() == sign).float().mean() > 0.9, (t, moving)
+    # the first half is the forward flow of the window's second half
+    forward = load_clip(video, ClipSpec(("flow",), frames=4, crop=40, short_side=40, train=False))["flow"][0]
+    torch.testing.assert_close(flow[:, :2] / 20, forward[:, 2:])
+    with pytest.raises(ValueError, match="needs the flow stream and an even clip"):
+        ClipSpec(("flow",), frames=3, crop=40, short_side=40, bidirectional=True)

@@ -90,3 +90,17 @@ def test_evaluate_ten_crop_reports_ten_views(tmp_path):
     result = evaluate(tmp_path / "data" / "val", tmp_path / "run", clips_per_video=2, ten_crop=True, workers=0,
                       log=lambda _: None)
     assert result["views_per_clip"] == 10 and result["videos"] == 2
+
+
+def test_bidirectional_stacking_trains_and_evaluates(tmp_path):
+    pytest.importorskip("av")
+    from i3d_fast.training import TrainOptions, evaluate, make_synthetic, train
+
+    data = make_synthetic(tmp_path / "data", classes=2, train_per_class=2, val_per_class=1, frames=12, size=32)
+    options = dict(data=data["train"], out=str(tmp_path / "run"), model="two-stream-2d", stream="flow", clip=4,
+                   crop=24, short_side=32, epochs=1, batch_size=4, workers=0, threads=1, progress=False)
+    models = train(TrainOptions(bidirectional=True, **options), log=lambda _: None)
+    assert models["flow"].net.features[0].in_channels == 8
+    assert evaluate(tmp_path / "data" / "val", tmp_path / "run", workers=0, log=lambda _: None)["videos"] == 2
+    with pytest.raises(ValueError, match="--bidirectional stacks flow for --model two-stream-2d"):
+        TrainOptions(bidirectional=True, **{**options, "model": "i3d"})

@@ -7,12 +7,12 @@ on L stacked optical-flow fields (temporal stream), late-fused.
 - :class:`FrameStream`: a 2D network applied to a clip ``Tensor[B, C, T, H, W]``: the spatial stream
   sees the clip's centre frame, the temporal stream the T flow fields stacked as 2T channels (x_1, y_1,
   x_2, y_2, ...), optionally minus each field's mean displacement (the paper's camera-motion
-  compensation). Bi-directional stacking needs backward flow, which ``i3d-fast flow`` does not compute:
-  not provided.
+  compensation). Bi-directional stacking (half forward, half backward fields) is a loader option
+  (``ClipSpec.bidirectional``, ``train --bidirectional``).
 
 Clips come from the same loader as I3D's (``i3d-fast train --model two-stream-2d --clip L``): the flow
 clip's T = L fields follow the spatial stream's frame window. Test-time sampling as the paper: ``evaluate
---clips-per-video 25`` (25 evenly spaced windows; the central crop only, not the paper's 10 crops).
+--clips-per-video 25 --ten-crop`` (25 evenly spaced windows, each as 5 crops and their mirror images).
 """
 from __future__ import annotations
 

@@ -165,6 +165,10 @@ class ClipSpec:
     flip: bool = True
     #: evaluation: the centre and four corner crops, each also mirrored (10 views of every window, averaged)
     ten_crop: bool = False
+    #: flow stacked both ways (Simonyan & Zisserman): of a window of T = ``frames`` frames from s, the T/2
+    #: forward fields from its middle frame s + T/2 on, then the T/2 backward fields from s + T/2 down to s
+    #: (TV-L1 from each frame to the previous one, solved on the fly)
+    bidirectional: bool = False
 
     def __post_init__(self):
         if not self.streams or any(s not in STREAMS for s in self.streams):
@@ -174,6 +178,9 @@ class ClipSpec:
                              f"crop={self.crop}, short side={self.short_side}")
         if self.clips < 1 or (self.train and self.clips != 1):
             raise ValueError(f"clips per video must be >= 1 (1 in training), got {self.clips}")
+        if self.bidirectional and ("flow" not in self.streams or self.frames % 2):
+            raise ValueError(f"bidirectional stacking needs the flow stream and an even clip, got {self.streams}, "
+                             f"{self.frames} frames")
         if self.ten_crop and self.train:
             raise ValueError("ten-crop is an evaluation sampling; training takes one random crop")
         if self.segments < 1 or (self.segments > 1 and self.clips != 1):
@@ -297,7 +304,7 @@ def load_clip(video: Path, spec: ClipSpec, seed: Optional[int] = None) -> Dict[s
     want_flow = "flow" in spec.streams
     folder = spec.flow_folder(video) if want_flow else None
     stored_fields = flow_field_count(folder) if folder is not None else 0
-    need_frames = "rgb" in spec.streams or (want_flow and not stored_fields)
+    need_frames = "rgb" in spec.streams or (want_flow and not stored_fields) or spec.bidirectional
     decoded: List[np.ndarray] = list(frames(video, spec.preprocess)) if need_frames else []
     if need_frames and not decoded:
         raise VideoError(f"{video}: no frames")
@@ -325,6 +332,10 @@ def load_clip(video: Path, spec: ClipSpec, seed: Optional[int] = None) -> Dict[s
                              f"{f'{width}x{height}' if height else 'not that size'} (computed with another "
                              "--short-side?)")
         height, width = solved.shape[2:]
+        if spec.bidirectional:
+            half = spec.frames // 2
+            fields = [np.concatenate([forward[half:], _solve_flow([decoded[i] for i in window[half::-1]])])
+                      for forward, window in zip(fields, picks)]
     views = _views(height, width, spec, rng, flip, video)
     out: Dict[str, torch.Tensor] = {}
     if "rgb" in spec.streams:

@@ -71,6 +71,7 @@ def evaluate(data: Path, weights: Path, *, clips_per_video: int = 1, ten_crop: b
         spec = ClipSpec(tuple(streams), clip or trained.clip, crop or trained.crop,
                         max(trained.short_side, crop or 0), trained.fps, trained.bound, train=False,
                         clips=clips_per_video, segments=segments, ten_crop=ten_crop,
+                        bidirectional=trained.bidirectional and "flow" in streams,
                         flow_root=trained.flow_root and Path(trained.flow_root),
                         data_root=Path(where) if Path(where).is_dir() else Path(video_root or Path(where).parent))
         result = video_scores(models, examples, spec, batch_size, workers, dev, log)

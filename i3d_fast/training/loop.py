@@ -53,6 +53,7 @@ class TrainOptions:
     #: i3d | two-stream-2d (Simonyan & Zisserman: a 2D CNN-M on the centre frame / on the clip's stacked flow)
     model: str = "i3d"
     mean_flow_subtraction: bool = False  # two-stream-2d temporal stream
+    bidirectional: bool = False  # two-stream-2d temporal stream: half forward, half backward flow
     val: Optional[str] = None
     #: multi-task: further datasets, each with its own Logits head on the shared network (and their
     #: validation sets, in the same order; fewer is allowed)
@@ -114,6 +115,8 @@ class TrainOptions:
             (self.distill_from is None or self.stream == "rgb", "--distill-from trains an RGB student: --stream rgb"),
             (self.distill_from is None or not self.extra_data, "--distill-from takes one dataset"),
             (self.model in MODELS, f"--model must be one of {MODELS}, got {self.model!r}"),
+            (not self.bidirectional or (self.model == "two-stream-2d" and self.clip % 2 == 0),
+             "--bidirectional stacks flow for --model two-stream-2d and takes an even --clip"),
             (self.model == "i3d" or not (self.extra_data or self.distill_from),
              "multi-task training and --distill-from need --model i3d"),
             (len(self.extra_val) <= len(self.extra_data), "more --val sets than datasets"),
@@ -466,6 +469,7 @@ def clip_specs(options: TrainOptions) -> Tuple[ClipSpec, ClipSpec]:
 
     common = dict(frames=options.clip, crop=options.crop, short_side=options.short_side, fps=options.fps,
                   bound=options.bound, segments=options.clip_segments, strict_duration=options.strict_duration,
+                  bidirectional=options.bidirectional and "flow" in options.streams,
                   flow_root=options.flow_root and Path(options.flow_root))
     return (ClipSpec(options.loaded_streams, train=True, flip=options.flip,
                      data_root=data_root(options.data, options.video_root), **common),

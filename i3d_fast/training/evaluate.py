@@ -27,8 +27,8 @@ from .loop import TrainOptions, clip_logits, options_from_json, topk_correct
 
 
 def evaluate(data: Path, weights: Path, *, clips_per_video: int = 1, ten_crop: bool = False,
-             clip: Optional[int] = None, crop: Optional[int] = None, video_root: Optional[Path] = None, svm_train: Optional[Path] = None,
-             batch_size: int = 4, workers: int = 2, device: str = "auto", out: Optional[Path] = None,
+             clip: Optional[int] = None, crop: Optional[int] = None, video_root: Optional[Path] = None,
+             svm_train: Optional[Path] = None, batch_size: int = 4, workers: int = 2, device: str = "auto", out: Optional[Path] = None,
              log: Callable[[str], None] = print) -> dict:
     """Evaluates the streams found in ``weights`` (a ``train --out`` folder) on ``data`` (a class folder
     or a split list); returns the metrics and writes ``evaluation.json`` + ``confusion.png`` into ``out``

@@ -101,7 +101,11 @@ NETS = {"vgg": (VGGish, 32), "resnet": (TinyResNet, 32), "stem": (StemNet, 48)}
 def _net(kind: str) -> nn.Module:
     """The 2D net, in eval mode, with non-trivial BatchNorm statistics and parameters."""
     torch.manual_seed(0)
-    net = NETS[kind][0]()
+    return _randomise_batchnorm(NETS[kind][0]())
+
+
+def _randomise_batchnorm(net: nn.Module) -> nn.Module:
+    """``net`` in eval mode with random BatchNorm parameters and statistics."""
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
@@ -351,13 +355,7 @@ def _unit_net() -> nn.Sequential:
     torch.manual_seed(0)
     net = nn.Sequential(layers.Unit2D(3, 8, 3, 2), layers.MaxPool2d(3, 1), layers.Unit2D(8, 6, 3),
                         layers.Unit2D(6, 5, batch_norm=False, relu=False, bias=True))
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)
-            m.running_var.uniform_(0.5, 1.5)
-            nn.init.uniform_(m.weight, 0.5, 1.5)
-            nn.init.uniform_(m.bias, -0.5, 0.5)
-    return net.eval()
+    return _randomise_batchnorm(net)
 
 
 def test_package_2d_layers_become_package_3d_layers() -> None:

@@ -225,6 +225,21 @@ def test_eval_fold_cache_sees_changed_statistics():
     assert not torch.allclose(first, second)
 
 
+def test_eval_works_on_a_unit_made_under_inference_mode():
+    """Tensors created under torch.inference_mode() (a model cast or moved there) have no version
+    counter: the folded weights cannot be cached and are computed on each call instead."""
+    torch.manual_seed(0)
+    unit = layers.Unit3D(3, 4, (3, 3, 3)).eval()
+    x = torch.randn(1, 3, 4, 8, 8)
+    with torch.no_grad():
+        expected = unit.double()(x.double())
+    with torch.inference_mode():
+        inference_unit = unit.float().double()  # parameters are inference tensors now
+        assert inference_unit.conv3d.weight.is_inference()
+        torch.testing.assert_close(inference_unit(x.double()), expected)
+        torch.testing.assert_close(inference_unit(x.double()), expected)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_nan_propagates(backend):
     case = CASES[2]

@@ -135,15 +135,19 @@ def folded(weight, bias, bn_weight, bn_bias, running_mean, running_var, eps: flo
     """:func:`_fold`, computed in float64 and cached per weight tensor while none of its inputs changes
     (version counters), so eval calls reuse the folded weight (and the kernels their transform of it)."""
     tensors = (weight, bias, bn_weight, bn_bias, running_mean, running_var)
-    state = (eps,) + tuple(None if t is None else (t._version, t.data_ptr(), t.dtype) for t in tensors)
-    if not weight.is_inference():
+    # inference-mode tensors (e.g. a model moved or cast under torch.inference_mode()) have no version
+    # counter: folded again on every call
+    cacheable = not any(t is not None and t.is_inference() for t in tensors)
+    state = (eps,) + tuple(None if t is None else (t._version, t.data_ptr(), t.dtype) for t in tensors) \
+        if cacheable else None
+    if cacheable:
         hit = _FOLDED.get(weight)
         if hit is not None and hit[0] == state:
             return hit[1]
     with torch.no_grad():
         w, shift = _fold(*(None if t is None else t.double() for t in tensors), eps)
         folded = (w.to(weight.dtype).contiguous(memory_format=CL), shift.to(weight.dtype))
-    if not weight.is_inference():
+    if cacheable:
         _FOLDED[weight] = (state, folded)
     return folded
 

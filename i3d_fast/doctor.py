@@ -9,7 +9,8 @@ from typing import List
 import torch
 
 from . import __version__
-from .bench.report import cpu_flags, machine
+from ._cpu import cpu_flags
+from .bench.report import machine
 from .flow import solver
 from .kernels import cpu as cpu_kernels
 from .kernels.cpu import autotune

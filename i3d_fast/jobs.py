@@ -10,7 +10,7 @@ from ._optional import require
 from .batch import Job
 from .models import InceptionI3d
 from .flow import write_flow_jpegs
-from .pipeline import BOUND, CHUNK, OVERLAP, Predictor, flow_batches, resolve_device
+from .pipeline import BOUND, CHUNK, OVERLAP, Predictor, flow_batches, resolve_device, resolve_precision
 from .video import Preprocess, VideoError, frames
 
 
@@ -42,8 +42,10 @@ class FeaturesJob(Job):
 
     def __init__(self, weights: str = "kinetics400-rgb", endpoint: str = "Logits", *, window: Optional[int] = None,
                  stride: Optional[int] = None, preprocess: Preprocess = Preprocess(), device: str = "auto",
-                 chunk: int = CHUNK, overlap: int = OVERLAP, fused: bool = True):
+                 chunk: int = CHUNK, overlap: int = OVERLAP, fused: bool = True, precision: str = "fp32"):
         self.weights, self.endpoint = weights, endpoint
+        # resolved here, so the run's manifest records what every worker computes in
+        self.precision = resolve_precision(precision, resolve_device(device), fused)
         self.window = window
         self.stride = stride if stride is not None or not window else max(1, window // 2)
         self.preprocess, self.device, self.chunk, self.overlap = preprocess, device, chunk, overlap
@@ -52,13 +54,13 @@ class FeaturesJob(Job):
     def options(self) -> dict:
         return {"weights": _weights_identity(self.weights), "endpoint": self.endpoint, "window": self.window,
                 "stride": self.stride, "preprocess": _preprocess_options(self.preprocess), "chunk": self.chunk,
-                "overlap": self.overlap}
+                "overlap": self.overlap, "precision": self.precision}
 
     def _predictor_on(self, device: str, fused: bool) -> Predictor:
         """The predictor, with the window checked against the endpoint (ValueError up front)."""
         model = InceptionI3d.from_pretrained(self.weights, final_endpoint=self.endpoint)
         predictor = Predictor(model, device=device, preprocess=self.preprocess, chunk=self.chunk,
-                              overlap=self.overlap, fused=fused)
+                              overlap=self.overlap, fused=fused, precision=self.precision if fused else "fp32")
         if self.window:
             predictor.check_window(self.window, self.stride, self.endpoint)
         return predictor

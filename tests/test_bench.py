@@ -99,3 +99,21 @@ def test_conv_bench_providers_compute_the_same_result():
     assert len(outs) == len(PROVIDERS) == 3
     for out in outs[1:]:
         torch.testing.assert_close(out, outs[0], rtol=1e-4, atol=1e-4)
+
+
+def test_model_suite_rows_fp32_and_bf16(monkeypatch):
+    """fp32: the reference model first, then fuse(model); bf16 where the CPU has it: autocast first, then the
+    bf16 fused model; elsewhere one "not measured" row."""
+    from i3d_fast.bench import model as model_suite
+
+    monkeypatch.setattr(model_suite, "SIZE", 32)
+    monkeypatch.setattr(model_suite, "peak_memory_in_subprocess", lambda *args: 7.0)
+    monkeypatch.setattr(model_suite, "has_native_bf16", lambda: True)
+    rows = bench.SUITES["model"](quick=True)
+    expected = [(p, i % 2 == 0) for i, p in enumerate(model_suite.ALL_PROVIDERS)]
+    assert [(r.provider, r.baseline) for r in rows] == expected
+    assert all(r.timing.median_ms > 0 and r.extra["peak MiB"] == 7.0 for r in rows)
+    assert rows[2].case.endswith("bf16") and rows[0].case.endswith("float32")
+    monkeypatch.setattr(model_suite, "has_native_bf16", lambda: False)
+    last = bench.SUITES["model"](quick=True)[-1]
+    assert last.timing is None and "neither avx512_bf16 nor amx_bf16" in last.note

@@ -107,7 +107,8 @@ def test_features_batch_bad_items_and_resume(small_weights, clips, tmp_path, cap
     video_list = tmp_path / "videos.txt"
     video_list.write_text("\n".join(str(p) for p in (clips["a"], clips["b"], clips["c"], clips["d"])) +
                           "\nempty.mp4\ncorrupt.mp4\nmissing.mp4\n")
-    args = ("features", "--list", video_list, "--weights", small_weights, "--endpoint", "Logits", *SMALL, "--out", out)
+    args = ("features", "--list", video_list, "--weights", small_weights, "--endpoint", "Logits", *SMALL, "--out", out,
+            "--precision", "fp32")
     first = run_cli(*args, cwd=tmp_path)
     assert first.returncode == 1, first.stderr
     assert "features: 7 video(s): 3 done, 1 already done (skipped), 3 failed" in first.stdout
@@ -396,6 +397,10 @@ def test_resume_with_other_options_is_refused_unless_overwrite(small_weights, cl
     assert main(common + ["--endpoint", "Logits", "--overwrite"]) == 0
     assert np.load(out / "a.npy").shape == (5,)  # the Logits now
     assert main(common + ["--endpoint", "Logits"]) == 0
+    # the precision features were computed in is one of the options (auto is recorded as what it chose)
+    assert main(common + ["--endpoint", "Logits", "--precision", "bf16", "--overwrite"]) == 0
+    assert main(common + ["--endpoint", "Logits", "--precision", "fp32"]) == 2
+    assert "(precision: 'bf16' -> 'fp32')" in capsys.readouterr().err
 
 
 def test_runtime_failure_is_one_line_and_exit_1_unless_debug(monkeypatch, capsys):

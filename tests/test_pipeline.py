@@ -204,3 +204,30 @@ def test_top_k():
     assert [(t["index"], t["label"]) for t in out] == [(1, "b"), (2, "c")]
     assert out[0]["probability"] == pytest.approx(torch.softmax(torch.tensor([0.0, 2.0, 1.0]), 0)[1].item())
     assert out[0]["logit"] == 2.0
+
+
+def test_bf16_runs_the_fused_networks_in_bf16_close_to_fp32(small, videos):
+    fp32 = Predictor(small, device="cpu", preprocess=SMALL, chunk=32, overlap=16)
+    bf16 = Predictor(small, device="cpu", preprocess=SMALL, chunk=32, overlap=16, precision="bf16")
+    assert bf16.precision == "bf16" and bf16.runners["rgb"].dtype == torch.bfloat16
+    exact, low = fp32.predict(videos["v56"]), bf16.predict(videos["v56"])  # chunked: the head mean in float64
+    assert low.logits.dtype == torch.float32
+    scale = exact.logits.abs().max()
+    assert 0 < (low.logits - exact.logits).abs().max() <= 0.05 * scale  # bf16 rounding, not another network
+    windows = bf16.predict_windows(videos["v20"], window=16, stride=8)
+    assert all(w.logits.dtype == torch.float32 for w in windows)
+
+
+def test_auto_precision_is_bf16_only_on_the_fused_cpu_path_of_a_bf16_cpu(monkeypatch):
+    from i3d_fast import _cpu
+    from i3d_fast.pipeline import resolve_precision
+
+    monkeypatch.setattr(_cpu, "has_native_bf16", lambda: True)
+    assert resolve_precision("auto", "cpu") == "bf16"
+    assert resolve_precision("auto", "cpu", fused=False) == resolve_precision("auto", "cuda") == "fp32"
+    monkeypatch.setattr(_cpu, "has_native_bf16", lambda: False)
+    assert resolve_precision("auto", "cpu") == "fp32" and resolve_precision("bf16", "cpu") == "bf16"
+    with pytest.raises(ValueError, match="bf16 runs on the fused path"):
+        resolve_precision("bf16", "cpu", fused=False)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp16", "cpu")

@@ -1,4 +1,5 @@
-"""Whole-model benchmarks: I3D RGB forward, reference model vs the fused inference model.
+"""Whole-model benchmarks: I3D RGB forward, reference model vs the fused inference model, in fp32 and (on a
+CPU with native bf16) in bf16: the reference model under ``torch.autocast`` vs ``fuse(model, dtype=bf16)``.
 
 Run as ``python -m i3d_fast.bench.model PROVIDER FRAMES`` it prints one provider's peak memory
 growth (MiB) in a fresh process; :func:`run` uses that for the table's "peak MiB" column.
@@ -10,46 +11,67 @@ from typing import Callable, List
 
 import torch
 
+from .._cpu import has_native_bf16
 from ..models import InceptionI3d, fuse
 from .report import Row
 from .timing import measure_interleaved, peak_memory_in_subprocess, peak_rss_mb
 
 CL = torch.channels_last_3d
 PROVIDERS = ("reference model (channels_last_3d)", "i3d_fast.fuse(model)")
+BF16_PROVIDERS = ("reference model under torch.autocast bf16", "i3d_fast.fuse(model, dtype=torch.bfloat16)")
+ALL_PROVIDERS = PROVIDERS + BF16_PROVIDERS
+SIZE = 224  # pixels
 
 
 def workload(provider: str, frames: int, device: str = "cpu") -> Callable[[], torch.Tensor]:
-    """A no-grad forward of ``provider`` on a [1, 3, frames, 224, 224] fp32 clip."""
-    x = (torch.rand(1, 3, frames, 224, 224, device=device) * 2 - 1).contiguous(memory_format=CL)
-    model = InceptionI3d().to(device).eval().to(memory_format=CL)
+    """A no-grad forward of ``provider`` on a [1, 3, frames, SIZE, SIZE] fp32 clip."""
+    x = (torch.rand(1, 3, frames, SIZE, SIZE, device=device) * 2 - 1).contiguous(memory_format=CL)
+    model = InceptionI3d(adaptive_head=SIZE < 193).to(device).eval().to(memory_format=CL)
     if provider == PROVIDERS[1]:
         model = fuse(model)
+    elif provider == BF16_PROVIDERS[1]:
+        model = fuse(model, dtype=torch.bfloat16)
+    autocast = provider == BF16_PROVIDERS[0]
 
     def forward():
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(torch.device(device).type, torch.bfloat16, enabled=autocast):
             return model(x)
 
     return forward
 
 
-def run(quick: bool = False, device: str = "cpu") -> List[Row]:
-    frames = 16 if quick else 64
-    repeat = 3 if quick else 5
-    case = f"I3D RGB forward [1, 3, {frames}, 224, 224] float32"
+def _rows(providers, case: str, frames: int, repeat: int, device: str) -> List[Row]:
+    # Interleaved, run by run: on a shared machine a slow spell then falls on every provider.
+    timings = measure_interleaved([workload(p, frames, device) for p in providers], repeat, device=device)
     rows = []
-    # Interleaved, run by run: on a shared machine a slow spell then falls on both providers.
-    timings = measure_interleaved([workload(p, frames, device) for p in PROVIDERS], repeat, device=device)
-    for i, (provider, timing) in enumerate(zip(PROVIDERS, timings)):
+    for i, (provider, timing) in enumerate(zip(providers, timings)):
         extra = {}
         if device == "cpu":
-            peak = peak_memory_in_subprocess(__name__, str(i), str(frames))
+            peak = peak_memory_in_subprocess(__name__, str(ALL_PROVIDERS.index(provider)), str(frames))
             if peak is not None:
                 extra["peak MiB"] = round(peak, 1)
         rows.append(Row("model", case, provider, timing, baseline=i == 0, extra=extra))
     return rows
 
 
+def run(quick: bool = False, device: str = "cpu") -> List[Row]:
+    """fp32: the reference model vs fuse(model); bf16 (a CPU with native bf16): the reference model under
+    autocast vs the bf16 fused model ("not measured" elsewhere: bf16 would be emulated)."""
+    frames = 16 if quick else 64
+    repeat = 3 if quick else 5
+    shape = f"[1, 3, {frames}, {SIZE}, {SIZE}]"
+    rows = _rows(PROVIDERS, f"I3D RGB forward {shape} float32", frames, repeat, device)
+    case = f"I3D RGB forward {shape} bf16"
+    if device == "cpu" and has_native_bf16():
+        rows += _rows(BF16_PROVIDERS, case, frames, repeat, device)
+    else:
+        why = "the CPU has neither avx512_bf16 nor amx_bf16" if device == "cpu" else "CPU only"
+        rows.append(Row("model", case, f"{BF16_PROVIDERS[1]} vs {BF16_PROVIDERS[0]}", None,
+                        note=f"not measured ({why})"))
+    return rows
+
+
 if __name__ == "__main__":
     torch.set_num_threads(torch.get_num_threads())
-    fn = workload(PROVIDERS[int(sys.argv[1])], int(sys.argv[2]))
+    fn = workload(ALL_PROVIDERS[int(sys.argv[1])], int(sys.argv[2]))
     print(peak_rss_mb(fn))

@@ -11,6 +11,7 @@ from typing import Dict, List, Optional
 import torch
 
 from .._atomic import atomic_write
+from .._cpu import cpu_flags
 from .timing import Timing
 
 
@@ -23,15 +24,6 @@ class Row:
     baseline: bool = False
     note: str = ""
     extra: Dict[str, float] = field(default_factory=dict)
-
-
-def cpu_flags() -> frozenset:
-    """The CPU's feature flags from /proc/cpuinfo (empty where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return frozenset(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
-    except OSError:
-        return frozenset()
 
 
 def machine() -> Dict[str, object]:

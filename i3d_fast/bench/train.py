@@ -28,7 +28,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from ..models import InceptionI3d
 from .plain_i3d import PlainInceptionI3d
-from .report import Row, cpu_flags
+from .._cpu import has_native_bf16
+from .report import Row
 from .timing import Timing, measure, measure_interleaved, peak_memory_in_subprocess, peak_rss_mb
 
 SUITE = "train"
@@ -70,7 +71,7 @@ CUDA_CASE = {False: Case(8, 32, 224, bf16=True, device="cuda"), True: Case(4, 16
 
 def cpu_has_bf16() -> bool:
     """Whether the CPU has avx512_bf16 or amx_bf16 (else oneDNN emulates bf16 math slowly)."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    return has_native_bf16()
 
 
 def workload(provider: str, case: Case) -> Callable[[], torch.Tensor]:

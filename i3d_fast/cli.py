@@ -578,8 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video-root", metavar="DIR", help="where the first DATA split list's video paths start "
                    "(default: its folder; further lists: their folder)")
     p.add_argument("--val-video-root", metavar="DIR", help="the same for the first --val")
-    p.add_argument("--flow-root", metavar="DIR", help="precomputed flow folders: DIR/<class>/<video name>/ "
-                   "(default: beside the videos)")
+    p.add_argument("--flow-root", metavar="DIR", help="precomputed flow folders under DIR, laid out as `i3d-fast "
+                   "flow ... --root R --out DIR` writes them, R being the common folder of all the run's datasets "
+                   "(one dataset: DATA itself; default: beside the videos)")
     p.add_argument("--init", default="auto", metavar="NAME|FILE|DIR|none",
                    help="initial weights: auto (default: Kinetics-400 for RGB, random for flow), kinetics400, none "
                         "(random), a .safetensors / .pt file (one stream), or a previous run's folder")
@@ -667,11 +668,12 @@ def build_parser() -> argparse.ArgumentParser:
     # make-synthetic
     p = sub.add_parser(
         "make-synthetic", formatter_class=fmt, help="a small motion-classification dataset to check a setup learns",
-        description=_wrap("Writes OUT/train/<class>/*.mp4 and OUT/val/<class>/*.mp4: random smooth textures "
-                          "sliding 2 pixels per frame, the class being the direction (right, left, down, up); "
-                          "appearance is drawn the same way for every class, so only motion tells them apart."))
+        description=_wrap("Writes OUT/train/<class>/*.mp4 and OUT/val/<class>/*.mp4: random smooth textures; how "
+                          "they move is the class: up, down, sideways (left or right, so a horizontal flip keeps "
+                          "the class) or still, 2 pixels per frame; appearance is drawn the same way for every "
+                          "class, so only motion tells them apart."))
     p.add_argument("out", metavar="OUT", help="a new (or empty) folder")
-    p.add_argument("--classes", type=POSITIVE, default=4, help="directions, 2-4 (default 4)")
+    p.add_argument("--classes", type=POSITIVE, default=4, help="the first N of up, down, sideways, still (default 4)")
     p.add_argument("--train-per-class", type=POSITIVE, default=24, metavar="N", help="default 24")
     p.add_argument("--val-per-class", type=POSITIVE, default=8, metavar="N", help="default 8")
     p.add_argument("--frames", type=POSITIVE, default=32, help="frames per video (default 32, at 25 fps)")

@@ -214,7 +214,7 @@ def test_missing_pyav_or_pillow_is_reported_with_the_fix(tmp_path, monkeypatch, 
     ("train", ["DATA/<class>/<videos>", "classInd.txt", "--head-only", "labels.txt", "metrics.jsonl", "torchrun",
                "--resume", "per 64 clips", "on the fly"]),
     ("evaluate", ["--clips-per-video", "confusion.png", "fused"]),
-    ("make-synthetic", ["direction", "appearance"]),
+    ("make-synthetic", ["sideways", "appearance"]),
     ("bench", ["--quick", "bench.png", "bench.json"]),
 ])
 def test_help_explains_each_command(command, phrases, capsys):

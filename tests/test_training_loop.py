@@ -288,3 +288,37 @@ def test_multi_task_heads_share_the_network_and_learn_only_from_their_own_datase
     torch.testing.assert_close(first.Mixed_5c.b3b.conv3d.weight, second.Mixed_5c.b3b.conv3d.weight, rtol=0, atol=0)
     result = evaluate(other / "val", out / "task2", workers=0, log=lambda _: None)
     assert result["videos"] == 3 and result["top1_rgb"] == record["val_top1_rgb_task2"]
+
+
+def test_flow_root_mirrors_the_common_folder_of_every_dataset(tmp_path):
+    from i3d_fast.training.loop import clip_specs
+
+    for split in ("train", "val"):
+        (tmp_path / "data" / split / "up").mkdir(parents=True)
+    options = TrainOptions(data=str(tmp_path / "data" / "train"), val=str(tmp_path / "data" / "val"),
+                           out=str(tmp_path / "run"), flow_root=str(tmp_path / "flows"), stream="flow")
+    train_spec, val_spec = clip_specs(options)
+    video = "up/up_0000.mp4"
+    expected = tmp_path / "flows" / "train" / "up" / "up_0000"
+    assert train_spec.flow_folder(tmp_path / "data" / "train" / video) == expected
+    assert val_spec.flow_folder(tmp_path / "data" / "val" / video) == tmp_path / "flows" / "val" / "up" / "up_0000"
+    alone = clip_specs(TrainOptions(data=str(tmp_path / "data" / "train"), out=str(tmp_path / "run"),
+                                    flow_root=str(tmp_path / "flows"), stream="flow"))[0]
+    assert alone.flow_folder(tmp_path / "data" / "train" / video) == tmp_path / "flows" / "up" / "up_0000"
+    from i3d_fast.video import VideoError
+
+    with pytest.raises(VideoError, match="is not inside"):
+        alone.flow_folder(tmp_path / "elsewhere" / "x.mp4")
+
+
+def test_resume_checks_the_process_count_and_max_steps_counts_all_steps(synthetic, tmp_path):
+    from i3d_fast.training.loop import _check_resumable
+
+    options = TrainOptions(data=str(synthetic / "train"), out=str(tmp_path / "run"), max_steps=1, epochs=1,
+                           batch_size=2, **SMALL)
+    train(options, log=lambda _: None)
+    log = []
+    train(TrainOptions(**{**options.recorded(), "resume": True, "out": str(tmp_path / "run") + "/"}), log=log.append)
+    assert any("at step 1 already (--max-steps 1); nothing to do" in line for line in log)  # no extra step
+    with pytest.raises(ValueError, match="was trained by 2 process"):
+        _check_resumable({**options.recorded(), "world": 2}, options, tmp_path / "run", 1)

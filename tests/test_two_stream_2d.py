@@ -104,3 +104,15 @@ def test_bidirectional_stacking_trains_and_evaluates(tmp_path):
     assert evaluate(tmp_path / "data" / "val", tmp_path / "run", workers=0, log=lambda _: None)["videos"] == 2
     with pytest.raises(ValueError, match="--bidirectional stacks flow for --model two-stream-2d"):
         TrainOptions(bidirectional=True, **{**options, "model": "i3d"})
+
+
+def test_starting_from_a_saved_stream_takes_this_runs_options(tmp_path):
+    from i3d_fast.training import TrainOptions
+    from i3d_fast.training.loop import build_frame_stream
+
+    FrameStream("temporal", 2, frames=4, dropout=0.5, **SMALL).save_pretrained(tmp_path / "flow.safetensors")
+    options = TrainOptions(data="d", out="o", model="two-stream-2d", clip=4, mean_flow_subtraction=True, dropout=0.2)
+    model = build_frame_stream("flow", str(tmp_path), 3, options, log=lambda _: None)
+    assert model.mean_flow_subtraction and model.num_classes == 3
+    assert {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)} == {0.2}
+    assert model.config["dropout"] == 0.2 and model.config["mean_flow_subtraction"]

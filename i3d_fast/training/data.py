@@ -192,16 +192,15 @@ class ClipSpec:
         return Preprocess(fps=self.fps, short_side=self.short_side, crop=None, strict_duration=self.strict_duration)
 
     def flow_folder(self, video: Path) -> Path:
-        """Where ``i3d-fast flow`` would have written this video's flow."""
+        """Where ``i3d-fast flow`` would have written this video's flow: beside it, or under ``flow_root``
+        at the video's path relative to ``data_root`` (``i3d-fast flow ... --root DATA_ROOT --out FLOW_ROOT``)."""
         if self.flow_root is None:
             return video.with_suffix("")
-        if self.data_root is not None:
-            try:
-                relative = video.resolve().relative_to(Path(self.data_root).resolve())
-                return Path(self.flow_root) / relative.with_suffix("")
-            except ValueError:
-                pass
-        return Path(self.flow_root) / video.stem
+        try:
+            relative = video.resolve().relative_to(Path(self.data_root or ".").resolve())
+        except ValueError:
+            raise VideoError(f"{video} is not inside {self.data_root}, the folder --flow-root mirrors") from None
+        return Path(self.flow_root) / relative.with_suffix("")
 
 
 def flow_field_count(folder: Path) -> int:
@@ -304,6 +303,9 @@ def load_clip(video: Path, spec: ClipSpec, seed: Optional[int] = None) -> Dict[s
     want_flow = "flow" in spec.streams
     folder = spec.flow_folder(video) if want_flow else None
     stored_fields = flow_field_count(folder) if folder is not None else 0
+    if want_flow and spec.flow_root is not None and not stored_fields:
+        raise VideoError(f"{video}: no flow in {folder} (--flow-root {spec.flow_root}); compute it with "
+                         f"i3d-fast flow ... --root {spec.data_root} --out {spec.flow_root}")
     need_frames = "rgb" in spec.streams or (want_flow and not stored_fields) or spec.bidirectional
     decoded: List[np.ndarray] = list(frames(video, spec.preprocess)) if need_frames else []
     if need_frames and not decoded:
@@ -364,6 +366,11 @@ class Batch:
     tasks: torch.Tensor
     indices: List[int]
     failures: List[Tuple[str, str]] = field(default_factory=list)
+
+    def pin_memory(self) -> "Batch":
+        """Page-locked copies of the tensors (the DataLoader calls this with ``pin_memory=True``)."""
+        return Batch({k: v.pin_memory() for k, v in self.clips.items()}, self.labels.pin_memory(),
+                     self.tasks.pin_memory(), self.indices, self.failures)
 
 
 class ClipDataset(torch.utils.data.Dataset):

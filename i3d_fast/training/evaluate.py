@@ -23,13 +23,13 @@ from .._atomic import atomic_file, atomic_write
 from ..models.two_stream_2d import load_stream
 from . import checkpoint
 from .data import STREAMS, ClipDataset, ClipSpec, EpochBatches, load_examples, loader, relabel
-from .loop import TrainOptions, clip_logits, options_from_json, topk_correct
+from .loop import TrainOptions, clip_logits, flow_data_root, options_from_json, topk_correct
 
 
 def evaluate(data: Path, weights: Path, *, clips_per_video: int = 1, ten_crop: bool = False,
              clip: Optional[int] = None, crop: Optional[int] = None, video_root: Optional[Path] = None,
-             svm_train: Optional[Path] = None, batch_size: int = 4, workers: int = 2, device: str = "auto", out: Optional[Path] = None,
-             log: Callable[[str], None] = print) -> dict:
+             svm_train: Optional[Path] = None, batch_size: int = 4, workers: int = 2, device: str = "auto",
+             out: Optional[Path] = None, log: Callable[[str], None] = print) -> dict:
     """Evaluates the streams found in ``weights`` (a ``train --out`` folder) on ``data`` (a class folder
     or a split list); returns the metrics and writes ``evaluation.json`` + ``confusion.png`` into ``out``
     (default: ``weights``). With two streams: fused by summed logits ("fused"), by averaged softmax scores
@@ -66,14 +66,15 @@ def evaluate(data: Path, weights: Path, *, clips_per_video: int = 1, ten_crop: b
     segments = trained.clip_segments if clips_per_video == 1 else 1  # a TSN run: its segments
 
     def scores(where: Path) -> VideoScores:
-        data_classes, examples = load_examples(Path(where), video_root)
+        # --video-root is for split lists (both sets of a split share it); a class folder is its own root
+        data_classes, examples = load_examples(Path(where), None if Path(where).is_dir() else video_root)
         examples = relabel(examples, data_classes, classes, str(where))
         spec = ClipSpec(tuple(streams), clip or trained.clip, crop or trained.crop,
                         max(trained.short_side, crop or 0), trained.fps, trained.bound, train=False,
                         clips=clips_per_video, segments=segments, ten_crop=ten_crop,
                         bidirectional=trained.bidirectional and "flow" in streams,
                         flow_root=trained.flow_root and Path(trained.flow_root),
-                        data_root=Path(where) if Path(where).is_dir() else Path(video_root or Path(where).parent))
+                        data_root=flow_data_root(trained) if trained.flow_root else None)
         result = video_scores(models, examples, spec, batch_size, workers, dev, log)
         if not result.labels.numel():
             raise ValueError(f"{where}: no video could be read ({len(result.skipped)} failed)")

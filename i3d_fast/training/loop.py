@@ -39,8 +39,9 @@ LR_PER_64_CLIPS = 0.01
 #: inference-time decay and would leave the running statistics far behind a fine-tuned network)
 TRAIN_BN_MOMENTUM = 0.1
 #: options a resumed run may change; any other difference is refused
-RESUME_MAY_CHANGE = ("epochs", "val", "extra_val", "val_video_root", "workers", "device", "threads", "save_every",
-                     "max_steps", "progress", "resume")
+RESUME_MAY_CHANGE = ("out", "epochs", "val", "extra_val", "val_video_root", "workers", "device", "threads",
+                     "save_every", "max_steps", "progress", "resume")
+PATH_OPTIONS = ("data", "extra_data", "video_root", "flow_root", "init", "distill_from")
 
 
 @dataclass
@@ -219,6 +220,11 @@ def build_frame_stream(stream: str, init: str, num_classes: int, options: TrainO
                          f"{options.clip}")
     if model.num_classes != num_classes:
         model.replace_logits(num_classes)
+    model.mean_flow_subtraction = model.config["mean_flow_subtraction"] = options.mean_flow_subtraction
+    model.config["dropout"] = options.dropout
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = options.dropout
     return model
 
 
@@ -307,7 +313,7 @@ def load_teacher(run: Path, classes: Sequence[str], device: torch.device) -> Inc
     if not path.is_file():
         raise ValueError(f"--distill-from {run}: no {path.name} (the --out folder of a flow training run)")
     labels = run / checkpoint.LABELS
-    if labels.is_file() and labels.read_text(encoding="utf-8").split() != list(classes):
+    if labels.is_file() and [c for c in labels.read_text(encoding="utf-8").splitlines() if c] != list(classes):
         raise ValueError(f"--distill-from {run}: its classes ({labels}) are not the student's")
     teacher = InceptionI3d.from_pretrained(str(path))
     if teacher.num_classes != len(classes) or teacher.in_channels != CHANNELS["flow"]:
@@ -451,29 +457,50 @@ class _Log:
                 self.log(f"{prefix}train: skipped {video}: {reason}")
 
 
-def _check_resumable(saved: dict, options: TrainOptions, out: Path) -> None:
+def _same_option(key: str, saved, current) -> bool:
+    """Whether an option is unchanged; paths compare by the folder or file they name."""
+    if key in PATH_OPTIONS and saved and current:
+        normal = (lambda v: [os.path.abspath(x) for x in v]) if isinstance(current, list) else os.path.abspath
+        return normal(saved) == normal(current)
+    return saved == current
+
+
+def _check_resumable(saved: dict, options: TrainOptions, out: Path, world: int) -> None:
+    if saved.get("world", world) != world:
+        raise ValueError(f"--resume: {out} was trained by {saved['world']} process(es), not {world}: the batches "
+                         "and the position in the epoch depend on it; resume with the same number")
     current = options.recorded()
-    changed = [k for k in current if k not in RESUME_MAY_CHANGE and saved.get(k) != current[k]]
+    changed = [k for k in current if k not in RESUME_MAY_CHANGE and not _same_option(k, saved.get(k), current[k])]
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
         raise ValueError(f"--resume: {out} was started with other options ({detail}); resume with the same ones "
                          "(only " + ", ".join(RESUME_MAY_CHANGE[:-1]) + " may change)")
 
 
+def dataset_root(data: str, video_root: Optional[str] = None) -> Path:
+    """The folder a dataset's videos are under: the class-folder tree itself, or a split list's video root."""
+    return Path(data) if Path(data).is_dir() else Path(video_root or Path(data).parent)
+
+
+def flow_data_root(options: TrainOptions) -> Path:
+    """The folder ``--flow-root`` mirrors: the common folder of every dataset of the run (one dataset: its
+    own folder), as ``i3d-fast flow ... --root`` took it."""
+    roots = [dataset_root(options.data, options.video_root)]
+    roots += [dataset_root(d) for d in options.extra_data + options.extra_val]
+    if options.val:
+        roots.append(dataset_root(options.val, options.val_video_root))
+    return Path(os.path.commonpath([str(r.resolve()) for r in roots]))
+
+
 def clip_specs(options: TrainOptions) -> Tuple[ClipSpec, ClipSpec]:
     """The training clips (random, with what a distillation teacher needs) and the validation clips."""
-    def data_root(data: Optional[str], video_root: Optional[str]) -> Path:
-        if data and Path(data).is_dir():
-            return Path(data)
-        return Path(video_root or (Path(data).parent if data else "."))
-
     common = dict(frames=options.clip, crop=options.crop, short_side=options.short_side, fps=options.fps,
                   bound=options.bound, segments=options.clip_segments, strict_duration=options.strict_duration,
                   bidirectional=options.bidirectional and "flow" in options.streams,
-                  flow_root=options.flow_root and Path(options.flow_root))
-    return (ClipSpec(options.loaded_streams, train=True, flip=options.flip,
-                     data_root=data_root(options.data, options.video_root), **common),
-            ClipSpec(options.streams, train=False, data_root=data_root(options.val, options.val_video_root), **common))
+                  flow_root=options.flow_root and Path(options.flow_root),
+                  data_root=flow_data_root(options) if options.flow_root else None)
+    return (ClipSpec(options.loaded_streams, train=True, flip=options.flip, **common),
+            ClipSpec(options.streams, train=False, **common))
 
 
 def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str, nn.Module]:
@@ -542,13 +569,15 @@ def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str
     history: List[dict] = []
     if saved is not None:
         tensors, info = saved
-        _check_resumable(info["options"], options, out)
+        _check_resumable({**info["options"], "world": info.get("world", process.world)}, options, out,
+                         process.world)
         for s, network in networks.items():
             network.load_state_dict({k[len(s) + 7:]: v for k, v in tensors.items() if k.startswith(f"model.{s}.")})
             optimisers[s].load_state_dict(checkpoint.unflatten_optimizer(f"optim.{s}", info["optim"][s], tensors))
             scalers[s].load_state_dict(info["scaler"][s])
         epoch, step_in_epoch, global_step = info["epoch"], info["step_in_epoch"], info["global_step"]
-        running, history = info["running"], info["history"]
+        # the checkpoint holds every process's sums: rank 0 carries them on, the others start from zero
+        running, history = (info["running"] if process.main else fresh_running()), info["history"]
         say(f"train: resuming {out} at epoch {epoch + 1}, step {step_in_epoch} of {steps_per_epoch}")
     if process.main:
         for task in tasks:
@@ -566,12 +595,18 @@ def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str
                    for s, n in networks.items()}
 
     def save(epoch_done: bool) -> None:
+        # every process reaches this at the same step: the running sums of all of them go into the file
+        names = list(networks)
+        flat = process.all_sum([running["clips"], running["seconds"]] + [running["loss"][s] for s in names]
+                               + [running["correct"][s] for s in names])
+        everyone = {"clips": flat[0], "seconds": flat[1], "loss": dict(zip(names, flat[2:2 + len(names)])),
+                    "correct": dict(zip(names, flat[2 + len(names):]))}
         if not process.main:
             return
         tensors = {f"model.{s}.{k}": v for s, n in networks.items() for k, v in n.state_dict().items()}
-        info = {"options": options.recorded(), "epoch": epoch + int(epoch_done),
+        info = {"options": options.recorded(), "world": process.world, "epoch": epoch + int(epoch_done),
                 "step_in_epoch": 0 if epoch_done else step_in_epoch, "global_step": global_step,
-                "running": running, "history": history, "scaler": {s: scalers[s].state_dict() for s in networks},
+                "running": everyone, "history": history, "scaler": {s: scalers[s].state_dict() for s in networks},
                 "optim": {s: checkpoint.flatten_optimizer(f"optim.{s}", optimisers[s].state_dict(), tensors)
                           for s in networks}}
         checkpoint.save_resume(out, tensors, info)
@@ -588,6 +623,9 @@ def train(options: TrainOptions, log: Callable[[str], None] = print) -> Dict[str
         f"{process.world} process(es), lr {base_lr:g} ({options.schedule}), "
         f"{'head only' if options.head_only else 'all layers'}, {trainable:,} parameters trained, "
         f"{options.precision} on {dev}")
+    if options.max_steps and global_step >= options.max_steps:
+        say(f"train: {out} is at step {global_step} already (--max-steps {options.max_steps}); nothing to do")
+        return {s: m.eval() for s, m in models.items()}
     stopped = False
     # one loader for the rest of the run: its workers prefetch across epoch ends and validation
     batches = RunBatches(len(examples), options.batch_size, seed=options.seed, world=process.world,

@@ -110,10 +110,14 @@ def test_model_suite_rows_fp32_and_bf16(monkeypatch):
     monkeypatch.setattr(model_suite, "peak_memory_in_subprocess", lambda *args: 7.0)
     monkeypatch.setattr(model_suite, "has_native_bf16", lambda: True)
     rows = bench.SUITES["model"](quick=True)
-    expected = [(p, i % 2 == 0) for i, p in enumerate(model_suite.ALL_PROVIDERS)]
-    assert [(r.provider, r.baseline) for r in rows] == expected
+    expected = [model_suite.PROVIDERS[0], model_suite.PLAIN_FOLDED, model_suite.PROVIDERS[1],
+                *model_suite.BF16_PROVIDERS]  # --quick: no torch.compile row
+    assert [r.provider for r in rows] == expected and [r.baseline for r in rows] == [True, False, False, True, False]
     assert all(r.timing.median_ms > 0 and r.extra["peak MiB"] == 7.0 for r in rows)
-    assert rows[2].case.endswith("bf16") and rows[0].case.endswith("float32")
+    assert rows[3].case.endswith("bf16") and rows[0].case.endswith("float32")
+    folded, reference = model_suite.workload(model_suite.PLAIN_FOLDED, 8)(), model_suite.workload(
+        model_suite.PROVIDERS[0], 8)()
+    assert folded.shape == reference.shape == (1, 400)
     monkeypatch.setattr(model_suite, "has_native_bf16", lambda: False)
     last = bench.SUITES["model"](quick=True)[-1]
     assert last.timing is None and "neither avx512_bf16 nor amx_bf16" in last.note

@@ -1,5 +1,7 @@
-"""Whole-model benchmarks: I3D RGB forward, reference model vs the fused inference model, in fp32 and (on a
-CPU with native bf16) in bf16: the reference model under ``torch.autocast`` vs ``fuse(model, dtype=bf16)``.
+"""Whole-model benchmarks: I3D RGB forward, reference model vs the fused inference model, in fp32 (with the
+same network in plain PyTorch with BatchNorm folded, and that under ``torch.compile`` at full size, beside
+them) and (on a CPU with native bf16) in bf16: the reference model under ``torch.autocast`` vs
+``fuse(model, dtype=bf16)``.
 
 Run as ``python -m i3d_fast.bench.model PROVIDER FRAMES`` it prints one provider's peak memory
 growth (MiB) in a fresh process; :func:`run` uses that for the table's "peak MiB" column.
@@ -13,13 +15,16 @@ import torch
 
 from .._cpu import has_native_bf16
 from ..models import InceptionI3d, fuse
+from .plain_i3d import PlainInceptionI3d, fold_batchnorm
 from .report import Row
 from .timing import measure_interleaved, peak_memory_in_subprocess, peak_rss_mb
 
 CL = torch.channels_last_3d
 PROVIDERS = ("reference model (channels_last_3d)", "i3d_fast.fuse(model)")
 BF16_PROVIDERS = ("reference model under torch.autocast bf16", "i3d_fast.fuse(model, dtype=torch.bfloat16)")
-ALL_PROVIDERS = PROVIDERS + BF16_PROVIDERS
+PLAIN_FOLDED = "plain PyTorch I3D, BatchNorm folded"
+PLAIN_COMPILED = "plain PyTorch I3D, BatchNorm folded + torch.compile (inductor)"
+ALL_PROVIDERS = PROVIDERS + BF16_PROVIDERS + (PLAIN_FOLDED, PLAIN_COMPILED)
 SIZE = 224  # pixels
 
 
@@ -27,6 +32,12 @@ def workload(provider: str, frames: int, device: str = "cpu") -> Callable[[], to
     """A no-grad forward of ``provider`` on a [1, 3, frames, SIZE, SIZE] fp32 clip."""
     x = (torch.rand(1, 3, frames, SIZE, SIZE, device=device) * 2 - 1).contiguous(memory_format=CL)
     model = InceptionI3d(adaptive_head=SIZE < 193).to(device).eval().to(memory_format=CL)
+    if provider in (PLAIN_FOLDED, PLAIN_COMPILED):  # the same weights in plain PyTorch, BatchNorm folded
+        plain = PlainInceptionI3d(adaptive_head=SIZE < 193)
+        plain.load_state_dict(model.state_dict())
+        model = fold_batchnorm(plain.to(device).eval()).to(memory_format=CL)
+        if provider == PLAIN_COMPILED:
+            model = torch.compile(model)
     if provider == PROVIDERS[1]:
         model = fuse(model)
     elif provider == BF16_PROVIDERS[1]:
@@ -46,7 +57,7 @@ def _rows(providers, case: str, frames: int, repeat: int, device: str) -> List[R
     rows = []
     for i, (provider, timing) in enumerate(zip(providers, timings)):
         extra = {}
-        if device == "cpu":
+        if device == "cpu" and provider != PLAIN_COMPILED:
             peak = peak_memory_in_subprocess(__name__, str(ALL_PROVIDERS.index(provider)), str(frames))
             if peak is not None:
                 extra["peak MiB"] = round(peak, 1)
@@ -60,7 +71,10 @@ def run(quick: bool = False, device: str = "cpu") -> List[Row]:
     frames = 16 if quick else 64
     repeat = 3 if quick else 5
     shape = f"[1, 3, {frames}, {SIZE}, {SIZE}]"
-    rows = _rows(PROVIDERS, f"I3D RGB forward {shape} float32", frames, repeat, device)
+    # fp32: the reference model first, the plain PyTorch network folded (and compiled, full size only: minutes
+    # of compilation on 2 cores, in the warm-up; no peak-memory column for it) beside it
+    plain = (PLAIN_FOLDED,) + (() if quick else (PLAIN_COMPILED,))
+    rows = _rows(PROVIDERS[:1] + plain + PROVIDERS[1:], f"I3D RGB forward {shape} float32", frames, repeat, device)
     case = f"I3D RGB forward {shape} bf16"
     if device == "cpu" and has_native_bf16():
         rows += _rows(BF16_PROVIDERS, case, frames, repeat, device)

@@ -136,3 +136,14 @@ class PlainInceptionI3d(nn.Module):
             if name == endpoint:
                 return x
         return self._head(x)
+
+
+def fold_batchnorm(model: PlainInceptionI3d) -> PlainInceptionI3d:
+    """``model`` (eval mode) with every BatchNorm folded into its convolution, in place (what a user
+    deploying the plain network would do; ``torch.fx`` cannot trace the size-dependent SAME padding)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    for unit in model.modules():
+        if isinstance(unit, PlainUnit3D) and unit.bn is not None:
+            unit.conv3d, unit.bn = fuse_conv_bn_eval(unit.conv3d, unit.bn), None
+    return model

@@ -68,16 +68,10 @@ def test_ceil_mode_pool_refuses_even_kernels_at_stride_one():
 
 
 def test_folding_batchnorm_keeps_the_plain_networks_outputs():
-    from i3d_fast.bench.plain_i3d import PlainInceptionI3d, fold_batchnorm
+    from i3d_fast.bench.plain_i3d import fold_batchnorm
 
     torch.manual_seed(0)
-    plain = PlainInceptionI3d(num_classes=7, adaptive_head=True).eval()
-    for module in plain.modules():
-        if isinstance(module, torch.nn.BatchNorm3d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 1.5)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.2, 0.2)
+    plain = randomise_batchnorm(PlainInceptionI3d(num_classes=7, adaptive_head=True)).eval()
     x = torch.rand(1, 3, 8, 32, 32) * 2 - 1
     with torch.no_grad():
         expected = plain(x)

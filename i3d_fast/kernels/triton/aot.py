@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Tuple
 
+from . import sass
+
 ARCHS = (80, 90)
 
 
@@ -37,6 +39,9 @@ class AotSpec:
     aligned: Tuple[str, ...] = ()
     #: Further compiler options the launcher passes too (e.g. ``{"enable_fp_fusion": True}``).
     options: Dict[str, object] = field(default_factory=dict)
+    #: (BLOCK_M, BLOCK_N, BLOCK_K) of a GEMM kernel's K step, for the main loop's issue-bound
+    #: ceiling (:mod:`.sass`); None for kernels without one.
+    gemm_tile: Optional[Tuple[int, int, int]] = None
 
 
 @dataclass
@@ -49,6 +54,9 @@ class AotResult:
     mma: int
     wgmma: int
     ptxas_log: str
+    #: The main loop's issue-bound ceiling (None without a tensor-core loop or a ``gemm_tile``).
+    ceiling: Optional["sass.Ceiling"] = None
+    loop: Optional["sass.MainLoop"] = None
 
 
 def ptxas_path() -> str:
@@ -90,9 +98,15 @@ def compile_spec(spec: AotSpec, arch: int) -> AotResult:
     log = _ptxas_report(ptx, arch)
     registers = [int(v) for v in re.findall(r"Used (\d+) registers", log)]
     spills = [int(a) + int(b) for a, b in re.findall(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)]
-    return AotResult(spec=spec, arch=arch, registers=max(registers, default=0), shared_bytes=kernel.metadata.shared,
-                     spill_bytes=sum(spills), mma=len(re.findall(r"\bmma\.sync", ptx)),
-                     wgmma=len(re.findall(r"\bwgmma\.mma_async", ptx)), ptxas_log=log)
+    result = AotResult(spec=spec, arch=arch, registers=max(registers, default=0), shared_bytes=kernel.metadata.shared,
+                       spill_bytes=sum(spills), mma=len(re.findall(r"\bmma\.sync", ptx)),
+                       wgmma=len(re.findall(r"\bwgmma\.mma_async", ptx)), ptxas_log=log)
+    if spec.tensor_cores:
+        result.loop = sass.main_loop(sass.disassemble(kernel.asm["cubin"]))
+        if result.loop is not None and spec.gemm_tile is not None:
+            result.ceiling = sass.issue_ceiling(result.loop, arch, *spec.gemm_tile, spec.num_warps,
+                                                result.registers, result.shared_bytes)
+    return result
 
 
 #: Shared memory per block that each target allows (bytes, opt-in maximum).
@@ -120,16 +134,27 @@ def _compile_one(index: int, arch: int) -> Dict[str, object]:
     spec = all_specs()[index]
     start = time.perf_counter()
     r = compile_spec(spec, arch)
+    c = r.ceiling
     return {"name": spec.name, "arch": arch, "registers": r.registers, "shared_bytes": r.shared_bytes,
             "shared_limit": SHARED_LIMIT[arch], "spill_bytes": r.spill_bytes, "mma": r.mma, "wgmma": r.wgmma,
-            "expects": spec.tensor_cores.get(arch), "seconds": round(time.perf_counter() - start, 2)}
+            "expects": spec.tensor_cores.get(arch), "seconds": round(time.perf_counter() - start, 2),
+            "loop_instructions": r.loop.instructions if r.loop else None,
+            "loop_mma": r.loop.mma if r.loop else None,
+            "inner_loops": r.loop.inner_loops if r.loop else None,
+            "instructions_per_k_step": round(c.instructions_per_k_step, 1) if c else None,
+            "mma_per_k_step": round(c.mma_per_k_step, 2) if c else None,
+            "ceiling": round(c.fraction, 4) if c else None,
+            "ctas_per_sm": c.ctas_per_sm if c else None}
 
 
 def compile_all(archs=ARCHS, names: Optional[Iterable[str]] = None, jobs: int = 2) -> List[Dict[str, object]]:
     """Compiles the specs of :func:`all_specs` named in ``names`` (all when None) for each arch, in
     a fresh process (kernels imported under TRITON_INTERPRET=1 cannot be compiled) with ``jobs``
     compiler processes. Returns one dict per (spec, arch): name, arch, registers, shared_bytes,
-    shared_limit, spill_bytes, mma, wgmma, expects (the tensor-core instruction expected), seconds."""
+    shared_limit, spill_bytes, mma, wgmma, expects (the tensor-core instruction expected), seconds,
+    and from the SASS (None where the kernel has no tensor-core loop): loop_instructions, loop_mma,
+    inner_loops, instructions_per_k_step and mma_per_k_step (per warp), ceiling (issue-bound
+    fraction of tensor-core peak, see :mod:`.sass`), ctas_per_sm."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [sys.executable, "-m", __name__, "--jobs", str(jobs), "--arch", *[str(a) for a in archs]]
     if names is not None:

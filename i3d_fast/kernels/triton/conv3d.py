@@ -699,5 +699,5 @@ def aot_specs() -> List[AotSpec]:
                                 PRECISION=_DOT_PRECISION[precision]),
                 num_warps=c.num_warps, num_stages=c.num_stages,
                 tensor_cores={} if precision == "ieee" else {80: "mma", 90: "wgmma"},
-                aligned=_PTR_ARGS, options=dict(_COMPILE_OPTIONS)))
+                aligned=_PTR_ARGS, options=dict(_COMPILE_OPTIONS), gemm_tile=(c.block_m, c.block_n, c.block_k)))
     return specs

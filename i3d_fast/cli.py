@@ -395,8 +395,7 @@ def _bench(args: argparse.Namespace) -> int:
         plot_paths = []
     for path in plot_paths:
         try:
-            bench.write_plot(rows, path)
-            print(f"wrote {path}")
+            print("wrote " + ", ".join(bench.write_plots(rows, path)))
         except MissingDependencyError as exc:
             print(f"i3d-fast bench: plot not written: {exc}", file=sys.stderr)
             status = 1 if args.plot else status
@@ -690,7 +689,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "built-in synthetic inputs, side by side in one run, and prints a table "
                                    "(median and 20/80% quantiles in ms, speedup over the baseline). With --out "
                                    "(default bench-out) it also writes bench.txt (the table), bench.json "
-                                   "(rows and machine info) and bench.png (a plot; needs matplotlib: "
+                                   "(rows and machine info) and bench-<suite>.png (one plot per suite: speedups over "
+                                   "the baseline, or the time per layer / per op; needs matplotlib: "
                                    "pip install 'i3d-fast[bench]')."),
                        epilog="examples:\n  i3d-fast bench --quick\n  i3d-fast bench --suite pool3d --out results/")
     p.add_argument("--quick", action="store_true", help="smaller inputs and fewer runs (about a minute)")
@@ -699,9 +699,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpu", action="store_true", help="benchmark the CPU even when a GPU is present")
     p.add_argument("--full", action="store_true", help="print every row, not the per-suite summary")
     p.add_argument("--out", default="bench-out", metavar="DIR",
-                   help="write bench.txt, bench.json and bench.png here (default bench-out; '' for none)")
+                   help="write bench.txt, bench.md, bench.json and bench-<suite>.png here (default bench-out; "
+                        "'' for none)")
     p.add_argument("--json", metavar="PATH", help="also write the rows and machine info as JSON to PATH")
-    p.add_argument("--plot", metavar="PATH", help="also write the PNG plot to PATH (an error without matplotlib)")
+    p.add_argument("--plot", metavar="PATH", help="also write the plots as PATH's stem + -<suite>.png beside PATH (an error without "
+                        "matplotlib)")
     p.set_defaults(func=_bench)
 
     # doctor

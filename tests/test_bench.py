@@ -110,14 +110,47 @@ def test_model_suite_rows_fp32_and_bf16(monkeypatch):
     monkeypatch.setattr(model_suite, "peak_memory_in_subprocess", lambda *args: 7.0)
     monkeypatch.setattr(model_suite, "has_native_bf16", lambda: True)
     rows = bench.SUITES["model"](quick=True)
+    layers, rows = [r for r in rows if r.suite == "model-layers"], [r for r in rows if r.suite == "model"]
     expected = [model_suite.PROVIDERS[0], model_suite.PLAIN_FOLDED, model_suite.PROVIDERS[1],
                 *model_suite.BF16_PROVIDERS]  # --quick: no torch.compile row
     assert [r.provider for r in rows] == expected and [r.baseline for r in rows] == [True, False, False, True, False]
     assert all(r.timing.median_ms > 0 and r.extra["peak MiB"] == 7.0 for r in rows)
     assert rows[3].case.endswith("bf16") and rows[0].case.endswith("float32")
+    # where the forward's time goes: every endpoint, reference (baseline) then fused, shares summing to ~100%
+    names = [r.case.split(" ")[0] for r in layers[::2]]
+    assert names == [n for n in model_suite.InceptionI3d().endpoint_names]
+    assert [r.provider for r in layers[:2]] == list(model_suite.PROVIDERS) and layers[0].baseline
+    for provider in model_suite.PROVIDERS:
+        shares = [float(r.note.split("%")[0]) for r in layers if r.provider == provider]
+        assert sum(shares) == pytest.approx(100, abs=len(shares) * 0.5)
     folded, reference = model_suite.workload(model_suite.PLAIN_FOLDED, 8)(), model_suite.workload(
         model_suite.PROVIDERS[0], 8)()
     assert folded.shape == reference.shape == (1, 400)
     monkeypatch.setattr(model_suite, "has_native_bf16", lambda: False)
-    last = bench.SUITES["model"](quick=True)[-1]
+    last = [r for r in bench.SUITES["model"](quick=True) if r.suite == "model"][-1]
     assert last.timing is None and "neither avx512_bf16 nor amx_bf16" in last.note
+
+
+def test_plots_one_readable_figure_per_suite(tmp_path):
+    """A figure per suite (continued when long, never much over 2000 px tall); breakdown suites too;
+    rows that were not measured are not drawn."""
+    from PIL import Image
+
+    from i3d_fast.bench import Row, write_plots
+    from i3d_fast.bench.plot import ROWS_PER_FIGURE
+    from i3d_fast.bench.timing import Timing
+
+    def timed(ms):
+        return Timing(ms, ms, ms, 1)
+
+    rows = [Row("big", f"case {k}", p, timed(1.0 + k % 3 if p == "ours" else 2.0), baseline=p == "base")
+            for k in range(ROWS_PER_FIGURE + 5) for p in ("base", "ours")]
+    rows += [Row("model-layers", f"layer {k}", "ours", timed(k + 1.0), note="10% of the forward") for k in range(4)]
+    rows += [Row("gpu", "conv", "triton", None, note="not measured (no GPU)")]
+    written = write_plots(rows, str(tmp_path / "bench.png"))
+    assert [p.rsplit("/", 1)[1] for p in written] == ["bench-big.png", "bench-big-2.png", "bench-model-layers.png"]
+    for path in written:
+        with Image.open(path) as image:
+            assert image.size[1] <= 2000 and image.size[0] <= 1400, (path, image.size)
+    with pytest.raises(ValueError, match="no measured rows"):
+        write_plots(rows[-1:], str(tmp_path / "none.png"))

@@ -215,7 +215,7 @@ def test_missing_pyav_or_pillow_is_reported_with_the_fix(tmp_path, monkeypatch, 
                "--resume", "per 64 clips", "on the fly"]),
     ("evaluate", ["--clips-per-video", "confusion.png", "fused"]),
     ("make-synthetic", ["sideways", "appearance"]),
-    ("bench", ["--quick", "bench.png", "bench.json"]),
+    ("bench", ["--quick", "bench-<suite>.png", "bench.json"]),
 ])
 def test_help_explains_each_command(command, phrases, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -254,7 +254,7 @@ def test_bench_writes_table_json_and_plot(tmp_path, monkeypatch, capsys):
     assert "median ms" in capsys.readouterr().out
     rows = json.loads((out / "bench.json").read_text())["rows"]
     assert [r["provider"] for r in rows] == ["ATen", "i3d_fast", "cuda"] and rows[2]["timing"] is None
-    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "bench-tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     capsys.readouterr()
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if matplotlib were not installed
     assert main(["bench", "--suite", "tiny", "--out", str(tmp_path / "again")]) == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterable, List
 
 from . import conv3d, convert, model, pool3d, train, tvl1
-from .plot import write_plot
+from .plot import write_plots
 from .report import Row, format_markdown, format_table, machine, summary, write_json, write_text
 
 SUITES = {"pool3d": pool3d.run, "conv3d": conv3d.run, "model": model.run, "tvl1": tvl1.run,
@@ -19,5 +19,5 @@ def run(suites: Iterable[str] = tuple(SUITES), quick: bool = False, device: str 
     return rows
 
 
-__all__ = ["SUITES", "Row", "format_markdown", "format_table", "machine", "run", "summary", "write_json", "write_plot",
+__all__ = ["SUITES", "Row", "format_markdown", "format_table", "machine", "run", "summary", "write_json", "write_plots",
            "write_text"]

@@ -1,7 +1,8 @@
-"""Whole-model benchmarks: I3D RGB forward, reference model vs the fused inference model, in fp32 (with the
-same network in plain PyTorch with BatchNorm folded, and that under ``torch.compile`` at full size, beside
-them) and (on a CPU with native bf16) in bf16: the reference model under ``torch.autocast`` vs
-``fuse(model, dtype=bf16)``.
+"""Whole-model benchmarks: I3D RGB forward, reference model vs the fused inference model, in fp32 (with
+the same network in plain PyTorch with BatchNorm folded, and that under ``torch.compile`` with inductor's
+``freezing`` at full size, its compile time reported apart, beside them) and (on a CPU with native bf16)
+in bf16: the reference model under ``torch.autocast`` vs ``fuse(model, dtype=bf16)``; then the fp32 forward's time per endpoint, reference vs fused (suite
+``model-layers``: where the time goes).
 
 Run as ``python -m i3d_fast.bench.model PROVIDER FRAMES`` it prints one provider's peak memory
 growth (MiB) in a fresh process; :func:`run` uses that for the table's "peak MiB" column.
@@ -9,7 +10,8 @@ growth (MiB) in a fresh process; :func:`run` uses that for the table's "peak MiB
 from __future__ import annotations
 
 import sys
-from typing import Callable, List
+import time
+from typing import Callable, Dict, List
 
 import torch
 
@@ -17,13 +19,14 @@ from .._cpu import has_native_bf16
 from ..models import InceptionI3d, fuse
 from .plain_i3d import PlainInceptionI3d, fold_batchnorm
 from .report import Row
-from .timing import measure_interleaved, peak_memory_in_subprocess, peak_rss_mb
+from .timing import (Timing, first_call_seconds, measure_interleaved, peak_memory_in_subprocess, peak_rss_mb,
+                     summarise)
 
 CL = torch.channels_last_3d
 PROVIDERS = ("reference model (channels_last_3d)", "i3d_fast.fuse(model)")
 BF16_PROVIDERS = ("reference model under torch.autocast bf16", "i3d_fast.fuse(model, dtype=torch.bfloat16)")
 PLAIN_FOLDED = "plain PyTorch I3D, BatchNorm folded"
-PLAIN_COMPILED = "plain PyTorch I3D, BatchNorm folded + torch.compile (inductor)"
+PLAIN_COMPILED = "plain PyTorch I3D, BatchNorm folded + torch.compile (inductor, freezing)"
 ALL_PROVIDERS = PROVIDERS + BF16_PROVIDERS + (PLAIN_FOLDED, PLAIN_COMPILED)
 SIZE = 224  # pixels
 
@@ -36,8 +39,8 @@ def workload(provider: str, frames: int, device: str = "cpu") -> Callable[[], to
         plain = PlainInceptionI3d(adaptive_head=SIZE < 193)
         plain.load_state_dict(model.state_dict())
         model = fold_batchnorm(plain.to(device).eval()).to(memory_format=CL)
-        if provider == PLAIN_COMPILED:
-            model = torch.compile(model)
+        if provider == PLAIN_COMPILED:  # freezing: weights become constants, as for deployment
+            model = torch.compile(model, options={"freezing": True})
     if provider == PROVIDERS[1]:
         model = fuse(model)
     elif provider == BF16_PROVIDERS[1]:
@@ -53,15 +56,69 @@ def workload(provider: str, frames: int, device: str = "cpu") -> Callable[[], to
 
 def _rows(providers, case: str, frames: int, repeat: int, device: str) -> List[Row]:
     # Interleaved, run by run: on a shared machine a slow spell then falls on every provider.
-    timings = measure_interleaved([workload(p, frames, device) for p in providers], repeat, device=device)
+    workloads = [workload(p, frames, device) for p in providers]
+    compile_s = {p: first_call_seconds(fn, device) for p, fn in zip(providers, workloads) if p == PLAIN_COMPILED}
+    timings = measure_interleaved(workloads, repeat, device=device)
     rows = []
     for i, (provider, timing) in enumerate(zip(providers, timings)):
-        extra = {}
+        extra = {"compile s": round(compile_s[provider], 1)} if provider in compile_s else {}
         if device == "cpu" and provider != PLAIN_COMPILED:
             peak = peak_memory_in_subprocess(__name__, str(ALL_PROVIDERS.index(provider)), str(frames))
             if peak is not None:
                 extra["peak MiB"] = round(peak, 1)
         rows.append(Row("model", case, provider, timing, baseline=i == 0, extra=extra))
+    return rows
+
+
+def _layer_times(model: torch.nn.Module, x: torch.Tensor, repeat: int, device: str) -> Dict[str, Timing]:
+    """Per endpoint module of ``model`` (the reference or the fused I3D), its forward time over ``repeat``
+    no-grad forwards of ``x`` (forward hooks around each endpoint's module)."""
+    names = [n for n in model.endpoint_names if n != "Logits"] + ["logits"]
+    times: Dict[str, List[float]] = {n: [] for n in names}
+    started: Dict[str, float] = {}
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def before(name):
+        def hook(module, args):
+            sync()
+            started[name] = time.perf_counter()
+        return hook
+
+    def after(name):
+        def hook(module, args, output):
+            sync()
+            times[name].append((time.perf_counter() - started[name]) * 1e3)
+        return hook
+
+    handles = [h for n in names for h in (getattr(model, n).register_forward_pre_hook(before(n)),
+                                           getattr(model, n).register_forward_hook(after(n)))]
+    try:
+        with torch.no_grad():
+            model(x)  # warm-up (weight transforms, autotuning)
+            for ts in times.values():
+                ts.clear()
+            for _ in range(repeat):
+                model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return {("Logits" if n == "logits" else n): summarise(ts) for n, ts in times.items()}
+
+
+def layer_rows(frames: int, repeat: int, device: str = "cpu") -> List[Row]:
+    """The fp32 forward's time per endpoint (Conv3d_1a_7x7 ... Mixed_5c, Logits): the reference model vs
+    fuse(model), each row noting its share of that model's forward (suite ``model-layers``)."""
+    x = (torch.rand(1, 3, frames, SIZE, SIZE, device=device) * 2 - 1).contiguous(memory_format=CL)
+    reference = InceptionI3d(adaptive_head=SIZE < 193).to(device).eval().to(memory_format=CL)
+    timed = {PROVIDERS[0]: _layer_times(reference, x, repeat, device),
+             PROVIDERS[1]: _layer_times(fuse(reference), x, repeat, device)}
+    totals = {p: sum(t.median_ms for t in layers.values()) for p, layers in timed.items()}
+    rows = []
+    for name in timed[PROVIDERS[0]]:
+        for i, provider in enumerate(PROVIDERS):
+            t = timed[provider][name]
+            rows.append(Row("model-layers", f"{name} (forward [1, 3, {frames}, {SIZE}, {SIZE}] float32)", provider,
+                            t, baseline=i == 0, note=f"{t.median_ms / totals[provider]:.0%} of the forward"))
     return rows
 
 
@@ -72,7 +129,7 @@ def run(quick: bool = False, device: str = "cpu") -> List[Row]:
     repeat = 3 if quick else 5
     shape = f"[1, 3, {frames}, {SIZE}, {SIZE}]"
     # fp32: the reference model first, the plain PyTorch network folded (and compiled, full size only: minutes
-    # of compilation on 2 cores, in the warm-up; no peak-memory column for it) beside it
+    # of compilation on 2 cores, reported as its "compile s"; no peak-memory column for it) beside it
     plain = (PLAIN_FOLDED,) + (() if quick else (PLAIN_COMPILED,))
     rows = _rows(PROVIDERS[:1] + plain + PROVIDERS[1:], f"I3D RGB forward {shape} float32", frames, repeat, device)
     case = f"I3D RGB forward {shape} bf16"
@@ -82,7 +139,7 @@ def run(quick: bool = False, device: str = "cpu") -> List[Row]:
         why = "the CPU has neither avx512_bf16 nor amx_bf16" if device == "cpu" else "CPU only"
         rows.append(Row("model", case, f"{BF16_PROVIDERS[1]} vs {BF16_PROVIDERS[0]}", None,
                         note=f"not measured ({why})"))
-    return rows
+    return rows + layer_rows(frames, repeat, device)
 
 
 if __name__ == "__main__":

@@ -1,73 +1,109 @@
-"""The benchmark plot: per case, each provider's median time (bars, log scale) with its 20-80% quantile
-range, the baseline in grey and speedups written beside the bars. Needs matplotlib (``bench`` extra)."""
+"""Benchmark plots, one figure per suite, readable at 100% zoom (needs matplotlib, the ``bench`` extra).
+
+A suite that compares providers with a baseline gets the speedup of every measured row over its case's
+baseline, on a log axis with the 1x line. A breakdown suite (``*-layers``: the model's time per layer;
+``*-profile``: the training step's time per op) gets its rows' times on a linear axis, so the big
+shares stand out. A figure holds at most :data:`ROWS_PER_FIGURE` bars (at most ~2000 px tall); a
+longer suite continues in ``-2``, ``-3``, ... figures. Rows that were not measured are never drawn.
+"""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict, List, Tuple
 
 from .._atomic import atomic_write
 from .._optional import require
 from .report import Row, machine, speedups
 
+#: Bars per figure: 0.24 inch each at 100 dpi keeps a figure under ~2000 px.
+ROWS_PER_FIGURE = 72
+DPI = 100
+LABEL_CHARS = 90
 
-def write_plot(rows: List[Row], path: str, title: str = "") -> None:
-    """Writes the PNG plot of ``rows`` to ``path`` atomically. Rows that were not measured are listed
-    under the plot, never drawn."""
-    matplotlib = require("matplotlib", "bench", "the benchmark plot")
+
+def _is_breakdown(suite: str) -> bool:
+    return suite.endswith("-layers") or suite.endswith("-profile")
+
+
+def _label(text: str) -> str:
+    return text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 3] + "..."
+
+
+def _bars(rows: List[Row]) -> Dict[str, List[Tuple[str, str, float, str]]]:
+    """Per suite, the bars to draw: (label, provider, value, annotation)."""
+    ratio = speedups(rows)
+    bars: Dict[str, List[Tuple[str, str, float, str]]] = {}
+    for i, r in enumerate(rows):
+        if r.timing is None:
+            continue
+        if _is_breakdown(r.suite):
+            bars.setdefault(r.suite, []).append(
+                (_label(f"{r.case}: {r.provider}"), r.provider, r.timing.median_ms,
+                 f"{r.timing.median_ms:.3g} ms" + (f"  {r.note}" if r.note else "")))
+        elif i in ratio and not r.baseline:
+            bars.setdefault(r.suite, []).append(
+                (_label(f"{r.case}: {r.provider}"), r.provider, ratio[i], f"{ratio[i]:.2f}x"))
+    return bars
+
+
+def suite_plot_paths(path: str, suites: List[str]) -> List[str]:
+    """Where :func:`write_plots` writes the first figure of each suite: ``<stem>-<suite>.png`` beside ``path``."""
+    p = Path(path)
+    return [str(p.with_name(f"{p.stem}-{suite}{p.suffix or '.png'}")) for suite in suites]
+
+
+def write_plots(rows: List[Row], path: str) -> List[str]:
+    """Writes one PNG per suite (``<stem>-<suite>.png`` beside ``path``, continued in ``...-<suite>-2.png``
+    when a suite has more than :data:`ROWS_PER_FIGURE` bars) atomically; returns the paths written."""
+    matplotlib = require("matplotlib", "bench", "the benchmark plots")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ratio = speedups(rows)
-    measured = [(i, r) for i, r in enumerate(rows) if r.timing is not None]
-    if not measured:
+    bars = _bars(rows)
+    if not bars:
         raise ValueError("no measured rows to plot")
-    providers: List[str] = []
-    for _, r in measured:
-        if not r.baseline and r.provider not in providers:
-            providers.append(r.provider)
-    colours: Dict[str, str] = {p: f"C{k % 10}" for k, p in enumerate(providers)}
-    cases: List[Tuple[str, str]] = []
-    for _, r in measured:
-        if (r.suite, r.case) not in cases:
-            cases.append((r.suite, r.case))
-
-    height = 0.8
-    fig, ax = plt.subplots(figsize=(11, 1.4 + 0.3 * len(measured) + 0.45 * len(cases)))
-    y = 0.0
-    ticks, labels = [], []
-    for suite, case in cases:
-        group = [(i, r) for i, r in measured if (r.suite, r.case) == (suite, case)]
-        group.sort(key=lambda item: not item[1].baseline)
-        ax.text(0.005, y - 0.55, f"[{suite}] {case}", transform=ax.get_yaxis_transform(), fontsize=7,
-                fontweight="bold", va="bottom")
-        for i, r in group:
-            t = r.timing
-            colour = "0.6" if r.baseline else colours[r.provider]
-            ax.barh(y, t.median_ms, height=height, color=colour,
-                    xerr=[[t.median_ms - t.q20_ms], [t.q80_ms - t.median_ms]], error_kw={"lw": 0.8, "capsize": 2})
-            note = f" {t.median_ms:.3g} ms" + ("" if r.baseline or i not in ratio else f"  {ratio[i]:.2f}x")
-            ax.text(t.q80_ms, y, note, va="center", fontsize=7)
-            ticks.append(y)
-            labels.append(r.provider + (" (baseline)" if r.baseline else ""))
-            y += 1
-        y += 0.9
-    ax.set_yticks(ticks)
-    ax.set_yticklabels(labels, fontsize=7)
-    ax.set_ylim(y - 0.9, -1.6)
-    ax.set_xscale("log")
-    ax.set_xlabel("median time per call, ms (log scale; whiskers: 20-80% quantiles)")
-    handles = [plt.Rectangle((0, 0), 1, 1, color="0.6")] + [plt.Rectangle((0, 0), 1, 1, color=colours[p])
-                                                            for p in providers]
-    ax.legend(handles, ["baseline"] + providers, fontsize=7, loc="lower right")
     info = machine()
-    ax.set_title(title or f"i3d-fast bench: {info['cpu']}, {info['threads']} threads, torch {info['torch']}"
-                 + (f", {info['cuda']}" if info.get("cuda") else ""), fontsize=9)
-    skipped = [f"{r.case} / {r.provider}: not measured{' (' + r.note + ')' if r.note else ''}"
-               for r in rows if r.timing is None]
-    if skipped:
-        fig.text(0.01, 0.005, "\n".join(skipped[:8]), fontsize=6, va="bottom")
-    fig.tight_layout(rect=(0, 0.02 * min(len(skipped), 8), 1, 1))
-    try:
-        with atomic_write(path) as f:
-            fig.savefig(f, dpi=120, format="png")
-    finally:
-        plt.close(fig)
+    where = f"{info['cpu']}, {info['threads']} threads, torch {info['torch']}" + (
+        f", {info['cuda']}" if info.get("cuda") else "")
+    written = []
+    for suite, first in zip(bars, suite_plot_paths(path, list(bars))):
+        items = bars[suite]
+        providers = list(dict.fromkeys(provider for _, provider, _, _ in items))
+        colours = {p: f"C{k % 10}" for k, p in enumerate(providers)}
+        pages = [items[k:k + ROWS_PER_FIGURE] for k in range(0, len(items), ROWS_PER_FIGURE)]
+        for page_no, page in enumerate(pages, 1):
+            fig, ax = plt.subplots(figsize=(13, 1.6 + 0.24 * len(page)))
+            ys = list(range(len(page)))
+            values = [v for _, _, v, _ in page]
+            colour = [colours[p] for _, p, _, _ in page]
+            if _is_breakdown(suite):
+                ax.barh(ys, values, color=colour, height=0.7)
+            else:  # bars grow from the 1x line: right = faster than the baseline, left = slower
+                ax.barh(ys, [v - 1.0 for v in values], left=1.0, color=colour, height=0.7)
+            for y, (_, _, v, note) in zip(ys, page):  # notes right of the bar (or of the 1x line)
+                ax.text(v if _is_breakdown(suite) else max(v, 1.0), y, " " + note, va="center", fontsize=8)
+            ax.set_yticks(ys)
+            ax.set_yticklabels([label for label, _, _, _ in page], fontsize=8)
+            ax.invert_yaxis()
+            if _is_breakdown(suite):
+                ax.set_xlabel("median time, ms")
+                ax.set_xlim(0, max(values) * 1.35)
+            else:
+                ax.set_xscale("log")
+                ax.axvline(1.0, color="0.3", lw=1)
+                ax.set_xlim(min(min(values), 1.0) / 1.3, max(max(values), 1.0) * 1.6)
+                ax.set_xlabel("speedup over the case's baseline (log scale; right of the line = faster)")
+            if len(providers) > 1:
+                handles = [plt.Rectangle((0, 0), 1, 1, color=colours[p]) for p in providers]
+                ax.legend(handles, [_label(p) for p in providers], fontsize=7, loc="lower right")
+            part = f" ({page_no}/{len(pages)})" if len(pages) > 1 else ""
+            ax.set_title(f"i3d-fast bench, suite {suite}{part}: {where}", fontsize=9)
+            fig.tight_layout()
+            out = first if page_no == 1 else first[: -len(Path(first).suffix)] + f"-{page_no}{Path(first).suffix}"
+            try:
+                with atomic_write(out) as f:
+                    fig.savefig(f, dpi=DPI, format="png")
+            finally:
+                plt.close(fig)
+            written.append(out)
+    return written

@@ -36,10 +36,11 @@ def measure(fn: Callable[[], object], repeat: int = 7, warmup: int = 1, device: 
         fn()
         _sync(dev)
         times.append((time.perf_counter() - start) * 1e3)
-    return _summary(times)
+    return summarise(times)
 
 
-def _summary(times: List[float]) -> Timing:
+def summarise(times: List[float]) -> Timing:
+    """Median and 20/80% quantiles of ``times`` (ms)."""
     times = sorted(times)
     q = statistics.quantiles(times, n=5, method="inclusive") if len(times) > 1 else [times[0]] * 4
     return Timing(statistics.median(times), q[0], q[3], len(times))
@@ -61,8 +62,16 @@ def measure_interleaved(fns: Sequence[Callable[[], object]], repeat: int = 7, wa
             fn()
             _sync(dev)
             t.append((time.perf_counter() - start) * 1e3)
-    return [_summary(t) for t in times]
+    return [summarise(t) for t in times]
 
+
+def first_call_seconds(fn: Callable[[], object], device: str = "cpu") -> float:
+    """Seconds of one call of ``fn``: for a ``torch.compile``d workload, its compile time (reported
+    apart from the steady-state timings, which start after it)."""
+    start = time.perf_counter()
+    fn()
+    _sync(torch.device(device))
+    return time.perf_counter() - start
 
 
 def _peak_rss_kib() -> int:

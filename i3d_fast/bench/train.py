@@ -30,7 +30,7 @@ from ..models import InceptionI3d
 from .plain_i3d import PlainInceptionI3d
 from .._cpu import has_native_bf16
 from .report import Row
-from .timing import Timing, measure, measure_interleaved, peak_memory_in_subprocess, peak_rss_mb
+from .timing import Timing, first_call_seconds, measure, measure_interleaved, peak_memory_in_subprocess, peak_rss_mb
 
 SUITE = "train"
 CL = torch.channels_last_3d
@@ -135,15 +135,18 @@ def profile_rows(steps: List[Callable[[], object]]) -> List[Row]:
 def _case_rows(case: Case, repeat: int,
                compiled: bool = False) -> Tuple[List[Row], List[Callable[[], torch.Tensor]]]:
     """The case's rows (baseline first) and the warm steps of :data:`PROVIDERS`, in that order.
-    ``compiled`` adds the plain model under ``torch.compile`` (its compile time, minutes on 2 cores,
-    falls in the warm-up; no peak-memory column, which would compile again in the subprocess)."""
+    ``compiled`` adds the plain model under ``torch.compile`` (its compile time, minutes on 2 cores, is the
+    row's "compile s"; no peak-memory column, which would compile again in the subprocess)."""
     providers = PROVIDERS + ((COMPILED,) if compiled else ())
     steps = [workload(p, case) for p in providers]
+    compile_s = {COMPILED: first_call_seconds(steps[-1], case.device)} if compiled else {}
     # Interleaved, run by run: on a shared machine a slow spell then falls on every provider.
     timings = measure_interleaved(steps, repeat, device=case.device)
     rows = []
     for i, (provider, timing) in enumerate(zip(providers, timings)):
         extra = {"clips/s": round(case.batch * 1e3 / timing.median_ms, 2)}
+        if provider in compile_s:
+            extra["compile s"] = round(compile_s[provider], 1)
         if provider in PROVIDERS:
             peak = peak_memory_in_subprocess(__name__, str(i), str(torch.get_num_threads()), json.dumps(asdict(case)))
             if peak is not None:

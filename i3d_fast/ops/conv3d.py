@@ -19,7 +19,7 @@ from ..kernels import cpu as cpu_kernels
 from ..kernels.aten import conv3d as aten_conv3d
 from ..kernels.cpu import conv3d as cpu_conv3d
 from ..kernels.reference import conv3d as reference_conv3d
-from . import _library, dispatch
+from . import _library, dispatch, selfcheck
 from .padding import Pads, PaddingArg, Triple, flat_pads, nested_pads, output_size, resolve_padding, triple
 
 CL = torch.channels_last_3d
@@ -57,8 +57,6 @@ BACKENDS = (
 )
 
 
-
-
 def _out_shape(x: torch.Tensor, weight: torch.Tensor, stride, pads) -> Tuple[int, ...]:
     spatial = (output_size(s, k, st, p) for s, k, st, p in zip(x.shape[2:], weight.shape[2:], stride, pads))
     return (x.shape[0], weight.shape[0], *spatial)
@@ -68,9 +66,22 @@ def _run(backend, x, weight, scale, shift, stride, pads, relu, destinations, poo
     """Calls the selected kernel: every backend's ``conv3d`` returns a new channels_last_3d tensor
     when ``destinations`` is None, else writes into them."""
     stride, pads = tuple(stride), nested_pads(pads)
-    impl = dispatch.select("i3d_fast.conv3d", backend, BACKENDS, x, weight, stride, pads, pool, allow_tf32,
-                           destinations).impl()
+    chosen = dispatch.select("i3d_fast.conv3d", backend, BACKENDS, x, weight, stride, pads, pool, allow_tf32,
+                             destinations)
+    impl = _checked(chosen, x, weight, scale, shift, stride, pads, relu, destinations, pool, allow_tf32)
     return impl.conv3d(x, weight, scale, shift, stride, pads, relu, destinations, pool, allow_tf32)
+
+
+def _checked(chosen: dispatch.Backend, x, weight, scale, shift, stride, pads, relu, destinations, pool, allow_tf32):
+    """The kernel module of the ``chosen`` backend, or ATen's where that is Triton and this call's
+    kernel variant failed its first-use check on x's device (see :mod:`.selfcheck`)."""
+    impl = chosen.impl()
+    if chosen.name != "triton" or not selfcheck.enabled(x.device):
+        return impl
+    variant = selfcheck.conv3d_variant(x, weight, stride, pads, destinations, pool, allow_tf32)
+    check = selfcheck.conv3d_check(impl, x, weight, scale, shift, stride, pads, relu, destinations, pool, allow_tf32,
+                                   variant)
+    return selfcheck.choose("conv3d", variant, x.device, check, impl, aten_conv3d)
 
 
 # -- functional, differentiable ------------------------------------------------------------------
@@ -245,8 +256,9 @@ def planned_conv3d(x: torch.Tensor, weight: torch.Tensor, shift: Optional[torch.
     stride, pads = check_conv_args("conv3d", x, weight, stride, padding)
     if shift is not None:
         check_tensor("conv3d", "shift", shift, x, (weight.shape[0],))
-    impl = dispatch.select("i3d_fast.conv3d", backend, BACKENDS, x, weight, tuple(stride), pads, None, False,
-                           None).impl()
+    chosen = dispatch.select("i3d_fast.conv3d", backend, BACKENDS, x, weight, tuple(stride), pads, None, False,
+                             None)
+    impl = _checked(chosen, x, weight, None, shift, tuple(stride), pads, relu, None, None, False)
 
     def run(x: torch.Tensor, weight: torch.Tensor, shift: Optional[torch.Tensor]) -> torch.Tensor:
         return impl.conv3d(x, weight, None, shift, stride, pads, relu, None, None, False)

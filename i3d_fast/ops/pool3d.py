@@ -17,7 +17,7 @@ from ..kernels.aten import pool3d as aten_pool3d
 from ..kernels.cpu import autotune
 from ..kernels.cpu import pool3d as cpu_pool3d
 from ..kernels.reference import pool3d as reference_pool3d
-from . import _library, dispatch
+from . import _library, dispatch, selfcheck
 from .padding import PaddingArg, flat_pads, nested_pads, output_size, resolve_padding, triple
 
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -59,8 +59,17 @@ BACKENDS = (
 )
 
 
-def _impl(requested: str, x: torch.Tensor, mode: str):
-    return dispatch.select("i3d_fast.pool3d", requested, BACKENDS, x, mode).impl()
+def _checked(requested: str, tensor: torch.Tensor, x: Optional[torch.Tensor], input_shape, mode: str, kernel,
+             stride, pads, backward: bool):
+    """The kernel module selected for ``tensor`` (x, or the output gradient), or ATen's where that is
+    Triton and this call's kernel variant failed its first-use check (see :mod:`.selfcheck`)."""
+    chosen = dispatch.select("i3d_fast.pool3d", requested, BACKENDS, tensor, mode)
+    impl = chosen.impl()
+    if chosen.name != "triton" or not selfcheck.enabled(tensor.device) or tensor.numel() == 0:
+        return impl
+    variant = selfcheck.pool3d_variant(impl, tensor, input_shape[1], mode, kernel, backward)
+    check = selfcheck.pool3d_check(impl, tensor, x, input_shape, mode, kernel, stride, pads, backward)
+    return selfcheck.choose("pool3d", variant, tensor.device, check, impl, aten_pool3d)
 
 
 def _timed_choice(requested: str, impl, what: str, tensor: torch.Tensor, config: tuple, run):
@@ -78,7 +87,7 @@ def _timed_choice(requested: str, impl, what: str, tensor: torch.Tensor, config:
 def _pool3d(x: torch.Tensor, mode: str, kernel: List[int], stride: List[int], pads: List[int],
             backend: str) -> torch.Tensor:
     """Validated arguments only (see :func:`max_pool3d` / :func:`avg_pool3d`); pads = [t0, t1, h0, h1, w0, w1]."""
-    impl = _impl(backend, x, mode)
+    impl = _checked(backend, x, x, x.shape, mode, kernel, stride, nested_pads(pads), False)
     if x.numel() == 0:  # N or C is 0
         return _empty_output(x, kernel, stride, pads)
     args = (x, mode, tuple(kernel), tuple(stride), nested_pads(pads))
@@ -98,7 +107,7 @@ def _pool3d_fake(x, mode, kernel, stride, pads, backend):
 def _pool3d_backward(grad_out: torch.Tensor, x: Optional[torch.Tensor], input_shape: List[int], mode: str,
                      kernel: List[int], stride: List[int], pads: List[int], backend: str) -> torch.Tensor:
     """Gradient of :func:`pool3d_op`; max pooling recomputes its argmax from ``x`` (no index tensor)."""
-    impl = _impl(backend, grad_out, mode)
+    impl = _checked(backend, grad_out, x, input_shape, mode, kernel, stride, nested_pads(pads), True)
     if grad_out.numel() == 0:
         return grad_out.new_zeros(input_shape).contiguous(memory_format=torch.channels_last_3d)
     args = (grad_out, x, tuple(input_shape), mode, tuple(kernel), tuple(stride), nested_pads(pads))

@@ -1,21 +1,66 @@
-"""Test setup: Triton runs through its interpreter on CPU tensors (set before any kernel is
-compiled), a fixed seed, and the ../shared data when it is present."""
+"""Test setup: which tier runs (set before any Triton kernel is compiled), a fixed seed, and the
+../shared data when it is present.
+
+Two tiers, one per process (Triton decides at import whether it interprets):
+
+* the CPU tier: Triton through its interpreter on CPU tensors (TRITON_INTERPRET=1), every test
+  but the ``gpu`` ones. The default where torch sees no CUDA device, or when asked for with
+  ``I3D_FAST_TEST_GPU=0`` (or ``TRITON_INTERPRET=1``).
+* the GPU tier: compiled Triton (the interpreter is switched off), only the ``gpu`` tests. The
+  default where there is a CUDA device; ``I3D_FAST_TEST_GPU=1`` asks for it and fails without one.
+"""
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
+import torch
+
+GPU_SWITCH = "I3D_FAST_TEST_GPU"
+
+
+def _gpu_tier() -> bool:
+    asked = os.environ.get(GPU_SWITCH, "").strip()
+    if asked not in ("", "0", "1"):
+        raise ValueError(f"{GPU_SWITCH}={asked!r}: expected 1 (the compiled GPU tier) or 0 (the interpreter tier)")
+    if asked:
+        return asked == "1"
+    return torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+
+
+GPU_TIER = _gpu_tier()
+if GPU_TIER:
+    os.environ.pop("TRITON_INTERPRET", None)
+else:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+# Tests check the kernels themselves: no first-use check quietly routing a wrong variant to ATen
+# (tests/test_selfcheck.py and the GPU tier's own self-check test turn it on where they test it).
+os.environ.setdefault("I3D_FAST_SELFCHECK", "0")
 
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-import torch  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
+def pytest_report_header(config):
+    if GPU_TIER:
+        name = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA device"
+        return f"i3d_fast GPU tier: compiled Triton on {name}, `gpu` tests only ({GPU_SWITCH}=0: the interpreter tier)"
+    return f"i3d_fast CPU tier: Triton interpreter (TRITON_INTERPRET=1), `gpu` tests skipped ({GPU_SWITCH}=1: GPU tier)"
+
+
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
+    if GPU_TIER:
+        if not torch.cuda.is_available():
+            raise pytest.UsageError(f"{GPU_SWITCH}=1 asks for the GPU tier, but torch sees no CUDA device "
+                                    f"(torch {torch.__version__}, CUDA build {torch.version.cuda})")
+        keep = [item for item in items if "gpu" in item.keywords]
+        config.hook.pytest_deselected(items=[item for item in items if "gpu" not in item.keywords])
+        items[:] = keep
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU; none on this machine (GPU tests are skipped, not faked)")
+    why = "needs a CUDA GPU; none on this machine (GPU tests are skipped, not faked)"
+    if torch.cuda.is_available():
+        why = f"GPU tier: run with {GPU_SWITCH}=1 (here Triton interprets, and its bf16 is wrong)"
+    skip = pytest.mark.skip(reason=why)
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)

@@ -78,8 +78,8 @@ def test_a_correct_variant_is_checked_once_and_keeps_running_triton(monkeypatch)
     assert [(v, why) for v, _, why in selfcheck.verdicts()] == [("conv3d fold ieee unaligned 64x64x16-w4-s2", None)]
 
 
-@pytest.mark.parametrize("dtype, modes", [(torch.float32, {"fold", "pool"}), (torch.float16, {"direct", "fold", "pool"})],
-                         ids=["fp32", "fp16"])
+@pytest.mark.parametrize("dtype, modes", [(torch.float32, {"fold", "pool"}),
+                                          (torch.float16, {"direct", "fold", "pool"})], ids=["fp32", "fp16"])
 def test_inception_block_falls_back_per_variant_and_keeps_its_channel_slices(monkeypatch, dtype, modes):
     """The fused model's Mixed block (destinations are channel slices of the block output and of a
     scratch tensor, which the check writes views of): with every variant but the fused pool corrupted,

@@ -16,6 +16,7 @@ from .kernels import cpu as cpu_kernels
 from .kernels.cpu import autotune
 from .ops.conv3d import BACKENDS as CONV3D_BACKENDS
 from .ops.conv3d_bn import BACKENDS as CONV3D_BN_BACKENDS
+from .ops import selfcheck
 from .ops.pool3d import BACKENDS as POOL3D_BACKENDS
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
@@ -39,6 +40,17 @@ def _backends(op: str, backends, *args) -> List[str]:
     return [f"  {op}"] + lines
 
 
+def _selfcheck_line() -> str:
+    """The self-check setting and, when any ran in this process, its verdicts."""
+    try:
+        what = {"off": "off", "all": "every Triton call", "cuda": "calls on CUDA devices"}[selfcheck.setting()]
+    except ValueError as exc:
+        return f"MISCONFIGURED: {exc}"
+    line = f"{what} ({selfcheck.ENV}={os.environ.get(selfcheck.ENV, 'auto')}; 0 turns it off)"
+    failed = [f"{variant} on {device}: {why}" for variant, device, why in selfcheck.verdicts() if why is not None]
+    return line + "".join(f"\n    FAILED (runs on ATen): {f}" for f in failed)
+
+
 def report() -> str:
     """The environment and, for every op, each backend's availability on float32 inputs on the CPU
     (and on the GPU when there is one)."""
@@ -58,6 +70,7 @@ def report() -> str:
         f"CUDA: {info['cuda'] or 'no GPU visible to torch'}",
         f"triton: {_version('triton')}; cupy (TV-L1 on CUDA): {_version('cupy')}; "
         f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}",
+        f"Triton first-use self-check: {_selfcheck_line()}",
         "",
         "backends per op (on float32 inputs, asked for by name):",
     ]

@@ -162,3 +162,15 @@ def test_disagreement():
     assert "max abs error 0.5" in selfcheck.disagreement(y + 0.5, y, "bf16")
     assert "finite in one result" in selfcheck.disagreement(torch.tensor([[1.0, 2.0, 3.0]]), y, "ieee")
     assert "shape (3,)" in selfcheck.disagreement(y[0], y, "ieee")
+
+
+def test_doctor_names_the_setting_and_failed_variants(monkeypatch):
+    from i3d_fast import doctor
+
+    assert doctor._selfcheck_line().startswith("every Triton call (I3D_FAST_SELFCHECK=1")
+    _corrupt_conv(monkeypatch)
+    x = torch.randn(1, 3, 3, 4, 4).contiguous(memory_format=CL)
+    _warnings(lambda: conv3d(x, torch.randn(4, 3, 1, 1, 1), backend="triton"))
+    assert "FAILED (runs on ATen): conv3d fold ieee unaligned" in doctor._selfcheck_line()
+    monkeypatch.setenv(selfcheck.ENV, "0")
+    assert doctor._selfcheck_line().startswith("off (I3D_FAST_SELFCHECK=0")

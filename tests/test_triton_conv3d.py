@@ -188,14 +188,15 @@ def test_general_shapes(name, dtype):
     check_accuracy(case, result, expected, inputs, dtype)
 
 
-def test_kernel_too_large_for_fold_runs_direct():
-    # kT + kH + kW = 33 > 30 bits: only DIRECT can run it (aligned fp16), however many channels it wastes.
-    case = Case(1, 8, 16, (2, 2, 40), (1, 1, 31), padding="valid")
-    plan, result, expected, inputs = run_case(case, torch.float16)
-    assert (plan.mode, plan.aligned) == (tc.DIRECT, True)
-    check_accuracy(case, result, expected, inputs, torch.float16)
+def test_widest_kernel_runs_and_wider_is_refused():
+    # kT + kH + kW = 30 tap bits, SAME padding: the highest bits mask rows at both ends.
+    case = Case(1, 64, 16, (1, 2, 33), (1, 1, 28))
+    for dtype in (torch.float16, torch.float32):
+        plan, result, expected, inputs = run_case(case, dtype)
+        assert plan.mode == (tc.DIRECT if dtype == torch.float16 else tc.FOLD)
+        check_accuracy(case, result, expected, inputs, dtype)
     with pytest.raises(ValueError, match="kT \\+ kH \\+ kW"):
-        run_case(case, torch.float32)
+        run_case(replace(case, kernel=(1, 1, 29)), torch.float16)
 
 
 def test_nan_propagates_through_relu():
@@ -415,12 +416,11 @@ def test_why_unsupported_gives_reasons():
     assert "float32, float16 and bfloat16" in tc.why_unsupported(x.double(), (8, 4, 1, 1, 1), (1, 1, 1), none)
     assert "1x1x1 kernel" in tc.why_unsupported(x, (8, 4, 3, 3, 3), (1, 1, 1), ((1, 1),) * 3, pool=(3, 3, 3))
     assert "no output" in tc.why_unsupported(x, (8, 4, 3, 5, 3), (1, 1, 1), none)
-    # kT + kH + kW > 30: only DIRECT can run it, which needs aligned fp16/bf16/tf32
+    # kT + kH + kW > 30: no tap bits left, in any mode
     wide = _cl(torch.randn(1, 8, 1, 1, 40, dtype=torch.float16))
-    assert tc.why_unsupported(wide, (8, 8, 1, 1, 31), (1, 1, 1), none) is None
-    assert "kT + kH + kW" in tc.why_unsupported(wide.float(), (8, 8, 1, 1, 31), (1, 1, 1), none)
-    assert tc.why_unsupported(wide.float(), (8, 8, 1, 1, 31), (1, 1, 1), none, allow_tf32=True) is None
-    assert "kT + kH + kW" in tc.why_unsupported(wide.contiguous()[:, :5], (8, 5, 1, 1, 31), (1, 1, 1), none)
+    assert tc.why_unsupported(wide, (8, 8, 1, 1, 28), (1, 1, 1), none) is None
+    assert "kT + kH + kW" in tc.why_unsupported(wide, (8, 8, 1, 1, 31), (1, 1, 1), none)
+    assert "kT + kH + kW" in tc.why_unsupported(wide.float(), (8, 8, 1, 1, 31), (1, 1, 1), none, allow_tf32=True)
 
 
 def test_weight_cache_follows_data_swaps_and_dtype_changes():

@@ -10,7 +10,9 @@ One kernel, three ways to load the A (input) tile, picked by the constexpr ``MOD
 
 * ``DIRECT``: a K step is one tap and ``BLOCK_K`` consecutive input channels, loaded as 16-byte
   vectors; the loop runs flat over (tap, channel chunk) so Triton pipelines it even when Cin fits in
-  one chunk. For inputs whose channel runs are 16-byte aligned and not much smaller than BLOCK_K.
+  one chunk. The tap and chunk advance as loop-carried scalars (no integer division), and a row's
+  bounds check for a tap is one AND and one compare against its row bit mask (as in FOLD below).
+  For inputs whose channel runs are 16-byte aligned and not much smaller than BLOCK_K.
 * ``FOLD``: a K step is ``BLOCK_K`` consecutive (tap, channel) pairs, so a layer with few input
   channels (the RGB/flow stem: Cin = 3 or 2) fills the reduction tile with taps instead of zeros.
   A per-layer table gives each K index its input offset and a tap bit mask; each row keeps a bit
@@ -50,8 +52,8 @@ DIRECT, FOLD, POOL = 0, 1, 2
 MODE_NAMES = {DIRECT: "direct", FOLD: "fold", POOL: "pool"}
 #: Window of the fused max pool (kT, kH, kW): stride 1, TF SAME, padded cells ignored.
 POOL_WINDOW = (3, 3, 3)
-#: FOLD keeps one bit per kt, kh and kw offset in an int32; bit 30 marks K-tail columns.
-FOLD_MAX_TAP_BITS = 30
+#: DIRECT and FOLD keep one bit per kt, kh and kw offset in an int32; bit 30 marks FOLD's K-tail columns.
+MAX_TAP_BITS = 30
 #: Packed weights pad Cout to a multiple of this many (zero) columns.
 WEIGHT_COLUMN_PAD = 16
 #: The fold table is padded to a multiple of the largest BLOCK_K.
@@ -171,25 +173,41 @@ def _conv3d_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 
     if MODE == 0:
-        # DIRECT: K step = (tap, chunk of BLOCK_K channels), one flat loop.
-        chunks = tl.cdiv(Cin, BLOCK_K)
-        for it in range(0, kT * kH * kW * chunks):
-            tap = it // chunks
-            c0 = (it - tap * chunks) * BLOCK_K
-            kw = tap % kW
-            kh = (tap // kW) % kH
-            kt = tap // (kW * kH)
-            ti = tb + kt
-            hi = hb + kh
-            wi = wb + kw
-            row_ok = m_ok & (ti >= 0) & (ti < T) & (hi >= 0) & (hi < H) & (wi >= 0) & (wi < W)
-            row = tl.where(row_ok, x_row + (kt * sxT + kh * sxH + kw * sxW), 0)
-            row = tl.multiple_of(row, [VEC])  # tl.where hides the alignment from Triton
-            c = c0 + offs_k
-            c_ok = c < Cin
-            a = tl.load(x_tile + row[:, None] + c[None, :], mask=row_ok[:, None] & c_ok[None, :], other=0.0)
-            b = tl.load(w_cols + (tap * Cin + c)[:, None] * NP, mask=c_ok[:, None] & n_ok_w[None, :], other=0.0)
+        # DIRECT: K step = (tap, chunk of BLOCK_K channels), one flat loop. The tap (kt, kh, kw), its
+        # input offset and bit mask, and the chunk start advance as loop-carried scalars (no
+        # divisions); a row is in bounds for a tap iff the tap's three bits are set in its row bits.
+        row_bits = (_window_bits(tb, T, kT) | (_window_bits(hb, H, kH) << kT)
+                    | (_window_bits(wb, W, kW) << (kT + kH)))
+        row_bits = tl.where(m_ok, row_bits, 0)
+        a_ptrs = x_tile + x_row[:, None] + offs_k[None, :]  # + tap offset + chunk start
+        b_ptrs = w_cols + offs_k[:, None] * NP  # + K row of the chunk start, times NP
+        kt = 0
+        kh = 0
+        kw = 0
+        c0 = 0
+        tap_k = 0  # first K row of the tap: tap * Cin
+        tap_off = 0  # kt * sxT + kh * sxH + kw * sxW
+        for _ in range(0, kT * kH * kW * tl.cdiv(Cin, BLOCK_K)):
+            tap_bits = (1 << kt) | (1 << (kT + kh)) | (1 << (kT + kH + kw))
+            row_ok = (row_bits & tap_bits) == tap_bits
+            c_ok = offs_k < Cin - c0
+            a = tl.load(a_ptrs + (tap_off + c0), mask=row_ok[:, None] & c_ok[None, :], other=0.0)
+            b = tl.load(b_ptrs + (tap_k + c0) * NP, mask=c_ok[:, None] & n_ok_w[None, :], other=0.0)
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            c0 += BLOCK_K
+            next_tap = c0 >= Cin
+            c0 = tl.where(next_tap, 0, c0)
+            tap_k = tl.where(next_tap, tap_k + Cin, tap_k)
+            kw = tl.where(next_tap, kw + 1, kw)
+            tap_off = tl.where(next_tap, tap_off + sxW, tap_off)
+            next_h = kw == kW
+            kw = tl.where(next_h, 0, kw)
+            kh = tl.where(next_h, kh + 1, kh)
+            tap_off = tl.where(next_h, tap_off + (sxH - kW * sxW), tap_off)
+            next_t = kh == kH
+            kh = tl.where(next_t, 0, kh)
+            kt = tl.where(next_t, kt + 1, kt)
+            tap_off = tl.where(next_t, tap_off + (sxT - kH * sxH), tap_off)
     elif MODE == 1:
         # FOLD: K step = BLOCK_K consecutive (tap, channel) pairs. taps_ptr holds, per K index, the
         # tap's bit mask (bit 30 for the K tail) and its input offset (see _fold_table). The tile is
@@ -318,15 +336,13 @@ def choose_mode(precision: str, kernel: Triple, cin: int, pool: bool, in_aligned
     """(MODE, aligned) for a layer; raises ValueError when no shipped variant fits."""
     if pool:
         return POOL, (in_aligned and out_aligned and (POOL, precision, True) in SHIPPED)
+    if sum(kernel) > MAX_TAP_BITS:
+        raise ValueError(f"conv3d (triton): kernel {tuple(kernel)} needs kT + kH + kW <= {MAX_TAP_BITS} "
+                         "(one bit per tap offset)")
     direct = (DIRECT, precision, True)
-    can_direct = direct in SHIPPED and in_aligned and out_aligned
-    can_fold = sum(kernel) <= FOLD_MAX_TAP_BITS
-    if can_direct and (math.prod(kernel) == 1 or not can_fold
-                       or channel_waste(cin, SHIPPED[direct][0].block_k) <= DIRECT_MAX_CHANNEL_WASTE):
+    if direct in SHIPPED and in_aligned and out_aligned and (
+            math.prod(kernel) == 1 or channel_waste(cin, SHIPPED[direct][0].block_k) <= DIRECT_MAX_CHANNEL_WASTE):
         return DIRECT, True
-    if not can_fold:
-        raise ValueError(f"conv3d (triton): kernel {tuple(kernel)} needs kT + kH + kW <= {FOLD_MAX_TAP_BITS} "
-                         "unless the input and outputs are 16-byte aligned channels-last with fp16/bf16/tf32")
     return FOLD, (out_aligned and (FOLD, precision, True) in SHIPPED)
 
 
@@ -404,7 +420,7 @@ def _fold_table(kernel: Triple, cin: int, sxt: int, sxh: int, sxw: int, device: 
     kh = (tap // kw_) % kh_
     kt = tap // (kw_ * kh_)
     table = torch.zeros((2, kp), dtype=torch.int64)
-    table[0] = 1 << FOLD_MAX_TAP_BITS
+    table[0] = 1 << MAX_TAP_BITS
     table[0, :k] = (1 << kt) | (1 << (kt_ + kh)) | (1 << (kt_ + kh_ + kw))
     table[1, :k] = kt * sxt + kh * sxh + kw * sxw + c
     return table.to(torch.int32).to(device)

@@ -1,8 +1,8 @@
-"""Whole-model benchmarks: I3D RGB forward, reference model vs the fused inference model, in fp32 (with
-the same network in plain PyTorch with BatchNorm folded, and that under ``torch.compile`` with inductor's
-``freezing`` at full size, its compile time reported apart, beside them) and (on a CPU with native bf16)
-in bf16: the reference model under ``torch.autocast`` vs ``fuse(model, dtype=bf16)``; then the fp32 forward's time per endpoint, reference vs fused (suite
-``model-layers``: where the time goes).
+"""Whole-model benchmarks: the I3D RGB forward of the reference model vs the fused inference model, beside
+the same network in plain PyTorch with BatchNorm folded, eager and (full size) under ``torch.compile`` with
+inductor's ``freezing`` (its compile time reported apart): in fp32, and in bf16 (CUDA, or a CPU with native
+bf16) with the baselines under ``torch.autocast`` against ``fuse(model, dtype=bf16)``; then the fp32
+forward's time per endpoint, reference vs fused (suite ``model-layers``: where the time goes).
 
 Run as ``python -m i3d_fast.bench.model PROVIDER FRAMES`` it prints one provider's peak memory
 growth (MiB) in a fresh process; :func:`run` uses that for the table's "peak MiB" column.
@@ -27,7 +27,10 @@ PROVIDERS = ("reference model (channels_last_3d)", "i3d_fast.fuse(model)")
 BF16_PROVIDERS = ("reference model under torch.autocast bf16", "i3d_fast.fuse(model, dtype=torch.bfloat16)")
 PLAIN_FOLDED = "plain PyTorch I3D, BatchNorm folded"
 PLAIN_COMPILED = "plain PyTorch I3D, BatchNorm folded + torch.compile (inductor, freezing)"
-ALL_PROVIDERS = PROVIDERS + BF16_PROVIDERS + (PLAIN_FOLDED, PLAIN_COMPILED)
+PLAIN_FOLDED_BF16 = PLAIN_FOLDED + ", under torch.autocast bf16"
+PLAIN_COMPILED_BF16 = PLAIN_COMPILED + ", under torch.autocast bf16"
+COMPILED = (PLAIN_COMPILED, PLAIN_COMPILED_BF16)
+ALL_PROVIDERS = PROVIDERS + BF16_PROVIDERS + (PLAIN_FOLDED, PLAIN_FOLDED_BF16) + COMPILED
 SIZE = 224  # pixels
 
 
@@ -35,17 +38,17 @@ def workload(provider: str, frames: int, device: str = "cpu") -> Callable[[], to
     """A no-grad forward of ``provider`` on a [1, 3, frames, SIZE, SIZE] fp32 clip."""
     x = (torch.rand(1, 3, frames, SIZE, SIZE, device=device) * 2 - 1).contiguous(memory_format=CL)
     model = InceptionI3d(adaptive_head=SIZE < 193).to(device).eval().to(memory_format=CL)
-    if provider in (PLAIN_FOLDED, PLAIN_COMPILED):  # the same weights in plain PyTorch, BatchNorm folded
+    if provider.startswith(PLAIN_FOLDED):  # the same weights in plain PyTorch, BatchNorm folded
         plain = PlainInceptionI3d(adaptive_head=SIZE < 193)
         plain.load_state_dict(model.state_dict())
         model = fold_batchnorm(plain.to(device).eval()).to(memory_format=CL)
-        if provider == PLAIN_COMPILED:  # freezing: weights become constants, as for deployment
+        if provider in COMPILED:  # freezing: weights become constants, as for deployment
             model = torch.compile(model, options={"freezing": True})
     if provider == PROVIDERS[1]:
         model = fuse(model)
     elif provider == BF16_PROVIDERS[1]:
         model = fuse(model, dtype=torch.bfloat16)
-    autocast = provider == BF16_PROVIDERS[0]
+    autocast = provider in (BF16_PROVIDERS[0], PLAIN_FOLDED_BF16, PLAIN_COMPILED_BF16)
 
     def forward():
         with torch.no_grad(), torch.autocast(torch.device(device).type, torch.bfloat16, enabled=autocast):
@@ -57,12 +60,12 @@ def workload(provider: str, frames: int, device: str = "cpu") -> Callable[[], to
 def _rows(providers, case: str, frames: int, repeat: int, device: str) -> List[Row]:
     # Interleaved, run by run: on a shared machine a slow spell then falls on every provider.
     workloads = [workload(p, frames, device) for p in providers]
-    compile_s = {p: first_call_seconds(fn, device) for p, fn in zip(providers, workloads) if p == PLAIN_COMPILED}
+    compile_s = {p: first_call_seconds(fn, device) for p, fn in zip(providers, workloads) if p in COMPILED}
     timings = measure_interleaved(workloads, repeat, device=device)
     rows = []
     for i, (provider, timing) in enumerate(zip(providers, timings)):
         extra = {"compile s": round(compile_s[provider], 1)} if provider in compile_s else {}
-        if device == "cpu" and provider != PLAIN_COMPILED:
+        if device == "cpu" and provider not in COMPILED:
             peak = peak_memory_in_subprocess(__name__, str(ALL_PROVIDERS.index(provider)), str(frames))
             if peak is not None:
                 extra["peak MiB"] = round(peak, 1)
@@ -123,22 +126,24 @@ def layer_rows(frames: int, repeat: int, device: str = "cpu") -> List[Row]:
 
 
 def run(quick: bool = False, device: str = "cpu") -> List[Row]:
-    """fp32: the reference model vs fuse(model); bf16 (a CPU with native bf16): the reference model under
-    autocast vs the bf16 fused model ("not measured" elsewhere: bf16 would be emulated)."""
+    """fp32: the reference model, the plain network folded (and compiled), fuse(model); bf16 (CUDA, or a
+    CPU with native bf16): the reference model and the folded plain network (and compiled) under autocast,
+    then the bf16 fused model ("not measured" elsewhere: bf16 would be emulated); then ``model-layers``."""
     frames = 16 if quick else 64
     repeat = 3 if quick else 5
     shape = f"[1, 3, {frames}, {SIZE}, {SIZE}]"
-    # fp32: the reference model first, the plain PyTorch network folded (and compiled, full size only: minutes
-    # of compilation on 2 cores, reported as its "compile s"; no peak-memory column for it) beside it
-    plain = (PLAIN_FOLDED,) + (() if quick else (PLAIN_COMPILED,))
+    # the reference model first, the plain PyTorch network folded (and compiled, full size only: minutes of
+    # compilation on 2 cores, reported as its "compile s"; no peak-memory column for it) beside it
+    plain, plain_bf16 = (PLAIN_FOLDED,), (PLAIN_FOLDED_BF16,)
+    if not quick:
+        plain, plain_bf16 = plain + (PLAIN_COMPILED,), plain_bf16 + (PLAIN_COMPILED_BF16,)
     rows = _rows(PROVIDERS[:1] + plain + PROVIDERS[1:], f"I3D RGB forward {shape} float32", frames, repeat, device)
     case = f"I3D RGB forward {shape} bf16"
-    if device == "cpu" and has_native_bf16():
-        rows += _rows(BF16_PROVIDERS, case, frames, repeat, device)
+    if device == "cuda" or has_native_bf16():
+        rows += _rows(BF16_PROVIDERS[:1] + plain_bf16 + BF16_PROVIDERS[1:], case, frames, repeat, device)
     else:
-        why = "the CPU has neither avx512_bf16 nor amx_bf16" if device == "cpu" else "CPU only"
         rows.append(Row("model", case, f"{BF16_PROVIDERS[1]} vs {BF16_PROVIDERS[0]}", None,
-                        note=f"not measured ({why})"))
+                        note="not measured (the CPU has neither avx512_bf16 nor amx_bf16)"))
     return rows + layer_rows(frames, repeat, device)
 
 

@@ -1,15 +1,20 @@
 """Conv3d benchmarks on CUDA: every I3D conv layer and every Mixed block, the Triton kernels
 (:mod:`i3d_fast.kernels.triton.conv3d`) against cuDNN, channels_last_3d, bf16 and fp16.
 
-Baseline per layer: cuDNN Conv3d + eval BatchNorm + ReLU (F.pad first where TF SAME padding is
-asymmetric, since cuDNN pads symmetrically; a -inf F.pad + max_pool3d before branch 3's conv). Per
-block: the four branches that way, then torch.cat. ``torch.backends.cudnn.benchmark`` is on, and
-the profiler confirms that a cuDNN kernel ran for each baseline. Times are CUDA-event medians with
-20/80% quantiles over repeated launches (no cache flush: a network's activations are hot in L2).
-Without a GPU nothing is measured.
+Baselines per layer: cuDNN Conv3d + eval BatchNorm + ReLU (unfolded; F.pad first where TF SAME
+padding is asymmetric, since cuDNN pads symmetrically; a -inf F.pad + max_pool3d before branch 3's
+conv), cuDNN Conv3d with BatchNorm folded into its weight and bias + ReLU (what a deployed PyTorch
+model runs), and the cuDNN convolution alone. Per block: the four branches unfolded, then
+torch.cat. ``torch.backends.cudnn.benchmark`` is on, and the profiler confirms that a cuDNN kernel
+ran for each baseline. Each provider is timed as a CUDA graph of back-to-back calls (no Python or
+launch overhead between them; plain back-to-back launches where a provider cannot be captured):
+CUDA-event medians with 20/80% quantiles, no cache flush (a network's activations are hot in L2).
+TFLOP/s and, for GPUs in :data:`PEAK_TFLOPS`, the % of the dense tensor-core peak. Without a GPU
+nothing is measured.
 """
 from __future__ import annotations
 
+import re
 import statistics
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
@@ -25,12 +30,19 @@ from .timing import Timing
 SUITE = "conv3d"
 BASELINE = "cuDNN conv+BN+ReLU"
 CONV_ONLY = "cuDNN conv alone"
+FOLDED = "cuDNN conv + folded bias + ReLU"
 OURS = "i3d_fast triton"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: Substrings of CUDA kernel names that come from cuDNN (or the CUTLASS/xmma kernels it dispatches to).
 CUDNN_KERNEL_MARKS = ("cudnn", "xmma", "cutlass", "implicit_convolve", "fprop", "conv2d_", "conv3d_")
 #: Names of ATen's own (non-cuDNN) convolution kernels.
 ATEN_CONV_MARKS = ("vol2col", "slow_conv", "im2col")
+#: Dense (no sparsity) bf16 / fp16 tensor-core peak TFLOP/s by GPU name pattern, from NVIDIA's data
+#: sheets (half of the "with sparsity" figure); the first pattern that matches wins.
+PEAK_TFLOPS = (
+    (r"H100.*PCIe", 756.0), (r"H100.*NVL", 835.0), (r"H100", 989.4), (r"H200", 989.4), (r"A100", 312.0),
+    (r"L40S", 362.1), (r"\bL4\b", 121.0), (r"\bA10\b", 125.0),
+)
 
 
 @dataclass
@@ -112,6 +124,47 @@ def cuda_time(fn: Callable[[], object], warmup: int = 10, repeat: int = 50) -> T
     return Timing(statistics.median(times), q[0], q[3], repeat)
 
 
+def graph_time(fn: Callable[[], object], warmup: int = 5, repeat: int = 20, calls: int = 10) -> Tuple[Timing, str]:
+    """(per-call time, "CUDA graph") of ``fn``: ``calls`` back-to-back calls captured in one CUDA graph,
+    each replay timed by a CUDA event pair; (per-call time, "back-to-back") from ``calls`` plain
+    back-to-back launches per event pair where capturing fails. Warm-up (and cuDNN's autotuning)
+    runs before capture."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+
+    def burst():
+        for _ in range(calls):
+            fn()
+
+    method, run = "back-to-back", burst
+    try:
+        graph = torch.cuda.CUDAGraph()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            burst()  # a warm pass on the capture stream
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.cuda.graph(graph):
+            burst()
+        graph.replay()
+        torch.cuda.synchronize()
+        method, run = "CUDA graph", graph.replay
+    except RuntimeError:
+        torch.cuda.synchronize()
+    timing = cuda_time(run, warmup=2, repeat=repeat)
+    per_call = Timing(timing.median_ms / calls, timing.q20_ms / calls, timing.q80_ms / calls, timing.runs * calls)
+    return per_call, method
+
+
+def peak_tflops(gpu_name: str) -> Optional[float]:
+    """The dense bf16 tensor-core peak of a GPU named like ``torch.cuda.get_device_name()``, if known."""
+    for pattern, peak in PEAK_TFLOPS:
+        if re.search(pattern, gpu_name):
+            return peak
+    return None
+
+
 def cuda_kernels(fn: Callable[[], object]) -> List[str]:
     """Names of the CUDA kernels one call of ``fn`` launches."""
     from torch.profiler import ProfilerActivity, profile
@@ -153,16 +206,14 @@ class Unit:
             self.scale, self.shift = torch.ones_like(self.beta), self.beta
         self.packed = triton_conv3d.pack_weight(self.weight)
         self.beta_dtype = self.beta.to(dtype)
+        self.folded = (self.weight * self.scale.to(dtype).view(-1, 1, 1, 1, 1)).contiguous(
+            memory_format=torch.channels_last_3d)
+        self.folded_bias = self.shift.to(dtype)
 
     def cudnn(self, x: torch.Tensor, bn_relu: bool = True) -> torch.Tensor:
+        """cuDNN conv (+ unfolded eval BatchNorm, or the Logits bias, + ReLU when ``bn_relu``)."""
         c = self.conv
-        if c.pool:
-            x = F.max_pool3d(F.pad(x, (1, 1) * 3, value=float("-inf")), 3, 1)
-        (t0, t1), (h0, h1), (w0, w1) = c.pads
-        if (t0, h0, w0) == (t1, h1, w1):
-            y = F.conv3d(x, self.weight, stride=c.stride, padding=(t0, h0, w0))
-        else:
-            y = F.conv3d(F.pad(x, (w0, w1, h0, h1, t0, t1)), self.weight, stride=c.stride)
+        y = self._conv(x, self.weight, None)
         if not bn_relu:
             return y
         if c.bn:
@@ -170,6 +221,20 @@ class Unit:
         else:
             y = y + self.beta_dtype.view(1, -1, 1, 1, 1)
         return F.relu_(y) if c.relu else y
+
+    def cudnn_folded(self, x: torch.Tensor) -> torch.Tensor:
+        """cuDNN conv with BatchNorm folded into the weight and bias, then ReLU."""
+        y = self._conv(x, self.folded, self.folded_bias)
+        return F.relu_(y) if self.conv.relu else y
+
+    def _conv(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        c = self.conv
+        if c.pool:
+            x = F.max_pool3d(F.pad(x, (1, 1) * 3, value=float("-inf")), 3, 1)
+        (t0, t1), (h0, h1), (w0, w1) = c.pads
+        if (t0, h0, w0) == (t1, h1, w1):
+            return F.conv3d(x, weight, bias, stride=c.stride, padding=(t0, h0, w0))
+        return F.conv3d(F.pad(x, (w0, w1, h0, h1, t0, t1)), weight, bias, stride=c.stride)
 
     def ours_into(self, x: torch.Tensor, destinations) -> None:
         from ..kernels.triton import conv3d as triton_conv3d
@@ -227,18 +292,60 @@ def _check_close(ours: torch.Tensor, ref: torch.Tensor, label: str) -> None:
         raise RuntimeError(f"{label}: triton result differs from cuDNN (max abs error {err:g}, max |y| {scale:g})")
 
 
-def _rows(case: str, flops: float, baseline_fn, conv_fn, ours_fn, repeat: int) -> List[Row]:
-    kernels = cuda_kernels(baseline_fn)
+def _rows(case: str, flops: float, providers, repeat: int, peak: Optional[float]) -> List[Row]:
+    """Rows of one case: ``providers`` is [(name, fn, is_baseline)], the baseline first (its cuDNN
+    kernel named from the profiler), each timed by :func:`graph_time`."""
+    kernels = cuda_kernels(providers[0][1])
     found = cudnn_kernel(kernels)
     note = f"cuDNN kernel {found[:60]}" if found else "NO cuDNN KERNEL SEEN: " + ", ".join(k[:40] for k in kernels[:4])
     rows = []
-    for provider, fn, base in ((BASELINE, baseline_fn, True), (CONV_ONLY, conv_fn, False), (OURS, ours_fn, False)):
-        if fn is None:
-            continue
-        timing = cuda_time(fn, repeat=repeat)
-        rows.append(Row(SUITE, case, provider, timing, baseline=base, note=note if base else "",
-                        extra={"TFLOP/s": round(flops / timing.median_ms / 1e9, 1)}))
+    for provider, fn, base in providers:
+        timing, method = graph_time(fn, repeat=repeat)
+        tflops = flops / timing.median_ms / 1e9
+        extra = {"TFLOP/s": round(tflops, 1)}
+        if peak:
+            extra["% of peak"] = round(100 * tflops / peak, 1)
+        rows.append(Row(SUITE, case, provider, timing, baseline=base,
+                        note="; ".join([note] * base + [method] * (method != "CUDA graph")), extra=extra))
     return rows
+
+
+def layer_case(conv: Conv, dname: str) -> str:
+    return f"{conv.name} {list(conv.shape)} k{conv.kernel} s{conv.stride} -> {conv.cout} {dname}"
+
+
+def layer_rows(conv: Conv, dname: str, device: str, gen: torch.Generator, repeat: int = 20,
+               timed: bool = True) -> List[Row]:
+    """One conv layer: ours against cuDNN conv + BN + ReLU (the baseline), conv + folded bias + ReLU
+    and conv alone, after checking ours against cuDNN. ``timed=False`` runs every provider once
+    and returns unmeasured rows (a dry run of the wiring, e.g. on the CPU)."""
+    dtype = DTYPES[dname]
+    unit = Unit(conv, dtype, device, gen)
+    x = _input(conv.shape, dtype, device, gen)
+    with torch.no_grad():
+        _check_close(unit.ours(x), unit.cudnn(x), conv.name)
+        _check_close(unit.cudnn_folded(x), unit.cudnn(x), f"{conv.name} (folded cuDNN baseline)")
+        providers = [(BASELINE, lambda: unit.cudnn(x), True), (FOLDED, lambda: unit.cudnn_folded(x), False),
+                     (CONV_ONLY, lambda: unit.cudnn(x, bn_relu=False), False), (OURS, lambda: unit.ours(x), False)]
+        case = layer_case(conv, dname)
+        if not timed:
+            for _, fn, _ in providers:
+                fn()
+            return [Row(SUITE, case, name, None, baseline=base, note="dry run: ran once, not timed")
+                    for name, _, base in providers]
+        return _rows(case, conv.flops(), providers, repeat, peak_tflops(torch.cuda.get_device_name(device)))
+
+
+def block_rows(block: Block, dname: str, device: str, gen: torch.Generator, repeat: int = 20) -> List[Row]:
+    """One Mixed block: ours (one op) against the four cuDNN branches and torch.cat."""
+    dtype = DTYPES[dname]
+    prov = BlockProviders(block, dtype, device, gen)
+    x = _input(block.shape, dtype, device, gen)
+    with torch.no_grad():
+        _check_close(prov.ours(x), prov.cudnn(x), block.name)
+        providers = [(BASELINE, lambda: prov.cudnn(x), True), (OURS, lambda: prov.ours(x), False)]
+        return _rows(f"{block.name} block {list(block.shape)} {dname}", sum(c.flops() for c in block.convs),
+                     providers, repeat, peak_tflops(torch.cuda.get_device_name(device)))
 
 
 def run(quick: bool = False, device: str = "cpu", batch: int = 1, dtypes=("bf16", "fp16"),
@@ -247,32 +354,22 @@ def run(quick: bool = False, device: str = "cpu", batch: int = 1, dtypes=("bf16"
     row saying that nothing was measured)."""
     if device != "cuda" or not torch.cuda.is_available():
         return [Row(SUITE, "I3D conv layers and Mixed blocks, bf16/fp16", f"{OURS} vs {BASELINE}", None,
-                    note="needs a CUDA GPU; not measured")]
+                    note="needs a CUDA GPU; not measured"),
+                *(Row(SUITE, "I3D conv layers, bf16", name, None, note="not measured (no GPU)")
+                  for name in (FOLDED, CONV_ONLY))]
     torch.backends.cudnn.benchmark = True
     frames = 16 if quick else 64
-    repeat = 20 if quick else 50
+    repeat = 10 if quick else 20
     convs, block_list = i3d_layers(batch, frames)
     gen = torch.Generator().manual_seed(0)
     rows: List[Row] = []
-    with torch.no_grad():
-        for dname in dtypes:
-            dtype = DTYPES[dname]
-            if layers:
-                for conv in convs:
-                    unit = Unit(conv, dtype, device, gen)
-                    x = _input(conv.shape, dtype, device, gen)
-                    _check_close(unit.ours(x), unit.cudnn(x), conv.name)
-                    case = (f"{conv.name} {list(conv.shape)} k{conv.kernel} s{conv.stride} -> {conv.cout} {dname}")
-                    rows += _rows(case, conv.flops(), lambda: unit.cudnn(x), lambda: unit.cudnn(x, bn_relu=False),
-                                  lambda: unit.ours(x), repeat)
-            if blocks:
-                for block in block_list:
-                    prov = BlockProviders(block, dtype, device, gen)
-                    x = _input(block.shape, dtype, device, gen)
-                    _check_close(prov.ours(x), prov.cudnn(x), block.name)
-                    case = f"{block.name} block {list(block.shape)} {dname}"
-                    rows += _rows(case, sum(c.flops() for c in block.convs), lambda: prov.cudnn(x), None,
-                                  lambda: prov.ours(x), repeat)
+    for dname in dtypes:
+        if layers:
+            for conv in convs:
+                rows += layer_rows(conv, dname, device, gen, repeat)
+        if blocks:
+            for block in block_list:
+                rows += block_rows(block, dname, device, gen, repeat)
     return rows
 
 

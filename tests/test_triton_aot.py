@@ -27,6 +27,21 @@ def test_specs_are_unique_and_expect_tensor_cores():
         assert s.tensor_cores == expected, s.name
 
 
+def test_every_config_the_heuristic_can_pick_is_compiled():
+    # choose_config picks from SHIPPED only; every SHIPPED config of every variant is an AOT spec.
+    from i3d_fast.kernels.triton import conv3d as tc
+
+    names = {s.name for s in SPECS}
+    for (mode, precision, aligned), configs in tc.SHIPPED.items():
+        for config in configs:
+            assert (f"conv3d.{tc.MODE_NAMES[mode]}.{precision}.{'vec' if aligned else 'any'}.{config.name}"
+                    in names)
+        for m in (1, 392, 25_088, 1_000_000):
+            for cout in (16, 64, 96, 192, 400, 624):
+                for cin in (None, 16, 24, 48, 96, 144, 480, 832):
+                    assert tc.choose_config(mode, precision, aligned, m, cout, cin=cin) in configs
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("key", KEYS, ids=[f"{name}-sm{arch}" for name, arch in KEYS])
 def test_compiles_without_spills(compiled, key):

@@ -270,7 +270,7 @@ def test_heuristic_picks_shipped_variants_for_i3d(precision, batch):
     for stream in (3, 2):
         for name, cin, cout, kernel, stride, pool, m in _i3d_layers(in_channels=stream):
             mode, aligned = tc.choose_mode(precision, kernel, cin, pool, cin % vec == 0, cout % vec == 0)
-            config = tc.choose_config(mode, precision, aligned, m * batch, cout)
+            config = tc.choose_config(mode, precision, aligned, m * batch, cout, cin=cin)
             assert config in tc.SHIPPED[(mode, precision, aligned)], name
             if precision == "ieee":
                 assert (mode, aligned) == (tc.POOL if pool else tc.FOLD, False), name
@@ -282,8 +282,11 @@ def test_heuristic_picks_shipped_variants_for_i3d(precision, batch):
                 assert mode == tc.FOLD, name  # the stem: taps folded into K
             elif kernel == (1, 1, 1):
                 assert mode == tc.DIRECT, name
-            elif precision in ("fp16", "bf16"):  # 3x3x3: thin inputs (b2b) fold, the others load channel runs
-                assert mode == (tc.DIRECT if cin >= 48 else tc.FOLD), name
+            else:  # 3x3x3: thin inputs (b2b with 16 channels) fold, the others load channel runs
+                assert mode == (tc.DIRECT if cin >= 24 else tc.FOLD), name
+            if mode == tc.DIRECT:  # the channel chunk that pads least
+                assert tc.channel_waste(cin, config.block_k) == min(
+                    tc.channel_waste(cin, c.block_k) for c in tc.SHIPPED[(mode, precision, aligned)]), name
 
 
 def test_heuristic_prefers_big_tiles_when_the_grid_is_full():
@@ -293,6 +296,13 @@ def test_heuristic_prefers_big_tiles_when_the_grid_is_full():
     assert tc.choose_config(tc.DIRECT, "fp16", True, 100_000, 192).block_n == 64  # 3 full tiles, not 2 x 128
     small = tc.choose_config(tc.DIRECT, "fp16", True, 392, 384)  # Mixed_5c at batch 1: 7x7x8 sites
     assert (small.block_m, small.block_n) == (64, 64)
+
+
+@pytest.mark.parametrize("cin, block_k", [(64, 64), (96, 32), (144, 32), (480, 32), (528, 32), (832, 64), (None, 64)])
+def test_direct_block_k_follows_channel_padding(cin, block_k):
+    assert tc.choose_config(tc.DIRECT, "fp16", True, 100_000, 256, cin=cin).block_k == block_k
+    if cin is not None:  # the other modes keep their own depth
+        assert tc.choose_config(tc.FOLD, "fp16", True, 100_000, 256, cin=cin).block_k == 64
 
 
 # -- errors -----------------------------------------------------------------------------------------

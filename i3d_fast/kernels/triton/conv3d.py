@@ -285,8 +285,10 @@ PRECISIONS = ("fp16", "bf16", "tf32", "ieee")
 _TRITON_DTYPE = {"fp16": "fp16", "bf16": "bf16", "tf32": "fp32", "ieee": "fp32"}
 _DOT_PRECISION = {"fp16": None, "bf16": None, "tf32": "tf32", "ieee": "ieee"}
 
-_H16 = (Config(128, 128, 64, 8, 3), Config(128, 64, 64, 4, 3), Config(64, 64, 64, 4, 3))
-#: Every variant we ship: (mode, precision, aligned) -> configs, largest tile first. "aligned" means
+#: 16-bit DIRECT tiles: BLOCK_K 64, and 32 for channel counts that 64 would pad more (96, 144, 480...).
+_H16 = (Config(128, 128, 64, 8, 3), Config(128, 64, 64, 4, 3), Config(64, 64, 64, 4, 3),
+        Config(128, 128, 32, 8, 4), Config(128, 64, 32, 4, 4), Config(64, 64, 32, 4, 4))
+#: Every variant we ship: (mode, precision, aligned) -> configs, per BLOCK_K largest tile first. "aligned" means
 #: 16-byte aligned channel runs (inputs for DIRECT/POOL, outputs for all modes); the unaligned
 #: variants take any strides and channel counts. ``choose_config`` picks only from this table, and
 #: ``aot_specs`` compiles all of it.
@@ -341,19 +343,28 @@ def choose_mode(precision: str, kernel: Triple, cin: int, pool: bool, in_aligned
                          "(one bit per tap offset)")
     direct = (DIRECT, precision, True)
     if direct in SHIPPED and in_aligned and out_aligned and (
-            math.prod(kernel) == 1 or channel_waste(cin, SHIPPED[direct][0].block_k) <= DIRECT_MAX_CHANNEL_WASTE):
+            math.prod(kernel) == 1
+            or min(channel_waste(cin, c.block_k) for c in SHIPPED[direct]) <= DIRECT_MAX_CHANNEL_WASTE):
         return DIRECT, True
     return FOLD, (out_aligned and (FOLD, precision, True) in SHIPPED)
 
 
-def choose_config(mode: int, precision: str, aligned: bool, m: int, cout: int, sms: int = DEFAULT_SMS) -> Config:
+def choose_config(mode: int, precision: str, aligned: bool, m: int, cout: int, sms: int = DEFAULT_SMS,
+                  cin: Optional[int] = None) -> Config:
     """Deterministic tile choice among ``SHIPPED[(mode, precision, aligned)]``.
 
-    Column tiles at least twice as wide as needed are skipped. Among the tiles that still give at
-    least two programs per SM, the one with the fewest padded output columns wins (then the larger
-    tile); when none does (small layers), the smallest tile, for the most programs.
+    DIRECT with ``cin`` given: only the BLOCK_K that pads the channel chunks least (the deeper one on
+    a tie); otherwise the deepest BLOCK_K. Then column tiles at least twice as wide as needed are
+    skipped. Among the tiles that still give at least two programs per SM, the one with the fewest
+    padded output columns wins (then the larger tile); when none does (small layers), the smallest
+    tile, for the most programs.
     """
     configs = SHIPPED[(mode, precision, aligned)]
+    depths = sorted({c.block_k for c in configs}, reverse=True)
+    depth = depths[0]
+    if mode == DIRECT and cin is not None:
+        depth = min(depths, key=lambda k: (channel_waste(cin, k), -k))
+    configs = [c for c in configs if c.block_k == depth]
 
     def columns(c: Config) -> int:
         return math.ceil(cout / c.block_n) * c.block_n
@@ -633,7 +644,7 @@ def _plan(x, packed: PackedWeight, scale, shift, stride, pads, relu, destination
     mode, aligned = choose_mode(precision, kernel, cin, pool is not None, in_aligned, out_aligned)
     if config is None:
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else DEFAULT_SMS
-        config = choose_config(mode, precision, aligned, m, cout, sms)
+        config = choose_config(mode, precision, aligned, m, cout, sms, cin)
     elif config not in SHIPPED[(mode, precision, aligned)]:
         raise ValueError(f"{name}: config {config.name} is not shipped for the {MODE_NAMES[mode]} {precision} "
                          f"{'aligned' if aligned else 'unaligned'} variant; choose one of "

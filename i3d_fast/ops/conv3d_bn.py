@@ -8,10 +8,16 @@ activation from the saved conv output instead of storing them. The running stati
 as ``nn.BatchNorm3d`` does (unbiased variance, ``momentum``). Eval mode folds BatchNorm into the
 convolution (cached per weight version when no gradient is needed) and runs :func:`.conv3d`.
 
-Backends: ``cpu`` (C++: float32 Winograd / GEMM convolutions and Winograd gradients, oneDNN for
-the rest and for bf16; the statistics and BatchNorm passes in float32 / bf16), ``aten`` (any float
-dtype; what CUDA runs until a Triton training backend lands) and ``reference`` (plain PyTorch,
-float64-capable; its backward is autograd through the plain ops: the oracle).
+Backends, in "auto" order: ``triton`` (CUDA fp16 / bf16 / fp32; CPU tensors only through the
+Triton interpreter and only when asked for by name: an implicit-GEMM convolution whose epilogue
+reduces the batch statistics, one normalise + ReLU pass, a fused ReLU-mask + BatchNorm backward,
+the data gradient as a phase-split transposed implicit GEMM and the weight gradient as a
+deterministic split-K GEMM; see :mod:`i3d_fast.kernels.triton.conv3d_bn`), ``cpu`` (C++: float32
+Winograd / GEMM convolutions and Winograd gradients, oneDNN for the rest and for bf16; the
+statistics and BatchNorm passes in float32 / bf16), ``aten`` (any float dtype; CUDA tensors the
+Triton kernels refuse, e.g. float64 or tensors of 2**31 elements) and ``reference`` (plain PyTorch,
+float64-capable; its backward is autograd through the plain ops: the oracle). Every backend sees
+the input, the weight shape, the stride and the padding; forward and backward pick the same one.
 """
 from __future__ import annotations
 
@@ -31,30 +37,48 @@ from .padding import PaddingArg, flat_pads, nested_pads
 CL = torch.channels_last_3d
 
 
-def _reject_cpu(x: torch.Tensor, explicit: bool) -> Optional[str]:
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+# Every reject(x, weight_shape, stride, pads, explicit=...) sees the op's inputs.
+def _reject_triton(x: torch.Tensor, weight_shape, stride, pads, explicit: bool) -> Optional[str]:
+    why = dispatch.reject_unless_triton_device(x, explicit) or dispatch.reject_dtype(x, TRITON_DTYPES)
+    return why or _triton_impl().why_unsupported(x, weight_shape, stride, pads)
+
+
+def _reject_cpu(x: torch.Tensor, weight_shape, stride, pads, explicit: bool) -> Optional[str]:
     return cpu_kernels.reject_unless_available(x) or dispatch.reject_dtype(x, (torch.float32, torch.bfloat16))
 
 
-def _reject_any(x: torch.Tensor, explicit: bool) -> Optional[str]:
+def _reject_any(x: torch.Tensor, weight_shape, stride, pads, explicit: bool) -> Optional[str]:
     return dispatch.reject_dtype(x, FLOATS)
 
 
+def _triton_impl():
+    from ..kernels.triton import conv3d_bn as triton_conv3d_bn
+
+    return triton_conv3d_bn
+
+
 BACKENDS = (
+    dispatch.Backend("triton", _reject_triton, _triton_impl),
     dispatch.Backend("cpu", _reject_cpu, lambda: cpu_conv3d_bn),
     dispatch.Backend("aten", _reject_any, lambda: aten_conv3d_bn),
     dispatch.Backend("reference", _reject_any, lambda: reference_conv3d_bn),
 )
 
 
-def _impl(backend: str, x: torch.Tensor):
-    return dispatch.select("i3d_fast.conv3d_bn_relu", backend, BACKENDS, x).impl()
+def _impl(backend: str, x: torch.Tensor, weight: torch.Tensor, stride, pads):
+    return dispatch.select("i3d_fast.conv3d_bn_relu", backend, BACKENDS, x, tuple(weight.shape), tuple(stride),
+                           pads).impl()
 
 
 # -- training mode: the op and its backward -----------------------------------------------------------
 def _train(x, weight, bias, bn_weight, bn_bias, eps: float, stride: List[int], pads: List[int], relu: bool,
            backend: str):
-    return _impl(backend, x).forward_train(x, weight, bn_weight, bn_bias, eps, tuple(stride), nested_pads(pads),
-                                           relu)
+    pads = nested_pads(pads)
+    return _impl(backend, x, weight, stride, pads).forward_train(x, weight, bn_weight, bn_bias, eps, tuple(stride),
+                                                                 pads, relu)
 
 
 def _train_fake(x, weight, bias, bn_weight, bn_bias, eps, stride, pads, relu, backend):
@@ -92,8 +116,9 @@ def _train_backward(ctx, grad_y, grad_z, grad_mean, grad_var):
 
 def _train_backward_impl(grad, x, weight, z, bn_weight, bn_bias, mean, var, eps: float, stride: List[int],
                          pads: List[int], relu: bool, mask: List[bool], backend: str):
-    grads = _impl(backend, x).backward_train(grad, x, weight, z, bn_weight, bn_bias, mean, var, eps, tuple(stride),
-                                             nested_pads(pads), relu, mask)
+    pads = nested_pads(pads)
+    grads = _impl(backend, x, weight, stride, pads).backward_train(grad, x, weight, z, bn_weight, bn_bias, mean, var,
+                                                                   eps, tuple(stride), pads, relu, mask)
     return tuple(g if m else x.new_empty(0) for g, m in zip(grads, mask))
 
 
@@ -175,7 +200,8 @@ def conv3d_bn_relu(x: torch.Tensor, weight: torch.Tensor, bn_weight: Optional[to
         eps: added to the variance.
         stride, padding: as :func:`i3d_fast.ops.conv3d` ("same" is TensorFlow's, asymmetric).
         relu: apply ReLU last.
-        backend: "auto", "cpu", "aten" or "reference".
+        backend: "auto", "triton", "cpu", "aten" or "reference" (training mode; eval mode runs
+            :func:`.conv3d`'s backends). "auto" takes Triton for CUDA tensors it supports.
     Returns:
         Tensor[N, Cout, T', H', W'] in channels_last_3d memory, differentiable in x, weight, bias,
         bn_weight and bn_bias. Under ``torch.autocast`` the convolution runs in the autocast dtype with

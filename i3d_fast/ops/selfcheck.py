@@ -8,7 +8,8 @@ named in one warning and routed to the op's ATen backend from then on; a variant
 not checked again. Verdicts are kept per process, keyed by variant and device.
 
 ``I3D_FAST_SELFCHECK``: ``0`` turns the check off (benchmarks); ``1`` checks every Triton call,
-interpreted CPU ones included (tests); unset or ``auto`` checks calls on CUDA devices only.
+interpreted CPU ones included (tests); unset or ``auto`` checks calls on CUDA devices only. No
+check runs while a CUDA graph is being captured (warm up outside the capture, as graphs need anyway).
 
 Other ops register their variants with one call at the point where they would launch a kernel:
 ``impl = selfcheck.choose(op, variant, device, check, impl, fallback)``, where ``check()`` runs
@@ -55,11 +56,17 @@ def enabled(device: torch.device) -> bool:
     return mode == "all" or (mode == "cuda" and device.type == "cuda")
 
 
+_labels: Dict[Tuple[str, Optional[int]], str] = {}
+
+
 def _device_label(device: torch.device) -> str:
-    if device.type != "cuda":
-        return f"{device.type} (Triton interpreter)"
-    index = torch.cuda.current_device() if device.index is None else device.index
-    return f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    index = torch.cuda.current_device() if device.type == "cuda" and device.index is None else device.index
+    label = _labels.get((device.type, index))
+    if label is None:
+        label = (f"cuda:{index} ({torch.cuda.get_device_name(index)})" if device.type == "cuda"
+                 else f"{device.type} (Triton interpreter)")
+        _labels[(device.type, index)] = label
+    return label
 
 
 def verdicts() -> List[Tuple[str, str, Optional[str]]]:
@@ -84,6 +91,8 @@ def verified(op: str, variant: str, device: torch.device, check: Callable[[], Op
     with _lock:
         if key in _verdicts:
             return _verdicts[key] is None
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return True  # a check cannot run inside CUDA graph capture; the next call outside one checks
     try:
         why = check()
     except Exception as exc:  # noqa: BLE001 - a variant that cannot run is a disagreement, reported below

@@ -78,9 +78,9 @@ def _checked(chosen: dispatch.Backend, x, weight, scale, shift, stride, pads, re
     impl = chosen.impl()
     if chosen.name != "triton" or not selfcheck.enabled(x.device):
         return impl
-    variant = selfcheck.conv3d_variant(x, weight, stride, pads, destinations, pool, allow_tf32)
+    variant, plan = selfcheck.conv3d_variant(x, weight, stride, pads, destinations, pool, allow_tf32)
     check = selfcheck.conv3d_check(impl, x, weight, scale, shift, stride, pads, relu, destinations, pool, allow_tf32,
-                                   variant)
+                                   plan)
     return selfcheck.choose("conv3d", variant, x.device, check, impl, aten_conv3d)
 
 

@@ -142,7 +142,7 @@ def _precision(dtype: torch.dtype, allow_tf32: bool = False) -> str:
 
 
 # -- conv3d -------------------------------------------------------------------------------------------
-_conv_variants: Dict[Tuple, str] = {}
+_conv_variants: Dict[Tuple, Tuple[str, object]] = {}
 _MAX_REMEMBERED = 4096
 
 
@@ -150,13 +150,14 @@ def _layout(t: torch.Tensor) -> Tuple:
     return tuple(t.shape), t.stride(), t.data_ptr() % 16, t.dtype, t.device
 
 
-def conv3d_variant(x, weight, stride, pads, destinations, pool, allow_tf32) -> str:
-    """The Triton conv variant (mode, precision, alignment, config) this call launches, remembered
-    per call geometry (shapes, strides, 16-byte alignment), so repeated calls plan nothing."""
+def conv3d_variant(x, weight, stride, pads, destinations, pool, allow_tf32) -> Tuple[str, object]:
+    """(name, :class:`~i3d_fast.kernels.triton.conv3d.Plan`) of the Triton conv variant (mode,
+    precision, alignment, config) this call launches, remembered per call geometry (shapes,
+    strides, 16-byte alignment), so repeated calls plan nothing."""
     key = (_layout(x), tuple(weight.shape), tuple(stride), tuple(map(tuple, pads)), pool, allow_tf32,
            None if destinations is None else tuple((_layout(o), off, cnt) for o, off, cnt in destinations))
-    name = _conv_variants.get(key)
-    if name is None:
+    found = _conv_variants.get(key)
+    if found is None:
         from ..kernels.triton import conv3d as triton_conv3d
 
         if destinations is None:
@@ -168,8 +169,8 @@ def conv3d_variant(x, weight, stride, pads, destinations, pool, allow_tf32) -> s
                 f"{'aligned' if plan.aligned else 'unaligned'} {plan.config.name}")
         if len(_conv_variants) >= _MAX_REMEMBERED:
             _conv_variants.clear()
-        _conv_variants[key] = name
-    return name
+        found = _conv_variants[key] = (name, plan)
+    return found
 
 
 def _conv_out_shape(x_shape, w_shape, stride, pads) -> Tuple[int, ...]:
@@ -188,11 +189,12 @@ def _small_window(size: int, k: int, st: int, before: int, out: int) -> Tuple[in
 
 
 def conv3d_check(triton_impl, x, weight, scale, shift, stride, pads, relu, destinations, pool, allow_tf32,
-                 variant: str) -> Callable[[], Optional[str]]:
-    """A check of ``variant`` for :func:`verified`: the real call cut to its first sample and
-    :data:`SMALL` output cells per dimension, as views of its own input and destinations (channel offsets,
-    strides and alignment unchanged), against the float64 reference. When the cut selects another
-    variant (alignment of a dimension that became size 1), the whole call is checked instead."""
+                 plan) -> Callable[[], Optional[str]]:
+    """A check for :func:`verified` of the variant ``plan`` (from :func:`conv3d_variant`): the real call
+    cut to its first sample and :data:`SMALL` output cells per dimension, as views of its own input
+    and destinations (channel offsets, strides and alignment unchanged), launched with the call's
+    tile config, against the float64 reference. When the cut selects another mode or alignment
+    (alignment of the batch stride, which a single sample drops), the whole call is checked instead."""
 
     def check() -> Optional[str]:
         from ..kernels.reference import conv3d as reference_conv3d
@@ -207,9 +209,11 @@ def conv3d_check(triton_impl, x, weight, scale, shift, stride, pads, relu, desti
         outs = _conv_out_shape(xs.shape, weight.shape, stride, small_pads)[2:]
         dests = None if destinations is None else [
             (o[:1, :, :outs[0], :outs[1], :outs[2]], off, cnt) for o, off, cnt in destinations]
-        if conv3d_variant(xs, weight, stride, small_pads, dests, pool, allow_tf32) != variant:
+        cut = conv3d_variant(xs, weight, stride, small_pads, dests, pool, allow_tf32)[1]
+        if cut[:3] != plan[:3]:  # (mode, precision, aligned)
             xs, small_pads, dests = x, pads, destinations
-        y = triton_impl.conv3d(xs, weight, scale, shift, tuple(stride), small_pads, relu, dests, pool, allow_tf32)
+        y = triton_impl.conv3d(xs, weight, scale, shift, tuple(stride), small_pads, relu, dests, pool, allow_tf32,
+                               plan.config)
         if dests is not None:
             y = torch.cat([o[:, off:off + cnt] for o, off, cnt in dests], dim=1)
         expected = reference_conv3d.conv3d(

@@ -139,7 +139,7 @@ I3D_CASES = {
 }
 # What fp16 (16-byte aligned channel runs) selects; fp32 without tf32 always takes FOLD/POOL unaligned.
 I3D_FP16_MODE = {
-    "Conv3d_1a_7x7-rgb": tc.FOLD, "Conv3d_1a_7x7-flow": tc.FOLD, "Conv3d_2b_1x1": tc.DIRECT,
+    "Conv3d_1a_7x7-rgb": tc.STEM, "Conv3d_1a_7x7-flow": tc.STEM, "Conv3d_2b_1x1": tc.DIRECT,
     "Conv3d_2c_3x3": tc.DIRECT, "Mixed.b0|b1a|b2a": tc.DIRECT, "Mixed.b1b": tc.DIRECT, "Mixed.b2b": tc.FOLD,
     "Mixed.b3b": tc.POOL, "Logits": tc.DIRECT,
 }
@@ -214,6 +214,10 @@ VARIANT_CASES = {
     (tc.DIRECT, True): Case(2, 112, 72, (2, 5, 7), (2, 3, 1), outputs=((8, 8), (0, 16)), split=32),
     (tc.FOLD, True): Case(1, 3, 72, (5, 6, 7), (3, 3, 3), (1, 2, 1), outputs=((8, 0),)),
     (tc.FOLD, False): Case(2, 5, 7, (3, 4, 5), (3, 1, 2), outputs=((1, 2),)),
+    # 3 channels, 5 W taps (a 32-deep K step holds one (kt, kh) row with 12 padding rows), W padded
+    # on both sides, strided, a sliced NCDHW input (the launcher copies it into the padded buffer)
+    (tc.STEM, True): Case(2, 3, 72, (3, 5, 9), (2, 3, 5), (1, 2, 2), x_slice=(1, 0), x_layout="contiguous",
+                          outputs=((8, 0),)),
     (tc.POOL, True): Case(2, 40, 72, (3, 4, 5), pool=True, outputs=((8, 0), (8, 0)), split=40),
     (tc.POOL, False): Case(1, 5, 7, (3, 4, 5), pool=True, outputs=((1, 1),)),
 }
@@ -279,7 +283,7 @@ def test_heuristic_picks_shipped_variants_for_i3d(precision, batch):
             if pool:
                 assert mode == tc.POOL, name
             elif name.startswith("Conv3d_1a"):
-                assert mode == tc.FOLD, name  # the stem: taps folded into K
+                assert mode == tc.STEM, name  # the stem: (kt, kh) rows of a channel-padded copy
             elif kernel == (1, 1, 1):
                 assert mode == tc.DIRECT, name
             else:  # 3x3x3: thin inputs (b2b with 16 channels) fold, the others load channel runs

@@ -19,6 +19,11 @@ One kernel, three ways to load the A (input) tile, picked by the constexpr ``MOD
   mask of its in-bounds kt | kh | kw offsets, and an element is loaded iff all three bits of its tap
   are set (one AND and one compare per element). Also the path for unaligned tensors (odd channel
   counts) and for exact fp32.
+* ``STEM``: for few input channels (the RGB/flow stem), the launcher copies the input once into
+  Tensor[N, T, H, W + pads, STEM_CHANNELS] (channels and W zero-padded), whose (kt, kh) rows of
+  kW taps are contiguous runs of kW * STEM_CHANNELS elements; DIRECT then runs on that buffer seen
+  as a virtual input with those runs as channels (W stride STEM_CHANNELS, kernel (kT, kH, 1), no W
+  padding) and a weight repacked to match: vector loads instead of FOLD's scalar gathers.
 * ``POOL``: a 1x1x1 conv whose input is first max-pooled 3x3x3, stride 1, TF SAME (padded cells
   ignored, i.e. -inf): the pool is taken while loading the A tile (branch 3 of an Inception block),
   so the pooled tensor never exists in memory.
@@ -48,12 +53,17 @@ from ...ops.padding import Pads, Triple, output_size
 from ..weight_cache import WeightCache
 from .aot import AotSpec
 
-DIRECT, FOLD, POOL = 0, 1, 2
-MODE_NAMES = {DIRECT: "direct", FOLD: "fold", POOL: "pool"}
+DIRECT, FOLD, POOL, STEM = 0, 1, 2, 3
+MODE_NAMES = {DIRECT: "direct", FOLD: "fold", POOL: "pool", STEM: "stem"}
 #: Window of the fused max pool (kT, kH, kW): stride 1, TF SAME, padded cells ignored.
 POOL_WINDOW = (3, 3, 3)
 #: DIRECT and FOLD keep one bit per kt, kh and kw offset in an int32; bit 30 marks FOLD's K-tail columns.
 MAX_TAP_BITS = 30
+#: STEM pads the input channels to this many (a copy, W zero-padded too), so that the kW taps of a
+#: (kt, kh) row are kW * STEM_CHANNELS contiguous elements: the channel run of a virtual input.
+STEM_CHANNELS = 4
+#: STEM is used (instead of FOLD) when at least this fraction of its K steps is real data.
+STEM_MIN_DENSITY = 0.4
 #: Packed weights pad Cout to a multiple of this many (zero) columns.
 WEIGHT_COLUMN_PAD = 16
 #: The fold table is padded to a multiple of the largest BLOCK_K.
@@ -110,18 +120,18 @@ def _conv3d_kernel(
     so1N, so1T, so1H, so1W, off1,
     lo,
     MODE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    VEC: tl.constexpr, PRECISION: tl.constexpr,
+    VEC: tl.constexpr, XVEC: tl.constexpr, PRECISION: tl.constexpr,
 ):
     # Alignment facts the launcher checked (they let loads and stores vectorize).
     NP = _hint(NP, 16)
     KP = _hint(KP, 16)
     if MODE != 1:
-        Cin = _hint(Cin, VEC)
-        sxN = _hint(sxN, VEC)
-        sxT = _hint(sxT, VEC)
-        sxH = _hint(sxH, VEC)
-        sxW = _hint(sxW, VEC)
-        x_off = _hint(x_off, VEC)
+        Cin = _hint(Cin, XVEC)
+        sxN = _hint(sxN, XVEC)
+        sxT = _hint(sxT, XVEC)
+        sxH = _hint(sxH, XVEC)
+        sxW = _hint(sxW, XVEC)
+        x_off = _hint(x_off, XVEC)
     Cout = _hint(Cout, VEC)
     cnt0 = _hint(cnt0, VEC)
     off0 = _hint(off0, VEC)
@@ -172,8 +182,8 @@ def _conv3d_kernel(
     w_cols = w_ptr + offs_n[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 
-    if MODE == 0:
-        # DIRECT: K step = (tap, chunk of BLOCK_K channels), one flat loop. The tap (kt, kh, kw), its
+    if MODE == 0 or MODE == 3:
+        # DIRECT (and STEM, a DIRECT conv of a virtual input): K step = (tap, chunk of BLOCK_K channels), one flat loop. The tap (kt, kh, kw), its
         # input offset and bit mask, and the chunk start advance as loop-carried scalars (no
         # divisions); a row is in bounds for a tap iff the tap's three bits are set in its row bits.
         row_bits = (_window_bits(tb, T, kT) | (_window_bits(hb, H, kH) << kT)
@@ -241,7 +251,7 @@ def _conv3d_kernel(
                 for dw in tl.static_range(-1, 2):
                     wi = wb + dw
                     ok = th_ok & (wi >= 0) & (wi < W)
-                    row = tl.multiple_of(tl.where(ok, th_row + dw * sxW, 0), [VEC])
+                    row = tl.multiple_of(tl.where(ok, th_row + dw * sxW, 0), [XVEC])
                     v = tl.load(x_tile + row[:, None] + c[None, :], mask=ok[:, None] & c_ok[None, :],
                                 other=float("-inf"))
                     a = tl.maximum(a, v, propagate_nan=tl.PropagateNan.ALL)
@@ -299,6 +309,8 @@ for _p in ("fp16", "bf16"):
     SHIPPED[(FOLD, _p, False)] = (Config(64, 64, 64, 4, 2),)
     SHIPPED[(POOL, _p, True)] = (Config(128, 64, 64, 8, 1), Config(64, 64, 64, 4, 1))
     SHIPPED[(POOL, _p, False)] = (Config(64, 64, 32, 4, 1),)
+    SHIPPED[(STEM, _p, True)] = (Config(128, 64, 32, 4, 4), Config(64, 64, 32, 4, 4))
+SHIPPED[(STEM, "tf32", True)] = (Config(128, 64, 32, 4, 3), Config(64, 64, 32, 4, 3))
 SHIPPED[(DIRECT, "tf32", True)] = (Config(128, 64, 32, 4, 3), Config(64, 64, 32, 4, 3))
 SHIPPED[(FOLD, "tf32", True)] = (Config(64, 64, 32, 4, 2),)
 SHIPPED[(FOLD, "tf32", False)] = (Config(64, 64, 32, 4, 2),)
@@ -346,7 +358,19 @@ def choose_mode(precision: str, kernel: Triple, cin: int, pool: bool, in_aligned
             math.prod(kernel) == 1
             or min(channel_waste(cin, c.block_k) for c in SHIPPED[direct]) <= DIRECT_MAX_CHANNEL_WASTE):
         return DIRECT, True
+    stem = (STEM, precision, True)
+    if stem in SHIPPED and out_aligned and stem_density(cin, kernel, SHIPPED[stem]) >= STEM_MIN_DENSITY:
+        return STEM, True
     return FOLD, (out_aligned and (FOLD, precision, True) in SHIPPED)
+
+
+def stem_density(cin: int, kernel: Triple, configs: Sequence[Config]) -> float:
+    """Fraction of STEM's K (kT*kH rows of kW * STEM_CHANNELS, in chunks of BLOCK_K) that is real
+    data; 0 when ``cin`` exceeds STEM_CHANNELS."""
+    if cin > STEM_CHANNELS:
+        return 0.0
+    run = kernel[2] * STEM_CHANNELS
+    return cin / STEM_CHANNELS * (1 - min(channel_waste(run, c.block_k) for c in configs))
 
 
 def choose_config(mode: int, precision: str, aligned: bool, m: int, cout: int, sms: int = DEFAULT_SMS,
@@ -440,6 +464,34 @@ def _fold_table(kernel: Triple, cin: int, sxt: int, sxh: int, sxw: int, device: 
 @functools.lru_cache(maxsize=16)
 def _no_table(device: torch.device) -> torch.Tensor:
     return torch.zeros(MAX_BLOCK_K, dtype=torch.int32, device=device)
+
+
+def _stem_input(x: torch.Tensor, w_pads: Tuple[int, int]) -> torch.Tensor:
+    """x (Tensor[N, Cin <= STEM_CHANNELS, T, H, W]) copied into a zeroed contiguous
+    Tensor[N, T, H, w_pads[0] + W + w_pads[1], STEM_CHANNELS]."""
+    n, cin, t, h, w = x.shape
+    buf = x.new_zeros((n, t, h, w_pads[0] + w + w_pads[1], STEM_CHANNELS))
+    buf[:, :, :, w_pads[0]:w_pads[0] + w, :cin] = x.permute(0, 2, 3, 4, 1)
+    return buf
+
+
+def _stem_rows(data: torch.Tensor, kernel: Triple, cin: int) -> torch.Tensor:
+    """Packed weight data Tensor[kT*kH*kW*Cin, NP] -> Tensor[kT*kH*kW*STEM_CHANNELS, NP] (zero rows
+    for the padded channels): the weight of the STEM virtual input, K ordered (kt, kh, kw, c)."""
+    rows = data.new_zeros((kernel[0] * kernel[1], kernel[2], STEM_CHANNELS, data.shape[1]))
+    rows[:, :, :cin] = data.view(kernel[0] * kernel[1], kernel[2], cin, data.shape[1])
+    return rows.view(-1, data.shape[1])
+
+
+_STEM_WEIGHTS: Dict[Tuple[Triple, int], WeightCache] = {}
+
+
+def _stem_weight(packed: PackedWeight) -> torch.Tensor:
+    """:func:`_stem_rows` of a packed weight, cached per packed data tensor while it lives unchanged."""
+    key = (tuple(packed.kernel), packed.cin)
+    if key not in _STEM_WEIGHTS:
+        _STEM_WEIGHTS[key] = WeightCache(functools.partial(_stem_rows, kernel=key[0], cin=key[1]))
+    return _STEM_WEIGHTS[key].get(packed.data)
 
 
 def _aligned_base(t: torch.Tensor) -> Tuple[torch.Tensor, int]:
@@ -650,6 +702,17 @@ def _plan(x, packed: PackedWeight, scale, shift, stride, pads, relu, destination
                          f"{'aligned' if aligned else 'unaligned'} variant; choose one of "
                          f"{[c.name for c in SHIPPED[(mode, precision, aligned)]]}")
 
+    weight_data, xvec = packed.data, vec if aligned else 1
+    if mode == STEM:  # DIRECT on the virtual input of a padded copy (see the module docstring)
+        x_base = _stem_input(x, pads[2])
+        xvec, x_off, cin, kernel = min(vec, STEM_CHANNELS), 0, kernel[2] * STEM_CHANNELS, (kernel[0], kernel[1], 1)
+        w = x_base.shape[3] - kernel[2] + 1
+        sx = [0 if d == 1 else s for d, s in zip((n, t, h, w), x_base.stride()[:4])]
+        pads = (pads[0], pads[1], (0, 0))
+        weight_data = _stem_weight(packed)
+        if not _input_fits((n, cin, t, h, w), sx, kernel, pads, None, sites, weight_data.shape):
+            raise ValueError(f"{NAME}: tensors too large for 32-bit offsets within a tile (padded stem input "
+                             f"{tuple(x_base.shape)})")
     if mode == FOLD:
         taps = _fold_table(kernel, cin, sx[1], sx[2], sx[3], x.device)
     else:
@@ -659,15 +722,15 @@ def _plan(x, packed: PackedWeight, scale, shift, stride, pads, relu, destination
     scale = scale.contiguous()
     shift = shift.contiguous()
     (pt, _), (ph, _), (pw, _) = pads
-    args = (x_base, packed.data, scale, shift, o0, o1, taps,
-            t, h, w, cin, ot, oh, ow, m, cout, packed.data.shape[1], packed.data.shape[0], taps.shape[-1],
+    args = (x_base, weight_data, scale, shift, o0, o1, taps,
+            t, h, w, cin, ot, oh, ow, m, cout, weight_data.shape[1], weight_data.shape[0], taps.shape[-1],
             *kernel, *stride, pt, ph, pw,
             *sx, x_off,
             *so0, off0, cnt0,
             *so1, off1,
             0.0 if relu else float("-inf"))
     meta = dict(MODE=mode, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-                VEC=vec if aligned else 1, PRECISION=_DOT_PRECISION[precision])
+                VEC=vec if aligned else 1, XVEC=xvec, PRECISION=_DOT_PRECISION[precision])
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(cout, config.block_n),)
     return grid, args, meta, config
 
@@ -718,12 +781,13 @@ def aot_specs() -> List[AotSpec]:
     specs = []
     for (mode, precision, aligned), configs in SHIPPED.items():
         vec = vector_elements(precision) if aligned else 1
+        xvec = min(vec, STEM_CHANNELS) if mode == STEM else vec
         for c in configs:
             specs.append(AotSpec(
                 name=f"conv3d.{MODE_NAMES[mode]}.{precision}.{'vec' if aligned else 'any'}.{c.name}",
                 fn=_conv3d_kernel, signature=_signature(precision),
                 constexprs=dict(MODE=mode, BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, VEC=vec,
-                                PRECISION=_DOT_PRECISION[precision]),
+                                XVEC=xvec, PRECISION=_DOT_PRECISION[precision]),
                 num_warps=c.num_warps, num_stages=c.num_stages,
                 tensor_cores={} if precision == "ieee" else {80: "mma", 90: "wgmma"},
                 aligned=_PTR_ARGS, options=dict(_COMPILE_OPTIONS), gemm_tile=(c.block_m, c.block_n, c.block_k)))

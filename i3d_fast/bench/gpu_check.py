@@ -196,7 +196,7 @@ DRY_LAYERS = ("Conv3d_1a_7x7 rgb", "Conv3d_2c_3x3", "Mixed_3b.b3 pool+b3b")
 
 def step_conv_layers(ctx: Context) -> Dict[str, object]:
     from . import conv3d_cuda
-    from .report import format_table, summary, write_json
+    from .report import Row, format_table, summary, write_json
 
     if ctx.dry_run:
         convs = [c for c in conv3d_cuda.i3d_layers(1, 4, 16)[0] if c.name in DRY_LAYERS]
@@ -205,19 +205,26 @@ def step_conv_layers(ctx: Context) -> Dict[str, object]:
         torch.backends.cudnn.benchmark = True
         convs, dname = conv3d_cuda.i3d_layers(8, 64, 224)[0], "bf16"
     gen = torch.Generator().manual_seed(0)
-    rows, started, cut = [], time.monotonic(), ""
+    rows, started, cut, failed = [], time.monotonic(), "", []
     for i, conv in enumerate(convs):
         per_layer = (time.monotonic() - started) / max(i, 1)
         if i and ctx.left() < 1.5 * per_layer + 5:
             cut = f"; cut by the time allowance after {i} of {len(convs)} layers"
             break
-        rows += conv3d_cuda.layer_rows(conv, dname, ctx.device, gen, timed=not ctx.dry_run)
+        try:
+            rows += conv3d_cuda.layer_rows(conv, dname, ctx.device, gen, timed=not ctx.dry_run)
+        except Exception as exc:  # noqa: BLE001 - a wrong or failing layer is a result; the next layer runs
+            failed.append(conv.name)
+            rows.append(Row(conv3d_cuda.SUITE, conv3d_cuda.layer_case(conv, dname), conv3d_cuda.OURS, None,
+                            note=f"FAILED: {type(exc).__name__}: {str(exc)[:200]}"))
         write_json(rows, str(ctx.out / "conv-layers.json"))
         ctx.write_text("conv-layers.txt", summary(rows) + "\n\n" + format_table(rows) + "\n")
     files = ["conv-layers.json", "conv-layers.txt"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} layers failed ({', '.join(failed[:5])}); see conv-layers.txt")
     if ctx.dry_run:
         return {"headline": f"dry run: {len(rows)} rows of {len(convs)} layers ran once, not timed", "files": files}
-    ours = {r.case: r.timing.median_ms for r in rows if r.provider == conv3d_cuda.OURS}
+    ours = {r.case: r.timing.median_ms for r in rows if r.provider == conv3d_cuda.OURS and r.timing}
     parts = []
     for provider in (conv3d_cuda.FOLDED, conv3d_cuda.BASELINE, conv3d_cuda.CONV_ONLY):
         ratios = [r.timing.median_ms / ours[r.case] for r in rows if r.provider == provider and r.case in ours]

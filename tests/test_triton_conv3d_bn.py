@@ -13,6 +13,8 @@ at the end cover it.
 """
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,7 +22,7 @@ import torch.nn.functional as F
 from i3d_fast.kernels.triton import aot
 from i3d_fast.kernels.triton import conv3d_bn as tk
 from i3d_fast.ops import conv3d_bn as op_module
-from i3d_fast.ops import conv3d_bn_relu
+from i3d_fast.ops import conv3d_bn_relu, selfcheck
 from i3d_fast.ops.conv3d_bn import conv3d_bn_train_op
 from i3d_fast.ops.padding import flat_pads, resolve_padding
 
@@ -269,6 +271,55 @@ def test_unsupported_inputs_are_refused_with_a_reason():
     with pytest.raises(op_module.dispatch.NoBackendError, match="triton: supports float16"):
         conv3d_bn_relu(torch.randn(1, 4, 2, 3, 3, dtype=torch.float64), torch.randn(8, 4, 1, 1, 1,
                        dtype=torch.float64), training=True, backend="triton")
+
+
+# -- first-use self-check ---------------------------------------------------------------------------
+@pytest.fixture
+def _checking(monkeypatch):
+    monkeypatch.setenv(selfcheck.ENV, "1")
+    selfcheck.reset()
+    yield
+    selfcheck.reset()
+
+
+def _train_step(backend, stride=2):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 8, 5, 6, 7, generator=g).contiguous(memory_format=CL).requires_grad_()
+    w = (torch.randn(16, 8, 3, 3, 3, generator=g) / 216 ** 0.5).requires_grad_()
+    y = conv3d_bn_relu(x, w, training=True, stride=stride, backend=backend)
+    return [y.detach(), *torch.autograd.grad(y, (x, w), torch.randn(y.shape, generator=g))]
+
+
+def _self_check_warnings(fn):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = fn()
+    return result, [w for w in caught if issubclass(w.category, selfcheck.SelfCheckWarning)]
+
+
+def test_self_check_passes_a_correct_variant_once(_checking, monkeypatch):
+    _, caught = _self_check_warnings(lambda: _train_step("triton"))
+    assert caught == []
+    [(what, device, why)] = selfcheck.verdicts()
+    assert what.startswith("conv3d_bn_train forward ") and "dgrad direct" in what and why is None
+    calls = []
+    monkeypatch.setattr(op_module, "_train_check", lambda *a: calls.append(a))
+    _train_step("triton")
+    assert calls == [], "a verified variant was checked again"
+
+
+def test_self_check_routes_a_disagreeing_variant_to_aten(_checking, monkeypatch):
+    original = tk.conv3d_input_grad
+    monkeypatch.setattr(tk, "conv3d_input_grad", lambda *a, **k: original(*a, **k) + 1)
+    ours, caught = _self_check_warnings(lambda: _train_step("triton"))
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "conv3d_bn_train variant forward" in message and "grad x" in message and "runs on ATen" in message
+    aten = _train_step("aten")
+    for a, b in zip(ours, aten):
+        assert torch.equal(a, b)
+    _, again = _self_check_warnings(lambda: _train_step("triton"))
+    assert again == []
 
 
 # -- GPU (skipped without one) ----------------------------------------------------------------------

@@ -30,7 +30,7 @@ from ..kernels import cpu as cpu_kernels
 from ..kernels.aten import conv3d_bn as aten_conv3d_bn
 from ..kernels.cpu import conv3d_bn as cpu_conv3d_bn
 from ..kernels.reference import conv3d_bn as reference_conv3d_bn
-from . import _library, dispatch
+from . import _library, dispatch, selfcheck
 from .conv3d import FLOATS, _out_shape, autocast_inputs, check_conv_args, check_tensor, conv3d
 from .padding import PaddingArg, flat_pads, nested_pads
 
@@ -40,17 +40,20 @@ CL = torch.channels_last_3d
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
-# Every reject(x, weight_shape, stride, pads, explicit=...) sees the op's inputs.
-def _reject_triton(x: torch.Tensor, weight_shape, stride, pads, explicit: bool) -> Optional[str]:
+# Every reject(x, weight_shape, stride, pads, explicit=...) sees the op's inputs; without the
+# geometry (``i3d-fast doctor`` asks with x alone) only the device and dtype are judged.
+def _reject_triton(x: torch.Tensor, weight_shape=None, stride=None, pads=None, *, explicit: bool) -> Optional[str]:
     why = dispatch.reject_unless_triton_device(x, explicit) or dispatch.reject_dtype(x, TRITON_DTYPES)
-    return why or _triton_impl().why_unsupported(x, weight_shape, stride, pads)
+    if why is None and weight_shape is not None:
+        why = _triton_impl().why_unsupported(x, weight_shape, stride, pads)
+    return why
 
 
-def _reject_cpu(x: torch.Tensor, weight_shape, stride, pads, explicit: bool) -> Optional[str]:
+def _reject_cpu(x: torch.Tensor, weight_shape=None, stride=None, pads=None, *, explicit: bool) -> Optional[str]:
     return cpu_kernels.reject_unless_available(x) or dispatch.reject_dtype(x, (torch.float32, torch.bfloat16))
 
 
-def _reject_any(x: torch.Tensor, weight_shape, stride, pads, explicit: bool) -> Optional[str]:
+def _reject_any(x: torch.Tensor, weight_shape=None, stride=None, pads=None, *, explicit: bool) -> Optional[str]:
     return dispatch.reject_dtype(x, FLOATS)
 
 
@@ -69,8 +72,88 @@ BACKENDS = (
 
 
 def _impl(backend: str, x: torch.Tensor, weight: torch.Tensor, stride, pads):
-    return dispatch.select("i3d_fast.conv3d_bn_relu", backend, BACKENDS, x, tuple(weight.shape), tuple(stride),
-                           pads).impl()
+    """The kernel module of the selected backend; ATen's where that is Triton and this call's kernel
+    variants failed their first-use check on x's device (see :mod:`.selfcheck`)."""
+    chosen = dispatch.select("i3d_fast.conv3d_bn_relu", backend, BACKENDS, x, tuple(weight.shape), tuple(stride),
+                             pads)
+    impl = chosen.impl()
+    if chosen.name != "triton" or not selfcheck.enabled(x.device):
+        return impl
+    variant = _train_variant(impl, x, weight, stride, pads)
+    return selfcheck.choose("conv3d_bn_train", variant, x.device,
+                            lambda: _train_check(impl, x, weight, stride, pads, variant), impl, aten_conv3d_bn)
+
+
+_VARIANTS = {}
+_MAX_REMEMBERED = 4096
+
+
+def _train_variant(impl, x, weight, stride, pads) -> str:
+    """:func:`i3d_fast.kernels.triton.conv3d_bn.variant_name` of a training step of these inputs,
+    remembered per call geometry (shapes, strides, 16-byte alignment, tf32 flag)."""
+    key = (tuple(x.shape), x.stride(), x.data_ptr() % 16, x.dtype, x.device, tuple(weight.shape), tuple(stride),
+           tuple(map(tuple, pads)), torch.backends.cudnn.allow_tf32)
+    name = _VARIANTS.get(key)
+    if name is None:
+        name = impl.variant_name(impl.plan(x, weight.shape, stride, pads), weight.shape[0], x.dtype)
+        if len(_VARIANTS) >= _MAX_REMEMBERED:
+            _VARIANTS.clear()
+        _VARIANTS[key] = name
+    return name
+
+
+def _train_check(impl, x, weight, stride, pads, variant: str) -> Optional[str]:
+    """A first-use check for :func:`selfcheck.verified`: a training step (forward and every gradient,
+    ReLU on) of the call's first two samples cut to :data:`selfcheck.SMALL` output cells per dimension
+    (views of its own x, so strides and alignment stay), with the call's tile configs, against float64.
+    z against the float64 conv; the statistics, y and the gradients against float64 computed from our
+    z and our ReLU mask (so a value that rounds across zero in the conv's dtype is not a disagreement).
+    When the cut selects other variants, the whole call is checked."""
+    configs = {gemm: config for gemm, (_, config) in impl.plan(x, weight.shape, stride, pads).items()}
+    kernel = weight.shape[2:]
+    full = _out_shape(x, weight, stride, pads)[2:]
+    cut = []
+    for size, k, st, (before, _), out in zip(x.shape[2:], kernel, stride, pads, full):
+        need = (min(out, selfcheck.SMALL) - 1) * st + k - before  # input cells the first outputs reach
+        cells = max(1, min(size, need))
+        cut.append((cells, (before, max(0, need - cells))))
+    xs = x[:2, :, :cut[0][0], :cut[1][0], :cut[2][0]].detach()
+    small_pads = tuple(p for _, p in cut)
+    per_channel = xs.shape[0] * torch.Size(_out_shape(xs, weight, stride, small_pads)[2:]).numel()
+    if per_channel < 2 or _train_variant(impl, xs, weight, stride, small_pads) != variant:
+        xs, small_pads = x.detach(), pads
+    weight = weight.detach()
+    gen = torch.Generator().manual_seed(0)
+    cout, eps, precision = weight.shape[0], 1e-3, impl.precision_of(x.dtype)
+    gamma = (torch.rand(cout, generator=gen) + 0.5).to(x.device)
+    beta = (torch.randn(cout, generator=gen) * 0.5).to(x.device)
+    with torch.autocast(x.device.type, enabled=False), torch.no_grad():
+        y, z, mean, var = impl.forward_train(xs, weight, gamma, beta, eps, tuple(stride), small_pads, True, configs)
+        grad = torch.randn(y.shape, generator=gen).to(x.device, x.dtype)
+        grads = impl.backward_train(grad, xs, weight, z, gamma, beta, mean, var, eps, tuple(stride), small_pads, True,
+                                    [True] * 4, configs)
+        x64, w64, z64 = xs.double(), weight.double(), z.double()
+        expected_z = reference_conv3d_bn.forward_train(x64, w64, gamma.double(), beta.double(), eps, tuple(stride),
+                                                       small_pads, False)[1]
+        var64, mean64 = torch.var_mean(z64, dim=aten_conv3d_bn.DIMS, correction=0)
+        with torch.enable_grad():
+            leaves = [t.requires_grad_() for t in (x64, w64, z64, gamma.double(), beta.double())]
+            y64 = torch.nn.functional.batch_norm(leaves[2], None, None, leaves[3], leaves[4], training=True, eps=eps)
+            g64 = grad.double() * (y > 0)
+            grad_z, grad_gamma, grad_beta = torch.autograd.grad(y64, leaves[2:], g64)
+            conv = reference_conv3d_bn.forward_train(leaves[0], leaves[1], gamma.double(), beta.double(), eps,
+                                                     tuple(stride), small_pads, False)[1]
+            grad_x, grad_w = torch.autograd.grad(conv, leaves[:2], grad_z)
+    # (name, ours, expected, the scale errors are relative to: the result's, the mean's is z's)
+    pairs = [("z", z, expected_z, z64), ("mean", mean, mean64, z64), ("var", var, var64, var64),
+             ("y", y, y64.relu(), y64), ("grad x", grads[0], grad_x, grad_x), ("grad weight", grads[1], grad_w, grad_w),
+             ("grad bn_weight", grads[2], grad_gamma, grad_gamma), ("grad bn_bias", grads[3], grad_beta, grad_beta)]
+    for name, ours, expected, like in pairs:
+        scale = max(like.detach().abs().max().item(), 1e-30)
+        why = selfcheck.disagreement(ours.detach().double() / scale, expected.detach() / scale, precision)
+        if why is not None:
+            return f"{name}: {why}"
+    return None
 
 
 # -- training mode: the op and its backward -----------------------------------------------------------

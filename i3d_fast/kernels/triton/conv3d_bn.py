@@ -621,8 +621,8 @@ def _pack_dgrad(weight: torch.Tensor) -> torch.Tensor:
     return packed
 
 
-def _sms(x: torch.Tensor) -> int:
-    return torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else DEFAULT_SMS
+def _sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else DEFAULT_SMS
 
 
 def _launch(kernel, grid, args, meta, num_warps: int, num_stages: int, device: torch.device) -> None:
@@ -634,13 +634,17 @@ def _launch(kernel, grid, args, meta, num_warps: int, num_stages: int, device: t
         kernel[grid](*args, **meta, **options)
 
 
-def _pick(gemm: str, precision: str, channels: int, aligned: bool, rows: int, cols: int, x: torch.Tensor,
-          configs: Optional[Dict[str, Config]]):
+Configs = Optional[Dict[str, Config]]
+Variant = Tuple[Tuple[str, int, str, bool], Config]
+
+
+def _pick(gemm: str, precision: str, channels: int, aligned: bool, rows: int, cols: int, device: torch.device,
+          configs: Configs) -> Variant:
     mode, aligned = choose_mode(gemm, precision, channels, aligned)
     key = (gemm, mode, precision, aligned)
     forced = (configs or {}).get(gemm)
     if forced is None:
-        return key, choose_config(key, rows, cols, _sms(x))
+        return key, choose_config(key, rows, cols, _sms(device))
     if forced not in SHIPPED[key]:
         raise ValueError(f"{NAME}: config {forced.name} is not shipped for {key}; choose one of "
                          f"{[c.name for c in SHIPPED[key]]}")
@@ -669,8 +673,55 @@ def _elementwise_meta(c: int, dtype: torch.dtype) -> Dict[str, int]:
     return dict(BLOCK_R=ELEMENTWISE.block_r, BLOCK_C=ELEMENTWISE.block_c, VEC=vec if c % vec == 0 else 1)
 
 
+# -- planning -------------------------------------------------------------------------------------
+Variants = Dict[str, Variant]
+
+
+def _forward_variant(x: torch.Tensor, weight_shape, stride: Triple, pads: Pads, configs: Configs) -> Variant:
+    """x: channel stride 1."""
+    precision = precision_of(x.dtype)
+    n, cin, *size = x.shape
+    cout, kernel = weight_shape[0], tuple(weight_shape[2:])
+    m = n * math.prod(_out_sizes(size, kernel, stride, pads))
+    aligned = _aligned(_strides(x) + [_aligned_base(x)[1], cin, cout], vector_elements(precision))
+    return _pick("forward", precision, cin, aligned, m, cout, x.device, configs)
+
+
+def _dgrad_variant(input_shape, cout: int, stride: Triple, dtype: torch.dtype, device: torch.device,
+                   configs: Configs) -> Variant:
+    precision = precision_of(dtype)
+    n, cin, *size = input_shape
+    rows = n * math.prod(-(-s // st) for s, st in zip(size, stride)) * math.prod(stride)
+    return _pick("dgrad", precision, cout, _aligned([cin, cout], vector_elements(precision)), rows, cin, device,
+                 configs)
+
+
+def _wgrad_variant(x: torch.Tensor, weight_shape, configs: Configs) -> Variant:
+    """x: channel stride 1."""
+    precision = precision_of(x.dtype)
+    cout, cin, *kernel = weight_shape
+    aligned = _aligned(_strides(x) + [_aligned_base(x)[1], cin, cout], vector_elements(precision))
+    return _pick("wgrad", precision, cin, aligned, cout, math.prod(kernel) * cin, x.device, configs)
+
+
+def plan(x: torch.Tensor, weight_shape: Sequence[int], stride: Triple, pads: Pads, configs: Configs = None
+         ) -> Variants:
+    """{"forward" | "dgrad" | "wgrad": (SHIPPED key, config)}: the GEMM variants a training step of
+    these inputs launches (``configs`` forces tile configs as in :func:`forward_train`)."""
+    x = _channels_last(x)
+    return {"forward": _forward_variant(x, weight_shape, stride, pads, configs),
+            "dgrad": _dgrad_variant(x.shape, weight_shape[0], stride, x.dtype, x.device, configs),
+            "wgrad": _wgrad_variant(x, weight_shape, configs)}
+
+
+def variant_name(variants: Variants, cout: int, dtype: torch.dtype) -> str:
+    """One line naming the GEMM variants of :func:`plan` and the elementwise kernels' alignment."""
+    gemms = ", ".join(f"{gemm} {MODE_NAMES[mode]} {precision} {'vec' if aligned else 'any'} {config.name}"
+                      for gemm, ((_, mode, precision, aligned), config) in variants.items())
+    return f"{gemms}, bn {'vec' if _elementwise_meta(cout, dtype)['VEC'] > 1 else 'any'}"
+
+
 # -- forward --------------------------------------------------------------------------------------
-Variants = Dict[str, Tuple[Tuple[str, int, str, bool], Config]]
 
 
 def conv3d_stats(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads,
@@ -690,8 +741,7 @@ def conv3d_stats(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pa
     z = torch.empty((n, cout, ot, oh, ow), dtype=x.dtype, device=x.device, memory_format=CL)
     x_base, x_off = _aligned_base(x)
     sx = _strides(x)
-    vec = vector_elements(precision)
-    key, config = _pick("forward", precision, cin, _aligned(sx + [x_off, cin, cout], vec), m, cout, x, configs)
+    key, config = _forward_variant(x, weight.shape, stride, pads, configs)
     if variants is not None:
         variants["forward"] = (key, config)
     tiles = triton.cdiv(m, config.block_m)
@@ -712,9 +762,11 @@ def conv3d_stats(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pa
     return z, mean.float(), var.float()
 
 
-def forward_train(x, weight, bn_weight, bn_bias, eps: float, stride: Triple, pads: Pads, relu: bool):
-    """(y, z, mean, var): see :func:`i3d_fast.kernels.reference.conv3d_bn.forward_train`."""
-    z, mean, var = conv3d_stats(x, weight, stride, pads)
+def forward_train(x, weight, bn_weight, bn_bias, eps: float, stride: Triple, pads: Pads, relu: bool,
+                  configs: Configs = None):
+    """(y, z, mean, var): see :func:`i3d_fast.kernels.reference.conv3d_bn.forward_train`. ``configs``
+    forces GEMM tile configs ({"forward" | "dgrad" | "wgrad": Config}, each shipped for its variant)."""
+    z, mean, var = conv3d_stats(x, weight, stride, pads, configs)
     scale, _ = scale_invstd(bn_weight, var, eps)
     y = torch.empty_like(z)
     m, c = z.numel() // z.shape[1], z.shape[1]
@@ -758,8 +810,7 @@ def conv3d_input_grad(grad_z: torch.Tensor, weight: torch.Tensor, input_shape: S
     grad_x = torch.empty(tuple(input_shape), dtype=grad_z.dtype, device=grad_z.device, memory_format=CL)
     phases = stride[0] * stride[1] * stride[2]
     rows = n * math.prod(-(-s // st) for s, st in zip((t, h, w), stride))  # the largest phase
-    key, config = _pick("dgrad", precision, cout, _aligned([cin, cout], vector_elements(precision)), rows * phases,
-                        cin, grad_z, configs)
+    key, config = _dgrad_variant(input_shape, cout, stride, grad_z.dtype, grad_z.device, configs)
     if variants is not None:
         variants["dgrad"] = (key, config)
     packed = _pack_dgrad(weight)
@@ -785,8 +836,7 @@ def conv3d_weight_grad(grad_z: torch.Tensor, x: torch.Tensor, weight_shape: Sequ
     m, nc = n * ot * oh * ow, math.prod(kernel) * cin
     x_base, x_off = _aligned_base(x)
     sx = _strides(x)
-    key, config = _pick("wgrad", precision, cin, _aligned(sx + [x_off, cin, cout], vector_elements(precision)),
-                        cout, nc, x, configs)
+    key, config = _wgrad_variant(x, weight_shape, configs)
     if variants is not None:
         variants["wgrad"] = (key, config)
     if key[1] == DIRECT:
@@ -795,7 +845,7 @@ def conv3d_weight_grad(grad_z: torch.Tensor, x: torch.Tensor, weight_shape: Sequ
         tiles_n = triton.cdiv(nc, config.block_n)
     tiles = triton.cdiv(cout, config.block_m) * tiles_n
     if splits is None:
-        splits = choose_splits(tiles, m, config.block_k, _sms(x))
+        splits = choose_splits(tiles, m, config.block_k, _sms(x.device))
     if not 1 <= splits <= MAX_SPLITS:
         raise ValueError(f"{NAME}: splits must be in [1, {MAX_SPLITS}], got {splits}")
     per_split = triton.cdiv(triton.cdiv(m, splits), config.block_k) * config.block_k
@@ -811,12 +861,13 @@ def conv3d_weight_grad(grad_z: torch.Tensor, x: torch.Tensor, weight_shape: Sequ
 
 
 def backward_train(grad, x, weight, z, bn_weight, bn_bias, mean, var, eps: float, stride: Triple, pads: Pads,
-                   relu: bool, mask: List[bool]) -> Tuple[Optional[torch.Tensor], ...]:
-    """(grad_x, grad_weight, grad_bn_weight, grad_bn_bias), None where ``mask`` says not needed."""
+                   relu: bool, mask: List[bool], configs: Configs = None) -> Tuple[Optional[torch.Tensor], ...]:
+    """(grad_x, grad_weight, grad_bn_weight, grad_bn_bias), None where ``mask`` says not needed;
+    ``configs`` as :func:`forward_train`."""
     _check(x, weight, stride, pads)
     grad_z, grad_gamma, grad_beta = bn_relu_backward(grad, z, bn_weight, bn_bias, mean, var, eps, relu)
-    grad_x = conv3d_input_grad(grad_z, weight, x.shape, stride, pads) if mask[0] else None
-    grad_w = conv3d_weight_grad(grad_z, x, weight.shape, stride, pads) if mask[1] else None
+    grad_x = conv3d_input_grad(grad_z, weight, x.shape, stride, pads, configs) if mask[0] else None
+    grad_w = conv3d_weight_grad(grad_z, x, weight.shape, stride, pads, configs) if mask[1] else None
     return grad_x, grad_w, grad_gamma if mask[2] else None, grad_beta if mask[3] else None
 
 

@@ -91,3 +91,18 @@ def test_peak_table():
     assert conv3d_cuda.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
     assert conv3d_cuda.peak_tflops("NVIDIA A10") == 125.0 and conv3d_cuda.peak_tflops("NVIDIA L4") == 121.0
     assert conv3d_cuda.peak_tflops("Tesla T4") is None
+
+
+@pytest.mark.gpu
+def test_layer_rows_are_graph_timed_on_a_gpu():
+    torch.backends.cudnn.benchmark = True
+    conv = conv3d_cuda.Conv("Mixed_test.b1b", (2, 96, 4, 14, 14), 128, (3, 3, 3))
+    rows = conv3d_cuda.layer_rows(conv, "bf16", "cuda", torch.Generator().manual_seed(0), repeat=5)
+    assert [r.provider for r in rows] == [conv3d_cuda.BASELINE, conv3d_cuda.FOLDED, conv3d_cuda.CONV_ONLY,
+                                          conv3d_cuda.OURS]
+    assert rows[0].baseline and rows[0].note.startswith("cuDNN kernel")
+    for r in rows:
+        assert r.timing.median_ms > 0 and r.extra["TFLOP/s"] > 0
+        assert "back-to-back" not in r.note  # every provider was captured in a CUDA graph
+        if conv3d_cuda.peak_tflops(torch.cuda.get_device_name()):
+            assert 0 < r.extra["% of peak"] < 100

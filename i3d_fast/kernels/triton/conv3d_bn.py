@@ -59,9 +59,11 @@ NAME = "conv3d_bn (triton)"
 DEFAULT_SMS = 132
 #: Packed weights pad their column count to a multiple of this many (zero) columns.
 COLUMN_PAD = 16
-#: Split-K: at most this many splits, each at least this many K steps long.
+#: Split-K: at most this many splits, each at least this many K steps long, and at most this many
+#: float32 partial sums in all (64 MiB).
 MAX_SPLITS = 64
 MIN_STEPS_PER_SPLIT = 8
+MAX_PARTIALS = 2**24
 #: Rows each program of the gradient reduction covers (a multiple of every BLOCK_R).
 REDUCE_ROWS = 512
 _INT32_LIMIT = 2**31 - 1
@@ -523,11 +525,12 @@ def choose_config(key: Tuple[str, int, str, bool], rows: int, cols: int, sms: in
     return usable[-1]
 
 
-def choose_splits(tiles: int, sites: int, block_k: int, sms: int = DEFAULT_SMS) -> int:
+def choose_splits(tiles: int, sites: int, block_k: int, weight_elements: int, sms: int = DEFAULT_SMS) -> int:
     """Split-K factor of the weight gradient: enough programs for two per SM, each split at least
-    MIN_STEPS_PER_SPLIT K steps long, at most MAX_SPLITS."""
+    MIN_STEPS_PER_SPLIT K steps long, at most MAX_SPLITS and MAX_PARTIALS // weight_elements."""
     steps = math.ceil(sites / block_k)
-    return max(1, min(math.ceil(2 * sms / tiles), steps // MIN_STEPS_PER_SPLIT, MAX_SPLITS))
+    return max(1, min(math.ceil(2 * sms / tiles), steps // MIN_STEPS_PER_SPLIT, MAX_SPLITS,
+                      MAX_PARTIALS // weight_elements))
 
 
 # -- tensors ----------------------------------------------------------------------------------------
@@ -587,9 +590,10 @@ def why_unsupported(x: torch.Tensor, weight_shape: Sequence[int], stride: Triple
     except (TypeError, ValueError) as e:
         return str(e)
     taps = math.prod(kernel)
-    n = x.shape[0]
-    biggest = max(_extent(x), x.numel(), n * math.prod(sizes) * (cout + ELEMENTWISE.block_r),
-                  taps * cin * (cout + COLUMN_PAD), taps * cout * (cin + COLUMN_PAD), MAX_SPLITS * cout * taps * cin)
+    rows = x.shape[0] * math.prod(sizes) + 2 * REDUCE_ROWS  # output rows and the tail tiles' masked ones
+    # (weight-gradient partial sums: at most max(MAX_PARTIALS, Cout * taps * Cin), see choose_splits)
+    biggest = max(_extent(x), x.numel(), rows * cout, taps * cin * (cout + COLUMN_PAD),
+                  taps * cout * (cin + COLUMN_PAD), MAX_PARTIALS)
     if biggest > _INT32_LIMIT:
         return f"tensors of 2**31 elements or more need 64-bit offsets (largest here: {biggest})"
     return None
@@ -845,9 +849,10 @@ def conv3d_weight_grad(grad_z: torch.Tensor, x: torch.Tensor, weight_shape: Sequ
         tiles_n = triton.cdiv(nc, config.block_n)
     tiles = triton.cdiv(cout, config.block_m) * tiles_n
     if splits is None:
-        splits = choose_splits(tiles, m, config.block_k, _sms(x.device))
-    if not 1 <= splits <= MAX_SPLITS:
-        raise ValueError(f"{NAME}: splits must be in [1, {MAX_SPLITS}], got {splits}")
+        splits = choose_splits(tiles, m, config.block_k, cout * nc, _sms(x.device))
+    if not 1 <= splits <= MAX_SPLITS or (splits > 1 and splits * cout * nc > MAX_PARTIALS):
+        raise ValueError(f"{NAME}: splits must be in [1, {MAX_SPLITS}] with at most {MAX_PARTIALS} partial sums "
+                         f"({cout * nc} per split), got {splits}")
     per_split = triton.cdiv(triton.cdiv(m, splits), config.block_k) * config.block_k
     splits = triton.cdiv(m, per_split)
     part = torch.empty((splits, cout, nc), dtype=torch.float32, device=x.device)
@@ -856,7 +861,7 @@ def conv3d_weight_grad(grad_z: torch.Tensor, x: torch.Tensor, weight_shape: Sequ
             per_split)
     _launch(_wgrad_kernel, (tiles, splits), args, _gemm_meta(key, config, precision), config.num_warps,
             config.num_stages, x.device)
-    grad = part.double().sum(0) if splits > 1 else part[0]
+    grad = part.sum(0, dtype=torch.float64) if splits > 1 else part[0]
     return grad.to(x.dtype).view(cout, *kernel, cin).permute(0, 4, 1, 2, 3)
 
 

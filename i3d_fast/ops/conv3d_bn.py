@@ -18,6 +18,9 @@ statistics and BatchNorm passes in float32 / bf16), ``aten`` (any float dtype; C
 Triton kernels refuse, e.g. float64 or tensors of 2**31 elements) and ``reference`` (plain PyTorch,
 float64-capable; its backward is autograd through the plain ops: the oracle). Every backend sees
 the input, the weight shape, the stride and the padding; forward and backward pick the same one.
+The first time a set of Triton training kernel variants runs on a device (on CUDA by default; see
+:mod:`.selfcheck`), one training step of a cut of the call is checked against float64; a set that
+disagrees warns once and runs on ATen from then on.
 """
 from __future__ import annotations
 

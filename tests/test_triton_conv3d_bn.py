@@ -135,6 +135,8 @@ OP_CASES = {
     "3x3x3-valid": (6, 10, 3, 1, "valid", (2, 4, 5, 5), True, (0, 0)),
     "1x3x3-s122-explicit": (8, 16, (1, 3, 3), (1, 2, 2), ((0, 0), (1, 2), (0, 1)), (2, 3, 8, 7), True, (0, 0)),
     "3x1x1-slice": (32, 16, (3, 1, 1), 1, "same", (2, 4, 3, 3), True, (32, 0)),
+    # inputs of odd phases get no tap: their gradient is written as zeros
+    "1x1x1-s2-valid": (8, 16, 1, 2, "valid", (2, 5, 6, 7), True, (0, 0)),
 }
 
 

@@ -209,7 +209,7 @@ def test_split_k_weight_gradient_is_deterministic_and_matches():
 
 def test_split_heuristic():
     assert tk.choose_splits(tiles=300, sites=10**6, block_k=64, weight_elements=1000) == 1  # enough tiles already
-    assert tk.choose_splits(tiles=4, sites=10**6, block_k=64, weight_elements=1000) == tk.MAX_SPLITS
+    assert tk.choose_splits(tiles=1, sites=10**6, block_k=64, weight_elements=1000) == tk.MAX_SPLITS
     assert tk.choose_splits(tiles=4, sites=64 * 8 * 5, block_k=64, weight_elements=1000) == 5  # >= 8 K steps each
     big = 384 * 27 * 192  # Mixed_5c's 3x3x3: partial sums capped at MAX_PARTIALS
     assert tk.choose_splits(tiles=4, sites=10**6, block_k=64, weight_elements=big) == tk.MAX_PARTIALS // big

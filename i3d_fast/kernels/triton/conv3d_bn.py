@@ -61,7 +61,7 @@ DEFAULT_SMS = 132
 COLUMN_PAD = 16
 #: Split-K: at most this many splits, each at least this many K steps long, and at most this many
 #: float32 partial sums in all (64 MiB).
-MAX_SPLITS = 64
+MAX_SPLITS = 256
 MIN_STEPS_PER_SPLIT = 8
 MAX_PARTIALS = 2**24
 #: Rows each program of the gradient reduction covers (a multiple of every BLOCK_R).

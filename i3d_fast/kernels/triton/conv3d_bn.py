@@ -48,7 +48,7 @@ import triton
 import triton.language as tl
 
 from ...ops.padding import Pads, Triple, output_size
-from ..aten.conv3d_bn import grad_coefficients, scale_invstd, stat_dtype
+from ..aten.conv3d_bn import grad_coefficients, scale_invstd
 from .aot import AotSpec
 
 CL = torch.channels_last_3d
@@ -437,8 +437,7 @@ class Config:
         return f"{self.block_m}x{self.block_n}x{self.block_k}-w{self.num_warps}-s{self.num_stages}"
 
 
-#: Precision names: fp16 / bf16 (tensor cores), tf32 (fp32 on tensor cores), ieee (exact fp32, FMA).
-PRECISIONS = ("fp16", "bf16", "tf32", "ieee")
+# Precision names: fp16 / bf16 (tensor cores), tf32 (fp32 on tensor cores), ieee (exact fp32, FMA).
 _TRITON_DTYPE = {"fp16": "fp16", "bf16": "bf16", "tf32": "fp32", "ieee": "fp32"}
 _DOT_PRECISION = {"fp16": None, "bf16": None, "tf32": "tf32", "ieee": "ieee"}
 GEMMS = ("forward", "dgrad", "wgrad")

@@ -446,8 +446,7 @@ _BIG16, _SMALL16 = Config(128, 128, 64, 8, 3), Config(64, 64, 64, 4, 3)
 _TF32 = Config(64, 64, 32, 4, 3)
 # The gathered (FOLD / unaligned) loads and exact fp32 need 8 warps to stay far from 255 registers
 # (4 warps spill in the ieee forward on sm_90).
-_FOLD16 = Config(64, 64, 32, 8, 2)
-_FOLD32 = Config(64, 64, 32, 8, 2)
+_GATHER = Config(64, 64, 32, 8, 2)
 _IEEE = Config(64, 64, 16, 8, 2)
 #: Every GEMM variant we ship: (gemm, mode, precision, aligned) -> configs, largest first. "aligned"
 #: means every channel run and row stride the kernel touches is a whole number of 16-byte vectors.
@@ -458,9 +457,8 @@ for _g in GEMMS:
         SHIPPED[(_g, DIRECT, _p, True)] = (_BIG16, _SMALL16)
     SHIPPED[(_g, DIRECT, "tf32", True)] = (_TF32,)
     _any = FOLD if _g != "dgrad" else DIRECT
-    for _p in ("fp16", "bf16"):
-        SHIPPED[(_g, _any, _p, False)] = (_FOLD16,)
-    SHIPPED[(_g, _any, "tf32", False)] = (_FOLD32,)
+    for _p in ("fp16", "bf16", "tf32"):
+        SHIPPED[(_g, _any, _p, False)] = (_GATHER,)
     SHIPPED[(_g, _any, "ieee", False)] = (_IEEE,)
 del _g, _p, _any
 #: DIRECT is used when at most this fraction of its channel chunks is padding (else FOLD).
@@ -468,6 +466,8 @@ DIRECT_MAX_CHANNEL_WASTE = 0.25
 
 
 class Elementwise(NamedTuple):
+    """Tile and warps of the BatchNorm kernels (rows x channels of the [M, C] activations)."""
+
     block_r: int
     block_c: int
     num_warps: int

@@ -253,6 +253,25 @@ def test_backward_through_consecutive_units():
         assert _err(o, r) <= 2 * _err(a, r) + 1e-6 * r.abs().max().item(), label
 
 
+def test_torch_compile_traces_the_training_op_and_its_backward():
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 8, 3, 4, 5, generator=g).contiguous(memory_format=CL)
+    w = torch.randn(16, 8, 3, 3, 3, generator=g) / 216 ** 0.5
+    gy = torch.randn(2, 16, 3, 4, 5, generator=g)
+
+    def forward(x, w):
+        return conv3d_bn_relu(x, w, training=True, backend="triton")
+
+    def step(fn):
+        leaves = [x.clone().requires_grad_(), w.clone().requires_grad_()]
+        y = fn(*leaves)
+        return (y.detach(), *torch.autograd.grad(y, leaves, gy))
+
+    eager, compiled = step(forward), step(torch.compile(forward, backend="aot_eager", fullgraph=True))
+    for a, b in zip(eager, compiled):
+        assert torch.equal(a, b)
+
+
 # -- dispatch -------------------------------------------------------------------------------------
 def test_auto_on_a_cpu_tensor_does_not_pick_triton():
     x = torch.randn(1, 4, 2, 3, 3).contiguous(memory_format=CL)

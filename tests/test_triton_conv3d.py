@@ -309,6 +309,32 @@ def test_direct_block_k_follows_channel_padding(cin, block_k):
         assert tc.choose_config(tc.FOLD, "fp16", True, 100_000, 256, cin=cin).block_k == 64
 
 
+def test_launch_plan_is_reused_per_geometry(monkeypatch):
+    planned = []
+    make = tc._make_launch
+    monkeypatch.setattr(tc, "_make_launch", lambda *a, **k: planned.append(a[0].shape) or make(*a, **k))
+    monkeypatch.setattr(tc, "_LAUNCHES", {})
+    w = torch.randn(8, 4, 3, 1, 3)
+    pads = ((1, 1), (0, 0), (1, 1))
+
+    def run(x, out, offset):
+        tc.conv3d(x, w, None, None, (1, 1, 1), pads, False, [(out, offset, 8)])
+        expected = reference(x, w, torch.ones(8), torch.zeros(8), (1, 1, 1), pads, False, False)
+        torch.testing.assert_close(out[:, offset:offset + 8].double(), expected, rtol=2e-5, atol=2e-5)
+
+    for _ in range(2):  # new tensors, same layout: planned once, each call reads and writes its own
+        run(_cl(torch.randn(1, 4, 3, 2, 5)), _cl(torch.zeros(1, 8, 3, 2, 5)), 0)
+    assert len(planned) == 1
+    run(_cl(torch.randn(1, 4, 3, 2, 5)), _cl(torch.zeros(1, 11, 3, 2, 5)), 3)  # another destination layout
+    run(_cl(torch.randn(1, 4, 3, 2, 6)), _cl(torch.zeros(1, 8, 3, 2, 6)), 0)  # another shape
+    assert len(planned) == 3
+    assert tc.conv3d(_cl(torch.randn(1, 4, 3, 2, 5)), w, None, None, (1, 1, 1), pads, False).shape == (1, 8, 3, 2, 5)
+    assert tc.conv3d(_cl(torch.randn(1, 4, 3, 2, 5)), w, None, None, (1, 1, 1), pads, False).shape == (1, 8, 3, 2, 5)
+    assert len(planned) == 4  # an output of its own: planned once too
+    with pytest.raises(ValueError, match="destination 0"):  # bad arguments still get their message
+        tc.conv3d(_cl(torch.randn(1, 4, 3, 2, 5)), w, None, None, (1, 1, 1), pads, False, [("out", 0, 8)])
+
+
 # -- errors -----------------------------------------------------------------------------------------
 def _simple(dtype=torch.float32, cout=8):
     x = _cl(torch.randn(1, 4, 2, 3, 3, dtype=dtype))

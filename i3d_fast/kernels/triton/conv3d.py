@@ -494,13 +494,12 @@ def _stem_weight(packed: PackedWeight) -> torch.Tensor:
     return _STEM_WEIGHTS[key].get(packed.data)
 
 
-def _aligned_base(t: torch.Tensor) -> Tuple[torch.Tensor, int]:
-    """(a view of ``t``'s storage starting at a 16-byte aligned address, the element offset of
-    ``t`` from it); ``(t, 0)`` when no aligned start precedes ``t`` in its storage."""
+def _alignment_shift(t: torch.Tensor) -> int:
+    """Elements from the 16-byte aligned address at or before ``t``'s start to it, where its storage
+    reaches back that far (else 0): the kernel gets a view starting there (:func:`_shifted`) and
+    this offset, so that its pointer is aligned."""
     r = (t.data_ptr() % 16) // t.element_size()
-    if r and t.storage_offset() >= r:
-        return t.as_strided((1,), (1,), t.storage_offset() - r), r
-    return t, 0
+    return r if r and t.storage_offset() >= r else 0
 
 
 def _strides(t: torch.Tensor) -> List[int]:
@@ -553,22 +552,25 @@ def conv3d(x: torch.Tensor, weight: Union[torch.Tensor, PackedWeight], scale: Op
     packed = weight if isinstance(weight, PackedWeight) else packed_weight(weight)
     scale = _constant(packed.cout, 1.0, x.device) if scale is None else scale.float()
     shift = _constant(packed.cout, 0.0, x.device) if shift is None else shift.float()
+    launch = _launch(x, packed, scale, shift, stride, pads, relu, destinations, pool, allow_tf32, config)
     result = None
     if destinations is None:
-        sizes = _output_sizes(x.shape[2:], packed.kernel, stride, pads, pool)
-        result = torch.empty((x.shape[0], packed.cout, *sizes), dtype=x.dtype, device=x.device,
-                             memory_format=torch.channels_last_3d)
+        if launch is None:  # nothing to compute: an empty output
+            sizes = _output_sizes(x.shape[2:], packed.kernel, stride, pads, pool)
+            return torch.empty((x.shape[0], packed.cout, *sizes), dtype=x.dtype, device=x.device,
+                               memory_format=torch.channels_last_3d)
+        result = torch.empty(launch.out_shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last_3d)
         destinations = [(result, 0, packed.cout)]
-    launch = _plan(x, packed, scale, shift, stride, pads, relu, destinations, pool, allow_tf32, config)
     if launch is None:
         return result
-    grid, args, meta, config = launch
+    args = launch.args(x, packed, scale, shift, destinations)
+    config = launch.config
     options = dict(num_warps=config.num_warps, num_stages=config.num_stages, **_COMPILE_OPTIONS)
     if x.is_cuda:
         with torch.cuda.device(x.device):
-            _conv3d_kernel[grid](*args, **meta, **options)
+            _conv3d_kernel[launch.grid](*args, **launch.meta, **options)
     else:
-        _conv3d_kernel[grid](*args, **meta, **options)
+        _conv3d_kernel[launch.grid](*args, **launch.meta, **options)
     return result
 
 
@@ -596,11 +598,29 @@ def _input_fits(shape, sx, kernel: Triple, pads: Pads, pool, sites: int, weight_
             and _fits_int32(sites, n, sx, extents, cin))
 
 
+_REASONS: Dict[tuple, Optional[str]] = {}
+
+
 def why_unsupported(x: torch.Tensor, weight_shape: Sequence[int], stride: Triple, pads: Pads,
                     pool: Optional[Triple] = None, allow_tf32: bool = False,
                     destinations: Optional[Sequence[Destination]] = None) -> Optional[str]:
     """Why :func:`conv3d` cannot run these inputs into ``destinations`` (None: an output of its own,
-    a channels_last_3d Tensor[N, Cout, OT, OH, OW]), or None when it can (for a backend's ``reject``)."""
+    a channels_last_3d Tensor[N, Cout, OT, OH, OW]), or None when it can (for a backend's ``reject``).
+    Remembered per call geometry, like the launch plans."""
+    try:
+        key = (_layout(x), tuple(weight_shape), tuple(stride), tuple(tuple(p) for p in pads),
+               pool if pool is None else tuple(pool), allow_tf32,
+               None if destinations is None else tuple((_layout(o), off, cnt) for o, off, cnt in destinations))
+    except (AttributeError, TypeError):
+        return _why_unsupported(x, weight_shape, stride, pads, pool, allow_tf32, destinations)
+    if key not in _REASONS:
+        if len(_REASONS) >= _MAX_LAUNCHES:
+            _REASONS.clear()
+        _REASONS[key] = _why_unsupported(x, weight_shape, stride, pads, pool, allow_tf32, destinations)
+    return _REASONS[key]
+
+
+def _why_unsupported(x, weight_shape, stride, pads, pool, allow_tf32, destinations) -> Optional[str]:
     try:
         precision = precision_of(x.dtype, allow_tf32)
         cout, cin, *kernel = weight_shape
@@ -609,7 +629,7 @@ def why_unsupported(x: torch.Tensor, weight_shape: Sequence[int], stride: Triple
             n, c, t, h, w = x.shape
             sx, x_off = [0 if d == 1 else s for d, s in zip((n, t, h, w), (c * t * h * w, h * w * c, w * c, c))], 0
         else:
-            sx, x_off = _strides(x), _aligned_base(x)[1]
+            sx, x_off = _strides(x), _alignment_shift(x)
         np_ = -(-cout // WEIGHT_COLUMN_PAD) * WEIGHT_COLUMN_PAD
         sites = size[0] * size[1] * size[2]
         if not _input_fits(x.shape, sx, tuple(kernel), pads, pool, sites, (math.prod(kernel) * cin, np_)):
@@ -623,7 +643,7 @@ def why_unsupported(x: torch.Tensor, weight_shape: Sequence[int], stride: Triple
             so = _strides(out)
             if not _fits_int32(sites, x.shape[0], so, size, out.shape[1]):
                 return "tensors too large for 32-bit offsets within a tile"
-            out_aligned = out_aligned and _is_aligned(so + [_aligned_base(out)[1] + offset], vec)
+            out_aligned = out_aligned and _is_aligned(so + [_alignment_shift(out) + offset], vec)
         if destinations:
             out_aligned = out_aligned and destinations[0][2] % vec == 0
         choose_mode(precision, tuple(kernel), cin, pool is not None, in_aligned, out_aligned)
@@ -632,15 +652,92 @@ def why_unsupported(x: torch.Tensor, weight_shape: Sequence[int], stride: Triple
     return None
 
 
-def _plan(x, packed: PackedWeight, scale, shift, stride, pads, relu, destinations, pool, allow_tf32, config=None):
-    """Checks what the kernel relies on (an out-of-bounds store would corrupt memory) and builds the
-    launch: (grid, args, constexprs, config), or None when there is nothing to compute."""
+class _Launch(NamedTuple):
+    """A planned launch, reusable for every call with the same geometry (see :func:`_launch`): the
+    grid, the int/float arguments, the constexprs and config, and how to get the tensor arguments."""
+
+    grid: Tuple[int]
+    ints: tuple
+    meta: Dict[str, object]
+    config: Config
+    precision: str
+    convert: bool  # x is copied to channels-last first
+    x_shift: int  # elements from the 16-byte aligned start passed for x (0 for a STEM copy)
+    stem_pads: Optional[Tuple[int, int]]  # STEM: x is copied into the padded buffer (these W pads)
+    taps: torch.Tensor
+    dest_shifts: Tuple[int, ...]  # per destination, as x_shift
+    out_shape: Tuple[int, ...]  # Tensor[N, Cout, OT, OH, OW]
+
+    def args(self, x: torch.Tensor, packed: PackedWeight, scale: torch.Tensor, shift: torch.Tensor,
+             destinations: Sequence[Destination]) -> tuple:
+        """The kernel's arguments for this call's tensors (laid out as when planned)."""
+        if self.convert:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        if self.stem_pads is not None:
+            x, weight = _stem_input(x, self.stem_pads), _stem_weight(packed)
+        else:
+            x, weight = _shifted(x, self.x_shift), packed.data
+        outs = [_shifted(out, r) for (out, _, _), r in zip(destinations, self.dest_shifts)]
+        return (x, weight, scale.contiguous(), shift.contiguous(), outs[0], outs[-1], self.taps) + self.ints
+
+
+def _shifted(t: torch.Tensor, r: int) -> torch.Tensor:
+    """``t``, or a view of its storage starting ``r`` elements before it (see :func:`_alignment_shift`)."""
+    return t.as_strided((1,), (1,), t.storage_offset() - r) if r else t
+
+
+#: Planned launches by call geometry (:func:`_geometry_key`), so that repeated calls only launch.
+_LAUNCHES: Dict[tuple, Optional[_Launch]] = {}
+_MAX_LAUNCHES = 4096
+
+
+def _layout(t: torch.Tensor) -> tuple:
+    """What a plan depends on of a tensor: shape, strides, dtype, device and 16-byte alignment."""
+    return t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16, min(t.storage_offset(), 16)
+
+
+def _geometry_key(x, packed: PackedWeight, scale, shift, stride, pads, relu, destinations, pool, allow_tf32,
+                  config) -> tuple:
+    data = packed.data
+    return (_layout(x), packed.cout, packed.cin, tuple(packed.kernel), data.shape, data.stride(), data.dtype,
+            data.device, scale.shape, scale.dtype, scale.device, shift.shape, shift.dtype, shift.device,
+            tuple(stride), tuple(tuple(p) for p in pads), relu, pool if pool is None else tuple(pool), allow_tf32,
+            config, None if destinations is None else tuple((_layout(o), off, cnt) for o, off, cnt in destinations))
+
+
+def _launch(x, packed: PackedWeight, scale, shift, stride, pads, relu, destinations, pool, allow_tf32,
+            config=None) -> Optional[_Launch]:
+    """:func:`_make_launch`, remembered per call geometry (the checks and the plan depend on nothing
+    else). ``destinations`` None plans for a new output tensor of the conv's own (16-byte aligned)."""
+    try:
+        key = _geometry_key(x, packed, scale, shift, stride, pads, relu, destinations, pool, allow_tf32, config)
+    except (AttributeError, TypeError):  # malformed arguments: _make_launch names the problem
+        key = None
+    if key is not None and key in _LAUNCHES:
+        return _LAUNCHES[key]
+    if destinations is None:
+        sizes = _output_sizes(x.shape[2:], packed.kernel, stride, pads, pool)
+        destinations = [(torch.empty((x.shape[0], packed.cout, *sizes), dtype=x.dtype, device=x.device,
+                                     memory_format=torch.channels_last_3d), 0, packed.cout)]
+    launch = _make_launch(x, packed, scale, shift, stride, pads, relu, destinations, pool, allow_tf32, config)
+    if key is not None:
+        if len(_LAUNCHES) >= _MAX_LAUNCHES:
+            _LAUNCHES.clear()
+        _LAUNCHES[key] = launch
+    return launch
+
+
+def _make_launch(x, packed: PackedWeight, scale, shift, stride, pads, relu, destinations, pool, allow_tf32,
+                 config=None) -> Optional[_Launch]:
+    """Checks what the kernel relies on (an out-of-bounds store would corrupt memory) and plans the
+    launch (see :class:`_Launch`), or None when there is nothing to compute."""
     name = NAME
+    convert = False
     precision = precision_of(x.dtype, allow_tf32)
     if x.dim() != 5:
         raise ValueError(f"{name}: x must be Tensor[N, Cin, T, H, W], got shape {tuple(x.shape)}")
     if x.shape[1] > 1 and x.stride(1) != 1:
-        x = x.contiguous(memory_format=torch.channels_last_3d)
+        x, convert = x.contiguous(memory_format=torch.channels_last_3d), True
     n, cin, t, h, w = x.shape
     rows = math.prod(packed.kernel) * packed.cin
     columns = -(-packed.cout // WEIGHT_COLUMN_PAD) * WEIGHT_COLUMN_PAD
@@ -677,12 +774,12 @@ def _plan(x, packed: PackedWeight, scale, shift, stride, pads, relu, destination
         if out.shape[1] > 1 and out.stride(1) != 1:
             raise ValueError(f"{name}: destination {i} needs channel stride 1 (channels_last_3d), got strides "
                              f"{out.stride()}")
-        base, r = _aligned_base(out)
-        dests.append((base, _strides(out), offset + r, count, out.shape[1]))
+        r = _alignment_shift(out)
+        dests.append((r, _strides(out), offset + r, count, out.shape[1]))
     if m == 0 or cout == 0:
         return None
 
-    x_base, x_off = _aligned_base(x)
+    x_off = _alignment_shift(x)
     sx = _strides(x)
     sites = ot * oh * ow
     if (not _input_fits(x.shape, sx, kernel, pads, pool, sites, packed.data.shape)
@@ -702,28 +799,27 @@ def _plan(x, packed: PackedWeight, scale, shift, stride, pads, relu, destination
                          f"{'aligned' if aligned else 'unaligned'} variant; choose one of "
                          f"{[c.name for c in SHIPPED[(mode, precision, aligned)]]}")
 
-    weight_data, xvec = packed.data, vec if aligned else 1
+    weight_shape, xvec, stem_pads = packed.data.shape, vec if aligned else 1, None
     if mode == STEM:  # DIRECT on the virtual input of a padded copy (see the module docstring)
-        x_base = _stem_input(x, pads[2])
+        stem_pads = pads[2]
+        wp = stem_pads[0] + w + stem_pads[1]  # the copy: contiguous Tensor[N, T, H, wp, STEM_CHANNELS]
         xvec, x_off, cin, kernel = min(vec, STEM_CHANNELS), 0, kernel[2] * STEM_CHANNELS, (kernel[0], kernel[1], 1)
-        w = x_base.shape[3] - kernel[2] + 1
-        sx = [0 if d == 1 else s for d, s in zip((n, t, h, w), x_base.stride()[:4])]
+        w = wp - kernel[2] + 1
+        sx = [0 if d == 1 else s for d, s in zip((n, t, h, w), (t * h * wp * STEM_CHANNELS, h * wp * STEM_CHANNELS,
+                                                                 wp * STEM_CHANNELS, STEM_CHANNELS))]
         pads = (pads[0], pads[1], (0, 0))
-        weight_data = _stem_weight(packed)
-        if not _input_fits((n, cin, t, h, w), sx, kernel, pads, None, sites, weight_data.shape):
+        weight_shape = (math.prod(kernel) * cin, weight_shape[1])
+        if not _input_fits((n, cin, t, h, w), sx, kernel, pads, None, sites, weight_shape):
             raise ValueError(f"{NAME}: tensors too large for 32-bit offsets within a tile (padded stem input "
-                             f"{tuple(x_base.shape)})")
+                             f"{(n, t, h, wp, STEM_CHANNELS)})")
     if mode == FOLD:
         taps = _fold_table(kernel, cin, sx[1], sx[2], sx[3], x.device)
     else:
         taps = _no_table(x.device)
-    o0, so0, off0, cnt0, _ = dests[0]
-    o1, so1, off1, _, _ = dests[-1]  # with one destination, its mask (channels >= cnt0 = Cout) is empty
-    scale = scale.contiguous()
-    shift = shift.contiguous()
+    _, so0, off0, cnt0, _ = dests[0]
+    _, so1, off1, _, _ = dests[-1]  # with one destination, its mask (channels >= cnt0 = Cout) is empty
     (pt, _), (ph, _), (pw, _) = pads
-    args = (x_base, weight_data, scale, shift, o0, o1, taps,
-            t, h, w, cin, ot, oh, ow, m, cout, weight_data.shape[1], weight_data.shape[0], taps.shape[-1],
+    ints = (t, h, w, cin, ot, oh, ow, m, cout, weight_shape[1], weight_shape[0], taps.shape[-1],
             *kernel, *stride, pt, ph, pw,
             *sx, x_off,
             *so0, off0, cnt0,
@@ -732,9 +828,8 @@ def _plan(x, packed: PackedWeight, scale, shift, stride, pads, relu, destination
     meta = dict(MODE=mode, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
                 VEC=vec if aligned else 1, XVEC=xvec, PRECISION=_DOT_PRECISION[precision])
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(cout, config.block_n),)
-    return grid, args, meta, config
-
-
+    return _Launch(grid, ints, meta, config, precision, convert, x_off if mode != STEM else 0, stem_pads, taps,
+                   tuple(d[0] for d in dests), (n, cout, ot, oh, ow))
 class Plan(NamedTuple):
     mode: int  # DIRECT, FOLD or POOL
     precision: str
@@ -748,11 +843,10 @@ def plan_config(x: torch.Tensor, weight: Union[torch.Tensor, PackedWeight], stri
     """The variant (a key of :data:`SHIPPED`) and config :func:`conv3d` would launch for these arguments."""
     packed = weight if isinstance(weight, PackedWeight) else pack_weight(weight)
     ones = torch.ones(packed.cout, dtype=torch.float32, device=x.device)
-    launch = _plan(x, packed, ones, ones, stride, pads, True, destinations, pool, allow_tf32)
+    launch = _launch(x, packed, ones, ones, stride, pads, True, destinations, pool, allow_tf32)
     if launch is None:
         raise ValueError("conv3d (triton): nothing to launch (empty output)")
-    _, _, meta, config = launch
-    return Plan(meta["MODE"], precision_of(x.dtype, allow_tf32), meta["VEC"] > 1, config)
+    return Plan(launch.meta["MODE"], launch.precision, launch.meta["VEC"] > 1, launch.config)
 
 
 # -- ahead-of-time specs --------------------------------------------------------------------------

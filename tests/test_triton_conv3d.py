@@ -335,6 +335,16 @@ def test_launch_plan_is_reused_per_geometry(monkeypatch):
         tc.conv3d(_cl(torch.randn(1, 4, 3, 2, 5)), w, None, None, (1, 1, 1), pads, False, [("out", 0, 8)])
 
 
+def test_half_precision_shift_is_converted_once_and_follows_changes():
+    x = _cl(torch.randn(1, 8, 1, 2, 3, dtype=torch.float16))
+    w = torch.randn(8, 8, 1, 1, 1, dtype=torch.float16)
+    shift = torch.randn(8, dtype=torch.float16)
+    args = ((1, 1, 1), ((0, 0),) * 3, False)
+    for _ in range(2):
+        assert torch.equal(tc.conv3d(x, w, None, shift, *args), tc.conv3d(x, w, None, shift.float(), *args))
+        shift.add_(1.0)  # an in-place change is seen by the next call
+
+
 # -- errors -----------------------------------------------------------------------------------------
 def _simple(dtype=torch.float32, cout=8):
     x = _cl(torch.randn(1, 4, 2, 3, 3, dtype=dtype))

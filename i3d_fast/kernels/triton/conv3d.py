@@ -36,7 +36,10 @@ into scratch).
 Weights are packed once into ``[K, NP]`` (K as above, NP = Cout rounded up to 16, zero columns) by
 :func:`pack_weight`; :func:`conv3d` takes a packed weight or packs a plain one on every call.
 Launch configurations come from :func:`choose_config`, which only picks among the variants listed
-by :func:`aot_specs` (compiled ahead of time for sm_80 / sm_90 by the tests).
+by :func:`aot_specs` (compiled ahead of time for sm_80 / sm_90 by the tests). The checks and the
+launch plan are remembered per call geometry (shapes, strides, dtypes, devices, 16-byte alignment,
+destinations), so a repeated call only gathers its tensors and launches; after a warm-up call a
+forward pass is capturable in a CUDA graph (no host synchronisation).
 """
 from __future__ import annotations
 
@@ -436,6 +439,15 @@ def packed_weight(weight: torch.Tensor) -> PackedWeight:
     return _PACKED.get(weight)
 
 
+_FLOAT32 = WeightCache(lambda t: t.float())
+
+
+def _float32(t: torch.Tensor) -> torch.Tensor:
+    """``t.float()``; for another dtype, the copy is cached per tensor like packed weights (a fused
+    model's float16 shifts are converted once, not on every call)."""
+    return t if t.dtype == torch.float32 else _FLOAT32.get(t)
+
+
 @functools.lru_cache(maxsize=64)
 def _constant(count: int, value: float, device: torch.device) -> torch.Tensor:
     return torch.full((count,), value, dtype=torch.float32, device=device)
@@ -550,8 +562,8 @@ def conv3d(x: torch.Tensor, weight: Union[torch.Tensor, PackedWeight], scale: Op
             it must be shipped for the variant the inputs select (see :func:`plan_config`).
     """
     packed = weight if isinstance(weight, PackedWeight) else packed_weight(weight)
-    scale = _constant(packed.cout, 1.0, x.device) if scale is None else scale.float()
-    shift = _constant(packed.cout, 0.0, x.device) if shift is None else shift.float()
+    scale = _constant(packed.cout, 1.0, x.device) if scale is None else _float32(scale)
+    shift = _constant(packed.cout, 0.0, x.device) if shift is None else _float32(shift)
     launch = _launch(x, packed, scale, shift, stride, pads, relu, destinations, pool, allow_tf32, config)
     result = None
     if destinations is None:

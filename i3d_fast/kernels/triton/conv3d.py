@@ -186,9 +186,10 @@ def _conv3d_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
 
     if MODE == 0 or MODE == 3:
-        # DIRECT (and STEM, a DIRECT conv of a virtual input): K step = (tap, chunk of BLOCK_K channels), one flat loop. The tap (kt, kh, kw), its
-        # input offset and bit mask, and the chunk start advance as loop-carried scalars (no
-        # divisions); a row is in bounds for a tap iff the tap's three bits are set in its row bits.
+        # DIRECT (and STEM, a DIRECT conv of a virtual input): K step = (tap, chunk of BLOCK_K
+        # channels), one flat loop. The tap (kt, kh, kw), its input offset and bit mask, and the
+        # chunk start advance as loop-carried scalars (no divisions); a row is in bounds for a tap
+        # iff the tap's three bits are set in its row bits.
         row_bits = (_window_bits(tb, T, kT) | (_window_bits(hb, H, kH) << kT)
                     | (_window_bits(wb, W, kW) << (kT + kH)))
         row_bits = tl.where(m_ok, row_bits, 0)

@@ -24,6 +24,9 @@ CASES = [
     (12, 20, 3, 2, "same", (2, 7, 9, 8), True),       # stride 2 SAME (asymmetric pads)
     (6, 10, 3, 1, "valid", (2, 5, 6, 7), True),
     (6, 10, (1, 3, 3), (1, 2, 2), ((0, 0), (1, 2), (0, 1)), (2, 3, 8, 7), True),  # explicit pads
+    # the stem on 5 frames, fewer than its kernel: oneDNN's weight gradient with the padding inside
+    # crashes the process there (torch 2.13), so that input is padded explicitly
+    (3, 8, 7, 2, "same", (2, 5, 8, 8), True),
 ]
 
 

@@ -124,9 +124,14 @@ def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, s
     """(grad_x or None, grad_weight or None) of ``conv3d(pad(x), weight, stride)`` for ``grad``
     Tensor[N, Cout, T', H', W']: ``convolution_backward`` (oneDNN on the CPU: for 1x1x1 layers it
     measured 1.2x faster than two BLAS GEMMs on the channels-last rows) with the symmetric part of
-    the padding inside it (only TF's odd extra cell costs a padded copy of x)."""
+    the padding inside it (only TF's odd extra cell costs a padded copy of x, and all of it for an
+    input smaller than the kernel)."""
     grad = grad.contiguous(memory_format=CL)
     symmetric = [min(before, after) for before, after in pads]
+    if any(size < k for size, k in zip(x.shape[2:], weight.shape[2:])):
+        # an input smaller than the kernel: all padding as a (small) copy. oneDNN's weight gradient with
+        # the padding inside crashes on some such shapes (torch 2.13: 7x7x7 stride 2 padding 3 on depth 5)
+        symmetric = [0, 0, 0]
     extra = [(before - s, after - s) for (before, after), s in zip(pads, symmetric)]
     padded = any(a or b for a, b in extra)
     if padded:

@@ -11,7 +11,7 @@ from .ops import avg_pool3d, conv3d, conv3d_bn_relu, max_pool3d
 from .ops._library import plain_eager as _plain_eager
 from .ops.conv3d import planned_conv3d
 from .ops.conv3d_bn import folded
-from .ops.padding import PaddingArg, same_padding, triple
+from .padding import PaddingArg, same_padding, triple
 
 IntOr3 = Union[int, Sequence[int]]
 

@@ -7,7 +7,7 @@ import pytest
 
 from i3d_fast import bench
 from i3d_fast.bench import train
-from i3d_fast.bench.timing import peak_memory_in_subprocess
+from i3d_fast.bench.timing import FIXED_MMAP_THRESHOLD, peak_memory_in_subprocess
 
 TINY = train.Case(batch=1, frames=8, size=64, adaptive_head=True)
 
@@ -23,12 +23,13 @@ def test_train_steps_of_both_providers_give_the_same_finite_loss(bf16, rel):
 def test_train_suite_rows(monkeypatch):
     monkeypatch.setitem(train.CPU_CASE, True, TINY)
     monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
-    monkeypatch.setattr(train, "peak_memory_in_subprocess", lambda *args: 12.5)
+    monkeypatch.setattr(train, "peak_memory_in_subprocess", lambda *args, env=None: 12.5 if env is None else 10.0)
     monkeypatch.setitem(train.PIPELINE_CASE, True, (2, 32, 24, 4, 2))
     rows = bench.SUITES["train"](quick=True)
     steps, ops = [r for r in rows if r.suite == "train"], [r for r in rows if r.suite == "train-profile"]
     assert [(r.provider, r.baseline) for r in steps[:2]] == [(train.BASELINE, True), (train.OURS, False)]
-    assert all(r.extra["peak MiB"] == 12.5 and r.extra["clips/s"] > 0 for r in steps[:2])
+    assert all(r.extra["peak MiB"] == 12.5 and r.extra["peak MiB, fixed mmap threshold"] == 10.0
+               and r.extra["clips/s"] > 0 for r in steps[:2])
     assert [r.timing for r in steps[2:4]] == [None, None] and steps[3].note.startswith("not measured")
     pipeline = steps[4:]  # i3d-fast train end to end (4 steps per epoch), after the step alone
     assert [r.baseline for r in pipeline] == [True, False] and len({r.case for r in pipeline}) == 1
@@ -39,7 +40,7 @@ def test_train_suite_rows(monkeypatch):
 
 
 def test_train_peak_memory_subprocess_prints_a_number():
-    peak = peak_memory_in_subprocess(train.__name__, "1", "1", json.dumps(asdict(TINY)))
+    peak = peak_memory_in_subprocess(train.__name__, "1", "1", json.dumps(asdict(TINY)), env=FIXED_MMAP_THRESHOLD)
     assert peak is not None and peak > 0
 
 

@@ -124,7 +124,7 @@ def test_nan_propagates_like_torch(backend, kernel, stride, padding):
     F.conv3d + torch.relu put them (a fused ReLU must not turn NaN into 0; Winograd's transforms must
     not turn inf into NaN), on every backend that runs the case (Triton through its interpreter)."""
     from i3d_fast.ops.dispatch import NoBackendError
-    from i3d_fast.ops.padding import resolve_padding
+    from i3d_fast.padding import resolve_padding
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(1, 8, 5, 9, 9, generator=g)

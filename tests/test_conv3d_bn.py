@@ -9,7 +9,7 @@ from i3d_fast import layers
 from i3d_fast.kernels.cpu import conv3d as cpu_conv3d
 from i3d_fast.ops import NoBackendError, conv3d_bn_relu
 from i3d_fast.ops.conv3d_bn import conv3d_bn_train_op
-from i3d_fast.ops.padding import resolve_padding
+from i3d_fast.padding import resolve_padding
 
 CL = torch.channels_last_3d
 BACKENDS = ["cpu", "aten", "reference"]

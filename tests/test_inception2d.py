@@ -15,7 +15,7 @@ from i3d_fast import InceptionI3d, WeightsError, inflate
 from i3d_fast.layers import MaxPool2d, MaxPool3d, Unit2D, Unit3D
 from i3d_fast.models import I3D_TIME_KERNELS, I3D_TIME_STRIDES, InceptionV1
 from i3d_fast.models.i3d import ARCHITECTURE, HEAD_POOL
-from i3d_fast.ops.padding import same_padding, triple
+from i3d_fast.padding import same_padding, triple
 
 NUM_CLASSES = 5
 

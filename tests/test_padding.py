@@ -1,6 +1,6 @@
 import pytest
 
-from i3d_fast.ops.padding import output_size, resolve_padding, same_padding
+from i3d_fast.padding import output_size, resolve_padding, same_padding
 
 
 @pytest.mark.parametrize("size, kernel, stride, expected", [

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from i3d_fast import InceptionI3d
 from i3d_fast.bench.plain_i3d import PlainInceptionI3d, PlainMaxPool3d
 from i3d_fast.models.i3d import ARCHITECTURE
-from i3d_fast.ops.padding import same_padding
+from i3d_fast.padding import same_padding
 
 from _models import randomise_batchnorm
 

@@ -17,9 +17,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from i3d_fast.kernels.triton import common
 from i3d_fast.kernels.triton import conv3d as tc
 from i3d_fast.models.i3d import ARCHITECTURE
-from i3d_fast.ops.padding import output_size, resolve_padding
+from i3d_fast.padding import output_size, resolve_padding
 
 SENTINEL = 7.0  # every output channel the kernel must leave alone holds this
 
@@ -239,7 +240,7 @@ def test_every_shipped_config(key, config):
 def test_unshipped_config_is_refused():
     case = VARIANT_CASES[(tc.FOLD, False)]
     with pytest.raises(ValueError, match="not shipped"):
-        run_case(case, torch.float16, config=tc.Config(32, 32, 32, 4, 1))
+        run_case(case, torch.float16, config=common.Config(32, 32, 32, 4, 1))
 
 
 # -- the launch heuristic on every full-size I3D layer ------------------------------------------------
@@ -267,10 +268,10 @@ def _i3d_layers(frames=64, size=224, in_channels=3):
     return layers
 
 
-@pytest.mark.parametrize("precision", tc.PRECISIONS)
+@pytest.mark.parametrize("precision", common.PRECISIONS)
 @pytest.mark.parametrize("batch", [1, 16])
 def test_heuristic_picks_shipped_variants_for_i3d(precision, batch):
-    vec = tc.vector_elements(precision)
+    vec = common.vector_elements(precision)
     for stream in (3, 2):
         for name, cin, cout, kernel, stride, pool, m in _i3d_layers(in_channels=stream):
             mode, aligned = tc.choose_mode(precision, kernel, cin, pool, cin % vec == 0, cout % vec == 0)

@@ -24,7 +24,7 @@ from i3d_fast.kernels.triton import conv3d_bn as tk
 from i3d_fast.ops import conv3d_bn as op_module
 from i3d_fast.ops import conv3d_bn_relu, selfcheck
 from i3d_fast.ops.conv3d_bn import conv3d_bn_train_op
-from i3d_fast.ops.padding import flat_pads, resolve_padding
+from i3d_fast.padding import flat_pads, resolve_padding
 
 CL = torch.channels_last_3d
 

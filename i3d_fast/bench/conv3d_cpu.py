@@ -20,6 +20,7 @@ from typing import List, Tuple
 import torch
 
 from ..kernels.cpu import conv3d as cpu_conv3d
+from ..ops import max_pool3d
 from .report import Row
 from .timing import measure_interleaved
 
@@ -95,8 +96,9 @@ def workloads_1x1(cin: int, cout: int, t: int, h: int, w: int, pool):
     packed = cpu_conv3d.prepare_weight(weight)
     no_pad = ((0, 0),) * 3
 
-    def aten():
-        aten_conv3d.conv3d(x, weight, None, bias, (1, 1, 1), no_pad, True, [(out, 16, cout)], pool)
+    def aten():  # the pool (if any) on this library's pooling kernel, then BLAS
+        pooled = x if pool is None else max_pool3d(x, pool, 1, "same")
+        aten_conv3d.conv3d(pooled, weight, None, bias, (1, 1, 1), no_pad, True, [(out, 16, cout)])
 
     def cpu():
         cpu_conv3d.conv3d_packed(x, packed, bias, True, [(out, 16, cout)], pool)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models.i3d import ARCHITECTURE
-from ..ops.padding import resolve_padding
+from ..padding import resolve_padding
 from .report import Row
 from .timing import Timing
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models.i3d import ARCHITECTURE, ENDPOINTS, HEAD_POOL
-from ..ops.padding import Triple, same_padding
+from ..padding import Triple, same_padding
 
 
 def _same_pads(sizes: Sequence[int], kernel: Triple, stride: Triple) -> List[Tuple[int, int]]:

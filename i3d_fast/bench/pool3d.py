@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..ops import avg_pool3d, max_pool3d
-from ..ops.padding import output_size, resolve_padding
+from ..padding import output_size, resolve_padding
 from .report import Row
 from .timing import measure
 

@@ -1,12 +1,13 @@
 """Wall-clock timing: medians and quantiles over repeated runs, providers measured side by side."""
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -91,10 +92,17 @@ def peak_rss_mb(fn: Callable[[], object]) -> float:
     return (_peak_rss_kib() - before) / 1024
 
 
-def peak_memory_in_subprocess(module: str, *args: str) -> Optional[float]:
+#: glibc's malloc with a fixed mmap threshold: without it, freeing a large block raises the threshold
+#: (up to 32 MiB), later blocks below it come from the heap, and freed heap memory stays resident.
+FIXED_MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": "131072"}
+
+
+def peak_memory_in_subprocess(module: str, *args: str, env: Optional[Dict[str, str]] = None) -> Optional[float]:
     """Runs ``python -m <module> <args>`` (which prints one number, the MiB of its workload's
-    :func:`peak_rss_mb`) in a fresh interpreter, so that each provider's peak is its own."""
-    done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True)
+    :func:`peak_rss_mb`) in a fresh interpreter, so that each provider's peak is its own; ``env``: extra
+    environment variables (e.g. :data:`FIXED_MMAP_THRESHOLD`)."""
+    done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                          env=None if env is None else {**os.environ, **env})
     if done.returncode != 0:
         return None
     try:

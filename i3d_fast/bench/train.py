@@ -30,7 +30,8 @@ from ..models import InceptionI3d
 from .plain_i3d import PlainInceptionI3d
 from .._cpu import has_native_bf16
 from .report import Row
-from .timing import Timing, first_call_seconds, measure, measure_interleaved, peak_memory_in_subprocess, peak_rss_mb
+from .timing import (FIXED_MMAP_THRESHOLD, Timing, first_call_seconds, measure, measure_interleaved,
+                     peak_memory_in_subprocess, peak_rss_mb)
 
 SUITE = "train"
 CL = torch.channels_last_3d
@@ -148,9 +149,11 @@ def _case_rows(case: Case, repeat: int,
         if provider in compile_s:
             extra["compile s"] = round(compile_s[provider], 1)
         if provider in PROVIDERS:
-            peak = peak_memory_in_subprocess(__name__, str(i), str(torch.get_num_threads()), json.dumps(asdict(case)))
-            if peak is not None:
-                extra["peak MiB"] = round(peak, 1)
+            args = (__name__, str(i), str(torch.get_num_threads()), json.dumps(asdict(case)))
+            for label, env in (("peak MiB", None), ("peak MiB, fixed mmap threshold", FIXED_MMAP_THRESHOLD)):
+                peak = peak_memory_in_subprocess(*args, env=env)
+                if peak is not None:
+                    extra[label] = round(peak, 1)
         rows.append(Row(SUITE, case.name, provider, timing, baseline=provider == BASELINE, extra=extra))
     return rows, steps[:len(PROVIDERS)]
 

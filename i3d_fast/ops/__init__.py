@@ -3,7 +3,7 @@
 from .conv3d import conv3d
 from .conv3d_bn import conv3d_bn_relu
 from .dispatch import NoBackendError
-from .padding import same_padding
+from ..padding import same_padding
 from .pool3d import avg_pool3d, max_pool3d
 
 __all__ = ["NoBackendError", "avg_pool3d", "conv3d", "conv3d_bn_relu", "max_pool3d", "same_padding"]

@@ -20,7 +20,8 @@ from ..kernels.aten import conv3d as aten_conv3d
 from ..kernels.cpu import conv3d as cpu_conv3d
 from ..kernels.reference import conv3d as reference_conv3d
 from . import _library, dispatch, selfcheck
-from .padding import Pads, PaddingArg, Triple, flat_pads, nested_pads, output_size, resolve_padding, triple
+from .pool3d import max_pool3d
+from ..padding import Pads, PaddingArg, Triple, flat_pads, nested_pads, output_size, resolve_padding, triple
 
 CL = torch.channels_last_3d
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -69,6 +70,8 @@ def _run(backend, x, weight, scale, shift, stride, pads, relu, destinations, poo
     chosen = dispatch.select("i3d_fast.conv3d", backend, BACKENDS, x, weight, stride, pads, pool, allow_tf32,
                              destinations)
     impl = _checked(chosen, x, weight, scale, shift, stride, pads, relu, destinations, pool, allow_tf32)
+    if pool is not None and impl is aten_conv3d:  # no pool-on-load there: pool first, on the fastest pool backend
+        x, pool = max_pool3d(x, pool, 1, "same"), None
     return impl.conv3d(x, weight, scale, shift, stride, pads, relu, destinations, pool, allow_tf32)
 
 
@@ -279,7 +282,7 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor] 
             shift = beta - mean * scale; or shift = conv bias).
         stride: int or (T, H, W).
         padding: "same" (TensorFlow: odd cell at the end), "valid", or explicit (see
-            :func:`i3d_fast.ops.padding.resolve_padding`); zeros.
+            :func:`i3d_fast.padding.resolve_padding`); zeros.
         relu: apply ReLU after the shift.
         out: optional channels_last_3d Tensor[N, C_total, T', H', W']; the result goes to
             ``out[:, channel_offset:channel_offset + Cout]`` and ``out`` is returned (no autograd).

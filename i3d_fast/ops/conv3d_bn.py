@@ -35,7 +35,7 @@ from ..kernels.cpu import conv3d_bn as cpu_conv3d_bn
 from ..kernels.reference import conv3d_bn as reference_conv3d_bn
 from . import _library, dispatch, selfcheck
 from .conv3d import FLOATS, _out_shape, autocast_inputs, check_conv_args, check_tensor, conv3d
-from .padding import PaddingArg, flat_pads, nested_pads
+from ..padding import PaddingArg, flat_pads, nested_pads
 
 CL = torch.channels_last_3d
 

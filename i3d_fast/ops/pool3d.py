@@ -18,7 +18,7 @@ from ..kernels.cpu import autotune
 from ..kernels.cpu import pool3d as cpu_pool3d
 from ..kernels.reference import pool3d as reference_pool3d
 from . import _library, dispatch, selfcheck
-from .padding import PaddingArg, flat_pads, nested_pads, output_size, resolve_padding, triple
+from ..padding import PaddingArg, flat_pads, nested_pads, output_size, resolve_padding, triple
 
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 TRITON_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
@@ -179,7 +179,7 @@ def max_pool3d(x: torch.Tensor, kernel_size: Union[int, Sequence[int]], stride: 
         x: Tensor[N, C, T, H, W], any memory format, float32/float64/float16/bfloat16.
         kernel_size, stride: int or (T, H, W); stride defaults to the kernel size.
         padding: "same" (TensorFlow: the odd cell at the end), "valid", or explicit (see
-            :func:`i3d_fast.ops.padding.resolve_padding`).
+            :func:`i3d_fast.padding.resolve_padding`).
         backend: "auto", "triton", "cpu", "aten" or "reference".
     Returns:
         Tensor[N, C, T', H', W'] in channels_last_3d memory. Ties and NaNs: the gradient goes to the

@@ -24,6 +24,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..padding import output_size
+
 ENV = "I3D_FAST_SELFCHECK"
 #: Largest max |ours - expected| accepted, as a fraction of max |expected| (the same number is the
 #: absolute floor). Rounding of a fp32-accumulated result to the output dtype stays far below
@@ -174,8 +176,6 @@ def conv3d_variant(x, weight, stride, pads, destinations, pool, allow_tf32) -> T
 
 
 def _conv_out_shape(x_shape, w_shape, stride, pads) -> Tuple[int, ...]:
-    from .padding import output_size
-
     sizes = (output_size(s, k, st, p) for s, k, st, p in zip(x_shape[2:], w_shape[2:], stride, pads))
     return (x_shape[0], w_shape[0], *sizes)
 
@@ -236,8 +236,6 @@ def pool3d_variant(triton_impl, x: torch.Tensor, channels: int, mode: str, kerne
 
 def _small_pool(shape, kernel, stride, pads) -> Tuple[Tuple[int, ...], Tuple[Tuple[int, int], ...]]:
     """(input cells, pads) of the first :data:`SMALL` outputs per dimension of a pooling."""
-    from .padding import output_size
-
     cut = [_small_window(size, k, st, p[0], min(SMALL, output_size(size, k, st, p)))
            for size, k, st, p in zip(shape[2:], kernel, stride, pads)]
     return tuple(c for c, _ in cut), tuple(p for _, p in cut)

@@ -18,8 +18,9 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from ...ops.padding import Pads, Triple
+from ...padding import Pads, Triple, resolve_padding
 from ..weight_cache import WeightCache
+from . import pool3d as aten_pool3d
 
 CL = torch.channels_last_3d
 
@@ -38,10 +39,8 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor],
            pool: Optional[Triple] = None, allow_tf32: bool = False) -> Optional[torch.Tensor]:
     """See :func:`i3d_fast.ops.conv3d`. Returns a new channels_last_3d tensor when ``destinations``
     is None, else writes the output channels in order into the (tensor, offset, count) destinations."""
-    from ...ops.pool3d import max_pool3d
-
-    if pool is not None:
-        x = max_pool3d(x, pool, 1, "same")
+    if pool is not None:  # ATen's pooling (ops.conv3d pools on the fastest backend before calling this)
+        x = aten_pool3d.pool3d(x, "max", pool, (1, 1, 1), resolve_padding(x.shape[2:], pool, (1, 1, 1), "same"))
     x = x.contiguous(memory_format=CL)
     weight = _fold(weight, scale)
     bias = None if shift is None else shift.to(weight.dtype)

@@ -8,7 +8,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ...ops.padding import Pads, Triple
+from ...padding import Pads, Triple
 from . import conv3d as aten_conv3d
 
 DIMS = (0, 2, 3, 4)

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ...ops.padding import Pads, Triple, output_size
+from ...padding import Pads, Triple, output_size
 
 aten = torch.ops.aten
 CL = torch.channels_last_3d

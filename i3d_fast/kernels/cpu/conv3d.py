@@ -25,10 +25,11 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from ...ops.padding import Pads, Triple
+from ...padding import Pads, Triple, resolve_padding
 from ..aten import conv3d as aten_conv3d
 from ..weight_cache import WeightCache
 from . import autotune, extension, threads
+from . import pool3d as cpu_pool3d
 
 CL = torch.channels_last_3d
 PAD_1 = ((1, 1), (1, 1), (1, 1))
@@ -240,6 +241,9 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor],
         out = torch.empty((x.shape[0], packed.cout, *x.shape[2:]), dtype=x.dtype, memory_format=CL)
         destinations = [(out, 0, packed.cout)]
     if conv3d_packed(x, packed, shift, relu, destinations, pool):
+        if pool is not None:
+            x, pool = cpu_pool3d.pool3d(x, "max", pool, (1, 1, 1), resolve_padding(x.shape[2:], pool, (1, 1, 1),
+                                                                                 "same")), None
         return aten_conv3d.conv3d(x, weight, scale, shift, stride, pads, relu, None if new else destinations, pool)
     return destinations[0][0] if new else None
 

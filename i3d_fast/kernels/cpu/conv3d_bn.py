@@ -15,7 +15,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ...ops.padding import Pads, Triple
+from ...padding import Pads, Triple
 from ..aten import conv3d as aten_conv3d
 from . import conv3d as cpu_conv3d
 from . import dtype_name, extension, threads

@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from ...ops.padding import Pads, Triple, output_size
+from ...padding import Pads, Triple, output_size
 from . import dtype_name, extension, threads
 
 CL = torch.channels_last_3d

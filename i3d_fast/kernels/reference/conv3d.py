@@ -7,7 +7,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from ...ops.padding import Pads, Triple, resolve_padding
+from ...padding import Pads, Triple, resolve_padding
 from . import pool3d as reference_pool3d
 
 Destination = Tuple[torch.Tensor, int, int]  # (out Tensor[N, C_total, T', H', W'], channel offset, count)

@@ -8,7 +8,7 @@ from typing import List, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ...ops.padding import Pads, Triple
+from ...padding import Pads, Triple
 
 CL = torch.channels_last_3d
 DIMS = (0, 2, 3, 4)

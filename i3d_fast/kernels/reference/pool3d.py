@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from ...ops.padding import Pads, Triple, output_size
+from ...padding import Pads, Triple, output_size
 
 
 def _window_index(sizes, kernel: Triple, stride: Triple, pads: Pads, device) -> torch.Tensor:

@@ -52,9 +52,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ...ops.padding import Pads, Triple, output_size
+from ...padding import Pads, Triple, output_size
 from ..weight_cache import WeightCache
 from .aot import AotSpec
+from .common import (COMPILE_OPTIONS, DEFAULT_SMS, DOT_PRECISION, TRITON_DTYPE, Config, hint,
+                     is_aligned, site_strides, vector_elements)
 
 DIRECT, FOLD, POOL, STEM = 0, 1, 2, 3
 MODE_NAMES = {DIRECT: "direct", FOLD: "fold", POOL: "pool", STEM: "stem"}
@@ -71,8 +73,6 @@ STEM_MIN_DENSITY = 0.4
 WEIGHT_COLUMN_PAD = 16
 #: The fold table is padded to a multiple of the largest BLOCK_K.
 MAX_BLOCK_K = 64
-#: Streaming multiprocessors assumed when the device cannot be asked (CPU / interpreter): an H100.
-DEFAULT_SMS = 132
 _INT32_MAX = 2**31 - 1
 NAME = "conv3d (triton)"
 
@@ -83,17 +83,7 @@ _INT_ARGS = (
     "so0N", "so0T", "so0H", "so0W", "off0", "cnt0",
     "so1N", "so1T", "so1H", "so1W", "off1",
 )
-#: Compiler options every launch passes (fused multiply-add in the epilogue, stated explicitly).
-_COMPILE_OPTIONS = {"enable_fp_fusion": True}
 _PTR_ARGS = ("x_ptr", "w_ptr", "scale_ptr", "shift_ptr", "o0_ptr", "o1_ptr", "taps_ptr")
-
-
-@triton.jit
-def _hint(v, VEC: tl.constexpr):
-    """``v`` unchanged (the launcher guarantees ``v % VEC == 0``), now known to be a multiple of VEC."""
-    if VEC > 1:
-        v = v // VEC * VEC
-    return v
 
 
 @triton.jit
@@ -126,27 +116,27 @@ def _conv3d_kernel(
     VEC: tl.constexpr, XVEC: tl.constexpr, PRECISION: tl.constexpr,
 ):
     # Alignment facts the launcher checked (they let loads and stores vectorize).
-    NP = _hint(NP, 16)
-    KP = _hint(KP, 16)
+    NP = hint(NP, 16)
+    KP = hint(KP, 16)
     if MODE != 1:
-        Cin = _hint(Cin, XVEC)
-        sxN = _hint(sxN, XVEC)
-        sxT = _hint(sxT, XVEC)
-        sxH = _hint(sxH, XVEC)
-        sxW = _hint(sxW, XVEC)
-        x_off = _hint(x_off, XVEC)
-    Cout = _hint(Cout, VEC)
-    cnt0 = _hint(cnt0, VEC)
-    off0 = _hint(off0, VEC)
-    off1 = _hint(off1, VEC)
-    so0N = _hint(so0N, VEC)
-    so0T = _hint(so0T, VEC)
-    so0H = _hint(so0H, VEC)
-    so0W = _hint(so0W, VEC)
-    so1N = _hint(so1N, VEC)
-    so1T = _hint(so1T, VEC)
-    so1H = _hint(so1H, VEC)
-    so1W = _hint(so1W, VEC)
+        Cin = hint(Cin, XVEC)
+        sxN = hint(sxN, XVEC)
+        sxT = hint(sxT, XVEC)
+        sxH = hint(sxH, XVEC)
+        sxW = hint(sxW, XVEC)
+        x_off = hint(x_off, XVEC)
+    Cout = hint(Cout, VEC)
+    cnt0 = hint(cnt0, VEC)
+    off0 = hint(off0, VEC)
+    off1 = hint(off1, VEC)
+    so0N = hint(so0N, VEC)
+    so0T = hint(so0T, VEC)
+    so0H = hint(so0H, VEC)
+    so0W = hint(so0W, VEC)
+    so1N = hint(so1N, VEC)
+    so1T = hint(so1T, VEC)
+    so1H = hint(so1H, VEC)
+    so1W = hint(so1W, VEC)
 
     # Program -> (row tile, column tile); column tiles of one row tile are neighbours so they share
     # the input tile in L2.
@@ -279,25 +269,6 @@ def _conv3d_kernel(
 
 
 # -- launch configurations ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Config:
-    """Tile sizes and launch options of one compiled variant."""
-
-    block_m: int
-    block_n: int
-    block_k: int
-    num_warps: int
-    num_stages: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.block_m}x{self.block_n}x{self.block_k}-w{self.num_warps}-s{self.num_stages}"
-
-
-#: Precision names: fp16 / bf16 (tensor cores), tf32 (fp32 on tensor cores), ieee (exact fp32, FMA).
-PRECISIONS = ("fp16", "bf16", "tf32", "ieee")
-_TRITON_DTYPE = {"fp16": "fp16", "bf16": "bf16", "tf32": "fp32", "ieee": "fp32"}
-_DOT_PRECISION = {"fp16": None, "bf16": None, "tf32": "tf32", "ieee": "ieee"}
 
 #: 16-bit DIRECT tiles: BLOCK_K 64, and 32 for channel counts that 64 would pad more (96, 144, 480...).
 _H16 = (Config(128, 128, 64, 8, 3), Config(128, 64, 64, 4, 3), Config(64, 64, 64, 4, 3),
@@ -337,11 +308,6 @@ def precision_of(dtype: torch.dtype, allow_tf32: bool) -> str:
     if dtype == torch.float32:
         return "tf32" if allow_tf32 else "ieee"
     raise TypeError(f"conv3d (triton): supports float32, float16 and bfloat16, got {dtype}")
-
-
-def vector_elements(precision: str) -> int:
-    """Elements per 16-byte vector."""
-    return 8 if precision in ("fp16", "bf16") else 4
 
 
 def channel_waste(channels: int, block_k: int) -> float:
@@ -515,15 +481,6 @@ def _alignment_shift(t: torch.Tensor) -> int:
     return r if r and t.storage_offset() >= r else 0
 
 
-def _strides(t: torch.Tensor) -> List[int]:
-    """(N, T, H, W) strides with those of size-1 dims set to 0 (their index is always 0)."""
-    return [0 if t.shape[d] == 1 else t.stride(d) for d in (0, 2, 3, 4)]
-
-
-def _is_aligned(values: Sequence[int], vec: int) -> bool:
-    return all(v % vec == 0 for v in values)
-
-
 def _fits_int32(sites_per_sample: int, n: int, strides: Sequence[int], extents: Sequence[int], channels: int) -> bool:
     """Whether offsets relative to a tile's first row (which may reach into the samples after it)
     fit in 32 bits: ``strides`` are (N, T, H, W), ``extents`` the (T, H, W) cells a tile can reach."""
@@ -578,7 +535,7 @@ def conv3d(x: torch.Tensor, weight: Union[torch.Tensor, PackedWeight], scale: Op
         return result
     args = launch.args(x, packed, scale, shift, destinations)
     config = launch.config
-    options = dict(num_warps=config.num_warps, num_stages=config.num_stages, **_COMPILE_OPTIONS)
+    options = dict(num_warps=config.num_warps, num_stages=config.num_stages, **COMPILE_OPTIONS)
     if x.is_cuda:
         with torch.cuda.device(x.device):
             _conv3d_kernel[launch.grid](*args, **launch.meta, **options)
@@ -642,21 +599,21 @@ def _why_unsupported(x, weight_shape, stride, pads, pool, allow_tf32, destinatio
             n, c, t, h, w = x.shape
             sx, x_off = [0 if d == 1 else s for d, s in zip((n, t, h, w), (c * t * h * w, h * w * c, w * c, c))], 0
         else:
-            sx, x_off = _strides(x), _alignment_shift(x)
+            sx, x_off = site_strides(x), _alignment_shift(x)
         np_ = -(-cout // WEIGHT_COLUMN_PAD) * WEIGHT_COLUMN_PAD
         sites = size[0] * size[1] * size[2]
         if not _input_fits(x.shape, sx, tuple(kernel), pads, pool, sites, (math.prod(kernel) * cin, np_)):
             return "tensors too large for 32-bit offsets within a tile"
         vec = vector_elements(precision)
-        in_aligned = _is_aligned(sx + [x_off, cin], vec)
+        in_aligned = is_aligned(sx + [x_off, cin], vec)
         out_aligned = cout % vec == 0
         for i, (out, offset, count) in enumerate(destinations or ()):
             if out.shape[1] > 1 and out.stride(1) != 1:
                 return f"destination {i} needs channel stride 1 (channels_last_3d)"
-            so = _strides(out)
+            so = site_strides(out)
             if not _fits_int32(sites, x.shape[0], so, size, out.shape[1]):
                 return "tensors too large for 32-bit offsets within a tile"
-            out_aligned = out_aligned and _is_aligned(so + [_alignment_shift(out) + offset], vec)
+            out_aligned = out_aligned and is_aligned(so + [_alignment_shift(out) + offset], vec)
         if destinations:
             out_aligned = out_aligned and destinations[0][2] % vec == 0
         choose_mode(precision, tuple(kernel), cin, pool is not None, in_aligned, out_aligned)
@@ -788,12 +745,12 @@ def _make_launch(x, packed: PackedWeight, scale, shift, stride, pads, relu, dest
             raise ValueError(f"{name}: destination {i} needs channel stride 1 (channels_last_3d), got strides "
                              f"{out.stride()}")
         r = _alignment_shift(out)
-        dests.append((r, _strides(out), offset + r, count, out.shape[1]))
+        dests.append((r, site_strides(out), offset + r, count, out.shape[1]))
     if m == 0 or cout == 0:
         return None
 
     x_off = _alignment_shift(x)
-    sx = _strides(x)
+    sx = site_strides(x)
     sites = ot * oh * ow
     if (not _input_fits(x.shape, sx, kernel, pads, pool, sites, packed.data.shape)
             or not all(_fits_int32(sites, n, so, out_sizes, c) for _, so, _, _, c in dests)):
@@ -801,8 +758,8 @@ def _make_launch(x, packed: PackedWeight, scale, shift, stride, pads, relu, dest
                          f"{m} output sites, weight {tuple(packed.data.shape)})")
 
     vec = vector_elements(precision)
-    in_aligned = _is_aligned(sx + [x_off, cin], vec)
-    out_aligned = _is_aligned([cout, destinations[0][2]] + [v for _, so, off, _, _ in dests for v in so + [off]], vec)
+    in_aligned = is_aligned(sx + [x_off, cin], vec)
+    out_aligned = is_aligned([cout, destinations[0][2]] + [v for _, so, off, _, _ in dests for v in so + [off]], vec)
     mode, aligned = choose_mode(precision, kernel, cin, pool is not None, in_aligned, out_aligned)
     if config is None:
         sms = torch.cuda.get_device_properties(x.device).multi_processor_count if x.is_cuda else DEFAULT_SMS
@@ -839,7 +796,7 @@ def _make_launch(x, packed: PackedWeight, scale, shift, stride, pads, relu, dest
             *so1, off1,
             0.0 if relu else float("-inf"))
     meta = dict(MODE=mode, BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-                VEC=vec if aligned else 1, XVEC=xvec, PRECISION=_DOT_PRECISION[precision])
+                VEC=vec if aligned else 1, XVEC=xvec, PRECISION=DOT_PRECISION[precision])
     grid = (triton.cdiv(m, config.block_m) * triton.cdiv(cout, config.block_n),)
     return _Launch(grid, ints, meta, config, precision, convert, x_off if mode != STEM else 0, stem_pads, taps,
                    tuple(d[0] for d in dests), (n, cout, ot, oh, ow))
@@ -864,7 +821,7 @@ def plan_config(x: torch.Tensor, weight: Union[torch.Tensor, PackedWeight], stri
 
 # -- ahead-of-time specs --------------------------------------------------------------------------
 def _signature(precision: str) -> Dict[str, str]:
-    dtype = _TRITON_DTYPE[precision]
+    dtype = TRITON_DTYPE[precision]
     sig: Dict[str, str] = {}
     for arg in _conv3d_kernel.arg_names:
         if arg in ("scale_ptr", "shift_ptr"):
@@ -894,8 +851,8 @@ def aot_specs() -> List[AotSpec]:
                 name=f"conv3d.{MODE_NAMES[mode]}.{precision}.{'vec' if aligned else 'any'}.{c.name}",
                 fn=_conv3d_kernel, signature=_signature(precision),
                 constexprs=dict(MODE=mode, BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, VEC=vec,
-                                XVEC=xvec, PRECISION=_DOT_PRECISION[precision]),
+                                XVEC=xvec, PRECISION=DOT_PRECISION[precision]),
                 num_warps=c.num_warps, num_stages=c.num_stages,
                 tensor_cores={} if precision == "ieee" else {80: "mma", 90: "wgmma"},
-                aligned=_PTR_ARGS, options=dict(_COMPILE_OPTIONS), gemm_tile=(c.block_m, c.block_n, c.block_k)))
+                aligned=_PTR_ARGS, options=dict(COMPILE_OPTIONS), gemm_tile=(c.block_m, c.block_n, c.block_k)))
     return specs

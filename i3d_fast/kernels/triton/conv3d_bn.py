@@ -40,23 +40,22 @@ all of them ahead of time for sm_80 / sm_90 (tests/test_triton_aot.py).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from ...ops.padding import Pads, Triple, output_size
+from ...padding import Pads, Triple, output_size
 from ..aten.conv3d_bn import grad_coefficients, scale_invstd
 from .aot import AotSpec
+from .common import (COMPILE_OPTIONS, DEFAULT_SMS, DOT_PRECISION, TRITON_DTYPE, Config, hint, is_aligned,
+                     site_strides, vector_elements)
 
 CL = torch.channels_last_3d
 DIRECT, FOLD = 0, 1
 MODE_NAMES = {DIRECT: "direct", FOLD: "fold"}
 NAME = "conv3d_bn (triton)"
-#: Streaming multiprocessors assumed when the device cannot be asked (CPU / interpreter): an H100.
-DEFAULT_SMS = 132
 #: Packed weights pad their column count to a multiple of this many (zero) columns.
 COLUMN_PAD = 16
 #: Split-K: at most this many splits, each at least this many K steps long, and at most this many
@@ -67,15 +66,6 @@ MAX_PARTIALS = 2**24
 #: Rows each program of the gradient reduction covers (a multiple of every BLOCK_R).
 REDUCE_ROWS = 512
 _INT32_LIMIT = 2**31 - 1
-_OPTIONS = {"enable_fp_fusion": True}
-
-
-@triton.jit
-def _hint(v, VEC: tl.constexpr):
-    """``v`` unchanged (the launcher guarantees ``v % VEC == 0``), now known to be a multiple of VEC."""
-    if VEC > 1:
-        v = v // VEC * VEC
-    return v
 
 
 @triton.jit
@@ -102,15 +92,15 @@ def _forward_kernel(
 ):
     """z[M, Cout] = conv3d(x, w) (x NDHWC with strides sx*, w packed [K, NP]); part[0 / 1, tile, c]:
     sum and centred sum of squares of the tile's stored z."""
-    NP = _hint(NP, 16)
-    Cout = _hint(Cout, VEC)
+    NP = hint(NP, 16)
+    Cout = hint(Cout, VEC)
     if MODE == 0:
-        Cin = _hint(Cin, VEC)
-        sxN = _hint(sxN, VEC)
-        sxT = _hint(sxT, VEC)
-        sxH = _hint(sxH, VEC)
-        sxW = _hint(sxW, VEC)
-        x_off = _hint(x_off, VEC)
+        Cin = hint(Cin, VEC)
+        sxN = hint(sxN, VEC)
+        sxT = hint(sxT, VEC)
+        sxH = hint(sxH, VEC)
+        sxW = hint(sxW, VEC)
+        x_off = hint(x_off, VEC)
     pid = tl.program_id(0)
     num_pid_n = tl.cdiv(Cout, BLOCK_N)
     pid_m = pid // num_pid_n
@@ -188,7 +178,7 @@ _GRAD_APPLY_INTS = ("M", "C", "relu")
 def _bn_apply_kernel(z_ptr, y_ptr, mean_ptr, scale_ptr, beta_ptr, M, C, lo,
                      BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, VEC: tl.constexpr):
     """y[M, C] = max((z - mean) * scale + beta, lo) in float32 (lo = 0: ReLU, -inf: none)."""
-    C = _hint(C, VEC)
+    C = hint(C, VEC)
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
@@ -219,7 +209,7 @@ def _bn_grad_reduce_kernel(g_ptr, z_ptr, mean_ptr, scale_ptr, beta_ptr, part_ptr
                            num_tiles, relu, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, VEC: tl.constexpr):
     """part[0 / 1, tile, c] = sums of g and g * (z - mean) over the tile's rows_per_prog rows of
     [M, C] (g = grad * (y > 0) when relu)."""
-    C = _hint(C, VEC)
+    C = hint(C, VEC)
     tile = tl.program_id(0)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
@@ -244,7 +234,7 @@ def _bn_grad_reduce_kernel(g_ptr, z_ptr, mean_ptr, scale_ptr, beta_ptr, part_ptr
 def _bn_grad_apply_kernel(g_ptr, z_ptr, dz_ptr, mean_ptr, scale_ptr, beta_ptr, coef_ptr, M, C, relu,
                           BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr, VEC: tl.constexpr):
     """dz[M, C] = a * g + b * (z - mean) + c with coef = [a | b | c] (float32 [3, C])."""
-    C = _hint(C, VEC)
+    C = hint(C, VEC)
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     c_ok = c < C
@@ -274,9 +264,9 @@ def _dgrad_kernel(
 ):
     """dx[N, T, H, W, Cin] = transposed conv of g[N, OT, OH, OW, Cout] with w packed as
     [kT, kH, kW, Cout, CinP]. Axis 1 of the grid is the phase (ti, hi, wi) mod (sT, sH, sW)."""
-    Cin = _hint(Cin, VEC)
-    Cout = _hint(Cout, VEC)
-    CinP = _hint(CinP, 16)
+    Cin = hint(Cin, VEC)
+    Cout = hint(Cout, VEC)
+    CinP = hint(CinP, 16)
     phase = tl.program_id(1)
     fw = phase % sW
     fh = (phase // sW) % sH
@@ -349,14 +339,14 @@ def _wgrad_kernel(
 ):
     """part[split, co, (tap, ci)] = sum over the split's output sites of g[site, co] * x[site's
     input at tap, ci] (g [M, Cout], x NDHWC with strides sx*; NC = taps * Cin)."""
-    Cout = _hint(Cout, VEC)
+    Cout = hint(Cout, VEC)
     if MODE == 0:
-        Cin = _hint(Cin, VEC)
-        sxN = _hint(sxN, VEC)
-        sxT = _hint(sxT, VEC)
-        sxH = _hint(sxH, VEC)
-        sxW = _hint(sxW, VEC)
-        x_off = _hint(x_off, VEC)
+        Cin = hint(Cin, VEC)
+        sxN = hint(sxN, VEC)
+        sxT = hint(sxT, VEC)
+        sxH = hint(sxH, VEC)
+        sxW = hint(sxW, VEC)
+        x_off = hint(x_off, VEC)
     pid = tl.program_id(0)
     split = tl.program_id(1)
     if MODE == 0:
@@ -422,24 +412,6 @@ def _wgrad_kernel(
 
 
 # -- variants and launch configurations -------------------------------------------------------------
-@dataclass(frozen=True)
-class Config:
-    """Tile sizes and launch options of one compiled GEMM variant."""
-
-    block_m: int
-    block_n: int
-    block_k: int
-    num_warps: int
-    num_stages: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.block_m}x{self.block_n}x{self.block_k}-w{self.num_warps}-s{self.num_stages}"
-
-
-# Precision names: fp16 / bf16 (tensor cores), tf32 (fp32 on tensor cores), ieee (exact fp32, FMA).
-_TRITON_DTYPE = {"fp16": "fp16", "bf16": "bf16", "tf32": "fp32", "ieee": "fp32"}
-_DOT_PRECISION = {"fp16": None, "bf16": None, "tf32": "tf32", "ieee": "ieee"}
 GEMMS = ("forward", "dgrad", "wgrad")
 
 _BIG16, _SMALL16 = Config(128, 128, 64, 8, 3), Config(64, 64, 64, 4, 3)
@@ -491,11 +463,6 @@ def precision_of(dtype: torch.dtype) -> str:
     raise TypeError(f"{NAME}: supports float32, float16 and bfloat16, got {dtype}")
 
 
-def vector_elements(precision: str) -> int:
-    """Elements per 16-byte vector."""
-    return 8 if precision in ("fp16", "bf16") else 4
-
-
 def choose_mode(gemm: str, precision: str, channels: int, aligned: bool) -> Tuple[int, bool]:
     """(MODE, aligned) of ``gemm`` (a key part of :data:`SHIPPED`); ``channels`` is the DIRECT chunk's
     channel count (Cin for forward / wgrad)."""
@@ -540,11 +507,6 @@ def _aligned_base(t: torch.Tensor) -> Tuple[torch.Tensor, int]:
     if r and t.storage_offset() >= r:
         return t.as_strided((1,), (1,), t.storage_offset() - r), r
     return t, 0
-
-
-def _strides(t: torch.Tensor) -> List[int]:
-    """(N, T, H, W) strides with those of size-1 dims set to 0 (their index is always 0)."""
-    return [0 if t.shape[d] == 1 else t.stride(d) for d in (0, 2, 3, 4)]
 
 
 def _channels_last(t: torch.Tensor) -> torch.Tensor:
@@ -629,7 +591,7 @@ def _sms(device: torch.device) -> int:
 
 
 def _launch(kernel, grid, args, meta, num_warps: int, num_stages: int, device: torch.device) -> None:
-    options = dict(num_warps=num_warps, num_stages=num_stages, **_OPTIONS)
+    options = dict(num_warps=num_warps, num_stages=num_stages, **COMPILE_OPTIONS)
     if device.type == "cuda":
         with torch.cuda.device(device):
             kernel[grid](*args, **meta, **options)
@@ -657,14 +619,10 @@ def _pick(gemm: str, precision: str, channels: int, aligned: bool, rows: int, co
 def _gemm_meta(key, config: Config, precision: str) -> Dict[str, object]:
     _, mode, _, aligned = key
     meta = dict(BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-                VEC=vector_elements(precision) if aligned else 1, PRECISION=_DOT_PRECISION[precision])
+                VEC=vector_elements(precision) if aligned else 1, PRECISION=DOT_PRECISION[precision])
     if key[0] != "dgrad":
         meta["MODE"] = mode
     return meta
-
-
-def _aligned(values: Sequence[int], vec: int) -> bool:
-    return all(v % vec == 0 for v in values)
 
 
 def _elementwise_grid(m: int, c: int, rows: int):
@@ -686,7 +644,7 @@ def _forward_variant(x: torch.Tensor, weight_shape, stride: Triple, pads: Pads, 
     n, cin, *size = x.shape
     cout, kernel = weight_shape[0], tuple(weight_shape[2:])
     m = n * math.prod(_out_sizes(size, kernel, stride, pads))
-    aligned = _aligned(_strides(x) + [_aligned_base(x)[1], cin, cout], vector_elements(precision))
+    aligned = is_aligned(site_strides(x) + [_aligned_base(x)[1], cin, cout], vector_elements(precision))
     return _pick("forward", precision, cin, aligned, m, cout, x.device, configs)
 
 
@@ -695,7 +653,7 @@ def _dgrad_variant(input_shape, cout: int, stride: Triple, dtype: torch.dtype, d
     precision = precision_of(dtype)
     n, cin, *size = input_shape
     rows = n * math.prod(-(-s // st) for s, st in zip(size, stride)) * math.prod(stride)
-    return _pick("dgrad", precision, cout, _aligned([cin, cout], vector_elements(precision)), rows, cin, device,
+    return _pick("dgrad", precision, cout, is_aligned([cin, cout], vector_elements(precision)), rows, cin, device,
                  configs)
 
 
@@ -703,7 +661,7 @@ def _wgrad_variant(x: torch.Tensor, weight_shape, configs: Configs) -> Variant:
     """x: channel stride 1."""
     precision = precision_of(x.dtype)
     cout, cin, *kernel = weight_shape
-    aligned = _aligned(_strides(x) + [_aligned_base(x)[1], cin, cout], vector_elements(precision))
+    aligned = is_aligned(site_strides(x) + [_aligned_base(x)[1], cin, cout], vector_elements(precision))
     return _pick("wgrad", precision, cin, aligned, cout, math.prod(kernel) * cin, x.device, configs)
 
 
@@ -743,7 +701,7 @@ def conv3d_stats(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pa
     m = n * ot * oh * ow
     z = torch.empty((n, cout, ot, oh, ow), dtype=x.dtype, device=x.device, memory_format=CL)
     x_base, x_off = _aligned_base(x)
-    sx = _strides(x)
+    sx = site_strides(x)
     key, config = _forward_variant(x, weight.shape, stride, pads, configs)
     if variants is not None:
         variants["forward"] = (key, config)
@@ -838,7 +796,7 @@ def conv3d_weight_grad(grad_z: torch.Tensor, x: torch.Tensor, weight_shape: Sequ
     _, _, ot, oh, ow = grad_z.shape
     m, nc = n * ot * oh * ow, math.prod(kernel) * cin
     x_base, x_off = _aligned_base(x)
-    sx = _strides(x)
+    sx = site_strides(x)
     key, config = _wgrad_variant(x, weight_shape, configs)
     if variants is not None:
         variants["wgrad"] = (key, config)
@@ -910,10 +868,10 @@ def aot_specs() -> List[AotSpec]:
             meta = _gemm_meta((gemm, mode, precision, aligned), c, precision)
             specs.append(AotSpec(
                 name=f"conv3d_bn.{gemm}.{MODE_NAMES[mode]}.{precision}.{'vec' if aligned else 'any'}.{c.name}",
-                fn=fn, signature=_signature(fn, _INTS[gemm], _TRITON_DTYPE[precision]), constexprs=meta,
+                fn=fn, signature=_signature(fn, _INTS[gemm], TRITON_DTYPE[precision]), constexprs=meta,
                 num_warps=c.num_warps, num_stages=c.num_stages,
                 tensor_cores={} if precision == "ieee" else {80: "mma", 90: "wgmma"},
-                aligned=_ptrs(fn), options=dict(_OPTIONS)))
+                aligned=_ptrs(fn), options=dict(COMPILE_OPTIONS)))
     for name in ELEMENTWISE_KERNELS:
         fn, ints = _ELEMENTWISE_FN[name]
         for dtype, dname in _DTYPE_NAMES.items():
@@ -923,5 +881,5 @@ def aot_specs() -> List[AotSpec]:
                     name=f"conv3d_bn.{name}.{dname}.{'vec' if v > 1 else 'any'}",
                     fn=fn, signature=_signature(fn, ints, dname, floats=("lo",)),
                     constexprs=dict(BLOCK_R=ELEMENTWISE.block_r, BLOCK_C=ELEMENTWISE.block_c, VEC=v),
-                    num_warps=ELEMENTWISE.num_warps, num_stages=1, aligned=_ptrs(fn), options=dict(_OPTIONS)))
+                    num_warps=ELEMENTWISE.num_warps, num_stages=1, aligned=_ptrs(fn), options=dict(COMPILE_OPTIONS)))
     return specs

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ...ops.padding import Pads, Triple, output_size
+from ...padding import Pads, Triple, output_size
 from .aot import AotSpec
 
 CL = torch.channels_last_3d

@@ -3,7 +3,7 @@
 A suite that compares providers with a baseline gets the speedup of every measured row over its case's
 baseline, on a log axis with the 1x line. A breakdown suite (``*-layers``: the model's time per layer;
 ``*-profile``: the training step's time per op) gets its rows' times on a linear axis, so the big
-shares stand out. A figure holds at most :data:`ROWS_PER_FIGURE` bars (at most ~2000 px tall); a
+shares stand out. Each bar is labelled "case: provider" (colour: provider). A figure holds at most :data:`ROWS_PER_FIGURE` bars (at most ~2000 px tall); a
 longer suite continues in ``-2``, ``-3``, ... figures. Rows that were not measured are never drawn.
 """
 from __future__ import annotations
@@ -18,15 +18,21 @@ from .report import Row, machine, speedups
 #: Bars per figure: 0.24 inch each at 100 dpi keeps a figure under ~2000 px.
 ROWS_PER_FIGURE = 72
 DPI = 100
-LABEL_CHARS = 90
+LABEL_CHARS = 110
 
 
 def _is_breakdown(suite: str) -> bool:
     return suite.endswith("-layers") or suite.endswith("-profile")
 
 
-def _label(text: str) -> str:
-    return text if len(text) <= LABEL_CHARS else text[: LABEL_CHARS - 3] + "..."
+def _label(case: str, provider: str) -> str:
+    """"case: provider" in at most LABEL_CHARS characters, shortening the case first (the provider is
+    what tells the bars of one case apart)."""
+    room = LABEL_CHARS - len(provider) - 2
+    if room < 20:
+        provider = provider[: LABEL_CHARS - 25] + "..."
+        room = 20
+    return f"{case if len(case) <= room else case[: room - 3] + '...'}: {provider}"
 
 
 def _bars(rows: List[Row]) -> Dict[str, List[Tuple[str, str, float, str]]]:
@@ -38,11 +44,11 @@ def _bars(rows: List[Row]) -> Dict[str, List[Tuple[str, str, float, str]]]:
             continue
         if _is_breakdown(r.suite):
             bars.setdefault(r.suite, []).append(
-                (_label(f"{r.case}: {r.provider}"), r.provider, r.timing.median_ms,
+                (_label(r.case, r.provider), r.provider, r.timing.median_ms,
                  f"{r.timing.median_ms:.3g} ms" + (f"  {r.note}" if r.note else "")))
         elif i in ratio and not r.baseline:
             bars.setdefault(r.suite, []).append(
-                (_label(f"{r.case}: {r.provider}"), r.provider, ratio[i], f"{ratio[i]:.2f}x"))
+                (_label(r.case, r.provider), r.provider, ratio[i], f"{ratio[i]:.2f}x"))
     return bars
 
 
@@ -93,9 +99,6 @@ def write_plots(rows: List[Row], path: str) -> List[str]:
                 ax.axvline(1.0, color="0.3", lw=1)
                 ax.set_xlim(min(min(values), 1.0) / 1.3, max(max(values), 1.0) * 1.6)
                 ax.set_xlabel("speedup over the case's baseline (log scale; right of the line = faster)")
-            if len(providers) > 1:
-                handles = [plt.Rectangle((0, 0), 1, 1, color=colours[p]) for p in providers]
-                ax.legend(handles, [_label(p) for p in providers], fontsize=7, loc="lower right")
             part = f" ({page_no}/{len(pages)})" if len(pages) > 1 else ""
             ax.set_title(f"i3d-fast bench, suite {suite}{part}: {where}", fontsize=9)
             fig.tight_layout()

@@ -58,6 +58,7 @@ class Context:
     out: Path
     dry_run: bool
     deadline: float  # time.monotonic() by which the step should have written its results
+    tests: Optional[Path] = None  # the repository's tests/ folder, when gpu_check runs in a checkout
 
     @property
     def device(self) -> str:
@@ -142,9 +143,10 @@ def _junit_counts(path: Path) -> Dict[str, int]:
 
 
 def step_gpu_tests(ctx: Context) -> Dict[str, object]:
-    tests = REPO / "tests"
-    if not (tests / "conftest.py").is_file():
-        raise FileNotFoundError(f"{tests} is missing: run gpu_check from a checkout of the repository")
+    tests = ctx.tests
+    if tests is None:
+        raise FileNotFoundError(f"no test folder in {' or '.join(map(str, _test_folders()))}: run gpu_check from "
+                                "a checkout of the repository")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["I3D_FAST_TEST_GPU"] = "0" if ctx.dry_run else "1"
     cmd = [sys.executable, "-m", "pytest", str(tests), "-m", "gpu", "-p", "no:cacheprovider", "-o",
@@ -153,7 +155,7 @@ def step_gpu_tests(ctx: Context) -> Dict[str, object]:
     with open(ctx.out / "gpu-tests.log", "w") as log:
         log.write(" ".join(cmd) + "\n")
         log.flush()
-        rc = _run_until(cmd, env, ctx.left() - 2 * GRACE_S, log)  # done before our own allowance ends
+        rc = _run_until(cmd, env, ctx.left() - 2 * GRACE_S, log, cwd=tests.parent)  # ends before our allowance
     files = ["gpu-tests.log"] + ["gpu-tests.xml"] * (ctx.out / "gpu-tests.xml").is_file()
     if ctx.dry_run:
         collected = sum("::" in line for line in (ctx.out / "gpu-tests.log").read_text().splitlines())
@@ -171,9 +173,19 @@ def step_gpu_tests(ctx: Context) -> Dict[str, object]:
     return {"headline": headline, "files": files, **counts}
 
 
-def _run_until(cmd: List[str], env: Dict[str, str], seconds: float, log) -> int:
+def _test_folders() -> List[Path]:
+    """Where the tests may be: the checkout the package was installed from (editable), else the one
+    gpu_check runs in (the package may be installed from a wheel while it runs in its checkout, as in CI)."""
+    return [REPO / "tests", Path.cwd() / "tests"]
+
+
+def _find_tests() -> Optional[Path]:
+    return next((t for t in _test_folders() if (t / "conftest.py").is_file()), None)
+
+
+def _run_until(cmd: List[str], env: Dict[str, str], seconds: float, log, cwd: Optional[Path] = REPO) -> int:
     """Runs ``cmd`` with output to ``log``; SIGINT after ``seconds``, SIGKILL :data:`GRACE_S` later."""
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
     try:
         return proc.wait(timeout=max(seconds, 1.0))
     except subprocess.TimeoutExpired:
@@ -406,6 +418,7 @@ def run_plan(out: Path, budget_s: float, dry_run: bool, log=print) -> List[StepR
     out.mkdir(parents=True, exist_ok=True)
     start, records = time.monotonic(), []
     scale = budget_s / DEFAULT_BUDGET_S
+    tests = _find_tests()
     for step in PLAN:
         left = budget_s - (time.monotonic() - start)
         allowance = min(step.allowance_s * scale, left)
@@ -416,7 +429,7 @@ def run_plan(out: Path, budget_s: float, dry_run: bool, log=print) -> List[StepR
         log(f"gpu_check: {step.name} ({step.what}), up to {allowance:.0f} s")
         began = time.monotonic()
         cmd = [sys.executable, "-m", __name__, "--step", step.name, "--out", str(out),
-               "--seconds", f"{allowance:.1f}"] + ["--dry-run"] * dry_run
+               "--seconds", f"{allowance:.1f}"] + ["--dry-run"] * dry_run + (["--tests", str(tests)] if tests else [])
         with open(out / f"{step.name}.log", "w") as step_log:
             rc = _run_until(cmd, _child_env(dry_run), allowance, step_log)
         seconds = time.monotonic() - began
@@ -437,10 +450,10 @@ def run_plan(out: Path, budget_s: float, dry_run: bool, log=print) -> List[StepR
     return records
 
 
-def _run_step(name: str, out: Path, seconds: float, dry_run: bool) -> int:
+def _run_step(name: str, out: Path, seconds: float, dry_run: bool, tests: Optional[Path] = None) -> int:
     """Runs one step in this process and writes ``<name>.result.json`` (status, headline, files)."""
     step = next(s for s in PLAN if s.name == name)
-    ctx = Context(out, dry_run, time.monotonic() + seconds)
+    ctx = Context(out, dry_run, time.monotonic() + seconds, tests)
     try:
         result = {"status": "ok", **step.run(ctx)}
     except KeyboardInterrupt:  # SIGINT at the end of the allowance: what it wrote so far stays
@@ -463,9 +476,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="run the plan on the CPU with tiny shapes and no timing (checks the wiring)")
     parser.add_argument("--step", choices=[s.name for s in PLAN], help=argparse.SUPPRESS)
     parser.add_argument("--seconds", type=float, default=60.0, help=argparse.SUPPRESS)
+    parser.add_argument("--tests", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.step:
-        return _run_step(args.step, args.out, args.seconds, args.dry_run)
+        return _run_step(args.step, args.out, args.seconds, args.dry_run, args.tests)
     if not args.dry_run and not torch.cuda.is_available():
         print(f"gpu_check: no CUDA device is visible to torch {torch.__version__} (CUDA build: "
               f"{torch.version.cuda or 'none'}); nothing was measured. On a GPU machine run it there; "

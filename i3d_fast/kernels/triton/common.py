@@ -1,4 +1,4 @@
-"""What the Triton GEMM kernels (:mod:`.conv3d`, :mod:`.conv3d_bn`) share: tile configurations,
+"""What the Triton kernels (:mod:`.conv3d`, :mod:`.conv3d_bn`, :mod:`.pool3d`) share: tile configurations,
 precision names, the device default, launch options and small index helpers."""
 from __future__ import annotations
 
@@ -40,6 +40,16 @@ def hint(v, VEC: tl.constexpr):
     if VEC > 1:
         v = v // VEC * VEC
     return v
+
+
+@triton.jit
+def decode(m, D1, D2, D3):
+    """Flat index over [D0, D1, D2, D3] -> (i0, i1, i2, i3) (m >= 0)."""
+    i3 = m % D3
+    q = m // D3
+    i2 = q % D2
+    q = q // D2
+    return q // D1, q % D1, i2, i3
 
 
 def vector_elements(precision: str) -> int:

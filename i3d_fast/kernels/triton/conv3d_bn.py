@@ -49,7 +49,7 @@ import triton.language as tl
 from ...padding import Pads, Triple, output_size
 from ..aten.conv3d_bn import grad_coefficients, scale_invstd
 from .aot import AotSpec
-from .common import (COMPILE_OPTIONS, DEFAULT_SMS, DOT_PRECISION, TRITON_DTYPE, Config, hint, is_aligned,
+from .common import (COMPILE_OPTIONS, DEFAULT_SMS, DOT_PRECISION, TRITON_DTYPE, Config, decode, hint, is_aligned,
                      site_strides, vector_elements)
 
 CL = torch.channels_last_3d
@@ -66,16 +66,6 @@ MAX_PARTIALS = 2**24
 #: Rows each program of the gradient reduction covers (a multiple of every BLOCK_R).
 REDUCE_ROWS = 512
 _INT32_LIMIT = 2**31 - 1
-
-
-@triton.jit
-def _decode(m, D1, D2, D3):
-    """Flat index over [D0, D1, D2, D3] -> (i0, i1, i2, i3) (m >= 0)."""
-    i3 = m % D3
-    q = m // D3
-    i2 = q % D2
-    q = q // D2
-    return q // D1, q % D1, i2, i3
 
 
 _FWD_INTS = ("T", "H", "W", "Cin", "OT", "OH", "OW", "M", "Cout", "NP", "K", "kT", "kH", "kW", "sT", "sH", "sW",
@@ -108,7 +98,7 @@ def _forward_kernel(
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < M
-    nb, ot, oh, ow = _decode(tl.where(m_ok, offs_m, 0), OT, OH, OW)
+    nb, ot, oh, ow = decode(tl.where(m_ok, offs_m, 0), OT, OH, OW)
     tb = ot * sT - pT
     hb = oh * sH - pH
     wb = ow * sW - pW
@@ -289,7 +279,7 @@ def _dgrad_kernel(
     pid_n = pid - pid_m * num_pid_n
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < Mp
-    nb, it, ih, iw = _decode(tl.where(m_ok, offs_m, 0), tl.maximum(Tp, 1), tl.maximum(Hp, 1), tl.maximum(Wp, 1))
+    nb, it, ih, iw = decode(tl.where(m_ok, offs_m, 0), tl.maximum(Tp, 1), tl.maximum(Hp, 1), tl.maximum(Wp, 1))
     # Output index of tap rt (j = 0); tap rt + j * sT reaches output ob - j.
     obt = it + (ft + pT - rt) // sT
     obh = ih + (fh + pH - rh) // sH
@@ -385,7 +375,7 @@ def _wgrad_kernel(
     for k0 in range(start, stop, BLOCK_K):
         s = k0 + tl.arange(0, BLOCK_K)
         s_ok = s < stop
-        nb, ot, oh, ow = _decode(tl.where(s_ok, s, 0), OT, OH, OW)
+        nb, ot, oh, ow = decode(tl.where(s_ok, s, 0), OT, OH, OW)
         tb = ot * sT - pT
         hb = oh * sH - pH
         wb = ow * sW - pW

@@ -29,20 +29,11 @@ import triton.language as tl
 
 from ...padding import Pads, Triple, output_size
 from .aot import AotSpec
+from .common import decode
 
 CL = torch.channels_last_3d
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 NUM_WARPS = 8
-
-
-@triton.jit
-def _decode(p, D1, D2, D3):
-    """Flat index over [D0, D1, D2, D3] -> (i0, i1, i2, i3)."""
-    i3 = p % D3
-    r = p // D3
-    i2 = r % D2
-    r = r // D2
-    return r // D1, r % D1, i2, i3
 
 
 @triton.jit
@@ -53,7 +44,7 @@ def _pool_kernel(x_ptr, y_ptr, N, T, H, W, C, OT, OH, OW, ST, SH, SW, PT, PH, PW
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_ok = p < N * OT * OH * OW
     c_ok = c < C
-    n, ot, oh, ow = _decode(p, OT, OH, OW)
+    n, ot, oh, ow = decode(p, OT, OH, OW)
     t0 = ot * ST - PT
     h0 = oh * SH - PH
     w0 = ow * SW - PW
@@ -95,7 +86,7 @@ def _argmax_kernel(x_ptr, idx_ptr, N, T, H, W, C, OT, OH, OW, ST, SH, SW, PT, PH
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     p_ok = p < N * OT * OH * OW
     c_ok = c < C
-    n, ot, oh, ow = _decode(p, OT, OH, OW)
+    n, ot, oh, ow = decode(p, OT, OH, OW)
     t0 = ot * ST - PT
     h0 = oh * SH - PH
     w0 = ow * SW - PW
@@ -129,7 +120,7 @@ def _max_grad_kernel(g_ptr, idx_ptr, gx_ptr, N, T, H, W, C, OT, OH, OW, ST, SH, 
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     q_ok = q < N * T * H * W
     c_ok = c < C
-    n, t, h, w = _decode(q, T, H, W)
+    n, t, h, w = decode(q, T, H, W)
     # Windows o with o*S - P <= i < o*S - P + K: the last is (i + P) // S, at most ceil(K / S) of them.
     jt = (KT + ST - 1) // ST
     jh = (KH + SH - 1) // SH
@@ -165,7 +156,7 @@ def _avg_grad_kernel(g_ptr, gx_ptr, N, T, H, W, C, OT, OH, OW, ST, SH, SW, PT, P
     c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     q_ok = q < N * T * H * W
     c_ok = c < C
-    n, t, h, w = _decode(q, T, H, W)
+    n, t, h, w = decode(q, T, H, W)
     jt = (KT + ST - 1) // ST
     jh = (KH + SH - 1) // SH
     jw = (KW + SW - 1) // SW

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 

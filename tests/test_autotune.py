@@ -45,3 +45,16 @@ def test_a_baseline_without_a_kernel_loses():
         raise NotImplementedError("no bf16 kernel")
 
     assert autotune.slower(("test", "missing"), lambda: (lambda: None, missing)) is None
+
+
+def test_fastest_of_several_needs_the_margin_over_the_baseline():
+    calls = []
+    choice = autotune.fastest(("test", "three"), lambda: [("onednn", _sleeper(0.006, calls)),
+                                                          ("a", _sleeper(0.004, calls)), ("b", _sleeper(0.002, calls))])
+    assert choice == "b"
+    runs = len(calls)
+    assert autotune.fastest(("test", "three"), lambda: []) == "b" and len(calls) == runs  # measured once
+    assert set(autotune.choices()[("test", "three")]) == {"onednn", "a", "b"}
+    # not below the margin of the baseline's time (sleep never returns early): the baseline stays
+    assert autotune.fastest(("test", "tie"), lambda: [("onednn", _sleeper(0.0029, [])),
+                                                      ("a", _sleeper(0.003, []))]) == "onednn"

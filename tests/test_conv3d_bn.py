@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from i3d_fast import layers
 from i3d_fast.kernels.cpu import conv3d as cpu_conv3d
+from i3d_fast.kernels.cpu import space_to_depth
 from i3d_fast.ops import NoBackendError, conv3d_bn_relu
 from i3d_fast.ops.conv3d_bn import conv3d_bn_train_op
 from i3d_fast.padding import resolve_padding
@@ -108,11 +109,13 @@ WINOGRAD_KERNELS = [(3, 3, 3), (1, 3, 3), (3, 1, 1)]
 KERNEL_IDS = ["x".join(map(str, k)) for k in WINOGRAD_KERNELS]
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, CL], ids=["contiguous", "channels_last"])
 @pytest.mark.parametrize("kernel", WINOGRAD_KERNELS, ids=KERNEL_IDS)
 @pytest.mark.parametrize("whole", [False, True], ids=["chunks", "whole-layer"])
-def test_winograd_weight_gradient_matches_float64(monkeypatch, whole, kernel):
+def test_winograd_weight_gradient_matches_float64(monkeypatch, whole, kernel, layout):
     """The C++ Winograd weight gradient (both schedules, several channel panels, partial tiles; every
-    kernel kind) against ATen in float64: error within ~2x of oneDNN's fp32 error."""
+    kernel kind) against ATen in float64: error within ~2x of oneDNN's fp32 error, written in the
+    weight's memory layout (autograd then accumulates it without a copy); an inf input is reported."""
     monkeypatch.setattr(cpu_conv3d, "_whole_layer", lambda x, kernel=None: whole)
     pads = [k // 2 for k in kernel]
     g = torch.Generator().manual_seed(3)
@@ -127,9 +130,109 @@ def test_winograd_weight_gradient_matches_float64(monkeypatch, whole, kernel):
     ref = aten(x, dy)
     wide = torch.randn(2, 90, 5, 7, 9, generator=g).contiguous(memory_format=CL)
     wide[:, 10:80] = dy.float()  # the output gradient as a channel slice of a wider tensor
-    ours = cpu_conv3d.winograd_weight_grad(x.float().contiguous(memory_format=CL), wide[:, 10:80], kernel)
-    assert ours.shape == w.shape
+    like = w.float().contiguous(memory_format=layout)
+    ours, nonfinite = cpu_conv3d.winograd_weight_grad(x.float().contiguous(memory_format=CL), wide[:, 10:80], like)
+    assert ours.shape == w.shape and ours.stride() == like.stride() and not nonfinite
     assert _max_err(ours, ref) <= 2 * _max_err(aten(x.float(), dy.float()), ref) + 1e-6
+    x_inf = x.float().contiguous(memory_format=CL)
+    x_inf[1, 3, 2, 3, 4] = float("inf")
+    assert cpu_conv3d.winograd_weight_grad(x_inf, wide[:, 10:80], like)[1]
+
+
+WEIGHT_GRAD_METHODS = ["onednn", "winograd", "gemm", "space_to_depth"]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"k{c[2]}s{c[3]}-{c[0]}to{c[1]}" for c in CASES])
+@pytest.mark.parametrize("method", WEIGHT_GRAD_METHODS)
+def test_every_weight_gradient_method_matches_float64(monkeypatch, method, case):
+    """The cpu backend's training step with each weight-gradient method forced (autotune picks one per
+    layer and machine): every output within ~2x of PyTorch's own fp32 error. space_to_depth also runs
+    the forward that way."""
+    cin, cout, k, stride, padding, (n, t, h, w), _ = case
+    x, weight = torch.empty(n, cin, t, h, w), torch.empty(cout, cin, *((k,) * 3 if isinstance(k, int) else k))
+    stride3 = (stride,) * 3 if isinstance(stride, int) else stride
+    pads = resolve_padding((t, h, w), weight.shape[2:], stride3, padding)
+    if method == "winograd" and cpu_conv3d._winograd_weight_grad_rejected(x, x, weight, stride3, pads):
+        pytest.skip("not a Winograd layer")
+    if method == "space_to_depth":
+        monkeypatch.setattr(space_to_depth.autotune, "slower", lambda key, candidates: None)  # "measured faster"
+        if space_to_depth.rejected(x, weight, stride3, pads):
+            pytest.skip(space_to_depth.rejected(x, weight, stride3, pads))
+    monkeypatch.setattr(cpu_conv3d, "weight_grad_method", lambda *args: method)
+    ref = _run(_torch(case, True), case, torch.float64, True)
+    ours = _run(_ours("cpu", case, True), case, torch.float32, True)
+    plain = _run(_torch(case, True), case, torch.float32, True)
+    for name, o, p, r in zip(["y", "grad x", "grad weight", "grad gamma", "grad beta"], ours, plain, ref):
+        bound = 2 * _max_err(p, r) + 1e-6 * r.abs().max().item()
+        assert _max_err(o, r) <= bound, f"{method} {name}: {_max_err(o, r):.3e} > {bound:.3e}"
+
+
+GRAD_LAYERS = [  # (Cin, Cout, kernel, stride, pads, input [N, T, H, W], weight layout)
+    (20, 70, (1, 1, 1), (1, 1, 1), ((0, 0),) * 3, (2, 2, 4, 4), CL),
+    (20, 70, (3, 3, 3), (1, 1, 1), ((1, 1),) * 3, (2, 2, 7, 7), CL),
+    (20, 70, (3, 3, 3), (1, 1, 1), ((1, 1),) * 3, (2, 2, 7, 7), torch.contiguous_format),
+    (12, 16, (3, 1, 1), (2, 1, 1), ((1, 1), (0, 0), (0, 0)), (2, 5, 4, 4), CL),
+    (3, 16, (7, 7, 7), (2, 2, 2), ((2, 3),) * 3, (1, 9, 12, 11), CL),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("layer", GRAD_LAYERS, ids=lambda c: f"k{''.join(map(str, c[2]))}s{c[3][0]}{c[3][1]}")
+def test_gemm_and_space_to_depth_weight_gradients_match_float64(layer, dtype):
+    """gemm_weight_grad (one GEMM over im2col columns) and the space-to-depth weight gradient against
+    float64: error within ~2x of ATen's in the same dtype, in the weight's memory layout."""
+    cin, cout, kernel, stride, pads, (n, t, h, w), layout = layer
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(n, cin, t, h, w, generator=g, dtype=torch.float64)
+    weight = torch.zeros(cout, cin, *kernel, dtype=torch.float64).contiguous(memory_format=layout)
+    (t0, t1), (h0, h1), (w0, w1) = pads
+    padded = F.pad(x, (w0, w1, h0, h1, t0, t1))
+    out_shape = F.conv3d(padded, weight, stride=stride).shape
+    dy = torch.randn(out_shape, generator=g, dtype=torch.float64)
+
+    def aten(x, dy):
+        return torch.ops.aten.convolution_backward(dy, F.pad(x, (w0, w1, h0, h1, t0, t1)), weight.to(x.dtype), None,
+                                                   list(stride), [0] * 3, [1] * 3, False, [0] * 3, 1,
+                                                   [False, True, False])[1]
+
+    ref = aten(x, dy)
+    xs, dys = x.to(dtype).contiguous(memory_format=CL), dy.to(dtype).contiguous(memory_format=CL)
+    bound = 2 * _max_err(aten(x.to(dtype), dy.to(dtype)), ref) + 1e-6 * ref.abs().max().item()
+    like = weight.to(dtype)
+    ours = {"gemm": cpu_conv3d.gemm_weight_grad(xs, dys, like, stride, pads)}
+    if any(s > 1 for s in stride):
+        ours["space_to_depth"] = space_to_depth.weight_grad(xs, dys, like, stride, pads)
+        y = space_to_depth.conv3d(xs, like + 1, stride, pads)
+        expected = F.conv3d(padded, weight + 1, stride=stride)
+        plain = F.conv3d(F.pad(xs, (w0, w1, h0, h1, t0, t1)), like + 1, stride=stride)
+        assert _max_err(y, expected) <= 2 * _max_err(plain, expected) + 1e-6 * expected.abs().max().item()
+    for name, grad in ours.items():
+        assert grad.dtype == dtype and grad.stride() == like.stride(), name
+        assert _max_err(grad, ref) <= bound, f"{name}: {_max_err(grad, ref):.3e} > {bound:.3e}"
+
+
+def test_weight_gradient_fixed_rules(monkeypatch):
+    """With autotuning off: one GEMM for layers with few output positions, Winograd for the others it
+    applies to, oneDNN otherwise (space-to-depth only where timed)."""
+    monkeypatch.setenv("I3D_FAST_AUTOTUNE", "0")
+    small, big = torch.empty(2, 16, 2, 7, 7), torch.empty(2, 16, 8, 16, 16)
+    w333, w777 = torch.empty(24, 16, 3, 3, 3), torch.empty(24, 3, 7, 7, 7)
+    same = ((1, 1),) * 3
+    assert cpu_conv3d.weight_grad_method(small, torch.empty(2, 24, 2, 7, 7), w333, (1, 1, 1), same) == "gemm"
+    assert cpu_conv3d.weight_grad_method(big, torch.empty(2, 24, 8, 16, 16), w333, (1, 1, 1), same) in \
+        ("winograd", "onednn")  # onednn: a build without AVX-512
+    stem_x, stem_grad = torch.empty(2, 3, 16, 64, 64), torch.empty(2, 24, 8, 32, 32)
+    assert cpu_conv3d.weight_grad_method(stem_x, stem_grad, w777, (2, 2, 2), ((2, 3),) * 3) == "onednn"
+    assert "I3D_FAST_AUTOTUNE=0" in space_to_depth.rejected(stem_x, w777, (2, 2, 2), ((2, 3),) * 3)
+
+
+def test_space_to_depth_rejections():
+    x = torch.empty(1, 3, 8, 16, 16)
+    assert "not a strided" in space_to_depth.rejected(x, torch.empty(4, 3, 3, 3, 3), (1, 1, 1), ((1, 1),) * 3)
+    wide = torch.empty(1, 16, 8, 16, 16)
+    assert "channels" in space_to_depth.rejected(wide, torch.empty(4, 16, 3, 3, 3), (2, 2, 2), ((1, 1),) * 3)
+    assert "float32 / bfloat16" in space_to_depth.rejected(x.double(), torch.empty(4, 3, 3, 3, 3).double(),
+                                                           (2, 2, 2), ((1, 1),) * 3)
 
 
 @pytest.mark.parametrize("kernel", WINOGRAD_KERNELS, ids=KERNEL_IDS)
@@ -158,7 +261,7 @@ def test_cpu_backward_uses_the_winograd_kernels_where_they_apply(monkeypatch):
     weight = torch.randn(24, 16, 3, 3, 3)
     grad = torch.randn(2, 24, 8, 16, 16).contiguous(memory_format=CL)
     pads = ((1, 1),) * 3
-    assert cpu_conv3d.winograd_weight_grad_rejected(x, grad, weight, (1, 1, 1), pads) is None \
+    assert cpu_conv3d.weight_grad_method(x, grad, weight, (1, 1, 1), pads) == "winograd" \
         or torch.get_num_threads() > 2
     gx, gw = cpu_conv3d.conv3d_backward(grad, x, weight, (1, 1, 1), pads, True, True)
     rx, rw = torch.ops.aten.convolution_backward(grad.double(), x.double(), weight.double(), None, [1] * 3, [1] * 3,

@@ -29,8 +29,10 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <stdexcept>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/cpu_utils.h"
@@ -440,13 +442,24 @@ inline void weight_grad_1d(const T& u0, const T& u1, const T& u2, const T& u3, T
   dg[2] = 0.5 * (u1 + u2) + u3;
 }
 
-// dU (PanelLayout(kPositions, cin, cout)) -> dW stored [cin][kTaps][cout], in double, 8 output channels
-// at a time (contiguous in both).
+// Element strides of the weight gradient dw[co][ci][kt][kh][kw].
+using WeightStrides = std::array<int64_t, 5>;
+
+// dU (PanelLayout(kPositions, cin, cout)) -> dw with element strides (co, ci, kt, kh, kw), in double,
+// 8 output channels at a time (vector stores where the output channels are contiguous). Returns
+// whether any element is inf or NaN.
 template <int K>
-void inverse_weight_transform(const float* dU, float* dw, int64_t cout, int64_t cin, int threads) {
+bool inverse_weight_transform(const float* dU, float* dw, int64_t cout, int64_t cin, const WeightStrides& st,
+                              int threads) {
   using TL = Tile<K>;
   const PanelLayout L(TL::kPositions, cin, cout);
-#pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
+  int64_t tap_offset[TL::kTaps];
+  for (int kt = 0; kt < TL::kT; ++kt)
+    for (int kh = 0; kh < TL::kS; ++kh)
+      for (int kw = 0; kw < TL::kS; ++kw)
+        tap_offset[(kt * TL::kS + kh) * TL::kS + kw] = kt * st[2] + kh * st[3] + kw * st[4];
+  bool nonfinite = false;
+#pragma omp parallel for num_threads(threads) schedule(static) collapse(2) reduction(|| : nonfinite)
   for (int64_t panel = 0; panel < L.panels(); ++panel)
     for (int64_t ci = 0; ci < cin; ++ci) {
       const int64_t width = L.width(panel);
@@ -484,24 +497,26 @@ void inverse_weight_transform(const float* dU, float* dw, int64_t cout, int64_t 
         }
         const int valid = static_cast<int>(std::min<int64_t>(8, cout - co0));
         for (int tap = 0; tap < TL::kTaps; ++tap) {
-          float* dst = dw + (ci * TL::kTaps + tap) * cout + co0;
+          float* dst = dw + co0 * st[0] + ci * st[1] + tap_offset[tap];
           const v8 v = __builtin_convertvector(out[tap], v8);
-          if (valid == 8) {
+          for (int l = 0; l < valid; ++l) nonfinite = nonfinite || !std::isfinite(v[l]);
+          if (valid == 8 && st[0] == 1) {
             store(dst, v);
           } else {
-            for (int l = 0; l < valid; ++l) dst[l] = v[l];
+            for (int l = 0; l < valid; ++l) dst[l * st[0]] = v[l];
           }
         }
       }
     }
+  return nonfinite;
 }
 
 // For layers with few tiles: every tile's V and dM at once (parallel over tiles), then one product
 // per (panel, position) over all tiles (parallel over those): no per-thread copies of dU to zero and
 // add up, which cost more than the products when each thread has only ~100 tiles.
 template <int K>
-void winograd_weight_grad_whole(const float* x, const float* dy, int64_t ldy, const Geometry& g, float* dw,
-                                int threads) {
+bool winograd_weight_grad_whole(const float* x, const float* dy, int64_t ldy, const Geometry& g, float* dw,
+                                const WeightStrides& st, int threads) {
   constexpr int kPositions = Tile<K>::kPositions;
   const PanelLayout L(kPositions, g.cin, g.cout);
   const int64_t tiles = g.tiles();
@@ -529,13 +544,14 @@ void winograd_weight_grad_whole(const float* x, const float* dy, int64_t ldy, co
         panel_gemm_at_acc(V + xi * tiles * g.cin, g.cin, g.cin, dM + LM.offset(panel, xi), tiles, L.width(panel), u);
       }
   }
-  inverse_weight_transform<K>(dU, dw, g.cout, g.cin, threads);
+  return inverse_weight_transform<K>(dU, dw, g.cout, g.cin, st, threads);
 }
 
 constexpr int64_t kGradChunkBytes = int64_t(4) << 20;  // V + dM per thread
 
 template <int K>
-void winograd_weight_grad(const float* x, const float* dy, int64_t ldy, const Geometry& g, float* dw, int threads) {
+bool winograd_weight_grad(const float* x, const float* dy, int64_t ldy, const Geometry& g, float* dw,
+                          const WeightStrides& st, int threads) {
   constexpr int kPositions = Tile<K>::kPositions;
   const PanelLayout L(kPositions, g.cin, g.cout);
   const int64_t tiles = g.tiles();
@@ -574,7 +590,7 @@ void winograd_weight_grad(const float* x, const float* dy, int64_t ldy, const Ge
       store(scratch.data + (v_size + m_size) + i, sum);
     }
   }
-  inverse_weight_transform<K>(scratch.data + v_size + m_size, dw, g.cout, g.cin, threads);
+  return inverse_weight_transform<K>(scratch.data + v_size + m_size, dw, g.cout, g.cin, st, threads);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -645,19 +661,28 @@ bool forward(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64
   }
 }
 
-void weight_grad(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64_t cin, uintptr_t dy,
-                 int64_t ldy, int64_t cout, uintptr_t dw, int threads, bool whole, int kt, int ks) {
+bool weight_grad(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64_t cin, uintptr_t dy,
+                 int64_t ldy, int64_t cout, uintptr_t dw, const WeightStrides& strides, int threads, bool whole,
+                 int kt, int ks) {
   const auto [N, T, H, W] = ndhw;
   if (N < 1 || T < 1 || H < 1 || W < 1 || cin < 1 || cout < 1 || ldx < cin || ldy < cout)
     throw std::invalid_argument("winograd3d_weight_grad: bad sizes");
+  for (int64_t stride : strides)
+    if (stride < 0) throw std::invalid_argument("winograd3d_weight_grad: negative stride");
   const Geometry g = geometry(ndhw, cin, ldx, cout, kt, ks);
   py::gil_scoped_release release;
-  if (whole) {
-    I3D_BY_KIND(winograd_weight_grad_whole, kt, ks, as_ptr<const float>(x), as_ptr<const float>(dy), ldy, g,
-                as_ptr<float>(dw), std::max(threads, 1))
-  } else {
-    I3D_BY_KIND(winograd_weight_grad, kt, ks, as_ptr<const float>(x), as_ptr<const float>(dy), ldy, g,
-                as_ptr<float>(dw), std::max(threads, 1))
+  const int n = std::max(threads, 1);
+  const auto run = [&](auto kernel_kind) {
+    constexpr int K = decltype(kernel_kind)::value;
+    return whole ? winograd_weight_grad_whole<K>(as_ptr<const float>(x), as_ptr<const float>(dy), ldy, g,
+                                                 as_ptr<float>(dw), strides, n)
+                 : winograd_weight_grad<K>(as_ptr<const float>(x), as_ptr<const float>(dy), ldy, g, as_ptr<float>(dw),
+                                           strides, n);
+  };
+  switch (kind(kt, ks)) {
+    case k333: return run(std::integral_constant<int, k333>{});
+    case k133: return run(std::integral_constant<int, k133>{});
+    default: return run(std::integral_constant<int, k311>{});
   }
 }
 #undef I3D_BY_KIND
@@ -690,12 +715,13 @@ void register_winograd3d(py::module_& m) {
         "item (0 = sized for the L2 cache). Returns whether any output before ReLU is inf or NaN (the "
         "transforms turn an infinite input into NaN; recompute such calls with a direct convolution).");
   m.def("winograd3d_weight_grad", &weight_grad, py::arg("x"), py::arg("ldx"), py::arg("ndhw"), py::arg("cin"),
-        py::arg("dy"), py::arg("ldy"), py::arg("cout"), py::arg("dw"), py::arg("threads"), py::arg("whole") = false,
-        py::arg("kt") = 3, py::arg("ks") = 3,
+        py::arg("dy"), py::arg("ldy"), py::arg("cout"), py::arg("dw"), py::arg("strides"), py::arg("threads"),
+        py::arg("whole") = false, py::arg("kt") = 3, py::arg("ks") = 3,
         "Weight gradient of the kt x ks x ks stride-1 convolution, padding (kt / 2, ks / 2, ks / 2): float32 "
         "NDHWC rows x "
         "(cin channels, row stride ldx) and output gradient dy (cout channels, row stride ldy) -> float32 dw "
-        "stored [cin][kT][kH][kW][cout]. Chunks of tiles with per-thread accumulators (threads * 64 * cin * "
+        "[cout][cin][kT][kH][kW] with element strides (co, ci, kt, kh, kw); returns whether any element is inf "
+        "or NaN. Chunks of tiles with per-thread accumulators (threads * 64 * cin * "
         "round_up(cout, 16) floats of scratch), or whole: every tile transformed at once (64 * tiles * "
         "(cin + round_up(cout, 16)) floats), one product per (panel, position).");
 }

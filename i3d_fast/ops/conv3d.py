@@ -105,11 +105,12 @@ def _setup_context(ctx, inputs, output):
 
 def _backward_impl(backend: str, x: torch.Tensor):
     """The kernel module whose ``conv3d_backward`` serves a convolution run with ``backend``: the C++
-    kernels for float32 CPU tensors (what "auto" and "cpu" run), the plain-PyTorch oracle for
-    "reference", ATen (oneDNN / cuDNN) otherwise."""
+    kernels' for float32 / bfloat16 CPU tensors (what "auto" and "cpu" run), the plain-PyTorch oracle
+    for "reference", ATen (oneDNN / cuDNN) otherwise."""
     if backend == "reference":
         return reference_conv3d
-    if backend in ("auto", "cpu") and x.dtype == torch.float32 and cpu_kernels.reject_unless_available(x) is None:
+    if backend in ("auto", "cpu") and x.dtype in (torch.float32, torch.bfloat16) and \
+            cpu_kernels.reject_unless_available(x) is None:
         return cpu_conv3d
     return aten_conv3d
 

@@ -1,5 +1,5 @@
-"""Measured choice between a C++ kernel and ATen's (oneDNN for convolutions), once per layer
-configuration.
+"""Measured choice between our kernels (C++, or compositions of ATen ops such as the GEMM weight
+gradient) and ATen's own (oneDNN for convolutions), once per layer configuration.
 
 Fixed crossovers measured on one CPU do not hold on another (the Winograd kernels beat oneDNN by
 2.4x on a Zen 4, whose AVX-512 runs at half width, and lose on some shapes on an Intel Xeon with
@@ -13,13 +13,14 @@ from __future__ import annotations
 import math
 import os
 import time
-from typing import Callable, Dict, Hashable, Optional, Tuple
+from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
 
 #: The C++ kernel is chosen when its time is at most this fraction of oneDNN's.
 MARGIN = 0.95
 _VERDICTS: Dict[Hashable, Tuple[float, float]] = {}
+_CHOICES: Dict[Hashable, Dict[str, float]] = {}
 
 
 def enabled(*tensors) -> bool:
@@ -37,29 +38,37 @@ def _seconds(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
+def _best_times(runs: Sequence[Callable[[], object]]) -> List[float]:
+    """The best time (seconds) of each of ``runs``: each runs once to warm up, then in turns (2 runs
+    each; 4 when one takes under 5 ms). The first (the baseline) may raise, having no kernel for
+    the case (e.g. ATen's bf16 backward on some CPUs): it then counts as infinitely slow."""
+    baseline, *others = runs
+    for run in others:
+        run()
+    try:
+        baseline()
+    except (RuntimeError, NotImplementedError):
+        baseline = None
+    timed = [run for run in (baseline, *others) if run is not None]
+    times: List[List[float]] = [[] for _ in timed]
+    for turn in range(4):
+        for run, t in zip(timed, times):
+            t.append(_seconds(run))
+        if turn == 1 and min(t[0] for t in times) >= 5e-3:
+            break
+    best = [min(t) for t in times]
+    return best if baseline is not None else [math.inf, *best]
+
+
 def slower(key: Hashable, candidates: Callable[[], Tuple[Callable[[], object], Callable[[], object]]]) -> Optional[str]:
     """None when ``ours()`` measured at most MARGIN of ``theirs()``'s time for ``key``, else why not;
-    ``candidates()`` makes (ours, theirs), only when ``key`` was not measured yet. Each runs once to
-    warm up, then alternately (2 runs each; 4 when a run takes under 5 ms); the best run of each
-    counts (a baseline that raises, having no kernel for the case, loses). Measured once per key per
-    process."""
+    ``candidates()`` makes (ours, theirs), only when ``key`` was not measured yet (see
+    :func:`_best_times`; a baseline that raises loses). Measured once per key per process."""
     hit = _VERDICTS.get(key)
     if hit is None:
         ours, theirs = candidates()
-        ours()
-        try:
-            theirs()
-        except (RuntimeError, NotImplementedError):  # ATen has no kernel for this (e.g. a bf16 backward)
-            hit = _VERDICTS[key] = (_seconds(ours), math.inf)
-    if hit is None:
-        times: Tuple[list, list] = ([], [])
-        first = _seconds(ours)
-        times[0].append(first)
-        times[1].append(_seconds(theirs))
-        for _ in range(3 if first < 5e-3 else 1):
-            times[0].append(_seconds(ours))
-            times[1].append(_seconds(theirs))
-        hit = _VERDICTS[key] = (min(times[0]), min(times[1]))
+        onednn, mine = _best_times([theirs, ours])
+        hit = _VERDICTS[key] = (mine, onednn)
     mine, onednn = hit
     if mine <= MARGIN * onednn:
         return None
@@ -67,6 +76,25 @@ def slower(key: Hashable, candidates: Callable[[], Tuple[Callable[[], object], C
             "ms; I3D_FAST_AUTOTUNE=0 uses fixed rules)")
 
 
+def fastest(key: Hashable, candidates: Callable[[], Sequence[Tuple[str, Callable[[], object]]]]) -> str:
+    """The name of the fastest of ``candidates()`` = [(name, run), ...] for ``key``, the first being
+    the ATen / oneDNN baseline: another is chosen only when it took at most MARGIN of the baseline's
+    time. ``candidates()`` is called only when ``key`` was not measured yet (see :func:`_best_times`).
+    Measured once per key per process; :func:`verdicts` lists the times."""
+    hit = _CHOICES.get(key)
+    if hit is None:
+        named = list(candidates())
+        hit = _CHOICES[key] = dict(zip((name for name, _ in named), _best_times([run for _, run in named])))
+    baseline, *others = hit
+    best = min(others, key=hit.__getitem__, default=None)
+    return best if best is not None and hit[best] <= MARGIN * hit[baseline] else baseline
+
+
 def verdicts() -> Dict[Hashable, Tuple[float, float]]:
-    """Every measured configuration: key -> (C++ seconds, oneDNN seconds)."""
+    """Every configuration measured by :func:`slower`: key -> (C++ seconds, oneDNN seconds)."""
     return dict(_VERDICTS)
+
+
+def choices() -> Dict[Hashable, Dict[str, float]]:
+    """Every configuration measured by :func:`fastest`: key -> {candidate: seconds}."""
+    return {key: dict(times) for key, times in _CHOICES.items()}

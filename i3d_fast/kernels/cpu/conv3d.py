@@ -30,6 +30,7 @@ from ..aten import conv3d as aten_conv3d
 from ..weight_cache import WeightCache
 from . import autotune, extension, threads
 from . import pool3d as cpu_pool3d
+from . import space_to_depth
 
 CL = torch.channels_last_3d
 PAD_1 = ((1, 1), (1, 1), (1, 1))
@@ -254,13 +255,11 @@ def _whole_layer(x: torch.Tensor, kernel: Triple = (3, 3, 3)) -> bool:
     return _tiles(x, kernel) < 256 * threads()
 
 
-def winograd_weight_grad_rejected(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, stride: Triple,
-                                  pads: Pads) -> Optional[str]:
-    """Why the Winograd weight gradient does not take this convolution (None when it does): timed
-    against oneDNN's on the first call with this configuration (:mod:`.autotune`; with
-    ``I3D_FAST_AUTOTUNE=0`` it always takes it). On the Zen 4 development machine (2 threads): 2.2-2.4x
-    on I3D's 56x56 and 28x28 layers (chunks of tiles, per-thread accumulators), 0.9-1.2x on the 14x14
-    ones and 4x on the 7x7 ones (every tile at once)."""
+def _winograd_weight_grad_rejected(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, stride: Triple,
+                                   pads: Pads) -> Optional[str]:
+    """Why the Winograd weight-gradient kernel cannot take this convolution (None when it can)."""
+    if not winograd_kernel(weight):
+        return "not a 3x3x3, 1x3x3 or 3x1x1 kernel"
     why = unsupported(x, weight, stride, pads, None) or (None if grad.dtype == torch.float32 else "float32 only")
     if why or not extension().conv3d_avx512:
         return why or "needs an AVX-512 build"
@@ -269,48 +268,134 @@ def winograd_weight_grad_rejected(x: torch.Tensor, grad: torch.Tensor, weight: t
     floats = positions * (_tiles(x, kernel) * (cin + coutp) if _whole_layer(x, kernel) else threads() * cin * coutp)
     if floats * 4 > 512 << 20:
         return f"would need {floats * 4 >> 20} MiB of scratch"
+    return None
+
+
+#: The GEMM weight gradient's largest im2col buffer (bytes).
+GEMM_WEIGHT_GRAD_MAX_BYTES = 64 << 20
+#: Fixed rule (``I3D_FAST_AUTOTUNE=0``): the GEMM weight gradient for at most this many output positions.
+GEMM_WEIGHT_GRAD_MAX_ROWS = 512
+
+
+def _im2col_bytes(grad: torch.Tensor, weight: torch.Tensor) -> int:
+    """Bytes of :func:`gemm_weight_grad`'s column buffer (0 for an unpadded stride-1 1x1x1 layer: none)."""
+    rows = grad.shape[0] * math.prod(grad.shape[2:])
+    return 0 if math.prod(weight.shape[2:]) == 1 else rows * math.prod(weight.shape[1:]) * grad.element_size()
+
+
+def weight_grad_method(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, stride: Triple,
+                       pads: Pads) -> str:
+    """How :func:`conv3d_backward` computes this convolution's weight gradient: "winograd"
+    (:func:`winograd_weight_grad`), "gemm" (:func:`gemm_weight_grad`), "space_to_depth"
+    (:func:`.space_to_depth.weight_grad`, where its forward measured faster) or "onednn" (ATen's
+    ``convolution_backward``), the fastest measured on the first call with this configuration
+    (:func:`.autotune.fastest`: oneDNN unless another took at most 0.95 of its time).
+
+    oneDNN's weight gradient parallelises over output positions and is slow where a layer has few of
+    them and many channels (2x4x4 / 2x7x7 late layers: 3-16x slower than one GEMM here); Winograd
+    saves multiplies on 3x3x3 / 1x3x3 / 3x1x1 SAME layers. With ``I3D_FAST_AUTOTUNE=0`` the fixed
+    rules: GEMM for at most :data:`GEMM_WEIGHT_GRAD_MAX_ROWS` output positions, else Winograd where
+    it applies, else oneDNN."""
+    options = ["onednn"]
+    if _winograd_weight_grad_rejected(x, grad, weight, stride, pads) is None:
+        options.append("winograd")
+    if _im2col_bytes(grad, weight) <= GEMM_WEIGHT_GRAD_MAX_BYTES:
+        options.append("gemm")
     if not autotune.enabled(x, grad, weight):
-        return None
-    key = ("conv3d_weight_grad", tuple(x.shape), tuple(grad.shape), kernel, row_stride(x) is not None, threads())
-    return autotune.slower(key, lambda: (lambda: winograd_weight_grad(x, grad, kernel), lambda: aten_conv3d.conv3d_backward(
-        grad, x, weight.detach(), stride, pads, False, True)))
+        rows = grad.shape[0] * math.prod(grad.shape[2:])
+        if "gemm" in options and rows <= GEMM_WEIGHT_GRAD_MAX_ROWS:
+            return "gemm"
+        return "winograd" if "winograd" in options else "onednn"
+    if space_to_depth.rejected(x, weight, stride, pads) is None:  # its forward measured faster
+        options.append("space_to_depth")
+    if len(options) == 1:
+        return options[0]
+    key = ("conv3d_weight_grad", tuple(x.shape), tuple(grad.shape), tuple(weight.shape), tuple(stride),
+           tuple(map(tuple, pads)), x.dtype, row_stride(x) is not None, threads())
+    w = weight.detach()
+    runs = {"onednn": lambda: aten_conv3d.conv3d_backward(grad, x, w, stride, pads, False, True),
+            "winograd": lambda: winograd_weight_grad(x, grad, w),
+            "gemm": lambda: gemm_weight_grad(x, grad, w, stride, pads),
+            "space_to_depth": lambda: space_to_depth.weight_grad(x, grad, w, stride, pads)}
+    return autotune.fastest(key, lambda: [(name, runs[name]) for name in options])
 
 
-def winograd_weight_grad(x: torch.Tensor, grad: torch.Tensor, kernel: Triple = (3, 3, 3)) -> torch.Tensor:
-    """Weight gradient of a stride-1 SAME convolution with a Winograd ``kernel`` (3x3x3, 1x3x3, 3x1x1)
+def gemm_weight_grad(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, stride: Triple,
+                     pads: Pads) -> torch.Tensor:
+    """Weight gradient of ``conv3d(pad(x), weight, stride)`` as one GEMM: grad rows^T @ the im2col
+    columns of x (x's channels-last rows themselves for an unpadded stride-1 1x1x1 layer).
+
+    Args:
+        x: Tensor[N, Cin, T, H, W] (channels-last rows avoid a copy), float32 or bfloat16.
+        grad: Tensor[N, Cout, T', H', W'], x's dtype.
+        weight: Tensor[Cout, Cin, kT, kH, kW]: the shape and memory layout of the result.
+    Returns:
+        Tensor[Cout, Cin, kT, kH, kW] in x's dtype with weight's strides (contiguous or
+        channels_last_3d; else contiguous), so autograd accumulates it without a copy."""
+    cout, cin, *kernel = weight.shape
+    rows = grad.shape[0] * math.prod(grad.shape[2:])
+    grad_rows = grad.permute(0, 2, 3, 4, 1).reshape(rows, cout)
+    dense = weight.is_contiguous() or weight.is_contiguous(memory_format=CL)
+    out = torch.empty_like(weight, dtype=x.dtype) if dense else torch.empty(weight.shape, dtype=x.dtype)
+    channels_last = not out.is_contiguous()
+    if math.prod(kernel) == 1 and tuple(stride) == (1, 1, 1) and not any(p for pair in pads for p in pair):
+        torch.mm(grad_rows.t(), x.permute(0, 2, 3, 4, 1).reshape(rows, cin), out=out.view(cout, cin))
+        return out
+    (t0, t1), (h0, h1), (w0, w1) = pads
+    padded = torch.nn.functional.pad(x, (w0, w1, h0, h1, t0, t1)) if any(p for pair in pads for p in pair) else x
+    windows = padded.permute(0, 2, 3, 4, 1)
+    for dim, (k, s) in enumerate(zip(kernel, stride)):
+        windows = windows.unfold(1 + dim, k, s)  # [N, T', H', W', Cin, kT, kH, kW]
+    if channels_last:  # columns (kT, kH, kW, Cin): the weight's channels_last_3d order
+        torch.mm(grad_rows.t(), windows.permute(0, 1, 2, 3, 5, 6, 7, 4).reshape(rows, -1),
+                 out=out.permute(0, 2, 3, 4, 1).view(cout, -1))
+    else:
+        torch.mm(grad_rows.t(), windows.reshape(rows, -1), out=out.view(cout, -1))
+    return out
+
+
+def winograd_weight_grad(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor) -> Tuple[torch.Tensor, bool]:
+    """Weight gradient of a stride-1 SAME convolution with a Winograd kernel (3x3x3, 1x3x3, 3x1x1)
     of x Tensor[N, Cin, T, H, W] given its output gradient Tensor[N, Cout, T, H, W] (float32,
-    channels-last rows, channel slices read in place) -> Tensor[Cout, Cin, *kernel] (stored
-    input-channel-major, output channels contiguous)."""
+    channels-last rows, channel slices read in place) -> (Tensor[Cout, Cin, *kernel] float32 with
+    ``weight``'s strides where it is dense (so autograd accumulates it without a copy), whether any
+    element is inf or NaN)."""
     (x, ldx), (grad, ldg) = as_rows(x), as_rows(grad)
     n, cin, t, h, w = x.shape
-    cout = grad.shape[1]
-    dw = torch.empty((cin, *kernel, cout), dtype=torch.float32)
-    extension().winograd3d_weight_grad(x.data_ptr(), ldx, (n, t, h, w), cin, grad.data_ptr(), ldg, cout,
-                                       dw.data_ptr(), threads(), _whole_layer(x, kernel), kernel[0], kernel[1])
-    return dw.permute(4, 0, 1, 2, 3)
+    cout, kernel = grad.shape[1], winograd_kernel(weight)
+    dense = weight.is_contiguous() or weight.is_contiguous(memory_format=CL)
+    dw = torch.empty_like(weight, dtype=torch.float32) if dense else torch.empty(weight.shape, dtype=torch.float32)
+    nonfinite = extension().winograd3d_weight_grad(x.data_ptr(), ldx, (n, t, h, w), cin, grad.data_ptr(), ldg, cout,
+                                                   dw.data_ptr(), dw.stride(), threads(), _whole_layer(x, kernel),
+                                                   kernel[0], kernel[1])
+    return dw, nonfinite
 
 
 def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads,
                     need_input: bool, need_weight: bool):
-    """(grad_x or None, grad_weight or None) of the convolution, float32. For a Winograd-kernel
-    (3x3x3, 1x3x3, 3x1x1) stride-1 SAME convolution the data gradient is itself one (flipped, transposed weights) and runs on the
-    Winograd kernel where ``backend="auto"`` would pick it for that shape, and the weight gradient
-    runs on the Winograd weight-gradient kernel where :func:`winograd_weight_grad_rejected` allows;
-    everything else is :func:`i3d_fast.kernels.aten.conv3d.conv3d_backward`."""
+    """(grad_x or None, grad_weight or None) of the convolution, float32 or bfloat16. For a
+    Winograd-kernel (3x3x3, 1x3x3, 3x1x1) stride-1 SAME float32 convolution the data gradient is itself
+    one (flipped, transposed weights) and runs on the Winograd kernel where ``backend="auto"`` would
+    pick it for that shape; the weight gradient runs as :func:`weight_grad_method` chooses (Winograd,
+    one GEMM or oneDNN); everything else is :func:`i3d_fast.kernels.aten.conv3d.conv3d_backward`."""
     grad_x = grad_w = None
     kernel = winograd_kernel(weight)
-    if kernel:
-        if need_input:
-            swapped = weight.transpose(0, 1)  # the data-gradient weight's shape, for the checks
-            if unsupported(grad, swapped, stride, pads, None) is None and \
-                    slower_than_onednn(grad, swapped, transformed_per_call=True) is None:
-                grad_x = torch.empty(x.shape, dtype=torch.float32, memory_format=CL)
-                # a non-finite result (inf in the gradient) is left to oneDNN below, like the forward
-                need_input = conv3d_packed(grad, prepare_weight(weight, flipped=True), None, False,
-                                           [(grad_x, 0, x.shape[1])])
-        if need_weight and winograd_weight_grad_rejected(x, grad, weight, stride, pads) is None:
-            grad_w = winograd_weight_grad(x, grad, kernel).to(weight.dtype)
-            need_weight = not bool(torch.isfinite(grad_w).all())  # inf inputs: oneDNN's +-inf, not NaN
+    if kernel and need_input:
+        swapped = weight.transpose(0, 1)  # the data-gradient weight's shape, for the checks
+        if unsupported(grad, swapped, stride, pads, None) is None and \
+                slower_than_onednn(grad, swapped, transformed_per_call=True) is None:
+            grad_x = torch.empty(x.shape, dtype=torch.float32, memory_format=CL)
+            # a non-finite result (inf in the gradient) is left to oneDNN below, like the forward
+            need_input = conv3d_packed(grad, prepare_weight(weight, flipped=True), None, False,
+                                       [(grad_x, 0, x.shape[1])])
+    if need_weight:
+        method = weight_grad_method(x, grad, weight, stride, pads)
+        if method == "winograd":  # inf inputs: oneDNN's +-inf below, not the transforms' NaN
+            grad_w, need_weight = winograd_weight_grad(x, grad, weight)
+        elif method == "gemm":
+            grad_w, need_weight = gemm_weight_grad(x, grad, weight, stride, pads), False
+        elif method == "space_to_depth":
+            grad_w, need_weight = space_to_depth.weight_grad(x, grad, weight, stride, pads), False
     if need_input or need_weight:
         aten_x, aten_w = aten_conv3d.conv3d_backward(grad, x, weight, stride, pads, need_input, need_weight)
         grad_x = aten_x if need_input else grad_x

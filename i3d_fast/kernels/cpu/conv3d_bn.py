@@ -1,12 +1,15 @@
 """C++ Conv3d + training-mode BatchNorm + ReLU, channels-last, float32 or bfloat16 (autocast; the
 BatchNorm passes compute in float32, the bf16 convolutions are oneDNN's).
 
-Forward: the convolution on the C++ Winograd / GEMM kernels where they beat oneDNN for the shape
-(oneDNN elsewhere, e.g. the 7x7x7 stride-2 stem), then one C++ call for the batch statistics (one
-read of its output) and normalise + affine + ReLU (one pass) (csrc/cpu/batch_norm.cpp).
+Forward: the convolution on the C++ Winograd / GEMM kernels where they beat oneDNN for the shape,
+a strided one with few input channels (the 7x7x7 stride-2 stem) as a space-to-depth convolution
+where that measured faster (bf16; :mod:`.space_to_depth`), oneDNN elsewhere; then one C++ call for
+the batch statistics (one read of its output) and normalise + affine + ReLU (one pass)
+(csrc/cpu/batch_norm.cpp).
 Backward: one C++ call for BatchNorm's two reductions (one pass, the ReLU mask recomputed from the
 saved conv output) and its gradient (a second pass), then the convolution's data and weight
-gradients (Winograd for 3x3x3 stride-1 SAME, see :func:`.conv3d.conv3d_backward`; oneDNN else).
+gradients (see :func:`.conv3d.conv3d_backward`: Winograd, one GEMM, space-to-depth or oneDNN, as
+measured per layer).
 Saved for backward: the input, the weight and the conv output (not the normalised activation).
 """
 from __future__ import annotations
@@ -18,6 +21,7 @@ import torch
 from ...padding import Pads, Triple
 from ..aten import conv3d as aten_conv3d
 from . import conv3d as cpu_conv3d
+from . import space_to_depth
 from . import dtype_name, extension, threads
 
 CL = torch.channels_last_3d
@@ -27,6 +31,8 @@ def _conv(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads) -> 
     if cpu_conv3d.unsupported(x, weight, stride, pads, None) is None and \
             cpu_conv3d.slower_than_onednn(x, weight, transformed_per_call=True) is None:
         return cpu_conv3d.conv3d(x, weight, None, None, stride, pads, False)
+    if space_to_depth.rejected(x, weight, stride, pads) is None:
+        return space_to_depth.conv3d(x, weight, stride, pads)
     return aten_conv3d.conv3d(x, weight, None, None, stride, pads, False)
 
 

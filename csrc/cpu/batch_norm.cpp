@@ -1,7 +1,7 @@
 // Training-mode BatchNorm (+ ReLU) over the output of a convolution, on channels-last float32 or
 // bfloat16 rows (computed in float32, bf16 rounded once on store): z is [rows][C] with row stride ldz
 // (rows = N*T*H*W), so a channel slice of a wider tensor is read in place. batch_norm_forward makes the
-// first two passes below, batch_norm_backward the last two, each pass one read of its inputs, with the
+// first two passes below (batch_norm_apply the second alone), batch_norm_backward the last two, each pass one read of its inputs, with the
 // per-channel arithmetic between them in double:
 //
 //   stats                 sum(z - k) and sum((z - k)^2) per channel (k: the channel's first value,
@@ -211,6 +211,25 @@ void forward(const std::string& dtype, uintptr_t z, int64_t ldz, int64_t rows, i
   });
 }
 
+// The forward's second pass alone, with given statistics: the same y, bit for bit (a unit's output
+// recomputed from its saved z instead of being kept for backward).
+void apply(const std::string& dtype, uintptr_t z, int64_t ldz, int64_t rows, int64_t channels, uintptr_t mean_ptr,
+           uintptr_t var_ptr, uintptr_t gamma_ptr, uintptr_t beta_ptr, double eps, bool relu, uintptr_t y, int64_t ldy,
+           int threads) {
+  const Rows r{rows, channels};
+  check(r, std::min(ldz, ldy), "batch_norm_apply");
+  const float* var = as_ptr<const float>(var_ptr);
+  const float* gamma = as_ptr<const float>(gamma_ptr);
+  py::gil_scoped_release release;
+  std::vector<float> scale(channels);
+  for (int64_t c = 0; c < channels; ++c) scale[c] = bn_scale(gamma[c], var[c], eps);
+  dispatch_storage(dtype, "batch_norm_apply", [&](auto t) {
+    using T = decltype(t);
+    apply_impl(as_ptr<const T>(z), ldz, r, as_ptr<const float>(mean_ptr), scale.data(), as_ptr<const float>(beta_ptr),
+               relu, as_ptr<T>(y), ldy, std::max(threads, 1));
+  });
+}
+
 void backward(const std::string& dtype, uintptr_t g, int64_t ldg, uintptr_t z, int64_t ldz, int64_t rows,
               int64_t channels, uintptr_t mean_ptr, uintptr_t var_ptr, uintptr_t gamma_ptr, uintptr_t beta_ptr,
               double eps, bool relu, uintptr_t dz, int64_t lddz, uintptr_t dgamma_ptr, uintptr_t dbeta_ptr,
@@ -258,6 +277,11 @@ void register_batch_norm(py::module_& m) {
         "Training-mode BatchNorm (+ ReLU) of float32 / bfloat16 rows z (row stride ldz): batch mean and "
         "biased variance per channel into float32 mean / var (deterministic), then y = relu?((z - mean) * "
         "gamma / sqrt(var + eps) + beta) (row stride ldy). gamma, beta: float32.");
+  m.def("batch_norm_apply", &apply, py::arg("dtype"), py::arg("z"), py::arg("ldz"), py::arg("rows"),
+        py::arg("channels"), py::arg("mean"), py::arg("var"), py::arg("gamma"), py::arg("beta"), py::arg("eps"),
+        py::arg("relu"), py::arg("y"), py::arg("ldy"), py::arg("threads"),
+        "The second pass of batch_norm_forward alone, with the given float32 mean / var: y = relu?((z - mean) * "
+        "gamma / sqrt(var + eps) + beta), bit for bit the forward's.");
   m.def("batch_norm_backward", &backward, py::arg("dtype"), py::arg("grad"), py::arg("ldg"), py::arg("z"),
         py::arg("ldz"), py::arg("rows"), py::arg("channels"), py::arg("mean"), py::arg("var"), py::arg("gamma"),
         py::arg("beta"), py::arg("eps"), py::arg("relu"), py::arg("dz"), py::arg("lddz"), py::arg("dgamma"),

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..layers import MaxPool3d, Unit3D
-from ..ops import avg_pool3d
+from ..ops import avg_pool3d, recompute
 
 # Endpoint -> ("unit", out_channels, kernel, stride) | ("max", kernel, stride) | ("mixed", branch widths).
 # Branch widths are (b0, b1a, b1b, b2a, b2b, b3b).
@@ -79,7 +79,7 @@ class InceptionModule(nn.Module):
         self.out_channels = b0 + b1b + b2b + b3b
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))], dim=1)
+        return recompute.cat([self.b0(x), self.b1b(self.b1a(x)), self.b2b(self.b2a(x)), self.b3b(self.b3a(x))], dim=1)
 
 
 class InceptionI3d(nn.Module):

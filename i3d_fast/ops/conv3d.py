@@ -19,7 +19,7 @@ from ..kernels import cpu as cpu_kernels
 from ..kernels.aten import conv3d as aten_conv3d
 from ..kernels.cpu import conv3d as cpu_conv3d
 from ..kernels.reference import conv3d as reference_conv3d
-from . import _library, dispatch, selfcheck
+from . import _library, dispatch, recompute, selfcheck
 from .pool3d import max_pool3d
 from ..padding import Pads, PaddingArg, Triple, flat_pads, nested_pads, output_size, resolve_padding, triple
 
@@ -99,7 +99,7 @@ def _conv3d_fake(x, weight, scale, shift, stride, pads, relu, allow_tf32, backen
 
 def _setup_context(ctx, inputs, output):
     x, weight, scale, shift, stride, pads, relu, allow_tf32, backend = inputs
-    ctx.save_for_backward(x, weight, scale, shift, output if relu else None)
+    ctx.save_for_backward(recompute.save(ctx, x), weight, scale, shift, output if relu else None)
     ctx.stride, ctx.pads, ctx.relu, ctx.backend = stride, pads, relu, backend
 
 
@@ -117,6 +117,7 @@ def _backward_impl(backend: str, x: torch.Tensor):
 
 def _backward(ctx, grad):
     x, weight, scale, shift, y = ctx.saved_tensors
+    x = recompute.load(ctx, x)
     pads = nested_pads(ctx.pads)
     if ctx.relu:
         grad = grad * (y > 0)

@@ -24,6 +24,7 @@ disagrees warns once and runs on ATen from then on.
 """
 from __future__ import annotations
 
+import functools
 from typing import List, Optional, Sequence, Union
 
 import torch
@@ -33,7 +34,7 @@ from ..kernels import cpu as cpu_kernels
 from ..kernels.aten import conv3d_bn as aten_conv3d_bn
 from ..kernels.cpu import conv3d_bn as cpu_conv3d_bn
 from ..kernels.reference import conv3d_bn as reference_conv3d_bn
-from . import _library, dispatch, selfcheck
+from . import _library, dispatch, recompute, selfcheck
 from .conv3d import FLOATS, _out_shape, autocast_inputs, check_conv_args, check_tensor, conv3d
 from ..padding import PaddingArg, flat_pads, nested_pads
 
@@ -163,8 +164,12 @@ def _train_check(impl, x, weight, stride, pads, variant: str) -> Optional[str]:
 def _train(x, weight, bias, bn_weight, bn_bias, eps: float, stride: List[int], pads: List[int], relu: bool,
            backend: str):
     pads = nested_pads(pads)
-    return _impl(backend, x, weight, stride, pads).forward_train(x, weight, bn_weight, bn_bias, eps, tuple(stride),
-                                                                 pads, relu)
+    impl = _impl(backend, x, weight, stride, pads)
+    y, z, mean, var = impl.forward_train(x, weight, bn_weight, bn_bias, eps, tuple(stride), pads, relu)
+    if hasattr(impl, "normalize") and any(t.requires_grad for t in (x, weight, bn_weight, bn_bias)):
+        # the next op may save y as this recipe (see .recompute)
+        recompute.remember(y, functools.partial(impl.normalize, eps=eps, relu=relu), (z, mean, var, bn_weight, bn_bias))
+    return y, z, mean, var
 
 
 def _train_fake(x, weight, bias, bn_weight, bn_bias, eps, stride, pads, relu, backend):
@@ -178,7 +183,7 @@ def _train_fake(x, weight, bias, bn_weight, bn_bias, eps, stride, pads, relu, ba
 def _train_setup_context(ctx, inputs, output):
     x, weight, bias, bn_weight, bn_bias, eps, stride, pads, relu, backend = inputs
     _, z, mean, var = output
-    ctx.save_for_backward(x, weight, z, bn_weight, bn_bias, mean, var)
+    ctx.save_for_backward(recompute.save(ctx, x), weight, z, bn_weight, bn_bias, mean, var)
     ctx.bias = None if bias is None else (bias.shape, bias.dtype, bias.device)
     ctx.eps, ctx.stride, ctx.pads, ctx.relu, ctx.backend = eps, stride, pads, relu, backend
     ctx.mark_non_differentiable(z, mean, var)
@@ -189,6 +194,7 @@ def _train_backward(ctx, grad_y, grad_z, grad_mean, grad_var):
     if grad_y is None:
         return (None,) * 10
     x, weight, z, bn_weight, bn_bias, mean, var = ctx.saved_tensors
+    x = recompute.load(ctx, x)
     needs = ctx.needs_input_grad
     mask = [needs[0], needs[1], needs[3], needs[4]]
     backward = _train_backward_impl if _library.plain_eager(grad_y) else conv3d_bn_train_backward_op

@@ -17,7 +17,7 @@ from ..kernels.aten import pool3d as aten_pool3d
 from ..kernels.cpu import autotune
 from ..kernels.cpu import pool3d as cpu_pool3d
 from ..kernels.reference import pool3d as reference_pool3d
-from . import _library, dispatch, selfcheck
+from . import _library, dispatch, recompute, selfcheck
 from ..padding import PaddingArg, flat_pads, nested_pads, output_size, resolve_padding, triple
 
 FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -92,7 +92,11 @@ def _pool3d(x: torch.Tensor, mode: str, kernel: List[int], stride: List[int], pa
         return _empty_output(x, kernel, stride, pads)
     args = (x, mode, tuple(kernel), tuple(stride), nested_pads(pads))
     impl = _timed_choice(backend, impl, "pool3d", x, args[1:], lambda kernels: kernels.pool3d(*args))
-    return impl.pool3d(*args)
+    out = impl.pool3d(*args)
+    if mode == "max" and x.requires_grad:  # the next op may save out as this recipe (see .recompute)
+        recompute.remember(out, lambda x, pool=impl.pool3d, config=args[1:]: pool(x, *config), (x,),
+                           hold_plain=all(s == 1 for s in stride))
+    return out
 
 
 def _empty_output(x, kernel, stride, pads):
@@ -127,12 +131,12 @@ pool3d_backward_op = _library.define(
 
 def _setup_context(ctx, inputs, output):
     x, mode, kernel, stride, pads, backend = inputs
-    ctx.save_for_backward(x if mode == "max" else None)
+    ctx.save_for_backward(recompute.save(ctx, x) if mode == "max" else None)
     ctx.args = (list(x.shape), mode, kernel, stride, pads, backend)
 
 
 def _backward(ctx, grad_out):
-    (x,) = ctx.saved_tensors
+    x = recompute.load(ctx, ctx.saved_tensors[0])
     return pool3d_backward_op(grad_out, x, *ctx.args), None, None, None, None, None
 
 

@@ -34,14 +34,19 @@ def _normalised(zf, mean, scale, bn_bias, stat) -> torch.Tensor:
 def forward_train(x, weight, bn_weight, bn_bias, eps: float, stride: Triple, pads: Pads, relu: bool):
     """(y, z, mean, var): see :func:`i3d_fast.kernels.reference.conv3d_bn.forward_train`."""
     z = aten_conv3d.conv3d(x, weight, None, None, stride, pads, False)
+    var, mean = torch.var_mean(z.to(stat_dtype(z.dtype)), dim=DIMS, correction=0)
+    return normalize(z, mean, var, bn_weight, bn_bias, eps, relu), z, mean, var
+
+
+def normalize(z, mean, var, bn_weight, bn_bias, eps: float, relu: bool) -> torch.Tensor:
+    """y = relu?((z - mean) * gamma / sqrt(var + eps) + beta) in z's dtype (computed in float32 /
+    float64): :func:`forward_train`'s y, also when recomputed from its z for backward."""
     stat = stat_dtype(z.dtype)
-    zf = z.to(stat)
-    var, mean = torch.var_mean(zf, dim=DIMS, correction=0)
     scale, _ = scale_invstd(bn_weight, var, eps)
-    y = _normalised(zf, mean, scale, bn_bias, stat)
+    y = _normalised(z.to(stat), mean, scale, bn_bias, stat)
     if relu:
         y = y.relu_()
-    return y.to(z.dtype), z, mean, var
+    return y.to(z.dtype)
 
 
 def bn_relu_backward(grad, z, bn_weight, bn_bias, mean, var, eps: float, relu: bool):

@@ -56,6 +56,18 @@ def forward_train(x, weight, bn_weight, bn_bias, eps: float, stride: Triple, pad
     return y, z, mean, var
 
 
+def normalize(z, mean, var, bn_weight, bn_bias, eps: float, relu: bool) -> torch.Tensor:
+    """:func:`forward_train`'s y recomputed from its z, mean and var, bit for bit."""
+    z, ldz = cpu_conv3d.as_rows(z)
+    c = z.shape[1]
+    y = torch.empty(z.shape, dtype=z.dtype, memory_format=CL)
+    gamma, beta = _float32(bn_weight), _float32(bn_bias)
+    extension().batch_norm_apply(dtype_name(z.dtype), z.data_ptr(), ldz, z.numel() // c, c, _float32(mean).data_ptr(),
+                                 _float32(var).data_ptr(), gamma.data_ptr(), beta.data_ptr(), eps, relu, y.data_ptr(),
+                                 c, threads())
+    return y
+
+
 def backward_train(grad, x, weight, z, bn_weight, bn_bias, mean, var, eps: float, stride: Triple, pads: Pads,
                    relu: bool, mask: List[bool]) -> Tuple[Optional[torch.Tensor], ...]:
     """(grad_x, grad_weight, grad_bn_weight, grad_bn_bias), None where ``mask`` says not needed."""

@@ -718,13 +718,20 @@ def forward_train(x, weight, bn_weight, bn_bias, eps: float, stride: Triple, pad
     """(y, z, mean, var): see :func:`i3d_fast.kernels.reference.conv3d_bn.forward_train`. ``configs``
     forces GEMM tile configs ({"forward" | "dgrad" | "wgrad": Config}, each shipped for its variant)."""
     z, mean, var = conv3d_stats(x, weight, stride, pads, configs)
+    return normalize(z, mean, var, bn_weight, bn_bias, eps, relu), z, mean, var
+
+
+def normalize(z, mean, var, bn_weight, bn_bias, eps: float, relu: bool) -> torch.Tensor:
+    """y = relu?((z - mean) * scale + beta) in one pass over z (dense channels-last): :func:`forward_train`'s
+    y, also when recomputed from its z for backward."""
+    z = _rows(z)
     scale, _ = scale_invstd(bn_weight, var, eps)
     y = torch.empty_like(z)
     m, c = z.numel() // z.shape[1], z.shape[1]
-    args = (z, y, mean, _vector(scale), _vector(bn_bias), m, c, 0.0 if relu else float("-inf"))
+    args = (z, y, _vector(mean), _vector(scale), _vector(bn_bias), m, c, 0.0 if relu else float("-inf"))
     _launch(_bn_apply_kernel, _elementwise_grid(m, c, ELEMENTWISE.block_r), args, _elementwise_meta(c, z.dtype),
             ELEMENTWISE.num_warps, 1, z.device)
-    return y, z, mean, var
+    return y
 
 
 # -- backward -------------------------------------------------------------------------------------

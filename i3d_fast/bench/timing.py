@@ -1,6 +1,9 @@
 """Wall-clock timing: medians and quantiles over repeated runs, providers measured side by side."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
 import statistics
 import subprocess
@@ -88,6 +91,32 @@ def peak_rss_mb(fn: Callable[[], object]) -> float:
     """Growth of this process's peak resident set size while ``fn`` runs, in MiB. Meaningful only
     in a fresh process (see :func:`peak_memory_in_subprocess`): a peak reached earlier hides it."""
     before = _peak_rss_kib()
+    fn()
+    return (_peak_rss_kib() - before) / 1024
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise OSError("no VmRSS in /proc/self/status")
+
+
+def steady_peak_rss_mb(fn: Callable[[], object]) -> Optional[float]:
+    """Growth of the resident set's peak over a second call of ``fn``, in MiB: after a first call
+    (one-off work: kernel timing, caches), freed heap memory is handed back (glibc ``malloc_trim``)
+    and the peak is reset (``/proc/self/clear_refs``), so the number is what every later call needs
+    above what stays resident between calls. None where the peak cannot be reset."""
+    fn()
+    gc.collect()
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except (OSError, AttributeError):
+        return None
+    before = _rss_kib()
     fn()
     return (_peak_rss_kib() - before) / 1024
 

@@ -6,21 +6,22 @@ optimizer step). Both models are in train mode and channels_last_3d, as are thei
 timed interleaved in one process (same threads); the full-size fp32 case also times the plain model
 under ``torch.compile``. Cases: CPU fp32; CPU bf16 autocast, measured only
 where the CPU computes bf16 natively (avx512_bf16 or amx_bf16); CUDA bf16 autocast with
-``cudnn.benchmark``, "not measured" without a GPU. Each row gives clips/s and "peak MiB", the
-growth of peak memory over one step in a fresh process (CPU: resident set; CUDA: the caching
-allocator's peak). The CPU fp32 case adds "train-profile" rows: each provider's top ops by self
+``cudnn.benchmark``, "not measured" without a GPU. Each row gives clips/s and the growth of peak
+memory over one step in a fresh process (CPU: resident set; CUDA: the caching allocator's peak), see
+:data:`PEAK_COLUMNS`: a steady step ("peak MiB"), the same with glibc's mmap threshold fixed, and the
+first step, which also times each layer's kernel choice. The CPU fp32 case adds "train-profile" rows: each provider's top ops by self
 CPU time in one profiled step. The CPU run ends with ``i3d-fast train`` end to end on synthetic videos
 (:func:`pipeline_rows`): the data pipeline's cost against the step alone.
 
-Run as ``python -m i3d_fast.bench.train PROVIDER THREADS CASE_JSON`` it prints one provider's peak
-memory growth (MiB) in a fresh process; :func:`run` uses that for the "peak MiB" column.
+Run as ``python -m i3d_fast.bench.train PROVIDER THREADS CASE_JSON steady|first`` it prints one
+provider's peak memory growth (MiB) in a fresh process; :func:`run` uses that for the peak columns.
 """
 from __future__ import annotations
 
 import json
 import sys
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ from .plain_i3d import PlainInceptionI3d
 from .._cpu import has_native_bf16
 from .report import Row
 from .timing import (FIXED_MMAP_THRESHOLD, Timing, first_call_seconds, measure, measure_interleaved,
-                     peak_memory_in_subprocess, peak_rss_mb)
+                     peak_memory_in_subprocess, peak_rss_mb, steady_peak_rss_mb)
 
 SUITE = "train"
 CL = torch.channels_last_3d
@@ -41,6 +42,11 @@ OURS = "i3d_fast InceptionI3d"
 COMPILED = "PlainInceptionI3d + torch.compile (inductor)"
 PROVIDERS = (BASELINE, OURS)
 PROFILE_TOP = 8
+#: (column, which step, environment): the peak-memory columns, each measured in a fresh process. A
+#: steady step is the second (the first also times kernel choices); glibc's default malloc keeps
+#: freed heap memory resident, the fixed mmap threshold returns large blocks at once.
+PEAK_COLUMNS = (("peak MiB", "steady", None), ("peak MiB, fixed mmap threshold", "steady", FIXED_MMAP_THRESHOLD),
+                ("first-step peak MiB", "first", None))
 
 
 @dataclass(frozen=True)
@@ -103,11 +109,15 @@ def workload(provider: str, case: Case) -> Callable[[], torch.Tensor]:
     return step
 
 
-def peak_mib(fn: Callable[[], object], device: str) -> float:
-    """Growth of peak memory while ``fn`` runs, in MiB: the resident set on the CPU (meaningful in a
-    fresh process only), the caching allocator's peak on CUDA."""
+def peak_mib(fn: Callable[[], object], device: str, steady: bool) -> Optional[float]:
+    """Growth of peak memory over one call of ``fn``, in MiB: the resident set on the CPU (in a fresh
+    process), the caching allocator's peak on CUDA. ``steady``: over a second call (see
+    :func:`.timing.steady_peak_rss_mb`), else over the first (which includes one-off work such as
+    timing kernel choices)."""
     if device != "cuda":
-        return peak_rss_mb(fn)
+        return steady_peak_rss_mb(fn) if steady else peak_rss_mb(fn)
+    if steady:
+        fn()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     before = torch.cuda.memory_allocated()
@@ -150,8 +160,8 @@ def _case_rows(case: Case, repeat: int,
             extra["compile s"] = round(compile_s[provider], 1)
         if provider in PROVIDERS:
             args = (__name__, str(i), str(torch.get_num_threads()), json.dumps(asdict(case)))
-            for label, env in (("peak MiB", None), ("peak MiB, fixed mmap threshold", FIXED_MMAP_THRESHOLD)):
-                peak = peak_memory_in_subprocess(*args, env=env)
+            for label, when, env in PEAK_COLUMNS:
+                peak = peak_memory_in_subprocess(*args, when, env=env)
                 if peak is not None:
                     extra[label] = round(peak, 1)
         rows.append(Row(SUITE, case.name, provider, timing, baseline=provider == BASELINE, extra=extra))
@@ -232,7 +242,10 @@ def run(quick: bool = False, device: str = "cpu") -> List[Row]:
 
 
 if __name__ == "__main__":
-    provider, threads, case_json = sys.argv[1:]
+    provider, threads, case_json, when = sys.argv[1:]
     torch.set_num_threads(int(threads))
     case = Case(**json.loads(case_json))
-    print(peak_mib(workload(PROVIDERS[int(provider)], case), case.device))
+    peak = peak_mib(workload(PROVIDERS[int(provider)], case), case.device, steady=when == "steady")
+    if peak is None:
+        sys.exit("the resident set's peak cannot be reset here (/proc/self/clear_refs)")
+    print(peak)

@@ -15,9 +15,9 @@ TINY = train.Case(batch=1, frames=8, size=64, adaptive_head=True)
 @pytest.mark.parametrize("bf16, rel", [(False, 1e-4), (True, 2e-2)])
 def test_train_steps_of_both_providers_give_the_same_finite_loss(bf16, rel):
     case = replace(TINY, bf16=bf16)
-    plain, ours = (train.workload(p, case)() for p in train.PROVIDERS)
+    plain, ours, keeping = (train.workload(p, case)() for p in train.PROVIDERS)
     assert math.isfinite(plain.item()) and math.isfinite(ours.item())
-    assert ours.item() == pytest.approx(plain.item(), rel=rel)
+    assert ours.item() == pytest.approx(plain.item(), rel=rel) and ours.item() == keeping.item()
 
 
 def test_train_suite_rows(monkeypatch):
@@ -28,11 +28,12 @@ def test_train_suite_rows(monkeypatch):
     monkeypatch.setitem(train.PIPELINE_CASE, True, (2, 32, 24, 4, 2))
     rows = bench.SUITES["train"](quick=True)
     steps, ops = [r for r in rows if r.suite == "train"], [r for r in rows if r.suite == "train-profile"]
-    assert [(r.provider, r.baseline) for r in steps[:2]] == [(train.BASELINE, True), (train.OURS, False)]
+    assert [(r.provider, r.baseline) for r in steps[:3]] == [(train.BASELINE, True), (train.OURS, False),
+                                                             (train.OURS_KEEPING, False)]
     assert all(r.extra["peak MiB"] == 12.5 and r.extra["peak MiB, fixed mmap threshold"] == 10.0
-               and r.extra["first-step peak MiB"] == 20.0 and r.extra["clips/s"] > 0 for r in steps[:2])
-    assert [r.timing for r in steps[2:4]] == [None, None] and steps[3].note.startswith("not measured")
-    pipeline = steps[4:]  # i3d-fast train end to end (4 steps per epoch), after the step alone
+               and r.extra["first-step peak MiB"] == 20.0 and r.extra["clips/s"] > 0 for r in steps[:3])
+    assert [r.timing for r in steps[3:5]] == [None, None] and steps[4].note.startswith("not measured")
+    pipeline = steps[5:]  # i3d-fast train end to end (4 steps per epoch), after the step alone
     assert [r.baseline for r in pipeline] == [True, False] and len({r.case for r in pipeline}) == 1
     assert pipeline[1].provider.startswith("i3d-fast train") and pipeline[1].timing.runs == 4
     assert all(r.timing.median_ms > 0 and r.extra["clips/s"] > 0 for r in pipeline)

@@ -2,23 +2,27 @@
 (:class:`.plain_i3d.PlainInceptionI3d`) with the same weights.
 
 One step is ``zero_grad(set_to_none=True)``, forward, cross-entropy on 400 classes and backward (no
-optimizer step). Both models are in train mode and channels_last_3d, as are their inputs, and are
-timed interleaved in one process (same threads); the full-size fp32 case also times the plain model
-under ``torch.compile``. Cases: CPU fp32; CPU bf16 autocast, measured only
-where the CPU computes bf16 natively (avx512_bf16 or amx_bf16); CUDA bf16 autocast with
-``cudnn.benchmark``, "not measured" without a GPU. Each row gives clips/s and the growth of peak
-memory over one step in a fresh process (CPU: resident set; CUDA: the caching allocator's peak), see
-:data:`PEAK_COLUMNS`: a steady step ("peak MiB"), the same with glibc's mmap threshold fixed, and the
-first step, which also times each layer's kernel choice. The CPU fp32 case adds "train-profile" rows: each provider's top ops by self
-CPU time in one profiled step. The CPU run ends with ``i3d-fast train`` end to end on synthetic videos
-(:func:`pipeline_rows`): the data pipeline's cost against the step alone.
+optimizer step). The models are in train mode and channels_last_3d, as are their inputs, and are timed
+interleaved in one process (same threads): the plain model, ours as it runs by default (activations
+it can remake are remade in backward, see :mod:`i3d_fast.ops.recompute`) and ours keeping them
+(``I3D_FAST_RECOMPUTE=0``: faster, more memory); the full-size fp32 case also times the plain model
+under ``torch.compile``. Cases: CPU fp32; CPU bf16 autocast, measured only where the CPU computes
+bf16 natively (avx512_bf16 or amx_bf16); CUDA bf16 autocast with ``cudnn.benchmark``, "not measured"
+without a GPU. Each row gives clips/s and the growth of peak memory over one step in a fresh process
+(CPU: resident set; CUDA: the caching allocator's peak), see :data:`PEAK_COLUMNS`: a steady step
+("peak MiB"), the same with glibc's mmap threshold fixed, and the first step, which also times each
+layer's kernel choice. The CPU fp32 case adds "train-profile" rows: the plain model's and ours' top
+ops by self CPU time in one profiled step. The CPU run ends with ``i3d-fast train`` end to end on
+synthetic videos (:func:`pipeline_rows`): the data pipeline's cost against the step alone.
 
 Run as ``python -m i3d_fast.bench.train PROVIDER THREADS CASE_JSON steady|first`` it prints one
 provider's peak memory growth (MiB) in a fresh process; :func:`run` uses that for the peak columns.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, replace
 from typing import Callable, List, Optional, Tuple
@@ -40,7 +44,8 @@ NUM_CLASSES = 400
 BASELINE = "PlainInceptionI3d (plain PyTorch)"
 OURS = "i3d_fast InceptionI3d"
 COMPILED = "PlainInceptionI3d + torch.compile (inductor)"
-PROVIDERS = (BASELINE, OURS)
+OURS_KEEPING = "i3d_fast InceptionI3d, activations kept (I3D_FAST_RECOMPUTE=0)"
+PROVIDERS = (BASELINE, OURS, OURS_KEEPING)
 PROFILE_TOP = 8
 #: (column, which step, environment): the peak-memory columns, each measured in a fresh process. A
 #: steady step is the second (the first also times kernel choices); glibc's default malloc keeps
@@ -101,12 +106,27 @@ def workload(provider: str, case: Case) -> Callable[[], torch.Tensor]:
 
     def step() -> torch.Tensor:
         model.zero_grad(set_to_none=True)
-        with torch.autocast(case.device, dtype=torch.bfloat16, enabled=case.bf16):
+        with _recompute_switch(provider != OURS_KEEPING), \
+                torch.autocast(case.device, dtype=torch.bfloat16, enabled=case.bf16):
             loss = F.cross_entropy(model(x), labels)
         loss.backward()
         return loss.detach()
 
     return step
+
+
+@contextlib.contextmanager
+def _recompute_switch(enabled: bool):
+    """``I3D_FAST_RECOMPUTE`` set for the forward (where ops decide what to save), then restored."""
+    before = os.environ.get("I3D_FAST_RECOMPUTE")
+    os.environ["I3D_FAST_RECOMPUTE"] = "1" if enabled else "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["I3D_FAST_RECOMPUTE"]
+        else:
+            os.environ["I3D_FAST_RECOMPUTE"] = before
 
 
 def peak_mib(fn: Callable[[], object], device: str, steady: bool) -> Optional[float]:
@@ -128,9 +148,9 @@ def peak_mib(fn: Callable[[], object], device: str, steady: bool) -> Optional[fl
 
 def profile_rows(steps: List[Callable[[], object]]) -> List[Row]:
     """Each provider's top :data:`PROFILE_TOP` ops by self CPU time in one profiled step (warm
-    ``steps``, in :data:`PROVIDERS` order), with their share of the step's total self CPU time."""
+    ``steps`` of the baseline and ours), with their share of the step's total self CPU time."""
     rows = []
-    for provider, step in zip(PROVIDERS, steps):
+    for provider, step in zip(PROVIDERS[:2], steps):
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             step()
         ops = prof.key_averages()

@@ -331,3 +331,29 @@ def test_cpu_output_larger_than_input(op):
         op(leaf, 3, 1, 2, backend=b).backward(grad_out)
         grads.append(leaf.grad)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kernel, stride, padding", WIDE_CONFIGS + [((2, 12, 12), (1, 1, 1), "valid")])
+def test_cpu_training_max_pool_saves_its_taps_not_its_input(kernel, stride, padding, dtype):
+    """In training the C++ max pool records each window's first-maximum tap (uint8; int32 past 256 taps)
+    and saves that instead of x: the same output as the plain forward (ties, +-inf, NaN) and the same
+    gradient as recomputing the taps from x."""
+    from i3d_fast.kernels.cpu import pool3d as cpu_pool3d
+    from i3d_fast.padding import resolve_padding
+
+    x = _nasty((2, 37, 5, 13, 12), torch.float64).to(dtype).contiguous(memory_format=torch.channels_last_3d)
+    plain = max_pool3d(x, kernel, stride, padding, backend="cpu")
+    saved = []
+    leaf = x.clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = max_pool3d(leaf, kernel, stride, padding, backend="cpu")
+    bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
+    assert torch.equal(y.reshape(-1).view(bits), plain.reshape(-1).view(bits))  # bit for bit, NaNs too
+    wide = kernel[0] * kernel[1] * kernel[2] > 256
+    assert [(t.dtype, t.shape) for t in saved] == [(torch.int32 if wide else torch.uint8, y.shape)]
+    grad_out = torch.randn(y.shape).to(dtype)
+    y.backward(grad_out)
+    pads = resolve_padding(x.shape[2:], kernel, stride, padding)
+    from_x = cpu_pool3d.pool3d_backward(grad_out, x, tuple(x.shape), "max", kernel, stride, pads)
+    assert torch.equal(leaf.grad, from_x)

@@ -19,8 +19,9 @@
 // Backward is a gather (no atomics, no zero fill, one store per input element): each input cell
 // sums the gradients of the few output windows that cover it, in ascending window order, so the
 // result is deterministic. Max pooling first records, per output element, which tap of its window
-// holds the first maximum, recomputed from the saved input: a transient uint8 per output element
-// (int32 for windows of more than 256 taps), where ATen keeps an int64 index tensor.
+// holds the first maximum: a uint8 per output element (int32 for windows of more than 256 taps), where
+// ATen keeps an int64 index tensor; either recorded by the forward (max_pool3d_forward_indexed, kept
+// for backward instead of the input) or recomputed from the saved input.
 #include <omp.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -570,8 +571,9 @@ inline void argmax_regs(const T* x, const Taps& k, int64_t C, int n, int64_t fir
   if (__builtin_expect(any_nan(nan), 0)) argmax_exact<T, R, kFull>(x, k, C, n, first_tap, kH, kW, best, where);
 }
 
+// The window's first maximum into idx, and its value into vals unless that is null.
 template <typename T, typename I, int R, bool kFull>
-inline void argmax_vectors(const T* x, I* idx, const Taps& k, int64_t C, int n, int64_t first_tap,
+inline void argmax_vectors(const T* x, T* vals, I* idx, const Taps& k, int64_t C, int n, int64_t first_tap,
                            int64_t kH, int64_t kW) {
   using A = typename Acc<T>::type;
   constexpr int L = Simd<A>::L;
@@ -579,7 +581,10 @@ inline void argmax_vectors(const T* x, I* idx, const Taps& k, int64_t C, int n, 
   typename Simd<A>::M where[R];
   argmax_regs<T, R, kFull>(x, k, C, n, first_tap, kH, kW, best, where);
 #pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) store_index<A, kFull>(idx + r * L, where[r], n);
+  for (int r = 0; r < R; ++r) {
+    store_index<A, kFull>(idx + r * L, where[r], n);
+    if (vals != nullptr) store<A, kFull>(vals + r * L, best[r], n);
+  }
 }
 
 // Argmax of the (h, w) window of one input plane, folded into the outputs whose T window holds the
@@ -684,27 +689,16 @@ std::vector<A> inverse_counts(int64_t out, int64_t stride, int64_t pad, int64_t 
   return inv;
 }
 
-template <typename T, typename I, bool kMax>
-void pool_backward_impl(const T* grad_out, const T* x, T* grad_in, const PoolGeometry& g, int threads) {
+// Max pooling's first maximum per output element: vals (the window maxima, storage type T) and idx
+// (the tap of the window holding the first one, in (t, h, w) order).
+template <typename T, typename I>
+void max_index_pass(const T* x, T* vals, I* idx, const PoolGeometry& g, int threads) {
   using A = typename Acc<T>::type;
   constexpr int L = Simd<A>::L;
   const int64_t C = g.C, kT = g.kernel[0], kH = g.kernel[1], kW = g.kernel[2];
-  std::unique_ptr<I[]> idx(kMax ? new I[g.N * g.OT * g.OH * g.OW * C] : nullptr);
-  std::vector<A> inv_t, inv_h, inv_w;
-  if (!kMax) {
-    inv_t = inverse_counts<A>(g.OT, g.stride[0], g.pad[0], kT, g.T);
-    inv_h = inverse_counts<A>(g.OH, g.stride[1], g.pad[1], kH, g.H);
-    inv_w = inverse_counts<A>(g.OW, g.stride[2], g.pad[2], kW, g.W);
-  }
   const Tasks out_tasks = split_tasks(g.N * g.OT * g.OH, C, threads, kBlock * L);
-  const Tasks in_tasks = split_tasks(g.N * g.T * g.H, C, threads, kBlock * L);
   const Tasks fold_tasks = split_tasks(g.N * g.OH, C, threads, L);
-  const bool fold = kMax && use_fold(g);
-  // The fold keeps running maxima in storage type T: in grad_in (written only by the gather that
-  // follows) when the output is not larger than the input (large padding can make it larger).
-  const int64_t out_numel = g.N * g.OT * g.OH * g.OW * C;
-  std::unique_ptr<T[]> own_vals(fold && out_numel > g.N * g.T * g.H * g.W * C ? new T[out_numel] : nullptr);
-  T* vals = own_vals ? own_vals.get() : grad_in;
+  const bool fold = use_fold(g);
 #pragma omp parallel num_threads(threads)
   {
     if (fold) {
@@ -737,7 +731,7 @@ void pool_backward_impl(const T* grad_out, const T* x, T* grad_in, const PoolGeo
               I* q[kMaxFolds];
               for (int j = 0; j < nouts; ++j) {
                 v[j] = vals + o + j * plane + c;
-                q[j] = idx.get() + o + j * plane + c;
+                q[j] = idx + o + j * plane + c;
               }
               fold_argmax_vectors<T, I, decltype(R)::value, decltype(full)::value>(
                   p + c, v, q, first, tap_t, nouts, k, C, lanes, first_tap, kH, kW);
@@ -745,7 +739,7 @@ void pool_backward_impl(const T* grad_out, const T* x, T* grad_in, const PoolGeo
           }
         }
       }
-    } else if (kMax) {
+    } else {
 #pragma omp for schedule(dynamic, 1)
       for (int64_t task = 0; task < out_tasks.count; ++task) {
         const int64_t row = task / out_tasks.chunks;
@@ -758,53 +752,90 @@ void pool_backward_impl(const T* grad_out, const T* x, T* grad_in, const PoolGeo
           const Taps k{st.hi - st.lo, sh.hi - sh.lo, sw.hi - sw.lo, g.H * g.W * C, g.W * C};
           const int64_t first_tap = ((st.lo - st.start) * kH + (sh.lo - sh.start)) * kW + (sw.lo - sw.start);
           const T* p = x + g.in_offset(n, st.lo, sh.lo, sw.lo);
-          I* q = idx.get() + g.out_offset(n, ot, oh, ow);
+          const int64_t o = g.out_offset(n, ot, oh, ow);
           channel_vectors<L>(c0, c1, [&](auto R, auto full, int64_t c, int lanes) {
-            argmax_vectors<T, I, decltype(R)::value, decltype(full)::value>(p + c, q + c, k, C, lanes,
-                                                                              first_tap, kH, kW);
+            argmax_vectors<T, I, decltype(R)::value, decltype(full)::value>(
+                p + c, vals == nullptr ? nullptr : vals + o + c, idx + o + c, k, C, lanes, first_tap, kH, kW);
           });
         }
-      }
-    }  // implicit barrier: every index is written before the gather reads it
-
-#pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < in_tasks.count; ++task) {
-      const int64_t row = task / in_tasks.chunks;
-      const int64_t c0 = task % in_tasks.chunks * in_tasks.chunk, c1 = std::min(C, c0 + in_tasks.chunk);
-      const int64_t h = row % g.H, t = row / g.H % g.T, n = row / (g.H * g.T);
-      const Cover ct = covering(t, g.stride[0], g.pad[0], kT, g.OT);
-      const Cover ch = covering(h, g.stride[1], g.pad[1], kH, g.OH);
-      for (int64_t w = 0; w < g.W; ++w) {
-        const Cover cw = covering(w, g.stride[2], g.pad[2], kW, g.OW);
-        const int64_t nt = std::max<int64_t>(ct.hi - ct.lo, 0), nh = std::max<int64_t>(ch.hi - ch.lo, 0),
-                      nw = std::max<int64_t>(cw.hi - cw.lo, 0);
-        const int64_t tap0 = ((t + g.pad[0] - ct.lo * g.stride[0]) * kH + (h + g.pad[1] - ch.lo * g.stride[1])) * kW +
-                             (w + g.pad[2] - cw.lo * g.stride[2]);
-        const Covers v{nt, nh, nw, g.OH * g.OW * C, g.OW * C, tap0, g.stride[0] * kH * kW, g.stride[1] * kW,
-                       g.stride[2]};
-        const int64_t o = g.out_offset(n, std::min(ct.lo, g.OT - 1), std::min(ch.lo, g.OH - 1),
-                                       std::min(cw.lo, g.OW - 1));
-        T* gin = grad_in + g.in_offset(n, t, h, w);
-        channel_vectors<L>(c0, c1, [&](auto R, auto full, int64_t c, int lanes) {
-          if constexpr (kMax)
-            max_grad_vectors<T, I, decltype(R)::value, decltype(full)::value>(grad_out + o + c, idx.get() + o + c,
-                                                                               gin + c, v, C, lanes);
-          else
-            avg_grad_vectors<T, decltype(R)::value, decltype(full)::value>(
-                grad_out + o + c, gin + c, v, C, lanes, inv_t.data() + ct.lo, inv_h.data() + ch.lo,
-                inv_w.data() + cw.lo);
-        });
       }
     }
   }
 }
 
+// The gradient as a gather: each input cell sums, in ascending window order, the output gradients
+// of the windows covering it (max: only those whose recorded tap is this cell).
+template <typename T, typename I, bool kMax>
+void gather_pass(const T* grad_out, const I* idx, T* grad_in, const PoolGeometry& g, int threads) {
+  using A = typename Acc<T>::type;
+  constexpr int L = Simd<A>::L;
+  const int64_t C = g.C, kT = g.kernel[0], kH = g.kernel[1], kW = g.kernel[2];
+  std::vector<A> inv_t, inv_h, inv_w;
+  if (!kMax) {
+    inv_t = inverse_counts<A>(g.OT, g.stride[0], g.pad[0], kT, g.T);
+    inv_h = inverse_counts<A>(g.OH, g.stride[1], g.pad[1], kH, g.H);
+    inv_w = inverse_counts<A>(g.OW, g.stride[2], g.pad[2], kW, g.W);
+  }
+  const Tasks in_tasks = split_tasks(g.N * g.T * g.H, C, threads, kBlock * L);
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+  for (int64_t task = 0; task < in_tasks.count; ++task) {
+    const int64_t row = task / in_tasks.chunks;
+    const int64_t c0 = task % in_tasks.chunks * in_tasks.chunk, c1 = std::min(C, c0 + in_tasks.chunk);
+    const int64_t h = row % g.H, t = row / g.H % g.T, n = row / (g.H * g.T);
+    const Cover ct = covering(t, g.stride[0], g.pad[0], kT, g.OT);
+    const Cover ch = covering(h, g.stride[1], g.pad[1], kH, g.OH);
+    for (int64_t w = 0; w < g.W; ++w) {
+      const Cover cw = covering(w, g.stride[2], g.pad[2], kW, g.OW);
+      const int64_t nt = std::max<int64_t>(ct.hi - ct.lo, 0), nh = std::max<int64_t>(ch.hi - ch.lo, 0),
+                    nw = std::max<int64_t>(cw.hi - cw.lo, 0);
+      const int64_t tap0 = ((t + g.pad[0] - ct.lo * g.stride[0]) * kH + (h + g.pad[1] - ch.lo * g.stride[1])) * kW +
+                           (w + g.pad[2] - cw.lo * g.stride[2]);
+      const Covers v{nt, nh, nw, g.OH * g.OW * C, g.OW * C, tap0, g.stride[0] * kH * kW, g.stride[1] * kW,
+                     g.stride[2]};
+      const int64_t o = g.out_offset(n, std::min(ct.lo, g.OT - 1), std::min(ch.lo, g.OH - 1),
+                                     std::min(cw.lo, g.OW - 1));
+      T* gin = grad_in + g.in_offset(n, t, h, w);
+      channel_vectors<L>(c0, c1, [&](auto R, auto full, int64_t c, int lanes) {
+        if constexpr (kMax)
+          max_grad_vectors<T, I, decltype(R)::value, decltype(full)::value>(grad_out + o + c, idx + o + c, gin + c,
+                                                                             v, C, lanes);
+        else
+          avg_grad_vectors<T, decltype(R)::value, decltype(full)::value>(
+              grad_out + o + c, gin + c, v, C, lanes, inv_t.data() + ct.lo, inv_h.data() + ch.lo,
+              inv_w.data() + cw.lo);
+      });
+    }
+  }
+}
+
+// Max: the tap indices are `index` when given (recorded by the forward), else recomputed from x
+// into a transient buffer (the running maxima of the fold kept in grad_in, which the gather then
+// overwrites, when the output is not larger than the input).
+template <typename T, typename I, bool kMax>
+void pool_backward_impl(const T* grad_out, const T* x, const I* index, T* grad_in, const PoolGeometry& g,
+                        int threads) {
+  if (!kMax) return gather_pass<T, I, false>(grad_out, nullptr, grad_in, g, threads);
+  const int64_t out_numel = g.N * g.OT * g.OH * g.OW * g.C;
+  std::unique_ptr<I[]> own_idx(index == nullptr ? new I[out_numel] : nullptr);
+  if (index == nullptr) {
+    const bool own = use_fold(g) && out_numel > g.N * g.T * g.H * g.W * g.C;
+    std::unique_ptr<T[]> own_vals(own ? new T[out_numel] : nullptr);
+    max_index_pass<T, I>(x, own_vals ? own_vals.get() : use_fold(g) ? grad_in : nullptr, own_idx.get(), g, threads);
+    index = own_idx.get();
+  }
+  gather_pass<T, I, true>(grad_out, index, grad_in, g, threads);
+}
+
+// Tap indices are uint8 for windows of up to 256 taps, int32 beyond.
+bool wide_index(const PoolGeometry& g) { return g.kernel[0] * g.kernel[1] * g.kernel[2] > 256; }
+
 template <typename T, bool kMax>
-void pool_backward(const T* grad_out, const T* x, T* grad_in, const PoolGeometry& g, int threads) {
-  if (!kMax || g.kernel[0] * g.kernel[1] * g.kernel[2] <= 256)
-    pool_backward_impl<T, uint8_t, kMax>(grad_out, x, grad_in, g, threads);
+void pool_backward(const T* grad_out, const T* x, const void* index, T* grad_in, const PoolGeometry& g,
+                   int threads) {
+  if (!kMax || !wide_index(g))
+    pool_backward_impl<T, uint8_t, kMax>(grad_out, x, static_cast<const uint8_t*>(index), grad_in, g, threads);
   else
-    pool_backward_impl<T, int32_t, kMax>(grad_out, x, grad_in, g, threads);
+    pool_backward_impl<T, int32_t, kMax>(grad_out, x, static_cast<const int32_t*>(index), grad_in, g, threads);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -845,22 +876,38 @@ void pool3d_forward(const std::string& mode, uintptr_t x, uintptr_t y, const std
   });
 }
 
+void max_pool3d_forward_indexed(uintptr_t x, uintptr_t y, uintptr_t index, const std::string& dtype,
+                                const std::array<int64_t, 5>& in_ndhwc, const Int3& out_dhw, const Int3& kernel,
+                                const Int3& stride, const Int3& pad, int threads) {
+  const PoolGeometry g = make_geometry(in_ndhwc, out_dhw, kernel, stride, pad);
+  threads = worth_threads(threads, tap_visits(g));
+  py::gil_scoped_release release;
+  dispatch_float(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if (wide_index(g))
+      max_index_pass<T, int32_t>(as_ptr<const T>(x), as_ptr<T>(y), as_ptr<int32_t>(index), g, threads);
+    else
+      max_index_pass<T, uint8_t>(as_ptr<const T>(x), as_ptr<T>(y), as_ptr<uint8_t>(index), g, threads);
+  });
+}
+
 void pool3d_backward(const std::string& mode, uintptr_t grad_out, uintptr_t x, uintptr_t grad_in,
                      const std::string& dtype, const std::array<int64_t, 5>& in_ndhwc,
                      const Int3& out_dhw, const Int3& kernel, const Int3& stride, const Int3& pad,
-                     int threads) {
+                     int threads, uintptr_t index) {
   const PoolGeometry g = make_geometry(in_ndhwc, out_dhw, kernel, stride, pad);
   const bool is_max = mode == "max";
   if (!is_max && mode != "avg") throw std::invalid_argument("pool3d: mode must be 'max' or 'avg'");
-  threads = worth_threads(threads, 2 * tap_visits(g));
+  if (is_max && x == 0 && index == 0) throw std::invalid_argument("pool3d_backward: max needs x or index");
+  threads = worth_threads(threads, (index ? 1 : 2) * tap_visits(g));
   py::gil_scoped_release release;
   dispatch_float(dtype, [&](auto tag) {
     using T = decltype(tag);
     if (is_max)
-      pool_backward<T, true>(as_ptr<const T>(grad_out), as_ptr<const T>(x), as_ptr<T>(grad_in), g,
-                             threads);
+      pool_backward<T, true>(as_ptr<const T>(grad_out), as_ptr<const T>(x), as_ptr<const void>(index),
+                             as_ptr<T>(grad_in), g, threads);
     else
-      pool_backward<T, false>(as_ptr<const T>(grad_out), nullptr, as_ptr<T>(grad_in), g, threads);
+      pool_backward<T, false>(as_ptr<const T>(grad_out), nullptr, nullptr, as_ptr<T>(grad_in), g, threads);
   });
 }
 
@@ -874,9 +921,16 @@ void register_pool3d(py::module_& m) {
         "pad = padding cells before the input per (T, H, W); windows are clipped to real cells.");
   m.def("pool3d_backward", &pool3d_backward, py::arg("mode"), py::arg("grad_out"), py::arg("x"),
         py::arg("grad_in"), py::arg("dtype"), py::arg("in_ndhwc"), py::arg("out_dhw"),
-        py::arg("kernel"), py::arg("stride"), py::arg("pad"), py::arg("threads"),
-        "Gradient of pool3d_forward (a gather: every input element is written once); max recomputes "
-        "the first maximum of each window from x into a transient uint8 tap index.");
+        py::arg("kernel"), py::arg("stride"), py::arg("pad"), py::arg("threads"), py::arg("index") = 0,
+        "Gradient of pool3d_forward (a gather: every input element is written once); max takes the first "
+        "maximum of each window from index (max_pool3d_forward_indexed's) or, when index is 0, recomputes it "
+        "from x into a transient tap index.");
+  m.def("max_pool3d_forward_indexed", &max_pool3d_forward_indexed, py::arg("x"), py::arg("y"), py::arg("index"),
+        py::arg("dtype"), py::arg("in_ndhwc"), py::arg("out_dhw"), py::arg("kernel"), py::arg("stride"),
+        py::arg("pad"), py::arg("threads"),
+        "Max pooling of a contiguous NDHWC buffer x into y that also records, per output element, the tap of its "
+        "window holding the first maximum (t, h, w order) into index: uint8, or int32 for windows of more than "
+        "256 taps. Same y as pool3d_forward.");
 }
 
 }  // namespace i3d

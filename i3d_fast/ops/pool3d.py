@@ -1,6 +1,9 @@
 """3D max and average pooling: TF "SAME", "VALID" or explicit padding, padded cells ignored.
 
-One custom op ``i3d_fast::pool3d`` (and its backward) serves both modes on every backend:
+One custom op ``i3d_fast::pool3d`` (and its backward) serves both modes on every backend. In eager
+training the C++ max pool records each window's first-maximum tap (uint8 per output; int32 for
+windows of more than 256 taps) and saves that for backward instead of its input; the other backends
+save the input (or its recipe, see :mod:`.recompute`) and recompute the argmax from it. Backends:
 ``triton`` (CUDA; CPU tensors only through TRITON_INTERPRET=1 when asked for by name), ``cpu``
 (C++), ``aten`` (stock ATen ops: the baseline and the fallback on other devices) and ``reference``
 (plain PyTorch windows, float64-capable: the test oracle).
@@ -11,6 +14,7 @@ from __future__ import annotations
 from typing import List, Optional, Sequence, Union
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from ..kernels import cpu as cpu_kernels
 from ..kernels.aten import pool3d as aten_pool3d
@@ -92,11 +96,21 @@ def _pool3d(x: torch.Tensor, mode: str, kernel: List[int], stride: List[int], pa
         return _empty_output(x, kernel, stride, pads)
     args = (x, mode, tuple(kernel), tuple(stride), nested_pads(pads))
     impl = _timed_choice(backend, impl, "pool3d", x, args[1:], lambda kernels: kernels.pool3d(*args))
-    out = impl.pool3d(*args)
-    if mode == "max" and x.requires_grad:  # the next op may save out as this recipe (see .recompute)
-        recompute.remember(out, lambda x, pool=impl.pool3d, config=args[1:]: pool(x, *config), (x,),
-                           hold_plain=all(s == 1 for s in stride))
+    if mode != "max" or not x.requires_grad or not _library.plain_eager(x):
+        return impl.pool3d(*args)
+    if impl is cpu_pool3d:  # the backward takes the recorded taps instead of x
+        out, _INDICES[out] = cpu_pool3d.max_pool3d_indexed(x, *args[2:])
+    else:
+        out = impl.pool3d(*args)
+    # the next op may save out as this recipe (see .recompute)
+    recompute.remember(out, lambda x, pool=impl.pool3d, config=args[1:]: pool(x, *config), (x,),
+                       hold_plain=all(s == 1 for s in stride))
     return out
+
+
+#: max pooling output -> its tap index (:func:`i3d_fast.kernels.cpu.pool3d.max_pool3d_indexed`), until the
+#: op's autograd context takes it
+_INDICES = WeakIdKeyDictionary()
 
 
 def _empty_output(x, kernel, stride, pads):
@@ -108,36 +122,44 @@ def _pool3d_fake(x, mode, kernel, stride, pads, backend):
     return _empty_output(x, kernel, stride, pads)
 
 
-def _pool3d_backward(grad_out: torch.Tensor, x: Optional[torch.Tensor], input_shape: List[int], mode: str,
-                     kernel: List[int], stride: List[int], pads: List[int], backend: str) -> torch.Tensor:
-    """Gradient of :func:`pool3d_op`; max pooling recomputes its argmax from ``x`` (no index tensor)."""
-    impl = _checked(backend, grad_out, x, input_shape, mode, kernel, stride, nested_pads(pads), True)
+def _pool3d_backward(grad_out: torch.Tensor, x: Optional[torch.Tensor], index: Optional[torch.Tensor],
+                     input_shape: List[int], mode: str, kernel: List[int], stride: List[int], pads: List[int],
+                     backend: str) -> torch.Tensor:
+    """Gradient of :func:`pool3d_op`; max pooling takes the taps the C++ forward recorded (``index``)
+    or recomputes its argmax from ``x``."""
     if grad_out.numel() == 0:
         return grad_out.new_zeros(input_shape).contiguous(memory_format=torch.channels_last_3d)
     args = (grad_out, x, tuple(input_shape), mode, tuple(kernel), tuple(stride), nested_pads(pads))
+    if index is not None:
+        return cpu_pool3d.pool3d_backward(*args, index=index)
+    impl = _checked(backend, grad_out, x, input_shape, mode, kernel, stride, nested_pads(pads), True)
     impl = _timed_choice(backend, impl, "pool3d_backward", grad_out, args[2:],
                          lambda kernels: kernels.pool3d_backward(*args))
     return impl.pool3d_backward(*args)
 
 
-def _pool3d_backward_fake(grad_out, x, input_shape, mode, kernel, stride, pads, backend):
+def _pool3d_backward_fake(grad_out, x, index, input_shape, mode, kernel, stride, pads, backend):
     return grad_out.new_empty(input_shape).contiguous(memory_format=torch.channels_last_3d)
 
 
 pool3d_backward_op = _library.define(
-    "pool3d_backward(Tensor grad_out, Tensor? x, int[] input_shape, str mode, int[] kernel, int[] stride, "
-    "int[] pads, str backend) -> Tensor", _pool3d_backward, _pool3d_backward_fake)
+    "pool3d_backward(Tensor grad_out, Tensor? x, Tensor? index, int[] input_shape, str mode, int[] kernel, "
+    "int[] stride, int[] pads, str backend) -> Tensor", _pool3d_backward, _pool3d_backward_fake)
 
 
 def _setup_context(ctx, inputs, output):
     x, mode, kernel, stride, pads, backend = inputs
-    ctx.save_for_backward(recompute.save(ctx, x) if mode == "max" else None)
+    index = _INDICES.pop(output, None) if mode == "max" and _library.plain_eager(output) else None
+    if index is not None:  # the recorded taps: x is not needed
+        ctx.save_for_backward(None, index)
+    else:
+        ctx.save_for_backward(recompute.save(ctx, x) if mode == "max" else None, None)
     ctx.args = (list(x.shape), mode, kernel, stride, pads, backend)
 
 
 def _backward(ctx, grad_out):
-    x = recompute.load(ctx, ctx.saved_tensors[0])
-    return pool3d_backward_op(grad_out, x, *ctx.args), None, None, None, None, None
+    x, index = ctx.saved_tensors
+    return pool3d_backward_op(grad_out, recompute.load(ctx, x), index, *ctx.args), None, None, None, None, None
 
 
 #: ``pool3d_op(x, mode, kernel, stride, pads, backend)``: validated arguments only (see

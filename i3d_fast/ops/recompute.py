@@ -8,11 +8,15 @@ kernel), when that op's backward needs it. Recipes nest: a max pool of a recipe'
 stride-1 max pool of any tensor (it holds its input, which is never larger than what it saves), and
 an Inception block's concatenated output have one too. A recipe is remade once per backward however
 many ops saved it, and let go after its last one (unless the graph is retained, as autograd does).
+(The C++ max pool itself saves its windows' argmax taps, one byte per output, not its input: see
+:mod:`.pool3d`.) In I3D at 2 x 16 x 224 x 224 (fp32) the saved activations are 204 MiB with recipes,
+322 MiB without (420 MiB when every op saved its input tensor), and remaking costs 0-2% of the step
+(the remade tensors: each block's input and the 3x3x3 units' inputs).
 
 Only in eager mode on ordinary tensors (``torch.compile`` keeps its own plan) and only while the
 output is unmodified (an in-place change, e.g. a residual ``out += x``, makes the op save the tensor
 itself); a recipe whose inputs were changed in place raises autograd's in-place error.
-``I3D_FAST_RECOMPUTE=0`` turns it off (every op saves its input tensor).
+``I3D_FAST_RECOMPUTE=0`` turns it off (ops save their input tensors; the max pool still saves taps).
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from .kernels import cpu as cpu_kernels
 from .kernels.cpu import autotune
 from .ops.conv3d import BACKENDS as CONV3D_BACKENDS
 from .ops.conv3d_bn import BACKENDS as CONV3D_BN_BACKENDS
-from .ops import selfcheck
+from .ops import recompute, selfcheck
 from .ops.pool3d import BACKENDS as POOL3D_BACKENDS
 
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
@@ -67,6 +67,8 @@ def report() -> str:
         f"ISA: {', '.join(f for f in ISA_FLAGS if f in cpu_flags()) or 'none of ' + ', '.join(ISA_FLAGS)}",
         f"C++ extension i3d_fast._C: {extension}",
         f"kernel selection: {'timed per layer (autotune)' if autotune.enabled() else 'fixed rules (I3D_FAST_AUTOTUNE=0)'}",
+        "training activations: " + ("remade in backward where cheap (I3D_FAST_RECOMPUTE)" if recompute.enabled()
+                                    else "kept (I3D_FAST_RECOMPUTE=0)"),
         f"CUDA: {info['cuda'] or 'no GPU visible to torch'}",
         f"triton: {_version('triton')}; cupy (TV-L1 on CUDA): {_version('cupy')}; "
         f"TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET', '0')}",

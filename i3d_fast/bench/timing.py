@@ -78,13 +78,18 @@ def first_call_seconds(fn: Callable[[], object], device: str = "cpu") -> float:
     return time.perf_counter() - start
 
 
-def _peak_rss_kib() -> int:
-    """This address space's peak resident set size (VmHWM; unlike ru_maxrss it restarts at exec)."""
+def _status_kib(field: str) -> int:
+    """A KiB field of /proc/self/status, e.g. VmRSS (resident set) or VmHWM (its peak; unlike
+    ru_maxrss it restarts at exec)."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise OSError("no VmHWM in /proc/self/status")
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def _peak_rss_kib() -> int:
+    return _status_kib("VmHWM")
 
 
 def peak_rss_mb(fn: Callable[[], object]) -> float:
@@ -93,14 +98,6 @@ def peak_rss_mb(fn: Callable[[], object]) -> float:
     before = _peak_rss_kib()
     fn()
     return (_peak_rss_kib() - before) / 1024
-
-
-def _rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise OSError("no VmRSS in /proc/self/status")
 
 
 def steady_peak_rss_mb(fn: Callable[[], object]) -> Optional[float]:
@@ -116,7 +113,7 @@ def steady_peak_rss_mb(fn: Callable[[], object]) -> Optional[float]:
             f.write("5")
     except (OSError, AttributeError):
         return None
-    before = _rss_kib()
+    before = _status_kib("VmRSS")
     fn()
     return (_peak_rss_kib() - before) / 1024
 

@@ -74,6 +74,14 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).replace("torch.", "")
 
 
+def empty_weight_grad(weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised gradient for ``weight`` with its strides where it is contiguous or
+    channels_last_3d (so autograd accumulates it without a copy), else contiguous."""
+    if weight.is_contiguous() or weight.is_contiguous(memory_format=torch.channels_last_3d):
+        return torch.empty_like(weight, dtype=dtype)
+    return torch.empty(weight.shape, dtype=dtype, device=weight.device)
+
+
 def threads() -> int:
     """Threads the C++ kernels use: torch's intra-op thread count."""
     return torch.get_num_threads()

@@ -28,7 +28,7 @@ import torch
 from ...padding import Pads, Triple, resolve_padding
 from ..aten import conv3d as aten_conv3d
 from ..weight_cache import WeightCache
-from . import autotune, extension, threads
+from . import autotune, empty_weight_grad, extension, threads
 from . import pool3d as cpu_pool3d
 from . import space_to_depth
 
@@ -335,8 +335,7 @@ def gemm_weight_grad(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, 
     cout, cin, *kernel = weight.shape
     rows = grad.shape[0] * math.prod(grad.shape[2:])
     grad_rows = grad.permute(0, 2, 3, 4, 1).reshape(rows, cout)
-    dense = weight.is_contiguous() or weight.is_contiguous(memory_format=CL)
-    out = torch.empty_like(weight, dtype=x.dtype) if dense else torch.empty(weight.shape, dtype=x.dtype)
+    out = empty_weight_grad(weight, x.dtype)
     channels_last = not out.is_contiguous()
     if math.prod(kernel) == 1 and tuple(stride) == (1, 1, 1) and not any(p for pair in pads for p in pair):
         torch.mm(grad_rows.t(), x.permute(0, 2, 3, 4, 1).reshape(rows, cin), out=out.view(cout, cin))
@@ -363,8 +362,7 @@ def winograd_weight_grad(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tens
     (x, ldx), (grad, ldg) = as_rows(x), as_rows(grad)
     n, cin, t, h, w = x.shape
     cout, kernel = grad.shape[1], winograd_kernel(weight)
-    dense = weight.is_contiguous() or weight.is_contiguous(memory_format=CL)
-    dw = torch.empty_like(weight, dtype=torch.float32) if dense else torch.empty(weight.shape, dtype=torch.float32)
+    dw = empty_weight_grad(weight, torch.float32)
     nonfinite = extension().winograd3d_weight_grad(x.data_ptr(), ldx, (n, t, h, w), cin, grad.data_ptr(), ldg, cout,
                                                    dw.data_ptr(), dw.stride(), threads(), _whole_layer(x, kernel),
                                                    kernel[0], kernel[1])

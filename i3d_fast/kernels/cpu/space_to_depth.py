@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ...padding import Pads, Triple
 from ..aten import conv3d as aten_conv3d
-from . import autotune, threads
+from . import autotune, empty_weight_grad, threads
 
 CL = torch.channels_last_3d
 PAD_0 = ((0, 0), (0, 0), (0, 0))
@@ -100,6 +100,5 @@ def weight_grad(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, strid
     grad_folded = aten_conv3d.conv3d_backward(grad, _input(x, weight, stride, pads), folded, (1, 1, 1), PAD_0,
                                               False, True)[1]
     blocks = grad_folded.reshape(cout, cin, st, sh, sw, qt, qh, qw).permute(0, 1, 5, 2, 6, 3, 7, 4)
-    dense = weight.is_contiguous() or weight.is_contiguous(memory_format=CL)
-    out = torch.empty_like(weight, dtype=x.dtype) if dense else torch.empty(weight.shape, dtype=x.dtype)
-    return out.copy_(blocks.reshape(cout, cin, qt * st, qh * sh, qw * sw)[:, :, :kt, :kh, :kw])
+    grad = blocks.reshape(cout, cin, qt * st, qh * sh, qw * sw)[:, :, :kt, :kh, :kw]
+    return empty_weight_grad(weight, x.dtype).copy_(grad)

@@ -211,9 +211,34 @@ def test_gemm_and_space_to_depth_weight_gradients_match_float64(layer, dtype):
         assert _max_err(grad, ref) <= bound, f"{name}: {_max_err(grad, ref):.3e} > {bound:.3e}"
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_gemm_data_gradient_matches_float64(monkeypatch, dtype):
+    """A 1x1x1 layer's data gradient as one GEMM (forced; autotune picks per layer): within ~2x of
+    ATen's error in the same dtype, also for an output gradient that is a channel slice, and through
+    the training op."""
+    g = torch.Generator().manual_seed(6)
+    weight = torch.randn(70, 20, 1, 1, 1, generator=g, dtype=torch.float64)
+    wide = torch.randn(2, 90, 3, 4, 5, generator=g, dtype=torch.float64)
+    dy = wide[:, 10:80]
+    ref = torch.einsum("nothw,oi->nithw", dy, weight.flatten(1))
+    aten = torch.ops.aten.convolution_backward(dy.to(dtype), torch.empty(2, 20, 3, 4, 5, dtype=dtype),
+                                               weight.to(dtype), None, [1] * 3, [0] * 3, [1] * 3, False, [0] * 3,
+                                               1, [True, False, False])[0]
+    ours = cpu_conv3d.gemm_data_grad(wide.to(dtype).contiguous(memory_format=CL)[:, 10:80], weight.to(dtype),
+                                     (2, 20, 3, 4, 5))
+    assert ours.dtype == dtype and ours.is_contiguous(memory_format=CL)
+    assert _max_err(ours, ref) <= 2 * _max_err(aten, ref) + 1e-6 * ref.abs().max().item()
+    monkeypatch.setattr(cpu_conv3d, "data_grad_method", lambda *args: "gemm")
+    case = CASES[1]  # 1x1x1
+    ref, plain = _run(_torch(case, True), case, torch.float64, True), _run(_torch(case, True), case, torch.float32, True)
+    ours = _run(_ours("cpu", case, True), case, torch.float32, True)
+    assert _max_err(ours[1], ref[1]) <= 2 * _max_err(plain[1], ref[1]) + 1e-6 * ref[1].abs().max().item()
+
+
 def test_weight_gradient_fixed_rules(monkeypatch):
-    """With autotuning off: one GEMM for layers with few output positions, Winograd for the others it
-    applies to, oneDNN otherwise (space-to-depth only where timed)."""
+    """With autotuning off: one GEMM for layers with few output positions (weight gradient; data gradient
+    of 1x1x1 layers), Winograd for the others it applies to, oneDNN otherwise (space-to-depth only where
+    timed)."""
     monkeypatch.setenv("I3D_FAST_AUTOTUNE", "0")
     small, big = torch.empty(2, 16, 2, 7, 7), torch.empty(2, 16, 8, 16, 16)
     w333, w777 = torch.empty(24, 16, 3, 3, 3), torch.empty(24, 3, 7, 7, 7)
@@ -223,6 +248,10 @@ def test_weight_gradient_fixed_rules(monkeypatch):
         ("winograd", "onednn")  # onednn: a build without AVX-512
     stem_x, stem_grad = torch.empty(2, 3, 16, 64, 64), torch.empty(2, 24, 8, 32, 32)
     assert cpu_conv3d.weight_grad_method(stem_x, stem_grad, w777, (2, 2, 2), ((2, 3),) * 3) == "onednn"
+    w111, none = torch.empty(24, 16, 1, 1, 1), ((0, 0),) * 3
+    assert cpu_conv3d.data_grad_method(torch.empty(2, 24, 2, 7, 7), small, w111, (1, 1, 1), none) == "gemm"
+    assert cpu_conv3d.data_grad_method(torch.empty(2, 24, 8, 16, 16), big, w111, (1, 1, 1), none) == "onednn"
+    assert cpu_conv3d.data_grad_method(small, small, w333, (1, 1, 1), same) == "onednn"  # not 1x1x1
     assert "I3D_FAST_AUTOTUNE=0" in space_to_depth.rejected(stem_x, w777, (2, 2, 2), ((2, 3),) * 3)
 
 

@@ -474,6 +474,9 @@ class RunBatches(torch.utils.data.Sampler):
 
 def loader(dataset: ClipDataset, batches: EpochBatches, workers: int, pin_memory: bool = False
            ) -> torch.utils.data.DataLoader:
-    """A DataLoader over ``batches``: decoding and augmentation in ``workers`` processes (0: inline)."""
+    """A DataLoader over ``batches``: decoding and augmentation in ``workers`` processes (0: inline).
+    The workers are spawned, not forked: a process forked after OpenMP ran (the training step's
+    kernels, torch's intra-op threads) can deadlock on a lock one of those threads held."""
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-                                       pin_memory=pin_memory, prefetch_factor=2 if workers else None)
+                                       pin_memory=pin_memory, prefetch_factor=2 if workers else None,
+                                       multiprocessing_context="spawn" if workers else None)

@@ -273,8 +273,8 @@ def _winograd_weight_grad_rejected(x: torch.Tensor, grad: torch.Tensor, weight: 
 
 #: The GEMM weight gradient's largest im2col buffer (bytes).
 GEMM_WEIGHT_GRAD_MAX_BYTES = 64 << 20
-#: Fixed rule (``I3D_FAST_AUTOTUNE=0``): the GEMM weight gradient for at most this many output positions.
-GEMM_WEIGHT_GRAD_MAX_ROWS = 512
+#: Fixed rule (``I3D_FAST_AUTOTUNE=0``): the GEMM gradients for at most this many output positions.
+GEMM_GRAD_MAX_ROWS = 512
 
 
 def _im2col_bytes(grad: torch.Tensor, weight: torch.Tensor) -> int:
@@ -294,7 +294,7 @@ def weight_grad_method(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor
     oneDNN's weight gradient parallelises over output positions and is slow where a layer has few of
     them and many channels (2x4x4 / 2x7x7 late layers: 3-16x slower than one GEMM here); Winograd
     saves multiplies on 3x3x3 / 1x3x3 / 3x1x1 SAME layers. With ``I3D_FAST_AUTOTUNE=0`` the fixed
-    rules: GEMM for at most :data:`GEMM_WEIGHT_GRAD_MAX_ROWS` output positions, else Winograd where
+    rules: GEMM for at most :data:`GEMM_GRAD_MAX_ROWS` output positions, else Winograd where
     it applies, else oneDNN."""
     options = ["onednn"]
     if _winograd_weight_grad_rejected(x, grad, weight, stride, pads) is None:
@@ -303,7 +303,7 @@ def weight_grad_method(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor
         options.append("gemm")
     if not autotune.enabled(x, grad, weight):
         rows = grad.shape[0] * math.prod(grad.shape[2:])
-        if "gemm" in options and rows <= GEMM_WEIGHT_GRAD_MAX_ROWS:
+        if "gemm" in options and rows <= GEMM_GRAD_MAX_ROWS:
             return "gemm"
         return "winograd" if "winograd" in options else "onednn"
     if space_to_depth.rejected(x, weight, stride, pads) is None:  # its forward measured faster
@@ -318,6 +318,39 @@ def weight_grad_method(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor
             "gemm": lambda: gemm_weight_grad(x, grad, w, stride, pads),
             "space_to_depth": lambda: space_to_depth.weight_grad(x, grad, w, stride, pads)}
     return autotune.fastest(key, lambda: [(name, runs[name]) for name in options])
+
+
+def _pointwise(weight: torch.Tensor, stride: Triple, pads: Pads) -> bool:
+    """An unpadded stride-1 1x1x1 convolution: one GEMM over channels-last rows."""
+    return math.prod(weight.shape[2:]) == 1 and tuple(stride) == (1, 1, 1) and not any(p for pair in pads for p in pair)
+
+
+def data_grad_method(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads) -> str:
+    """How :func:`conv3d_backward` computes a non-Winograd layer's data gradient: "gemm"
+    (:func:`gemm_data_grad`, unpadded stride-1 1x1x1 layers) or "onednn", the faster measured on the
+    first call with this configuration (oneDNN unless the GEMM took at most 0.95 of its time: 1.2-2.5x
+    faster here on late layers with few positions, a tie on the others). With ``I3D_FAST_AUTOTUNE=0``:
+    the GEMM for at most :data:`GEMM_GRAD_MAX_ROWS` output positions."""
+    if not _pointwise(weight, stride, pads):
+        return "onednn"
+    if not autotune.enabled(x, grad, weight):
+        return "gemm" if grad.shape[0] * math.prod(grad.shape[2:]) <= GEMM_GRAD_MAX_ROWS else "onednn"
+    key = ("conv3d_data_grad", tuple(grad.shape), row_stride(grad) is not None, tuple(weight.shape), grad.dtype,
+           threads())
+    w = weight.detach()
+    return autotune.fastest(key, lambda: [
+        ("onednn", lambda: aten_conv3d.conv3d_backward(grad, x, w, stride, pads, True, False)),
+        ("gemm", lambda: gemm_data_grad(grad, w, x.shape))])
+
+
+def gemm_data_grad(grad: torch.Tensor, weight: torch.Tensor, input_shape) -> torch.Tensor:
+    """Data gradient of an unpadded stride-1 1x1x1 convolution as one GEMM: grad rows
+    Tensor[N*T*H*W, Cout] @ weight Tensor[Cout, Cin] -> Tensor[input_shape] (channels_last_3d, grad's dtype)."""
+    cout, cin = weight.shape[:2]
+    out = torch.empty(tuple(input_shape), dtype=grad.dtype, memory_format=CL)
+    grad_rows = grad.permute(0, 2, 3, 4, 1).reshape(-1, cout)
+    torch.mm(grad_rows, weight.reshape(cout, cin).to(grad.dtype), out=out.permute(0, 2, 3, 4, 1).view(-1, cin))
+    return out
 
 
 def gemm_weight_grad(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, stride: Triple,
@@ -337,7 +370,7 @@ def gemm_weight_grad(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, 
     grad_rows = grad.permute(0, 2, 3, 4, 1).reshape(rows, cout)
     out = empty_weight_grad(weight, x.dtype)
     channels_last = not out.is_contiguous()
-    if math.prod(kernel) == 1 and tuple(stride) == (1, 1, 1) and not any(p for pair in pads for p in pair):
+    if _pointwise(weight, stride, pads):
         torch.mm(grad_rows.t(), x.permute(0, 2, 3, 4, 1).reshape(rows, cin), out=out.view(cout, cin))
         return out
     (t0, t1), (h0, h1), (w0, w1) = pads
@@ -374,10 +407,14 @@ def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, s
     """(grad_x or None, grad_weight or None) of the convolution, float32 or bfloat16. For a
     Winograd-kernel (3x3x3, 1x3x3, 3x1x1) stride-1 SAME float32 convolution the data gradient is itself
     one (flipped, transposed weights) and runs on the Winograd kernel where ``backend="auto"`` would
-    pick it for that shape; the weight gradient runs as :func:`weight_grad_method` chooses (Winograd,
-    one GEMM or oneDNN); everything else is :func:`i3d_fast.kernels.aten.conv3d.conv3d_backward`."""
+    pick it for that shape, an unpadded stride-1 1x1x1 layer's as one GEMM where
+    :func:`data_grad_method` measured that faster; the weight gradient runs as
+    :func:`weight_grad_method` chooses (Winograd, one GEMM, space-to-depth or oneDNN); everything else
+    is :func:`i3d_fast.kernels.aten.conv3d.conv3d_backward`."""
     grad_x = grad_w = None
     kernel = winograd_kernel(weight)
+    if need_input and not kernel and data_grad_method(grad, x, weight, stride, pads) == "gemm":
+        grad_x, need_input = gemm_data_grad(grad, weight, x.shape), False
     if kernel and need_input:
         swapped = weight.transpose(0, 1)  # the data-gradient weight's shape, for the checks
         if unsupported(grad, swapped, stride, pads, None) is None and \

@@ -79,12 +79,13 @@ def slower(key: Hashable, candidates: Callable[[], Tuple[Callable[[], object], C
 def fastest(key: Hashable, candidates: Callable[[], Sequence[Tuple[str, Callable[[], object]]]]) -> str:
     """The name of the fastest of ``candidates()`` = [(name, run), ...] for ``key``, the first being
     the ATen / oneDNN baseline: another is chosen only when it took at most MARGIN of the baseline's
-    time. ``candidates()`` is called only when ``key`` was not measured yet (see :func:`_best_times`).
-    Measured once per key per process; :func:`verdicts` lists the times."""
+    time. ``candidates()`` is called only when ``key`` was not measured yet (see :func:`_best_times`;
+    a lone baseline is not timed). Measured once per key per process; :func:`choices` lists the times."""
     hit = _CHOICES.get(key)
     if hit is None:
         named = list(candidates())
-        hit = _CHOICES[key] = dict(zip((name for name, _ in named), _best_times([run for _, run in named])))
+        times = _best_times([run for _, run in named]) if len(named) > 1 else [0.0]  # no choice: not timed
+        hit = _CHOICES[key] = dict(zip((name for name, _ in named), times))
     baseline, *others = hit
     best = min(others, key=hit.__getitem__, default=None)
     return best if best is not None and hit[best] <= MARGIN * hit[baseline] else baseline

@@ -296,28 +296,26 @@ def weight_grad_method(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor
     saves multiplies on 3x3x3 / 1x3x3 / 3x1x1 SAME layers. With ``I3D_FAST_AUTOTUNE=0`` the fixed
     rules: GEMM for at most :data:`GEMM_GRAD_MAX_ROWS` output positions, else Winograd where
     it applies, else oneDNN."""
-    options = ["onednn"]
-    if _winograd_weight_grad_rejected(x, grad, weight, stride, pads) is None:
-        options.append("winograd")
-    if _im2col_bytes(grad, weight) <= GEMM_WEIGHT_GRAD_MAX_BYTES:
-        options.append("gemm")
     if not autotune.enabled(x, grad, weight):
         rows = grad.shape[0] * math.prod(grad.shape[2:])
-        if "gemm" in options and rows <= GEMM_GRAD_MAX_ROWS:
+        if rows <= GEMM_GRAD_MAX_ROWS and _im2col_bytes(grad, weight) <= GEMM_WEIGHT_GRAD_MAX_BYTES:
             return "gemm"
-        return "winograd" if "winograd" in options else "onednn"
-    if space_to_depth.rejected(x, weight, stride, pads) is None:  # its forward measured faster
-        options.append("space_to_depth")
-    if len(options) == 1:
-        return options[0]
+        return "winograd" if _winograd_weight_grad_rejected(x, grad, weight, stride, pads) is None else "onednn"
     key = ("conv3d_weight_grad", tuple(x.shape), tuple(grad.shape), tuple(weight.shape), tuple(stride),
            tuple(map(tuple, pads)), x.dtype, row_stride(x) is not None, threads())
     w = weight.detach()
-    runs = {"onednn": lambda: aten_conv3d.conv3d_backward(grad, x, w, stride, pads, False, True),
-            "winograd": lambda: winograd_weight_grad(x, grad, w),
-            "gemm": lambda: gemm_weight_grad(x, grad, w, stride, pads),
-            "space_to_depth": lambda: space_to_depth.weight_grad(x, grad, w, stride, pads)}
-    return autotune.fastest(key, lambda: [(name, runs[name]) for name in options])
+
+    def candidates():  # judged only on the first call with this configuration
+        runs = [("onednn", lambda: aten_conv3d.conv3d_backward(grad, x, w, stride, pads, False, True))]
+        if _winograd_weight_grad_rejected(x, grad, w, stride, pads) is None:
+            runs.append(("winograd", lambda: winograd_weight_grad(x, grad, w)))
+        if _im2col_bytes(grad, w) <= GEMM_WEIGHT_GRAD_MAX_BYTES:
+            runs.append(("gemm", lambda: gemm_weight_grad(x, grad, w, stride, pads)))
+        if space_to_depth.rejected(x, w, stride, pads) is None:  # its forward measured faster
+            runs.append(("space_to_depth", lambda: space_to_depth.weight_grad(x, grad, w, stride, pads)))
+        return runs
+
+    return autotune.fastest(key, candidates)
 
 
 def _pointwise(weight: torch.Tensor, stride: Triple, pads: Pads) -> bool:

@@ -9,6 +9,7 @@ void register_tvl1(py::module_& m);
 void register_winograd3d(py::module_& m);
 void register_pointwise_conv3d(py::module_& m);
 void register_batch_norm(py::module_& m);
+void register_space_to_depth(py::module_& m);
 }  // namespace i3d
 
 PYBIND11_MODULE(_C, m) {
@@ -18,4 +19,5 @@ PYBIND11_MODULE(_C, m) {
   i3d::register_winograd3d(m);
   i3d::register_pointwise_conv3d(m);
   i3d::register_batch_norm(m);
+  i3d::register_space_to_depth(m);
 }

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from i3d_fast import layers
+from i3d_fast.kernels.aten import conv3d as aten_conv3d
 from i3d_fast.kernels.cpu import conv3d as cpu_conv3d
 from i3d_fast.kernels.cpu import space_to_depth
 from i3d_fast.ops import NoBackendError, conv3d_bn_relu
@@ -25,6 +26,7 @@ CASES = [
     (12, 20, 3, 2, "same", (2, 7, 9, 8), True),       # stride 2 SAME (asymmetric pads)
     (6, 10, 3, 1, "valid", (2, 5, 6, 7), True),
     (6, 10, (1, 3, 3), (1, 2, 2), ((0, 0), (1, 2), (0, 1)), (2, 3, 8, 7), True),  # explicit pads
+    (8, 12, (5, 1, 1), (2, 1, 1), ((2, 1), (0, 0), (0, 0)), (2, 9, 4, 3), True),  # temporal, strided
     # the stem on 5 frames, fewer than its kernel: oneDNN's weight gradient with the padding inside
     # crashes the process there (torch 2.13), so that input is padded explicitly
     (3, 8, 7, 2, "same", (2, 5, 8, 8), True),
@@ -139,7 +141,7 @@ def test_winograd_weight_gradient_matches_float64(monkeypatch, whole, kernel, la
     assert cpu_conv3d.winograd_weight_grad(x_inf, wide[:, 10:80], like)[1]
 
 
-WEIGHT_GRAD_METHODS = ["onednn", "winograd", "gemm", "space_to_depth"]
+WEIGHT_GRAD_METHODS = ["onednn", "winograd", "gemm", "space_to_depth", "temporal"]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[f"k{c[2]}s{c[3]}-{c[0]}to{c[1]}" for c in CASES])
@@ -154,6 +156,8 @@ def test_every_weight_gradient_method_matches_float64(monkeypatch, method, case)
     pads = resolve_padding((t, h, w), weight.shape[2:], stride3, padding)
     if method == "winograd" and cpu_conv3d._winograd_weight_grad_rejected(x, x, weight, stride3, pads):
         pytest.skip("not a Winograd layer")
+    if method == "temporal" and not cpu_conv3d._temporal(x, weight, stride3, pads):
+        pytest.skip("not a kT x 1 x 1 layer")
     if method == "space_to_depth":
         monkeypatch.setattr(space_to_depth.autotune, "slower", lambda key, candidates: None)  # "measured faster"
         if space_to_depth.rejected(x, weight, stride3, pads):
@@ -441,3 +445,70 @@ def test_conv3d_op_backward_on_the_cpu_kernels(kernel, size):
     ours = grads(lambda x, w, b: conv3d(x.contiguous(memory_format=CL), w, shift=b, relu=True), torch.float32)
     for name, o, p, r in zip(("x", "weight", "shift"), ours, plain, ref):
         assert _max_err(o, r) <= 2 * _max_err(p, r) + 1e-6 * r.abs().max().item(), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=["fp32", "bf16", "fp64"])
+@pytest.mark.parametrize("stride, pads", [((2, 2, 2), ((2, 3),) * 3), ((1, 2, 3), ((0, 1), (1, 0), (2, 2)))])
+def test_space_to_depth_input_is_the_padded_blocks(dtype, stride, pads):
+    """The C++ rearrangement against its definition: channel ((rt * sH + rh) * sW + rw) * C + c of cell i
+    holds padded cell s * i + r of channel c (zero padding before; cells past the last block cut)."""
+    x = torch.randn(2, 3, 7, 9, 11).to(dtype).contiguous(memory_format=CL)
+    weight = torch.empty(4, 3, 5, 4, 7)
+    out = space_to_depth._input(x, weight, stride, pads)
+    cells = out.shape[2:]
+    padded = torch.zeros(2, 3, *(c * s for c, s in zip(cells, stride)), dtype=dtype)
+    region = [slice(before, before + size) for (before, _), size in zip(pads, x.shape[2:])]
+    keep = [min(r.stop, c * s) - r.start for r, c, s in zip(region, cells, stride)]
+    padded[:, :, region[0].start:region[0].start + keep[0], region[1].start:region[1].start + keep[1],
+           region[2].start:region[2].start + keep[2]] = x[:, :, :keep[0], :keep[1], :keep[2]]
+    (st, sh, sw), (ct, ch, cw) = stride, cells
+    expected = padded.reshape(2, 3, ct, st, ch, sh, cw, sw).permute(0, 3, 5, 7, 1, 2, 4, 6).reshape(2, -1, ct, ch, cw)
+    assert out.is_contiguous(memory_format=CL)
+    assert torch.equal(out, expected)
+
+
+TEMPORAL_LAYERS = [  # (Cin, Cout, kT, stride T, pads T, input [N, T, H, W]): kT x 1 x 1 convolutions
+    (12, 20, 3, 1, (1, 1), (2, 5, 4, 3)),
+    (12, 20, 7, 2, (3, 3), (2, 9, 3, 4)),  # S3D's temporal stem
+    (8, 16, 5, 8, (2, 2), (2, 17, 3, 3)),  # SlowFast's lateral: 5x1x1 stride 8
+    (8, 16, 4, 3, (0, 5), (1, 6, 2, 5)),   # taps reading only padding for some outputs
+]
+
+
+@pytest.mark.parametrize("layer", TEMPORAL_LAYERS, ids=lambda c: f"k{c[2]}s{c[3]}")
+def test_temporal_gradients_match_float64(layer):
+    """The per-tap GEMM gradients of kT x 1 x 1 layers against float64, within ~2x of ATen's fp32 error;
+    x and the output gradient as channel slices of wider tensors (read in place)."""
+    cin, cout, kt, st, (p0, p1), (n, t, h, w) = layer
+    g = torch.Generator().manual_seed(9)
+    weight = torch.randn(cout, cin, kt, 1, 1, generator=g, dtype=torch.float64).contiguous(memory_format=CL)
+    x64 = torch.randn(n, cin, t, h, w, generator=g, dtype=torch.float64)
+    out_t = (t + p0 + p1 - kt) // st + 1
+    dy64 = torch.randn(n, cout, out_t, h, w, generator=g, dtype=torch.float64)
+    stride, pads = (st, 1, 1), ((p0, p1), (0, 0), (0, 0))
+    assert cpu_conv3d._temporal(x64.float(), weight, stride, pads)
+    xp = torch.nn.functional.pad(x64, (0, 0, 0, 0, p0, p1))
+    ref_x, ref_w, _ = torch.ops.aten.convolution_backward(dy64, xp, weight, None, list(stride), [0] * 3, [1] * 3,
+                                                          False, [0] * 3, 1, [True, True, False])
+    ref_x = ref_x[:, :, p0:p0 + t]
+    aten_x, aten_w = aten_conv3d.conv3d_backward(dy64.float(), x64.float(), weight.float(), stride, pads, True, True)
+    wide_x = torch.zeros(n, cin + 5, t, h, w).contiguous(memory_format=CL)
+    wide_x[:, 2:2 + cin] = x64.float()
+    wide_dy = torch.zeros(n, cout + 3, out_t, h, w).contiguous(memory_format=CL)
+    wide_dy[:, 1:1 + cout] = dy64.float()
+    x, dy = wide_x[:, 2:2 + cin], wide_dy[:, 1:1 + cout]
+    ours_w = cpu_conv3d.temporal_weight_grad(x, dy, weight.float(), stride, pads)
+    ours_x = cpu_conv3d.temporal_data_grad(dy, weight.float(), x.shape, stride, pads)
+    assert ours_w.is_contiguous(memory_format=CL) and ours_x.is_contiguous(memory_format=CL)
+    for ours, aten, ref in ((ours_w, aten_w, ref_w), (ours_x, aten_x, ref_x)):
+        assert _max_err(ours, ref) <= 2 * _max_err(aten, ref) + 1e-6 * ref.abs().max().item()
+
+
+def test_temporal_data_gradient_through_the_training_op(monkeypatch):
+    """The training step of a strided kT x 1 x 1 layer with the per-tap data gradient forced."""
+    monkeypatch.setattr(cpu_conv3d, "data_grad_method", lambda *args: "temporal")
+    case = next(c for c in CASES if c[2] == (5, 1, 1))
+    ref, plain = _run(_torch(case, True), case, torch.float64, True), _run(_torch(case, True), case, torch.float32, True)
+    ours = _run(_ours("cpu", case, True), case, torch.float32, True)
+    for o, p, r in zip(ours, plain, ref):
+        assert _max_err(o, r) <= 2 * _max_err(p, r) + 1e-6 * r.abs().max().item()

@@ -287,7 +287,8 @@ def weight_grad_method(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor
                        pads: Pads) -> str:
     """How :func:`conv3d_backward` computes this convolution's weight gradient: "winograd"
     (:func:`winograd_weight_grad`), "gemm" (:func:`gemm_weight_grad`), "space_to_depth"
-    (:func:`.space_to_depth.weight_grad`, where its forward measured faster) or "onednn" (ATen's
+    (:func:`.space_to_depth.weight_grad`, where its forward measured faster), "temporal"
+    (:func:`temporal_weight_grad`, kT x 1 x 1 float32 layers) or "onednn" (ATen's
     ``convolution_backward``), the fastest measured on the first call with this configuration
     (:func:`.autotune.fastest`: oneDNN unless another took at most 0.95 of its time).
 
@@ -313,6 +314,8 @@ def weight_grad_method(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor
             runs.append(("gemm", lambda: gemm_weight_grad(x, grad, w, stride, pads)))
         if space_to_depth.rejected(x, w, stride, pads) is None:  # its forward measured faster
             runs.append(("space_to_depth", lambda: space_to_depth.weight_grad(x, grad, w, stride, pads)))
+        if _temporal(x, weight, stride, pads):
+            runs.append(("temporal", lambda: temporal_weight_grad(x, grad, w, stride, pads)))
         return runs
 
     return autotune.fastest(key, candidates)
@@ -323,22 +326,32 @@ def _pointwise(weight: torch.Tensor, stride: Triple, pads: Pads) -> bool:
     return math.prod(weight.shape[2:]) == 1 and tuple(stride) == (1, 1, 1) and not any(p for pair in pads for p in pair)
 
 
+def _temporal(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads) -> bool:
+    """A float32 kT x 1 x 1 convolution (kT > 1) strided and padded in T only: its taps are whole
+    (T-strided) planes of channels-last rows, so each is a batch of GEMMs without im2col."""
+    return (x.dtype == torch.float32 and weight.shape[2] > 1 and tuple(weight.shape[3:]) == (1, 1)
+            and tuple(stride[1:]) == (1, 1) and not any(p for pair in pads[1:] for p in pair))
+
+
 def data_grad_method(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads) -> str:
-    """How :func:`conv3d_backward` computes a non-Winograd layer's data gradient: "gemm"
-    (:func:`gemm_data_grad`, unpadded stride-1 1x1x1 layers) or "onednn", the faster measured on the
-    first call with this configuration (oneDNN unless the GEMM took at most 0.95 of its time: 1.2-2.5x
-    faster here on late layers with few positions, a tie on the others). With ``I3D_FAST_AUTOTUNE=0``:
-    the GEMM for at most :data:`GEMM_GRAD_MAX_ROWS` output positions."""
-    if not _pointwise(weight, stride, pads):
+    """How :func:`conv3d_backward` computes a data gradient the Winograd kernel does not: "gemm"
+    (:func:`gemm_data_grad`, unpadded stride-1 1x1x1 layers), "temporal" (:func:`temporal_data_grad`,
+    float32 kT x 1 x 1 layers) or "onednn", the fastest measured on the first call with this
+    configuration (oneDNN unless another took at most 0.95 of its time; the GEMM is 1.2-2.5x faster
+    here on late 1x1x1 layers with few positions, a tie on the others). With ``I3D_FAST_AUTOTUNE=0``:
+    the GEMM for at most :data:`GEMM_GRAD_MAX_ROWS` output positions, else oneDNN."""
+    pointwise, temporal = _pointwise(weight, stride, pads), _temporal(x, weight, stride, pads)
+    if not (pointwise or temporal):
         return "onednn"
     if not autotune.enabled(x, grad, weight):
-        return "gemm" if grad.shape[0] * math.prod(grad.shape[2:]) <= GEMM_GRAD_MAX_ROWS else "onednn"
-    key = ("conv3d_data_grad", tuple(grad.shape), row_stride(grad) is not None, tuple(weight.shape), grad.dtype,
-           threads())
+        return "gemm" if pointwise and grad.shape[0] * math.prod(grad.shape[2:]) <= GEMM_GRAD_MAX_ROWS else "onednn"
+    key = ("conv3d_data_grad", tuple(grad.shape), row_stride(grad) is not None, tuple(x.shape), tuple(weight.shape),
+           tuple(stride), tuple(map(tuple, pads)), grad.dtype, threads())
     w = weight.detach()
+    faster = ("gemm", lambda: gemm_data_grad(grad, w, x.shape)) if pointwise else \
+        ("temporal", lambda: temporal_data_grad(grad, w, x.shape, stride, pads))
     return autotune.fastest(key, lambda: [
-        ("onednn", lambda: aten_conv3d.conv3d_backward(grad, x, w, stride, pads, True, False)),
-        ("gemm", lambda: gemm_data_grad(grad, w, x.shape))])
+        ("onednn", lambda: aten_conv3d.conv3d_backward(grad, x, w, stride, pads, True, False)), faster])
 
 
 def gemm_data_grad(grad: torch.Tensor, weight: torch.Tensor, input_shape) -> torch.Tensor:
@@ -384,6 +397,74 @@ def gemm_weight_grad(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, 
     return out
 
 
+def _taps(kt: int, stride: int, pads: Tuple[int, int], size: int, out: int):
+    """Per tap k of a kT x 1 x 1 convolution along T: (k, first output t0, outputs, first input plane)
+    for the outputs whose input plane ``stride * t - before + k`` lies inside x (taps reading only
+    padding left out)."""
+    before = pads[0]
+    for k in range(kt):
+        t0 = max(0, -(-(before - k) // stride))
+        t1 = min(out, (size - 1 + before - k) // stride + 1)
+        if t1 > t0:
+            yield k, t0, t1 - t0, stride * t0 - before + k
+
+
+def _planes(t: torch.Tensor) -> torch.Tensor:
+    """Channels-last rows Tensor[N, C, T, H, W] -> their view Tensor[N, T, H*W, C] (no copy)."""
+    n, c, tt, h, w = t.shape
+    return t.permute(0, 2, 3, 4, 1).reshape(n, tt, h * w, c)
+
+
+def temporal_weight_grad(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, stride: Triple,
+                         pads: Pads) -> torch.Tensor:
+    """Weight gradient of a float32 kT x 1 x 1 convolution strided and padded in T only (see
+    :func:`_temporal`): per tap, the sum over samples and output planes of grad plane^T @ input plane,
+    batched GEMMs on the channels-last rows (no im2col; x's channel slices read in place).
+
+    Args:
+        x: Tensor[N, Cin, T, H, W]; grad: Tensor[N, Cout, T', H, W]; weight: Tensor[Cout, Cin, kT, 1, 1]
+            (the result's shape and memory layout).
+    Returns:
+        Tensor[Cout, Cin, kT, 1, 1] float32 with weight's strides where it is dense."""
+    (x, _), (grad, _) = as_rows(x), as_rows(grad)
+    cout, cin, kt = weight.shape[:3]
+    xp, gp = _planes(x), _planes(grad)
+    taps = torch.zeros(kt, cout, cin, dtype=torch.float32)
+    s = stride[0]
+    for k, t0, count, first in _taps(kt, s, pads[0], x.shape[2], grad.shape[2]):
+        for n in range(x.shape[0]):
+            g = gp[n, t0:t0 + count]  # [count, HW, Cout]
+            planes = xp[n, first:first + s * (count - 1) + 1:s]  # [count, HW, Cin]
+            if s == 1:  # consecutive planes of rows: one GEMM
+                taps[k].addmm_(g.reshape(-1, cout).t(), planes.reshape(-1, cin))
+            else:
+                taps[k] += torch.bmm(g.transpose(1, 2), planes).sum(0)
+    return empty_weight_grad(weight, torch.float32).copy_(taps.permute(1, 2, 0).reshape(cout, cin, kt, 1, 1))
+
+
+def temporal_data_grad(grad: torch.Tensor, weight: torch.Tensor, input_shape, stride: Triple,
+                       pads: Pads) -> torch.Tensor:
+    """Data gradient of a float32 kT x 1 x 1 convolution strided and padded in T only: per tap, each
+    output plane's gradient @ the tap's weight added into its input plane (batched GEMMs on the
+    channels-last rows) -> Tensor[input_shape] (channels_last_3d float32)."""
+    grad, _ = as_rows(grad)
+    cout, cin, kt = weight.shape[:3]
+    out = torch.empty(tuple(input_shape), dtype=torch.float32, memory_format=CL).zero_()
+    op, gp = _planes(out), _planes(grad)
+    w = weight.detach().to(torch.float32)
+    s = stride[0]
+    for k, t0, count, first in _taps(kt, s, pads[0], input_shape[2], grad.shape[2]):
+        wk = w[:, :, k, 0, 0]  # [Cout, Cin]
+        for n in range(grad.shape[0]):
+            g = gp[n, t0:t0 + count]
+            planes = op[n, first:first + s * (count - 1) + 1:s]
+            if s == 1:
+                planes.view(-1, cin).addmm_(g.reshape(-1, cout), wk)
+            else:
+                planes.baddbmm_(g, wk.expand(count, cout, cin))
+    return out
+
+
 def winograd_weight_grad(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor) -> Tuple[torch.Tensor, bool]:
     """Weight gradient of a stride-1 SAME convolution with a Winograd kernel (3x3x3, 1x3x3, 3x1x1)
     of x Tensor[N, Cin, T, H, W] given its output gradient Tensor[N, Cout, T, H, W] (float32,
@@ -405,22 +486,29 @@ def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, s
     """(grad_x or None, grad_weight or None) of the convolution, float32 or bfloat16. For a
     Winograd-kernel (3x3x3, 1x3x3, 3x1x1) stride-1 SAME float32 convolution the data gradient is itself
     one (flipped, transposed weights) and runs on the Winograd kernel where ``backend="auto"`` would
-    pick it for that shape, an unpadded stride-1 1x1x1 layer's as one GEMM where
-    :func:`data_grad_method` measured that faster; the weight gradient runs as
-    :func:`weight_grad_method` chooses (Winograd, one GEMM, space-to-depth or oneDNN); everything else
+    pick it for that shape; other data gradients as :func:`data_grad_method` chooses (one GEMM for an
+    unpadded stride-1 1x1x1 layer, per-tap GEMMs for a kT x 1 x 1 one, or oneDNN); the weight gradient
+    runs as :func:`weight_grad_method` chooses (Winograd, one GEMM, space-to-depth, per-tap GEMMs or
+    oneDNN); everything else
     is :func:`i3d_fast.kernels.aten.conv3d.conv3d_backward`."""
     grad_x = grad_w = None
     kernel = winograd_kernel(weight)
-    if need_input and not kernel and data_grad_method(grad, x, weight, stride, pads) == "gemm":
-        grad_x, need_input = gemm_data_grad(grad, weight, x.shape), False
+    winograd_data = False
     if kernel and need_input:
         swapped = weight.transpose(0, 1)  # the data-gradient weight's shape, for the checks
         if unsupported(grad, swapped, stride, pads, None) is None and \
                 slower_than_onednn(grad, swapped, transformed_per_call=True) is None:
+            winograd_data = True
             grad_x = torch.empty(x.shape, dtype=torch.float32, memory_format=CL)
             # a non-finite result (inf in the gradient) is left to oneDNN below, like the forward
             need_input = conv3d_packed(grad, prepare_weight(weight, flipped=True), None, False,
                                        [(grad_x, 0, x.shape[1])])
+    if need_input and not winograd_data:
+        method = data_grad_method(grad, x, weight, stride, pads)
+        if method == "gemm":
+            grad_x, need_input = gemm_data_grad(grad, weight, x.shape), False
+        elif method == "temporal":
+            grad_x, need_input = temporal_data_grad(grad, weight, x.shape, stride, pads), False
     if need_weight:
         method = weight_grad_method(x, grad, weight, stride, pads)
         if method == "winograd":  # inf inputs: oneDNN's +-inf below, not the transforms' NaN
@@ -429,6 +517,8 @@ def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, s
             grad_w, need_weight = gemm_weight_grad(x, grad, weight, stride, pads), False
         elif method == "space_to_depth":
             grad_w, need_weight = space_to_depth.weight_grad(x, grad, weight, stride, pads), False
+        elif method == "temporal":
+            grad_w, need_weight = temporal_weight_grad(x, grad, weight, stride, pads), False
     if need_input or need_weight:
         aten_x, aten_w = aten_conv3d.conv3d_backward(grad, x, weight, stride, pads, need_input, need_weight)
         grad_x = aten_x if need_input else grad_x

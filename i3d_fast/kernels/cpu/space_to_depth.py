@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from ...padding import Pads, Triple
 from ..aten import conv3d as aten_conv3d
-from . import autotune, empty_weight_grad, threads
+from . import autotune, empty_weight_grad, extension, threads
 
 CL = torch.channels_last_3d
 PAD_0 = ((0, 0), (0, 0), (0, 0))
@@ -61,25 +61,27 @@ def _geometry(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads)
 
 
 def _input(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads) -> torch.Tensor:
-    """x padded and rearranged: Tensor[N, Cin * sT * sH * sW, T'', H'', W''] (channels_last_3d), channel
-    c * sT * sH * sW + (rt * sH + rh) * sW + rw holding padded cell (s * i + r) of channel c."""
-    (_, _, ta), (_, _, ha), (_, _, wa) = _geometry(x, weight, stride, pads)
-    (t0, _), (h0, _), (w0, _) = pads
-    padded = F.pad(x, (w0, wa, h0, ha, t0, ta)).permute(0, 2, 3, 4, 1)  # [N, T, H, W, C] (F.pad cuts if < 0)
-    n, t, h, w, c = padded.shape
-    st, sh, sw = stride
-    blocks = padded.reshape(n, t // st, st, h // sh, sh, w // sw, sw, c).permute(0, 1, 3, 5, 7, 2, 4, 6)
-    return blocks.reshape(n, t // st, h // sh, w // sw, c * st * sh * sw).permute(0, 4, 1, 2, 3)
+    """x padded and rearranged (C++, one pass): Tensor[N, sT * sH * sW * Cin, T'', H'', W'']
+    (channels_last_3d), channel ((rt * sH + rh) * sW + rw) * Cin + c holding padded cell (s * i + r) of
+    channel c."""
+    x = x.contiguous(memory_format=CL)
+    dims = _geometry(x, weight, stride, pads)
+    n, cin = x.shape[:2]
+    cells = tuple(out - 1 + q for q, out, _ in dims)
+    out = torch.empty((n, cin * math.prod(stride), *cells), dtype=x.dtype, memory_format=CL)
+    extension().space_to_depth(x.data_ptr(), out.data_ptr(), x.element_size(), (n, *x.shape[2:], cin), cells,
+                               tuple(stride), tuple(before for before, _ in pads), threads())
+    return out
 
 
 def _weight(weight: torch.Tensor, stride: Triple) -> torch.Tensor:
-    """Tensor[Cout, Cin, kT, kH, kW] -> Tensor[Cout, Cin * sT * sH * sW, qT, qH, qW] (channels_last_3d)
+    """Tensor[Cout, Cin, kT, kH, kW] -> Tensor[Cout, sT * sH * sW * Cin, qT, qH, qW] (channels_last_3d)
     matching :func:`_input`, zero where a tap falls past the kernel."""
     cout, cin, kt, kh, kw = weight.shape
     (st, sh, sw), (qt, qh, qw) = stride, (-(-k // s) for k, s in zip(weight.shape[2:], stride))
     padded = F.pad(weight, (0, qw * sw - kw, 0, qh * sh - kh, 0, qt * st - kt))
-    blocks = padded.reshape(cout, cin, qt, st, qh, sh, qw, sw).permute(0, 1, 3, 5, 7, 2, 4, 6)
-    return blocks.reshape(cout, cin * st * sh * sw, qt, qh, qw).contiguous(memory_format=CL)
+    blocks = padded.reshape(cout, cin, qt, st, qh, sh, qw, sw).permute(0, 3, 5, 7, 1, 2, 4, 6)
+    return blocks.reshape(cout, st * sh * sw * cin, qt, qh, qw).contiguous(memory_format=CL)
 
 
 def conv3d(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads) -> torch.Tensor:
@@ -99,6 +101,6 @@ def weight_grad(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor, strid
     folded = _weight(weight.detach(), stride)
     grad_folded = aten_conv3d.conv3d_backward(grad, _input(x, weight, stride, pads), folded, (1, 1, 1), PAD_0,
                                               False, True)[1]
-    blocks = grad_folded.reshape(cout, cin, st, sh, sw, qt, qh, qw).permute(0, 1, 5, 2, 6, 3, 7, 4)
+    blocks = grad_folded.reshape(cout, st, sh, sw, cin, qt, qh, qw).permute(0, 4, 5, 1, 6, 2, 7, 3)
     grad = blocks.reshape(cout, cin, qt * st, qh * sh, qw * sw)[:, :, :kt, :kh, :kw]
     return empty_weight_grad(weight, x.dtype).copy_(grad)

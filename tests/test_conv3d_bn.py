@@ -512,3 +512,35 @@ def test_temporal_data_gradient_through_the_training_op(monkeypatch):
     ours = _run(_ours("cpu", case, True), case, torch.float32, True)
     for o, p, r in zip(ours, plain, ref):
         assert _max_err(o, r) <= 2 * _max_err(p, r) + 1e-6 * r.abs().max().item()
+
+
+@pytest.mark.parametrize("kernel", [(3, 3, 3), (1, 3, 3), (3, 1, 1), (1, 1, 1)], ids=lambda k: "x".join(map(str, k)))
+@pytest.mark.parametrize("threads", [1, 2])
+def test_store_loop_batch_statistics_match_float64(kernel, threads):
+    """The C++ kernels' batch statistics, gathered while storing z (chunk pilots, Chan merge): within ~2x
+    of torch.var_mean's fp32 error against float64, also when |mean| >> std, with partial tiles, 20
+    output channels (a partial vector) and x a channel slice."""
+    if cpu_conv3d.unsupported(torch.empty(1, 1, 1, 1, 1), torch.empty(1, 1, *kernel), (1, 1, 1),
+                              cpu_conv3d.WINOGRAD.get(kernel, cpu_conv3d.PAD_0), None):
+        pytest.skip("not a C++ kernel")
+    g = torch.Generator().manual_seed(11)
+    wide = (torch.randn(2, 24, 7, 11, 9, generator=g, dtype=torch.float64) + 3).contiguous(memory_format=CL)
+    x64 = wide[:, 2:18]
+    weight = torch.randn(20, 16, *kernel, generator=g, dtype=torch.float64) * 0.05 + 0.05
+    pads = cpu_conv3d.WINOGRAD.get(kernel, cpu_conv3d.PAD_0)
+    (t0, t1), (h0, h1), (w0, w1) = pads
+    z64 = F.conv3d(F.pad(x64, (w0, w1, h0, h1, t0, t1)), weight)
+    var64, mean64 = torch.var_mean(z64, dim=(0, 2, 3, 4), correction=0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        z = torch.empty(z64.shape, memory_format=CL)
+        mean, var = torch.empty(20), torch.empty(20)
+        packed = cpu_conv3d.prepare_weight(weight.float())
+        assert not cpu_conv3d.conv3d_packed(wide.float()[:, 2:18], packed, None, False, [(z, 0, 20)], stats=(mean, var))
+    finally:
+        torch.set_num_threads(previous)
+    assert (mean64.abs() > var64.sqrt()).all()  # |mean| > std: where E[z^2] - E[z]^2 would cancel
+    plain_var, plain_mean = torch.var_mean(z, dim=(0, 2, 3, 4), correction=0)
+    for ours, plain, ref in ((mean, plain_mean, mean64), (var, plain_var, var64)):
+        assert _max_err(ours, ref) <= 2 * _max_err(plain, ref) + 1e-6 * ref.abs().max().item()

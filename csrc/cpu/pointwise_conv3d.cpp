@@ -18,10 +18,12 @@
 #include <algorithm>
 #include <array>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <tuple>
 #include <vector>
 
+#include "cpu/channel_stats.h"
 #include "cpu/cpu_utils.h"
 #include "cpu/gemm_panel.h"
 
@@ -115,8 +117,9 @@ void pool_rows(const float* x, const Geometry& g, int64_t first, int64_t count, 
   }
 }
 
+// mean / var (optional): the outputs' per-channel batch statistics before ReLU (channel_stats.h).
 void pointwise_forward(const float* x, const float* packed, const float* bias, bool relu, const Geometry& g,
-                       const std::vector<Dest>& dests, int threads) {
+                       const std::vector<Dest>& dests, int threads, float* mean, float* var) {
   const PanelLayout L(1, g.cin, g.cout);
   const int64_t rows = g.rows();
   // Chunks of at most kChunkRows, as many for every thread.
@@ -130,6 +133,7 @@ void pointwise_forward(const float* x, const float* packed, const float* bias, b
   const int64_t col_size = pooled ? 16 * (std::min(P, g.W) + g.pool[2]) : 0, c_size = P * kPanel;
   const int64_t per_thread = a_size + col_size + c_size;
   AlignedBuffer scratch(threads * per_thread);
+  std::unique_ptr<ChunkStats> stats(mean ? new ChunkStats(ceil_div(rows, P), g.cout) : nullptr);
 #pragma omp parallel num_threads(threads)
   {
     float* A = scratch.data + omp_get_thread_num() * per_thread;
@@ -145,21 +149,37 @@ void pointwise_forward(const float* x, const float* packed, const float* bias, b
         a = A;
         lda = g.cin;
       }
+      const int64_t chunk = first / P;
+      if (stats) stats->add_count(chunk, count);
       for (int64_t panel = 0; panel < L.panels(); ++panel) {
         const int64_t width = L.width(panel);
         panel_gemm(a, lda, count, packed + L.offset(panel, 0), g.cin, width, C);
+        v16 pilot[kPanel / 16], sum[kPanel / 16] = {}, sumsq[kPanel / 16] = {};
         for (int64_t r = 0; r < count; ++r)
           for (int64_t j = 0; j < width; j += 16) {
             const int64_t c0 = panel * kPanel + j;
             if (c0 >= g.cout) break;
             v16 v = load<v16>(C + r * width + j) + load<v16>(b.data() + c0);
+            if (stats) {
+              if (r == 0) {  // the chunk's first row
+                pilot[j / 16] = v;
+                stats->set_pilot(chunk, c0, v);
+              }
+              const v16 d = v - pilot[j / 16];
+              sum[j / 16] += d;
+              sumsq[j / 16] += d * d;
+            }
             if (relu) v = v < 0 ? v16{} : v;  // NaN stays NaN
             store_channels(dests, first + r, c0, static_cast<int>(std::min<int64_t>(16, g.cout - c0)), v, stream);
           }
+        if (stats)
+          for (int64_t j = 0; j < width && panel * kPanel + j < g.cout; j += 16)
+            stats->add(chunk, panel * kPanel + j, sum[j / 16], sumsq[j / 16]);
       }
     }
     finish_streaming();
   }
+  if (stats) stats->merge(g.cout, mean, var);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -172,7 +192,8 @@ void prepare_weight(uintptr_t weight, uintptr_t packed, int64_t cout, int64_t ci
 
 void forward(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64_t cin, uintptr_t packed,
              int64_t cout, uintptr_t bias, bool relu, const std::array<int64_t, 3>& pool,
-             const std::vector<std::tuple<uintptr_t, int64_t, int64_t>>& dests, int threads) {
+             const std::vector<std::tuple<uintptr_t, int64_t, int64_t>>& dests, int threads, uintptr_t mean,
+             uintptr_t var) {
   const auto [N, T, H, W] = ndhw;
   if (N < 1 || T < 1 || H < 1 || W < 1 || cin < 1 || cout < 1 || ldx < cin)
     throw std::invalid_argument("pointwise_conv3d_forward: bad sizes");
@@ -190,7 +211,8 @@ void forward(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64
   const Geometry g{N, T, H, W, cin, ldx, cout, pool};
   py::gil_scoped_release release;
   pointwise_forward(as_ptr<const float>(x), as_ptr<const float>(packed), bias ? as_ptr<const float>(bias) : nullptr,
-                    relu, g, out, std::max(threads, 1));
+                    relu, g, out, std::max(threads, 1), mean ? as_ptr<float>(mean) : nullptr,
+                    mean ? as_ptr<float>(var) : nullptr);
 }
 
 }  // namespace
@@ -203,11 +225,12 @@ void register_pointwise_conv3d(py::module_& m) {
         "Packs a contiguous float32 [cout, cin] weight into panels (pointwise_conv3d_packed_size floats).");
   m.def("pointwise_conv3d_forward", &forward, py::arg("x"), py::arg("ldx"), py::arg("ndhw"), py::arg("cin"),
         py::arg("packed"), py::arg("cout"), py::arg("bias"), py::arg("relu"), py::arg("pool"), py::arg("dests"),
-        py::arg("threads"),
+        py::arg("threads"), py::arg("mean") = 0, py::arg("var") = 0,
         "1x1x1 convolution of float32 NDHWC rows x (cin channels, row stride ldx) with a packed weight, "
         "bias (0 = none, else cout floats) and ReLU fused; pool = (kT, kH, kW) reads a stride-1 SAME max "
         "pool of x instead ((0, 0, 0): none). dests: (pointer, row stride, channel count) per destination, "
-        "taking the output channels in order.");
+        "taking the output channels in order. mean, var (0 = not wanted, else cout floats each): the outputs' "
+        "per-channel mean and biased variance before ReLU, gathered in the store loop.");
 }
 
 }  // namespace i3d

@@ -30,11 +30,13 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <memory>
 #include <stdexcept>
 #include <tuple>
 #include <type_traits>
 #include <vector>
 
+#include "cpu/channel_stats.h"
 #include "cpu/cpu_utils.h"
 #include "cpu/gemm_panel.h"
 
@@ -277,9 +279,10 @@ void transform_chunk(const float* x, const float* zeros, const Geometry& g, int6
 template <int K>
 void store_chunk(const float* M, const Geometry& g, int64_t first, int64_t count, int64_t P, int64_t width,
                  int64_t c_first, const float* bias, bool relu, const std::vector<Dest>& dests, bool stream,
-                 v16& nonfinite) {
+                 v16& nonfinite, ChunkStats* stats, int64_t chunk) {
   using TL = Tile<K>;
   const int64_t m_stride = P * width;
+  v16 pilots[kPanel / 16];
   for (int64_t p = 0; p < count; ++p) {
     const auto [n, tt, th, tw] = g.tile(first + p);
     for (int64_t j = 0; j < width; j += 16) {
@@ -289,6 +292,13 @@ void store_chunk(const float* M, const Geometry& g, int64_t first, int64_t count
       v16 y[TL::kOutT * TL::kOutPerT];
       output_tile<K>(M + p * width + j, m_stride, y);
       const v16 b = load<v16>(bias + c0);
+      v16& pilot = pilots[j / 16];
+      if (stats && p == 0) {  // the chunk's first output (a tile's first cell is always inside)
+        pilot = y[0] + b;
+        stats->set_pilot(chunk, c0, pilot);
+      }
+      v16 sum{}, sumsq{};
+      int64_t cells = 0;
       for (int i = 0; i < TL::kOutT; ++i) {
         const int64_t t = TL::kOutT * tt + i;
         if (t >= g.T) break;
@@ -300,10 +310,20 @@ void store_chunk(const float* M, const Geometry& g, int64_t first, int64_t count
             if (w >= g.W) break;
             v16 out = y[(i * TL::kOutS + k) * TL::kOutS + l] + b;
             nonfinite += out - out;  // stays 0 unless an output is inf or NaN
+            if (stats) {
+              const v16 d = out - pilot;
+              sum += d;
+              sumsq += d * d;
+              ++cells;
+            }
             if (relu) out = out < 0 ? v16{} : out;  // NaN stays NaN
             store_channels(dests, ((n * g.T + t) * g.H + h) * g.W + w, c0, valid, out, stream);
           }
         }
+      }
+      if (stats) {
+        stats->add(chunk, c0, sum, sumsq);
+        if (c0 == 0) stats->add_count(chunk, cells);
       }
     }
   }
@@ -322,9 +342,11 @@ int64_t chunk_tiles(const Geometry& g, int threads, int64_t requested) {
 
 // Returns whether any output (before ReLU) is inf or NaN: the transforms subtract neighbouring cells,
 // so an infinite input comes out NaN where a direct convolution gives +-inf (the caller recomputes).
+// mean / var (optional): the outputs' per-channel batch statistics before ReLU (channel_stats.h).
 template <int K>
 bool winograd_forward(const float* x, const float* u, const float* bias, bool relu, const Geometry& g,
-                      const std::vector<Dest>& dests, int threads, int64_t requested_chunk) {
+                      const std::vector<Dest>& dests, int threads, int64_t requested_chunk, float* mean,
+                      float* var) {
   constexpr int kPositions = Tile<K>::kPositions;
   const PanelLayout L(kPositions, g.cin, g.cout);
   const int64_t tiles = g.tiles();
@@ -335,6 +357,7 @@ bool winograd_forward(const float* x, const float* u, const float* bias, bool re
   const bool stream = streams(dests, g.N * g.T * g.H * g.W);
   const int64_t v_size = round_up(kPositions * P * g.cin, 16), m_size = kPositions * P * kPanel;
   AlignedBuffer scratch(threads * (v_size + m_size));
+  std::unique_ptr<ChunkStats> stats(mean ? new ChunkStats(chunks, g.cout) : nullptr);
   int found = 0;
 #pragma omp parallel num_threads(threads)
   {
@@ -349,7 +372,8 @@ bool winograd_forward(const float* x, const float* u, const float* bias, bool re
         const int64_t width = L.width(panel);
         for (int xi = 0; xi < kPositions; ++xi)
           panel_gemm(V + xi * P * g.cin, g.cin, count, u + L.offset(panel, xi), g.cin, width, M + xi * P * width);
-        store_chunk<K>(M, g, first, count, P, width, panel * kPanel, b.data(), relu, dests, stream, nonfinite);
+        store_chunk<K>(M, g, first, count, P, width, panel * kPanel, b.data(), relu, dests, stream, nonfinite,
+                       stats.get(), chunk);
       }
     }
     finish_streaming();
@@ -358,6 +382,7 @@ bool winograd_forward(const float* x, const float* u, const float* bias, bool re
 #pragma omp atomic update
     found |= mine;
   }
+  if (stats && !found) stats->merge(g.cout, mean, var);
   return found != 0;
 }
 
@@ -635,7 +660,7 @@ Geometry geometry(const std::array<int64_t, 4>& ndhw, int64_t cin, int64_t ldx, 
 
 bool forward(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64_t cin, uintptr_t packed,
              int64_t cout, uintptr_t bias, bool relu, const std::vector<std::tuple<uintptr_t, int64_t, int64_t>>& dests,
-             int threads, int64_t chunk, int kt, int ks) {
+             int threads, int64_t chunk, int kt, int ks, uintptr_t mean_ptr, uintptr_t var_ptr) {
   const auto [N, T, H, W] = ndhw;
   if (N < 1 || T < 1 || H < 1 || W < 1 || cin < 1 || cout < 1 || ldx < cin)
     throw std::invalid_argument("winograd3d_forward: bad sizes");
@@ -651,13 +676,15 @@ bool forward(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64
   py::gil_scoped_release release;
   const float* b = bias ? as_ptr<const float>(bias) : nullptr;
   const int nthreads = std::max(threads, 1);
+  float* mean = mean_ptr ? as_ptr<float>(mean_ptr) : nullptr;
+  float* var = mean ? as_ptr<float>(var_ptr) : nullptr;
   switch (kind(kt, ks)) {
     case k333: return winograd_forward<k333>(as_ptr<const float>(x), as_ptr<const float>(packed), b, relu, g, out,
-                                             nthreads, chunk);
+                                             nthreads, chunk, mean, var);
     case k133: return winograd_forward<k133>(as_ptr<const float>(x), as_ptr<const float>(packed), b, relu, g, out,
-                                             nthreads, chunk);
+                                             nthreads, chunk, mean, var);
     default: return winograd_forward<k311>(as_ptr<const float>(x), as_ptr<const float>(packed), b, relu, g, out,
-                                           nthreads, chunk);
+                                           nthreads, chunk, mean, var);
   }
 }
 
@@ -707,13 +734,16 @@ void register_winograd3d(py::module_& m) {
         "contiguous), taps reversed when flip, into a 64-byte aligned buffer of winograd3d_packed_size floats.");
   m.def("winograd3d_forward", &forward, py::arg("x"), py::arg("ldx"), py::arg("ndhw"), py::arg("cin"),
         py::arg("packed"), py::arg("cout"), py::arg("bias"), py::arg("relu"), py::arg("dests"),
-        py::arg("threads"), py::arg("chunk") = 0, py::arg("kt") = 3, py::arg("ks") = 3,
+        py::arg("threads"), py::arg("chunk") = 0, py::arg("kt") = 3, py::arg("ks") = 3, py::arg("mean") = 0,
+        py::arg("var") = 0,
         "kt x ks x ks (3x3x3, 1x3x3 or 3x1x1) stride-1 convolution, padding (kt / 2, ks / 2, ks / 2), of "
         "float32 NDHWC rows x (cin channels, row stride ldx) with a "
         "packed weight; bias (0 = none, else cout floats) and ReLU fused. dests: (pointer, row stride, "
         "channel count) per destination, taking the output channels in order. chunk: tiles per work "
         "item (0 = sized for the L2 cache). Returns whether any output before ReLU is inf or NaN (the "
-        "transforms turn an infinite input into NaN; recompute such calls with a direct convolution).");
+        "transforms turn an infinite input into NaN; recompute such calls with a direct convolution). mean, var "
+        "(0 = not wanted, else cout floats each): the outputs' per-channel mean and biased variance before "
+        "ReLU, gathered in the store loop (left unset when an output is inf or NaN).");
   m.def("winograd3d_weight_grad", &weight_grad, py::arg("x"), py::arg("ldx"), py::arg("ndhw"), py::arg("cin"),
         py::arg("dy"), py::arg("ldy"), py::arg("cout"), py::arg("dw"), py::arg("strides"), py::arg("threads"),
         py::arg("whole") = false, py::arg("kt") = 3, py::arg("ks") = 3,

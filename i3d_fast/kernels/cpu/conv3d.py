@@ -176,7 +176,9 @@ def prepare_weight(weight: torch.Tensor, scale: Optional[torch.Tensor] = None, f
 _PREPARED = WeightCache(lambda weight: prepare_weight(weight))
 
 
-def _cached_weight(weight: torch.Tensor, scale: Optional[torch.Tensor]) -> PackedWeight:
+def cached_weight(weight: torch.Tensor, scale: Optional[torch.Tensor] = None) -> PackedWeight:
+    """:func:`prepare_weight` of weight (times scale), kept per weight tensor while it is unchanged (without a
+    scale)."""
     return prepare_weight(weight, scale) if scale is not None else _PREPARED.get(weight)
 
 
@@ -207,25 +209,32 @@ def as_rows(t: torch.Tensor) -> Tuple[torch.Tensor, int]:
 
 
 def conv3d_packed(x: torch.Tensor, weight: PackedWeight, shift: Optional[torch.Tensor], relu: bool,
-                  destinations: Sequence[Tuple[torch.Tensor, int, int]], pool: Optional[Triple] = None) -> bool:
+                  destinations: Sequence[Tuple[torch.Tensor, int, int]], pool: Optional[Triple] = None,
+                  stats: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> bool:
     """Writes relu?(conv3d(x, w) + shift) into ``destinations`` = [(out, channel offset, count), ...]
     (channels_last_3d float32 outs, counts summing to Cout). Winograd kernels: SAME zero padding;
     1x1x1: ``pool`` = (kT, kH, kW) convolves a stride-1 SAME max pool of x instead. x: float32 Tensor[N, Cin, T, H, W]
     in channels-last rows (a channel slice of a wider tensor is read in place; other layouts are
-    copied first). Returns True when a Winograd output came out inf or NaN: its transforms turn an
-    infinite input into NaN where a direct convolution gives +-inf, so the caller recomputes."""
+    copied first). ``stats`` = (mean, var), float32 Tensor[Cout] each: filled in the store loop with
+    the outputs' per-channel batch mean and biased variance before ReLU (training-mode BatchNorm's
+    statistics without another pass; csrc/cpu/channel_stats.h). Returns True when a Winograd output
+    came out inf or NaN (stats then unset): its transforms turn an infinite input into NaN where a
+    direct convolution gives +-inf, so the caller recomputes."""
     x, ld = as_rows(x)
     n, cin, t, h, w = x.shape
     dests = [(out.data_ptr() + offset * out.element_size(), out.shape[1], count)
              for out, offset, count in destinations]
     bias = None if shift is None else shift.to(torch.float32).contiguous()
     bias_ptr = 0 if bias is None else bias.data_ptr()
+    mean_ptr, var_ptr = (0, 0) if stats is None else (stats[0].data_ptr(), stats[1].data_ptr())
     ext = extension()
     if weight.winograd:
         return ext.winograd3d_forward(x.data_ptr(), ld, (n, t, h, w), cin, weight.data.data_ptr(), weight.cout,
-                                      bias_ptr, relu, dests, threads(), 0, weight.winograd[0], weight.winograd[1])
+                                      bias_ptr, relu, dests, threads(), 0, weight.winograd[0], weight.winograd[1],
+                                      mean_ptr, var_ptr)
     ext.pointwise_conv3d_forward(x.data_ptr(), ld, (n, t, h, w), cin, weight.data.data_ptr(), weight.cout,
-                                 bias_ptr, relu, tuple(pool) if pool is not None else (0, 0, 0), dests, threads())
+                                 bias_ptr, relu, tuple(pool) if pool is not None else (0, 0, 0), dests, threads(),
+                                 mean_ptr, var_ptr)
     return False
 
 
@@ -236,7 +245,7 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor],
     channels_last_3d tensor when ``destinations`` is None, else writes the output channels in order
     into the (tensor, offset, count) destinations. A Winograd result with inf or NaN is recomputed by
     oneDNN (an infinite input must give +-inf, as ``F.conv3d`` does, not the transforms' NaN)."""
-    packed = _cached_weight(weight, scale)
+    packed = cached_weight(weight, scale)
     new = destinations is None
     if new:
         out = torch.empty((x.shape[0], packed.cout, *x.shape[2:]), dtype=x.dtype, memory_format=CL)

@@ -2,10 +2,11 @@
 BatchNorm passes compute in float32, the bf16 convolutions are oneDNN's).
 
 Forward: the convolution on the C++ Winograd / GEMM kernels where they beat oneDNN for the shape,
-a strided one with few input channels (the 7x7x7 stride-2 stem) as a space-to-depth convolution
-where that measured faster (bf16; :mod:`.space_to_depth`), oneDNN elsewhere; then one C++ call for
-the batch statistics (one read of its output) and normalise + affine + ReLU (one pass)
-(csrc/cpu/batch_norm.cpp).
+gathering the batch statistics in their store loop (csrc/cpu/channel_stats.h), then normalise + affine
++ ReLU in one pass; a strided one with few input channels (the 7x7x7 stride-2 stem) as a
+space-to-depth convolution where that measured faster (bf16; :mod:`.space_to_depth`), oneDNN
+elsewhere, each followed by one C++ call for the statistics (one read of its output) and the
+normalisation pass (csrc/cpu/batch_norm.cpp).
 Backward: one C++ call for BatchNorm's two reductions (one pass, the ReLU mask recomputed from the
 saved conv output) and its gradient (a second pass), then the convolution's data and weight
 gradients (see :func:`.conv3d.conv3d_backward`: Winograd, one GEMM, space-to-depth or oneDNN, as
@@ -27,13 +28,25 @@ from . import dtype_name, extension, threads
 CL = torch.channels_last_3d
 
 
-def _conv(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads) -> torch.Tensor:
+def _conv(x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads,
+          stats: Tuple[torch.Tensor, torch.Tensor]) -> Tuple[torch.Tensor, bool]:
+    """(z, whether ``stats`` = (mean, var) were filled by the convolution's store loop: the C++ kernels
+    gather the batch statistics as they write z)."""
     if cpu_conv3d.unsupported(x, weight, stride, pads, None) is None and \
             cpu_conv3d.slower_than_onednn(x, weight, transformed_per_call=True) is None:
-        return cpu_conv3d.conv3d(x, weight, None, None, stride, pads, False)
-    if space_to_depth.rejected(x, weight, stride, pads) is None:
-        return space_to_depth.conv3d(x, weight, stride, pads)
-    return aten_conv3d.conv3d(x, weight, None, None, stride, pads, False)
+        z = torch.empty(_out_shape(x, weight), dtype=torch.float32, memory_format=CL)
+        if not cpu_conv3d.conv3d_packed(x, cpu_conv3d.cached_weight(weight), None, False, [(z, 0, z.shape[1])],
+                                        stats=stats):
+            return z, True
+        # an inf or NaN output: oneDNN's direct convolution (+-inf where the transforms give NaN)
+    elif space_to_depth.rejected(x, weight, stride, pads) is None:
+        return space_to_depth.conv3d(x, weight, stride, pads), False
+    return aten_conv3d.conv3d(x, weight, None, None, stride, pads, False), False
+
+
+def _out_shape(x: torch.Tensor, weight: torch.Tensor) -> Tuple[int, ...]:
+    """Output shape of the stride-1 SAME / unpadded convolutions the C++ kernels run."""
+    return (x.shape[0], weight.shape[0], *x.shape[2:])
 
 
 def _float32(t: torch.Tensor) -> torch.Tensor:
@@ -45,14 +58,19 @@ def _float32(t: torch.Tensor) -> torch.Tensor:
 
 def forward_train(x, weight, bn_weight, bn_bias, eps: float, stride: Triple, pads: Pads, relu: bool):
     """(y, z, mean, var): see :func:`i3d_fast.kernels.reference.conv3d_bn.forward_train`."""
-    z = _conv(x, weight, stride, pads)
-    c = z.shape[1]
-    y = torch.empty_like(z)
+    c = weight.shape[0]
     mean, var = torch.empty(c), torch.empty(c)
+    z, have_stats = _conv(x, weight, stride, pads, (mean, var))
+    y = torch.empty_like(z)
     gamma, beta = _float32(bn_weight), _float32(bn_bias)
-    extension().batch_norm_forward(dtype_name(z.dtype), z.data_ptr(), c, z.numel() // c, c, gamma.data_ptr(),
-                                   beta.data_ptr(), eps, relu, y.data_ptr(), c, mean.data_ptr(), var.data_ptr(),
-                                   threads())
+    if have_stats:  # normalise + affine + ReLU only: the statistics came with z
+        extension().batch_norm_apply(dtype_name(z.dtype), z.data_ptr(), c, z.numel() // c, c, mean.data_ptr(),
+                                     var.data_ptr(), gamma.data_ptr(), beta.data_ptr(), eps, relu, y.data_ptr(), c,
+                                     threads())
+    else:
+        extension().batch_norm_forward(dtype_name(z.dtype), z.data_ptr(), c, z.numel() // c, c, gamma.data_ptr(),
+                                       beta.data_ptr(), eps, relu, y.data_ptr(), c, mean.data_ptr(), var.data_ptr(),
+                                       threads())
     return y, z, mean, var
 
 

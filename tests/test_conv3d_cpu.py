@@ -211,3 +211,34 @@ def test_opcheck():
     x, w, scale, shift = (t.float() for t in _data(1, 3, 4, (3, 4, 5)))
     torch.library.opcheck(torch.ops.i3d_fast.conv3d.default,
                           (x.requires_grad_(), w, scale, shift, [1, 1, 1], [1, 1, 1, 1, 1, 1], True, False, "cpu"))
+
+
+@pytest.mark.parametrize("kernel", [(3, 3, 3), (1, 3, 3), (3, 1, 1)], ids=lambda k: "x".join(map(str, k)))
+def test_winograd_chunk_is_timed_and_changes_no_output(monkeypatch, kernel):
+    """The tiles per work chunk are autotuned among the kernel's rule (0), CHUNK_CANDIDATES below the
+    per-thread share and one chunk per thread; every chunk size gives the same output bit for bit.
+    With I3D_FAST_AUTOTUNE=0 the kernel's rule."""
+    from i3d_fast.kernels.cpu import autotune, conv3d as cpu_conv3d
+
+    x = torch.randn(2, 16, 4, 8, 7).contiguous(memory_format=CL)
+    packed = cpu_conv3d.prepare_weight(torch.randn(20, 16, *kernel))
+    outputs, tried = {}, []
+
+    def run(chunk):
+        tried.append(chunk)
+        out = torch.empty(2, 20, 4, 8, 7).contiguous(memory_format=CL)
+        ext = cpu_kernels.extension()
+        ext.winograd3d_forward(x.data_ptr(), 16, (2, 4, 8, 7), 16, packed.data.data_ptr(), 20, 0, False,
+                               [(out.data_ptr(), 20, 20)], 2, chunk, kernel[0], kernel[1])
+        outputs[chunk] = out
+
+    monkeypatch.setattr(autotune, "_CHOICES", {})
+    chosen = cpu_conv3d._winograd_chunk(x, 16, packed, run)
+    per_thread = -(-cpu_conv3d._tiles(x, kernel) // torch.get_num_threads())
+    expected = {0, -(-per_thread // 6) * 6} | {c for c in cpu_conv3d.CHUNK_CANDIDATES if c < per_thread}
+    assert per_thread <= 2 * cpu_conv3d.CHUNK_CANDIDATES[-1]  # few tiles: one chunk per thread is tried
+    assert set(tried) == expected and chosen in expected
+    first = outputs[0]
+    assert all(torch.equal(first, out) for out in outputs.values())
+    monkeypatch.setenv("I3D_FAST_AUTOTUNE", "0")
+    assert cpu_conv3d._winograd_chunk(x, 16, packed, run) == 0

@@ -107,19 +107,22 @@ template <int K>
 void transform_weight(const WeightView& wv, float* u, int64_t cout, int64_t cin, int threads) {
   using TL = Tile<K>;
   const PanelLayout L(TL::kPositions, cin, cout);
+  int64_t taps[TL::kTaps];  // offset of each tap from its (co, ci) element
+  for (int tap = 0; tap < TL::kTaps; ++tap) taps[tap] = &wv.at(0, 0, tap) - wv.w;
   // Each (panel, input channel) writes whole [width] rows of the position blocks.
 #pragma omp parallel for num_threads(threads) schedule(static) collapse(2)
   for (int64_t panel = 0; panel < L.panels(); ++panel) {
     for (int64_t ci = 0; ci < cin; ++ci) {
      for (int64_t co0 = panel * kPanel; co0 < panel * kPanel + L.width(panel); co0 += 8) {
-      v8d g[TL::kTaps];
+      v8d g[TL::kTaps] = {};
       if (wv.s[0] == 1 && co0 + 8 <= cout) {  // output channels contiguous: vector loads
-        for (int tap = 0; tap < TL::kTaps; ++tap)
-          g[tap] = __builtin_convertvector(load<v8>(&wv.at(co0, ci, tap)), v8d);
-      } else {
-        for (int tap = 0; tap < TL::kTaps; ++tap)
-          for (int lane = 0; lane < 8; ++lane)
-            g[tap][lane] = co0 + lane < cout ? static_cast<double>(wv.at(co0 + lane, ci, tap)) : 0.0;
+        const float* base = wv.w + co0 + ci * wv.s[1];
+        for (int tap = 0; tap < TL::kTaps; ++tap) g[tap] = __builtin_convertvector(load<v8>(base + taps[tap]), v8d);
+      } else {  // e.g. a contiguous weight: each output channel's taps are close together
+        for (int lane = 0; lane < 8 && co0 + lane < cout; ++lane) {  // padded channels stay 0
+          const float* base = wv.w + (co0 + lane) * wv.s[0] + ci * wv.s[1];
+          for (int tap = 0; tap < TL::kTaps; ++tap) g[tap][lane] = base[taps[tap]];
+        }
       }
       v8d a[TL::kInT][TL::kTapsS], out[TL::kPositions];
       for (int hw = 0; hw < TL::kTapsS; ++hw) {  // along t

@@ -141,8 +141,7 @@ def prepare_weight(weight: torch.Tensor, scale: Optional[torch.Tensor] = None, f
 
     Args:
         weight: Tensor[Cout, Cin, kT, 3, 3] (kT 3 or 1) or Tensor[Cout, Cin, 1, 1, 1] (any float dtype;
-            CPU; a float32 Winograd weight is read in place when its output channels are contiguous,
-            e.g. a channels_last_3d weight for ``flipped``).
+            CPU; a float32 Winograd weight is read in place with any strides).
         scale: optional Tensor[Cout] folded into the weights (in float64) first.
         flipped: transform the data-gradient weight instead, without materialising it: the input
             gradient of a stride-1 SAME kT x 3 x 3 convolution is the same convolution of the output
@@ -161,10 +160,7 @@ def prepare_weight(weight: torch.Tensor, scale: Optional[torch.Tensor] = None, f
         data = torch.empty(ext.winograd3d_packed_size(cout, cin, kernel[0], kernel[1]), dtype=torch.float32)
     else:
         data = torch.empty(ext.pointwise_conv3d_packed_size(cout, cin), dtype=torch.float32)
-    if kernel:
-        lanes = 1 if flipped else 0  # the dimension the transform vectorises over (its output channels)
-        if w.stride(lanes) != 1:
-            w = w.movedim(lanes, -1).contiguous().movedim(-1, lanes)
+    if kernel:  # read in place with any strides (vector loads where the output channels are contiguous)
         s = w.stride()
         strides = (s[1], s[0], *s[2:]) if flipped else s
         ext.winograd3d_prepare_weight(w.data_ptr(), data.data_ptr(), cout, cin, threads(), strides, flipped,

@@ -544,3 +544,23 @@ def test_store_loop_batch_statistics_match_float64(kernel, threads):
     plain_var, plain_mean = torch.var_mean(z, dim=(0, 2, 3, 4), correction=0)
     for ours, plain, ref in ((mean, plain_mean, mean64), (var, plain_var, var64)):
         assert _max_err(ours, ref) <= 2 * _max_err(plain, ref) + 1e-6 * ref.abs().max().item()
+
+
+@pytest.mark.parametrize("chunk", [0, *cpu_conv3d.GRAD_CHUNK_CANDIDATES])
+def test_winograd_weight_gradient_chunks_match_float64(monkeypatch, chunk):
+    """The Winograd weight gradient over chunks of tiles (a layer with many tiles) with each chunk size
+    autotuning may pick: within ~2x of ATen's fp32 error against float64."""
+    g = torch.Generator().manual_seed(12)
+    x64 = torch.randn(1, 8, 8, 32, 32, generator=g, dtype=torch.float64)
+    dy64 = torch.randn(1, 16, 8, 32, 32, generator=g, dtype=torch.float64)
+    weight = torch.empty(16, 8, 3, 3, 3)
+    assert not cpu_conv3d._whole_layer(x64, (3, 3, 3))
+    monkeypatch.setattr(cpu_conv3d.autotune, "fastest", lambda key, candidates: str(chunk))
+    ours, nonfinite = cpu_conv3d.winograd_weight_grad(x64.float().contiguous(memory_format=CL),
+                                                      dy64.float().contiguous(memory_format=CL), weight)
+    ref = torch.ops.aten.convolution_backward(dy64, x64, weight.double(), None, [1] * 3, [1] * 3, [1] * 3, False,
+                                              [0] * 3, 1, [False, True, False])[1]
+    aten = torch.ops.aten.convolution_backward(dy64.float(), x64.float(), weight, None, [1] * 3, [1] * 3, [1] * 3,
+                                               False, [0] * 3, 1, [False, True, False])[1]
+    assert not nonfinite
+    assert _max_err(ours, ref) <= 2 * _max_err(aten, ref) + 1e-6 * ref.abs().max().item()

@@ -588,12 +588,13 @@ constexpr int64_t kGradChunkBytes = int64_t(4) << 20;  // V + dM per thread
 
 template <int K>
 bool winograd_weight_grad(const float* x, const float* dy, int64_t ldy, const Geometry& g, float* dw,
-                          const WeightStrides& st, int threads) {
+                          const WeightStrides& st, int threads, int64_t requested_chunk) {
   constexpr int kPositions = Tile<K>::kPositions;
   const PanelLayout L(kPositions, g.cin, g.cout);
   const int64_t tiles = g.tiles();
   const int64_t fit = kGradChunkBytes / (4 * kPositions * (g.cin + L.coutp));
-  const int64_t P = std::max<int64_t>(1, std::min(std::max<int64_t>(fit, 6), ceil_div(tiles, threads)));
+  const int64_t P = requested_chunk > 0 ? std::min(requested_chunk, tiles)
+                                        : std::max<int64_t>(1, std::min(std::max<int64_t>(fit, 6), ceil_div(tiles, threads)));
   const int64_t chunks = ceil_div(tiles, P);
   const std::vector<float> zeros(std::max(g.cin, L.coutp), 0.0f);
   const int64_t v_size = round_up(kPositions * P * g.cin, 16), m_size = round_up(kPositions * P * L.coutp, 16);
@@ -702,7 +703,7 @@ bool forward(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64
 
 bool weight_grad(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64_t cin, uintptr_t dy,
                  int64_t ldy, int64_t cout, uintptr_t dw, const WeightStrides& strides, int threads, bool whole,
-                 int kt, int ks) {
+                 int kt, int ks, int64_t chunk) {
   const auto [N, T, H, W] = ndhw;
   if (N < 1 || T < 1 || H < 1 || W < 1 || cin < 1 || cout < 1 || ldx < cin || ldy < cout)
     throw std::invalid_argument("winograd3d_weight_grad: bad sizes");
@@ -716,7 +717,7 @@ bool weight_grad(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, i
     return whole ? winograd_weight_grad_whole<K>(as_ptr<const float>(x), as_ptr<const float>(dy), ldy, g,
                                                  as_ptr<float>(dw), strides, n)
                  : winograd_weight_grad<K>(as_ptr<const float>(x), as_ptr<const float>(dy), ldy, g, as_ptr<float>(dw),
-                                           strides, n);
+                                           strides, n, chunk);
   };
   switch (kind(kt, ks)) {
     case k333: return run(std::integral_constant<int, k333>{});
@@ -758,7 +759,7 @@ void register_winograd3d(py::module_& m) {
         "ReLU, gathered in the store loop (left unset when an output is inf or NaN).");
   m.def("winograd3d_weight_grad", &weight_grad, py::arg("x"), py::arg("ldx"), py::arg("ndhw"), py::arg("cin"),
         py::arg("dy"), py::arg("ldy"), py::arg("cout"), py::arg("dw"), py::arg("strides"), py::arg("threads"),
-        py::arg("whole") = false, py::arg("kt") = 3, py::arg("ks") = 3,
+        py::arg("whole") = false, py::arg("kt") = 3, py::arg("ks") = 3, py::arg("chunk") = 0,
         "Weight gradient of the kt x ks x ks stride-1 convolution, padding (kt / 2, ks / 2, ks / 2): float32 "
         "NDHWC rows x "
         "(cin channels, row stride ldx) and output gradient dy (cout channels, row stride ldy) -> float32 dw "

@@ -497,20 +497,36 @@ def temporal_data_grad(grad: torch.Tensor, weight: torch.Tensor, input_shape, st
     return out
 
 
+#: Tiles per work chunk timed against the Winograd weight gradient's own rule (V + dM within 4 MiB).
+GRAD_CHUNK_CANDIDATES = (24, 48, 96)
+
+
 def winograd_weight_grad(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tensor) -> Tuple[torch.Tensor, bool]:
     """Weight gradient of a stride-1 SAME convolution with a Winograd kernel (3x3x3, 1x3x3, 3x1x1)
     of x Tensor[N, Cin, T, H, W] given its output gradient Tensor[N, Cout, T, H, W] (float32,
     channels-last rows, channel slices read in place) -> (Tensor[Cout, Cin, *kernel] float32 with
     ``weight``'s strides where it is dense (so autograd accumulates it without a copy), whether any
-    element is inf or NaN)."""
+    element is inf or NaN). Layers with many tiles accumulate per-thread copies over chunks of tiles,
+    the chunk size timed once per configuration among the kernel's rule and
+    :data:`GRAD_CHUNK_CANDIDATES` (10-30% apart on I3D / R(2+1)D layers; the sums' order, so the
+    last bits, depend on it)."""
     (x, ldx), (grad, ldg) = as_rows(x), as_rows(grad)
     n, cin, t, h, w = x.shape
     cout, kernel = grad.shape[1], winograd_kernel(weight)
     dw = empty_weight_grad(weight, torch.float32)
-    nonfinite = extension().winograd3d_weight_grad(x.data_ptr(), ldx, (n, t, h, w), cin, grad.data_ptr(), ldg, cout,
-                                                   dw.data_ptr(), dw.stride(), threads(), _whole_layer(x, kernel),
-                                                   kernel[0], kernel[1])
-    return dw, nonfinite
+    whole = _whole_layer(x, kernel)
+
+    def run(chunk: int) -> bool:
+        return extension().winograd3d_weight_grad(x.data_ptr(), ldx, (n, t, h, w), cin, grad.data_ptr(), ldg, cout,
+                                                  dw.data_ptr(), dw.stride(), threads(), whole, kernel[0], kernel[1],
+                                                  chunk)
+
+    chunk = 0
+    if not whole and autotune.enabled(x, grad):
+        key = ("winograd_weight_grad_chunk", tuple(x.shape), tuple(grad.shape), kernel, threads())
+        chunk = int(autotune.fastest(key, lambda: [(str(c), functools.partial(run, c))
+                                                   for c in (0, *GRAD_CHUNK_CANDIDATES)]))
+    return dw, run(chunk)
 
 
 def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, stride: Triple, pads: Pads,

@@ -7,9 +7,11 @@
   and 3x1x1 padded (1, 0, 0) by F(2x1x1, 3x1x1), 4 instead of 6 per 2 outputs.
 - 1x1x1 stride-1 unpadded convolutions: one GEMM (csrc/cpu/pointwise_conv3d.cpp), optionally of a
   stride-1 SAME max pool of the input computed on load (Inception branch 3).
-- Gradients of the Winograd ones (:func:`conv3d_backward`): the data gradient on the same Winograd
-  kernel (flipped, transposed weights) and the weight gradient on a Winograd weight-gradient kernel
-  (:func:`winograd_weight_grad`); oneDNN for the rest.
+- Gradients (:func:`conv3d_backward`): a Winograd layer's data gradient on the same Winograd kernel
+  (flipped, transposed weights); other data gradients and every weight gradient by the fastest method
+  timed per layer (:func:`data_grad_method`, :func:`weight_grad_method`): oneDNN, the Winograd
+  weight-gradient kernel (:func:`winograd_weight_grad`), one GEMM over im2col columns, per-tap GEMMs
+  for kT x 1 x 1 layers, or space-to-depth.
 
 The input may be a channel slice of a wider channels_last_3d tensor (e.g. ``mid[:, :b1a]`` in an
 Inception block) and the output channels go straight into the destination channel slices: no copies.

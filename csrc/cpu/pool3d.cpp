@@ -271,8 +271,15 @@ inline Cover covering(int64_t i, int64_t stride, int64_t pad, int64_t kernel, in
 // `granule` lanes) so that every thread gets several tasks. Tasks are handed out dynamically
 // (schedule(dynamic, 1)): on a shared machine a preempted thread delays only its current task, not a
 // static share of the work.
+struct Task {
+  int64_t row, c0, c1;  // a row of positions and its channels [c0, c1)
+};
 struct Tasks {
   int64_t chunks, chunk, count;
+  Task at(int64_t task, int64_t C) const {
+    const int64_t c0 = task % chunks * chunk;
+    return {task / chunks, c0, std::min(C, c0 + chunk)};
+  }
 };
 inline Tasks split_tasks(int64_t rows, int64_t C, int threads, int64_t granule) {
   const int64_t want = 4 * static_cast<int64_t>(threads);
@@ -393,8 +400,7 @@ void forward_direct(const T* x, T* y, const PoolGeometry& g, int threads) {
   const Tasks tasks = split_tasks(g.N * g.OT * g.OH, C, threads, kBlock * L);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
   for (int64_t task = 0; task < tasks.count; ++task) {
-    const int64_t row = task / tasks.chunks;
-    const int64_t c0 = task % tasks.chunks * tasks.chunk, c1 = std::min(C, c0 + tasks.chunk);
+    const auto [row, c0, c1] = tasks.at(task, C);
     const int64_t oh = row % g.OH, ot = row / g.OH % g.OT, n = row / (g.OH * g.OT);
     const Span st = window(ot, g.stride[0], g.pad[0], g.kernel[0], g.T);
     const Span sh = window(oh, g.stride[1], g.pad[1], g.kernel[1], g.H);
@@ -464,8 +470,7 @@ void max_forward_fold(const T* x, T* y, const PoolGeometry& g, int threads) {
   const Tasks tasks = split_tasks(g.N * g.OH, C, threads, L);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
   for (int64_t task = 0; task < tasks.count; ++task) {
-    const int64_t row = task / tasks.chunks;
-    const int64_t c0 = task % tasks.chunks * tasks.chunk, c1 = std::min(C, c0 + tasks.chunk);
+    const auto [row, c0, c1] = tasks.at(task, C);
     const int64_t n = row / g.OH, oh = row % g.OH;
     const Span sh = window(oh, g.stride[1], g.pad[1], g.kernel[1], g.H);
     bool first[kMaxFolds];
@@ -704,9 +709,7 @@ void max_index_pass(const T* x, T* vals, I* idx, const PoolGeometry& g, int thre
     if (fold) {
 #pragma omp for schedule(dynamic, 1)
       for (int64_t task = 0; task < fold_tasks.count; ++task) {
-        const int64_t row = task / fold_tasks.chunks;
-        const int64_t c0 = task % fold_tasks.chunks * fold_tasks.chunk;
-        const int64_t c1 = std::min(C, c0 + fold_tasks.chunk);
+        const auto [row, c0, c1] = fold_tasks.at(task, C);
         const int64_t n = row / g.OH, oh = row % g.OH;
         const Span sh = window(oh, g.stride[1], g.pad[1], kH, g.H);
         const int64_t plane = g.OH * g.OW * C;
@@ -742,8 +745,7 @@ void max_index_pass(const T* x, T* vals, I* idx, const PoolGeometry& g, int thre
     } else {
 #pragma omp for schedule(dynamic, 1)
       for (int64_t task = 0; task < out_tasks.count; ++task) {
-        const int64_t row = task / out_tasks.chunks;
-        const int64_t c0 = task % out_tasks.chunks * out_tasks.chunk, c1 = std::min(C, c0 + out_tasks.chunk);
+        const auto [row, c0, c1] = out_tasks.at(task, C);
         const int64_t oh = row % g.OH, ot = row / g.OH % g.OT, n = row / (g.OH * g.OT);
         const Span st = window(ot, g.stride[0], g.pad[0], kT, g.T);
         const Span sh = window(oh, g.stride[1], g.pad[1], kH, g.H);
@@ -779,8 +781,7 @@ void gather_pass(const T* grad_out, const I* idx, T* grad_in, const PoolGeometry
   const Tasks in_tasks = split_tasks(g.N * g.T * g.H, C, threads, kBlock * L);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
   for (int64_t task = 0; task < in_tasks.count; ++task) {
-    const int64_t row = task / in_tasks.chunks;
-    const int64_t c0 = task % in_tasks.chunks * in_tasks.chunk, c1 = std::min(C, c0 + in_tasks.chunk);
+    const auto [row, c0, c1] = in_tasks.at(task, C);
     const int64_t h = row % g.H, t = row / g.H % g.T, n = row / (g.H * g.T);
     const Cover ct = covering(t, g.stride[0], g.pad[0], kT, g.OT);
     const Cover ch = covering(h, g.stride[1], g.pad[1], kH, g.OH);

@@ -12,14 +12,13 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "cpu/gemm_panel.h"
 
 namespace i3d {
 namespace gemm {
-
-typedef double v8d __attribute__((vector_size(64)));
 
 class ChunkStats {
  public:
@@ -30,12 +29,6 @@ class ChunkStats {
   void set_pilot(int64_t chunk, int64_t c0, v16 pilot) {
     double* k = row(chunk) + 2 * coutp_ + c0;
     for (int i = 0; i < 16; ++i) k[i] = pilot[i];
-  }
-  v16 pilot(int64_t chunk, int64_t c0) const {
-    const double* k = row(chunk) + 2 * coutp_ + c0;
-    v16 v;
-    for (int i = 0; i < 16; ++i) v[i] = static_cast<float>(k[i]);
-    return v;
   }
   // Adds float partial sums of (z - k) and (z - k)^2 for channels [c0, c0 + 16) into the chunk's doubles.
   void add(int64_t chunk, int64_t c0, v16 sum, v16 sumsq) {

@@ -28,6 +28,7 @@ namespace gemm {
 typedef float v16 __attribute__((vector_size(64)));
 typedef float v8 __attribute__((vector_size(32)));
 typedef float v4 __attribute__((vector_size(16)));
+typedef double v8d __attribute__((vector_size(64)));
 
 constexpr int kPanel = 64;  // output channels per weight panel (4 vectors of 16)
 

@@ -84,8 +84,6 @@ inline void weight_1d(const T& g0, const T& g1, const T& g2, T u[4]) {
   u[3] = g2;
 }
 
-typedef double v8d __attribute__((vector_size(64)));
-
 // Where the transform reads weight element (co, ci, kt, kh, kw): w + co * s[0] + ci * s[1] + kt * s[2] +
 // kh * s[3] + kw * s[4] (any strides: a channels-last or transposed view is read in place), the
 // taps reversed when `flip` (the data gradient's flipped kernel).
@@ -341,8 +339,8 @@ void store_chunk(const float* M, const Geometry& g, int64_t first, int64_t count
   }
 }
 
-// Tiles per chunk (unless the caller gives it): V + M within l2_budget(), a multiple of the micro-kernel's rows, and no more
-// than an even share of the tiles for each thread.
+// Tiles per chunk (unless the caller gives it): V + M within l2_budget(), a multiple of the
+// micro-kernel's rows, and no more than an even share of the tiles for each thread.
 template <int K>
 int64_t chunk_tiles(const Geometry& g, int threads, int64_t requested) {
   if (requested > 0) return requested;
@@ -593,8 +591,8 @@ bool winograd_weight_grad(const float* x, const float* dy, int64_t ldy, const Ge
   const PanelLayout L(kPositions, g.cin, g.cout);
   const int64_t tiles = g.tiles();
   const int64_t fit = kGradChunkBytes / (4 * kPositions * (g.cin + L.coutp));
-  const int64_t P = requested_chunk > 0 ? std::min(requested_chunk, tiles)
-                                        : std::max<int64_t>(1, std::min(std::max<int64_t>(fit, 6), ceil_div(tiles, threads)));
+  const int64_t rule = std::max<int64_t>(1, std::min(std::max<int64_t>(fit, 6), ceil_div(tiles, threads)));
+  const int64_t P = requested_chunk > 0 ? std::min(requested_chunk, tiles) : rule;
   const int64_t chunks = ceil_div(tiles, P);
   const std::vector<float> zeros(std::max(g.cin, L.coutp), 0.0f);
   const int64_t v_size = round_up(kPositions * P * g.cin, 16), m_size = round_up(kPositions * P * L.coutp, 16);
@@ -766,7 +764,8 @@ void register_winograd3d(py::module_& m) {
         "[cout][cin][kT][kH][kW] with element strides (co, ci, kt, kh, kw); returns whether any element is inf "
         "or NaN. Chunks of tiles with per-thread accumulators (threads * 64 * cin * "
         "round_up(cout, 16) floats of scratch), or whole: every tile transformed at once (64 * tiles * "
-        "(cin + round_up(cout, 16)) floats), one product per (panel, position).");
+        "(cin + round_up(cout, 16)) floats), one product per (panel, position). chunk: tiles per work item "
+        "when not whole (0 = V + dM within 4 MiB per thread).");
 }
 
 }  // namespace i3d

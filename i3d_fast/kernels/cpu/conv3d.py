@@ -254,13 +254,22 @@ def _winograd_chunk(x: torch.Tensor, ld: int, weight: PackedWeight, run: Callabl
     differently. With ``I3D_FAST_AUTOTUNE=0``: the kernel's rule."""
     if not autotune.enabled(x):
         return 0
-    per_thread = -(-_tiles(x, weight.winograd) // threads())
-    sizes = {c for c in CHUNK_CANDIDATES if c < per_thread}
-    if per_thread <= 2 * CHUNK_CANDIDATES[-1]:  # few tiles: also one chunk per thread
-        sizes.add(-(-per_thread // 6) * 6)
-    sizes = sorted(sizes)
+
+    def sizes():
+        per_thread = -(-_tiles(x, weight.winograd) // threads())
+        chosen = {c for c in CHUNK_CANDIDATES if c < per_thread}
+        if per_thread <= 2 * CHUNK_CANDIDATES[-1]:  # few tiles: also one chunk per thread
+            chosen.add(-(-per_thread // 6) * 6)
+        return sorted(chosen)
+
     key = ("winograd_chunk", tuple(x.shape), ld, weight.winograd, weight.cin, weight.cout, threads())
-    return int(autotune.fastest(key, lambda: [(str(c), functools.partial(run, c)) for c in (0, *sizes)]))
+    return _timed_chunk(key, run, sizes)
+
+
+def _timed_chunk(key, run: Callable[[int], object], sizes: Callable[[], Sequence[int]]) -> int:
+    """The fastest chunk size for ``key``: 0 (the kernel's own rule, the baseline) or one of ``sizes()``,
+    each ``run(chunk)`` timed on the first call with this key (:func:`.autotune.fastest`)."""
+    return int(autotune.fastest(key, lambda: [(str(c), functools.partial(run, c)) for c in (0, *sizes())]))
 
 
 def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor], shift: Optional[torch.Tensor],
@@ -526,8 +535,7 @@ def winograd_weight_grad(x: torch.Tensor, grad: torch.Tensor, weight: torch.Tens
     chunk = 0
     if not whole and autotune.enabled(x, grad):
         key = ("winograd_weight_grad_chunk", tuple(x.shape), tuple(grad.shape), kernel, threads())
-        chunk = int(autotune.fastest(key, lambda: [(str(c), functools.partial(run, c))
-                                                   for c in (0, *GRAD_CHUNK_CANDIDATES)]))
+        chunk = _timed_chunk(key, run, lambda: GRAD_CHUNK_CANDIDATES)
     return dw, run(chunk)
 
 
@@ -539,8 +547,7 @@ def conv3d_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, s
     pick it for that shape; other data gradients as :func:`data_grad_method` chooses (one GEMM for an
     unpadded stride-1 1x1x1 layer, per-tap GEMMs for a kT x 1 x 1 one, or oneDNN); the weight gradient
     runs as :func:`weight_grad_method` chooses (Winograd, one GEMM, space-to-depth, per-tap GEMMs or
-    oneDNN); everything else
-    is :func:`i3d_fast.kernels.aten.conv3d.conv3d_backward`."""
+    oneDNN); everything else is :func:`i3d_fast.kernels.aten.conv3d.conv3d_backward`."""
     grad_x = grad_w = None
     kernel = winograd_kernel(weight)
     winograd_data = False

@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 from typing import List, Optional
 
+from . import malloc
 from .pipeline import CHUNK, OVERLAP
 
 EXIT_CODES = """exit codes:
@@ -369,7 +370,7 @@ def _bench(args: argparse.Namespace) -> int:
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     info = bench.machine()
     print(f"i3d-fast bench on {device}: {info['cpu']}, {info['threads']} threads, torch {info['torch']}"
-          + (f", GPU {info['cuda']}" if device == "cuda" else ""), flush=True)
+          + (f", GPU {info['cuda']}" if device == "cuda" else "") + f"; malloc: {info['malloc']}", flush=True)
     rows = bench.run(args.suite or list(bench.SUITES), quick=args.quick, device=device)
     table = bench.format_table(rows)
     print(table if args.full else bench.summary(rows))
@@ -724,6 +725,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        malloc.configure_from_environment()  # large tensors reuse freed memory (see i3d_fast.malloc)
         return args.func(args)
     except (MissingDependencyError, WeightsError, BatchError, ValueError) as exc:
         print(f"i3d-fast {args.command}: error: {exc}", file=sys.stderr)

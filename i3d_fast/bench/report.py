@@ -10,6 +10,7 @@ from typing import Dict, List, Optional
 
 import torch
 
+from .. import malloc
 from .._atomic import atomic_write
 from .._cpu import cpu_flags
 from .timing import Timing
@@ -34,6 +35,7 @@ def machine() -> Dict[str, object]:
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "malloc": malloc.setting(),
     }
     try:
         with open("/proc/cpuinfo") as f:

@@ -44,13 +44,18 @@ def test_train_suite_rows(monkeypatch):
 def test_convert_suite_rows(monkeypatch):
     """The convert suite at tiny sizes: per network and mode the baseline row first (inference: the
     BatchNorm-folded stock network, then the plain stock one; training: the stock network) and the
-    converted row last, a geomean row per compared provider, the CUDA row "not measured"."""
+    converted row last, a geomean row per compared provider, the CUDA row "not measured". The
+    reduced-precision mode leaves PyTorch's switch as it found it."""
+    import torch
+
     from i3d_fast.bench import convert as convert_suite
 
     monkeypatch.setattr(convert_suite, "_input_shape", lambda name, quick: (2, 3, 8, 32, 32))
+    before = torch.backends.mkldnn.conv.fp32_precision
     rows = bench.SUITES["convert"](quick=True)
     names = list(convert_suite.ARCHITECTURES)
     expected = {"inference": (convert_suite.FOLDED, convert_suite.STOCK, convert_suite.CONVERTED),
+                "inference, fp32_precision tf32": (convert_suite.FOLDED, convert_suite.CONVERTED),
                 "train step": (convert_suite.STOCK, convert_suite.CONVERTED)}
     for mode, providers in expected.items():
         timed = [r for r in rows if f" {mode} " in r.case and r.timing is not None]
@@ -64,6 +69,7 @@ def test_convert_suite_rows(monkeypatch):
             ratios = [g[i].timing.median_ms / g[-1].timing.median_ms for g in groups]
             assert summary.extra["geomean speedup"] == pytest.approx(math.prod(ratios) ** (1 / len(ratios)), rel=1e-2)
     assert rows[-1].timing is None and rows[-1].note.startswith("not measured")
+    assert torch.backends.mkldnn.conv.fp32_precision == before
 
 
 @pytest.mark.parametrize("shape, kernel, stride", [((1, 4, 8, 20, 20), (1, 3, 3), (1, 2, 2)),
@@ -85,7 +91,8 @@ def test_pool_baseline_is_the_same_result_as_ours(shape, kernel, stride):
 
 
 def test_conv_bench_providers_compute_the_same_result():
-    """The 3x3x3 conv suite's providers (oneDNN prepacked / per-call reorder / Winograd) agree."""
+    """The 3x3x3 conv suite's providers (oneDNN prepacked / per-call reorder / Winograd F(2x2x2) and
+    F(2x4x4)) agree."""
     import torch
 
     from i3d_fast.bench.conv3d_cpu import PROVIDERS, workloads
@@ -94,7 +101,7 @@ def test_conv_bench_providers_compute_the_same_result():
     if cpu_kernels.reject_unless_available(torch.zeros(1)) is not None:
         pytest.skip("the C++ extension is not built")
     outs = [fn() for fn in workloads(16, 24, 4, 6, 6)]
-    assert len(outs) == len(PROVIDERS) == 3
+    assert len(outs) == len(PROVIDERS) == 4
     for out in outs[1:]:
         torch.testing.assert_close(out, outs[0], rtol=1e-4, atol=1e-4)
 

@@ -1,5 +1,6 @@
 """The C++ conv3d backend ("cpu") against the float64 reference: Winograd F(2x2x2, 3x3x3) for 3x3x3
-convolutions, a GEMM (optionally of a max-pooled input) for 1x1x1 ones.
+convolutions (and its 1x3x3 / 3x1x1 forms, and the F(4, 3) tiles that run where reduced precision is
+allowed), a GEMM (optionally of a max-pooled input) for 1x1x1 ones.
 
 Winograd accuracy bound: Winograd rounds differently from a direct convolution. Its max abs error vs
 float64 must stay within ERROR_FACTOR times that of ATen's own float32 ``F.conv3d`` on the same
@@ -213,15 +214,16 @@ def test_opcheck():
                           (x.requires_grad_(), w, scale, shift, [1, 1, 1], [1, 1, 1, 1, 1, 1], True, False, "cpu"))
 
 
+@pytest.mark.parametrize("wide", [False, True], ids=["F(2,3)", "F(4,3)"])
 @pytest.mark.parametrize("kernel", [(3, 3, 3), (1, 3, 3), (3, 1, 1)], ids=lambda k: "x".join(map(str, k)))
-def test_winograd_chunk_is_timed_and_changes_no_output(monkeypatch, kernel):
+def test_winograd_chunk_is_timed_and_changes_no_output(monkeypatch, kernel, wide):
     """The tiles per work chunk are autotuned among the kernel's rule (0), CHUNK_CANDIDATES below the
-    per-thread share and one chunk per thread; every chunk size gives the same output bit for bit.
-    With I3D_FAST_AUTOTUNE=0 the kernel's rule."""
+    per-thread share and one chunk per thread; every chunk size gives the same output bit for bit,
+    with either tile size. With I3D_FAST_AUTOTUNE=0 the kernel's rule."""
     from i3d_fast.kernels.cpu import autotune, conv3d as cpu_conv3d
 
     x = torch.randn(2, 16, 4, 8, 7).contiguous(memory_format=CL)
-    packed = cpu_conv3d.prepare_weight(torch.randn(20, 16, *kernel))
+    packed = cpu_conv3d.prepare_weight(torch.randn(20, 16, *kernel), wide=wide)
     outputs, tried = {}, []
 
     def run(chunk):
@@ -229,12 +231,12 @@ def test_winograd_chunk_is_timed_and_changes_no_output(monkeypatch, kernel):
         out = torch.empty(2, 20, 4, 8, 7).contiguous(memory_format=CL)
         ext = cpu_kernels.extension()
         ext.winograd3d_forward(x.data_ptr(), 16, (2, 4, 8, 7), 16, packed.data.data_ptr(), 20, 0, False,
-                               [(out.data_ptr(), 20, 20)], 2, chunk, kernel[0], kernel[1])
+                               [(out.data_ptr(), 20, 20)], 2, chunk, kernel[0], kernel[1], 0, 0, wide)
         outputs[chunk] = out
 
     monkeypatch.setattr(autotune, "_CHOICES", {})
     chosen = cpu_conv3d._winograd_chunk(x, 16, packed, run)
-    per_thread = -(-cpu_conv3d._tiles(x, kernel) // torch.get_num_threads())
+    per_thread = -(-cpu_conv3d._tiles(x, kernel, wide) // torch.get_num_threads())
     expected = {0, -(-per_thread // 6) * 6} | {c for c in cpu_conv3d.CHUNK_CANDIDATES if c < per_thread}
     assert per_thread <= 2 * cpu_conv3d.CHUNK_CANDIDATES[-1]  # few tiles: one chunk per thread is tried
     assert set(tried) == expected and chosen in expected
@@ -242,3 +244,78 @@ def test_winograd_chunk_is_timed_and_changes_no_output(monkeypatch, kernel):
     assert all(torch.equal(first, out) for out in outputs.values())
     monkeypatch.setenv("I3D_FAST_AUTOTUNE", "0")
     assert cpu_conv3d._winograd_chunk(x, 16, packed, run) == 0
+
+
+# F(4, 3) tiles: measured on I3D / R(2+1)D channel pairs (Cin 5..256, signed and ReLU'd inputs), their
+# max error is 4.6-53x that of ATen's float32 convolution (growing with Cin; about 1e-5 of the output's
+# scale at Cin 256), so they only run where PyTorch is told reduced precision is fine. The factor still
+# catches a wrong transform (errors of the output's scale).
+WIDE_ERROR_FACTOR = 80.0
+
+
+@pytest.fixture
+def reduced_precision():
+    """torch.backends.mkldnn.conv.fp32_precision = "tf32" for the test (PyTorch's switch for reduced-
+    precision float32 convolutions), restored after."""
+    conv = torch.backends.mkldnn.conv
+    before = conv.fp32_precision
+    conv.fp32_precision = "tf32"
+    yield
+    conv.fp32_precision = before
+
+
+@pytest.mark.parametrize("kernel", [(3, 3, 3), (1, 3, 3), (3, 1, 1)], ids=lambda k: "x".join(map(str, k)))
+@pytest.mark.parametrize("n, cin, cout, shape", [(2, 5, 7, (3, 5, 4)), (1, 29, 130, (6, 9, 7)), (1, 16, 20, (1, 1, 1))])
+def test_wide_tiles_match_reference(n, cin, cout, shape, kernel):
+    """F(2x4x4, 3x3x3), F(1x4x4, 1x3x3) and F(4x1x1, 3x1x1) against float64, scale folded and bias + ReLU
+    fused: partial tiles (sizes not multiples of 4), 16/8/4/1-channel input transforms (29 = 16 + 8 + 4
+    + 1), partial output panels."""
+    from i3d_fast.kernels.cpu import conv3d as cpu_conv3d
+
+    x, _, scale, shift = _data(n, cin, cout, shape)
+    w = torch.randn(cout, cin, *kernel, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    w = w / (math.prod(kernel) * cin) ** 0.5
+    pads = tuple((k // 2, k // 2) for k in kernel)
+    packed = cpu_conv3d.prepare_weight(w.float(), scale.float(), wide=True)
+    assert packed.wide
+    actual = torch.empty(n, cout, *shape).contiguous(memory_format=CL)
+    cpu_conv3d.conv3d_packed(x.float(), packed, shift.float(), True, [(actual, 0, cout)])
+    expected = conv3d(x, w, scale, shift, 1, pads, True, backend="reference")
+    aten = torch.relu(F.conv3d(x.float(), (w * scale.view(-1, 1, 1, 1, 1)).float(), shift.float(),
+                               padding=[k // 2 for k in kernel]))
+    ours = (actual.double() - expected).abs().max().item()
+    assert ours <= WIDE_ERROR_FACTOR * (aten.double() - expected).abs().max().item() + 1e-6
+
+
+@pytest.mark.parametrize("kernel", [(3, 3, 3), (1, 3, 3), (3, 1, 1)], ids=lambda k: "x".join(map(str, k)))
+def test_wide_tiles_only_where_reduced_precision_is_allowed(monkeypatch, reduced_precision, kernel):
+    """conv3d runs F(4, 3) tiles only for a constant weight (from its second call), under PyTorch's
+    reduced-precision switch, with autotuning on, and when they measured faster; then its output is
+    the wide kernel's bit for bit."""
+    from i3d_fast.kernels.cpu import autotune, conv3d as cpu_conv3d
+
+    x = torch.randn(2, 16, 5, 9, 6).contiguous(memory_format=CL)
+    w = torch.randn(20, 16, *kernel) / 12
+    pads = tuple((k // 2, k // 2) for k in kernel)
+    monkeypatch.setattr(autotune, "_CHOICES", {})
+    monkeypatch.setattr(autotune, "_best_times", lambda runs: [1.0] + [0.5] * (len(runs) - 1))  # wide is faster
+
+    def run():
+        return cpu_conv3d.conv3d(x, w, None, None, (1, 1, 1), pads, False)
+
+    def with_tiles(wide):
+        out = torch.empty(2, 20, 5, 9, 6).contiguous(memory_format=CL)
+        cpu_conv3d.conv3d_packed(x, cpu_conv3d.prepare_weight(w, wide=wide), None, False, [(out, 0, 20)])
+        return out
+
+    narrow, wide = with_tiles(False), with_tiles(True)
+    assert not torch.equal(narrow, wide)
+    assert torch.equal(run(), narrow)  # first sight of the weight: it may be a training weight
+    assert torch.equal(run(), wide)
+    assert not cpu_conv3d.wide_tiles(x, w.requires_grad_())
+    w.requires_grad_(False)
+    monkeypatch.setenv("I3D_FAST_AUTOTUNE", "0")
+    assert torch.equal(run(), narrow)
+    monkeypatch.delenv("I3D_FAST_AUTOTUNE")
+    torch.backends.mkldnn.conv.fp32_precision = "ieee"
+    assert not cpu_conv3d.reduced_precision_allowed() and torch.equal(run(), narrow)

@@ -3,7 +3,9 @@
 // dimensional forms for the factorised convolutions of R(2+1)D, S3D and SlowFast: F(1x2x2, 1x3x3)
 // for (1, 3, 3) kernels padded (0, 1, 1) and F(2x1x1, 3x1x1) for (3, 1, 1) kernels padded (1, 0, 0).
 // Every function is a template on the kernel kind K (Tile<K>): a dimension with kernel size 1 is not
-// transformed (one input cell and one output per tile along it).
+// transformed (one input cell and one output per tile along it). The forward also has "wide" kinds
+// with F(4, 3) along H and W (3x3x3, 1x3x3) or T (3x1x1): fewer multiplies, a larger rounding error,
+// for callers that allow reduced precision (see Tile).
 //
 // Along one dimension (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks"), two
 // outputs of a 3-tap correlation are y = A^T [(G g) * (B^T d)] with
@@ -49,14 +51,20 @@ namespace {
 using namespace gemm;
 
 // The kernel kinds and their tiles: input cells, outputs and transform positions per dimension.
-enum Kind { k333 = 0, k133 = 1, k311 = 2 };
+// The wide kinds (w) take F(4, 3) (4 outputs from 6 cells, Lavin & Gray's points 0, +-1, +-2, inf)
+// along H and W of 3x3x3 and 1x3x3 kernels, along T of 3x1x1 ones: F(2x4x4, 3x3x3) is 144 multiplies
+// per 32 outputs (4.5 per output instead of 8), F(1x4x4, 1x3x3) 36 per 16 (2.25 instead of 4),
+// F(4x1x1, 3x1x1) 6 per 4 (1.5 instead of 2), at a larger rounding error (the transforms' entries
+// reach 8 and 1/24). The weight gradient has the F(2, 3) kinds only.
+enum Kind { k333 = 0, k133 = 1, k311 = 2, k333w = 3, k133w = 4, k311w = 5 };
 template <int K>
 struct Tile {
-  static_assert(K == k333 || K == k133 || K == k311, "kernel kind");
-  static constexpr int kT = K == k133 ? 1 : 3;  // kernel size along T
-  static constexpr int kS = K == k311 ? 1 : 3;  // kernel size along H and along W
-  static constexpr int kInT = kT == 3 ? 4 : 1, kOutT = kT == 3 ? 2 : 1;
-  static constexpr int kInS = kS == 3 ? 4 : 1, kOutS = kS == 3 ? 2 : 1;
+  static_assert(K >= k333 && K <= k311w, "kernel kind");
+  static constexpr int kT = K == k133 || K == k133w ? 1 : 3;  // kernel size along T
+  static constexpr int kS = K == k311 || K == k311w ? 1 : 3;  // kernel size along H and along W
+  static constexpr int kOutT = kT == 3 ? (K == k311w ? 4 : 2) : 1;
+  static constexpr int kOutS = kS == 3 ? (K == k333w || K == k133w ? 4 : 2) : 1;
+  static constexpr int kInT = kT == 3 ? kOutT + 2 : 1, kInS = kS == 3 ? kOutS + 2 : 1;
   static constexpr int kPosS = kInS * kInS;      // positions of one t-slice (16 or 1)
   static constexpr int kOutPerT = kOutS * kOutS;  // outputs of one t-slice (4 or 1)
   static constexpr int kPositions = kInT * kPosS;
@@ -75,13 +83,23 @@ inline int64_t l2_budget() {
 
 // ---------------------------------------------------------------------------------------------
 // Weight transform. U is stored as PanelLayout(kPositions, cin, cout) (csrc/cpu/gemm_panel.h).
-// G g along one dimension: 3 taps -> 4 transform positions.
-template <typename T>
-inline void weight_1d(const T& g0, const T& g1, const T& g2, T u[4]) {
-  u[0] = g0;
-  u[1] = 0.5 * (g0 + g1 + g2);
-  u[2] = 0.5 * (g0 - g1 + g2);
-  u[3] = g2;
+// G g along one dimension: 3 taps -> N = 4 (F(2, 3)) or 6 (F(4, 3)) transform positions.
+template <int N, typename T>
+inline void weight_1d(const T& g0, const T& g1, const T& g2, T u[N]) {
+  static_assert(N == 4 || N == 6, "F(2, 3) or F(4, 3)");
+  if constexpr (N == 4) {
+    u[0] = g0;
+    u[1] = 0.5 * (g0 + g1 + g2);
+    u[2] = 0.5 * (g0 - g1 + g2);
+    u[3] = g2;
+  } else {
+    u[0] = 0.25 * g0;
+    u[1] = (-1.0 / 6) * (g0 + g1 + g2);
+    u[2] = (-1.0 / 6) * (g0 - g1 + g2);
+    u[3] = (1.0 / 24) * g0 + (1.0 / 12) * g1 + (1.0 / 6) * g2;
+    u[4] = (1.0 / 24) * g0 - (1.0 / 12) * g1 + (1.0 / 6) * g2;
+    u[5] = g2;
+  }
 }
 
 // Where the transform reads weight element (co, ci, kt, kh, kw): w + co * s[0] + ci * s[1] + kt * s[2] +
@@ -125,22 +143,23 @@ void transform_weight(const WeightView& wv, float* u, int64_t cout, int64_t cin,
       v8d a[TL::kInT][TL::kTapsS], out[TL::kPositions];
       for (int hw = 0; hw < TL::kTapsS; ++hw) {  // along t
         if constexpr (TL::kT == 3) {
-          v8d t[4];
-          weight_1d(g[hw], g[TL::kTapsS + hw], g[2 * TL::kTapsS + hw], t);
-          for (int i = 0; i < 4; ++i) a[i][hw] = t[i];
+          v8d t[TL::kInT];
+          weight_1d<TL::kInT>(g[hw], g[TL::kTapsS + hw], g[2 * TL::kTapsS + hw], t);
+          for (int i = 0; i < TL::kInT; ++i) a[i][hw] = t[i];
         } else {
           a[0][hw] = g[hw];
         }
       }
-      for (int i = 0; i < TL::kInT; ++i) {  // along w, then h
+      for (int i = 0; i < TL::kInT; ++i) {  // along h, then w
         if constexpr (TL::kS == 3) {
-          v8d b[4][3];
+          constexpr int kI = TL::kInS;
+          v8d b[kI][3];
           for (int kw = 0; kw < 3; ++kw) {
-            v8d t[4];
-            weight_1d(a[i][kw], a[i][3 + kw], a[i][6 + kw], t);
-            for (int k = 0; k < 4; ++k) b[k][kw] = t[k];
+            v8d t[kI];
+            weight_1d<kI>(a[i][kw], a[i][3 + kw], a[i][6 + kw], t);
+            for (int k = 0; k < kI; ++k) b[k][kw] = t[k];
           }
-          for (int k = 0; k < 4; ++k) weight_1d(b[k][0], b[k][1], b[k][2], out + (i * 4 + k) * 4);
+          for (int k = 0; k < kI; ++k) weight_1d<kI>(b[k][0], b[k][1], b[k][2], out + (i * kI + k) * kI);
         } else {
           out[i] = a[i][0];
         }
@@ -154,45 +173,49 @@ void transform_weight(const WeightView& wv, float* u, int64_t cout, int64_t cin,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Input transform B^T d B of one tile for one group of channels (adds and subtracts only).
-// B^T along one dimension, in place.
-template <typename Vec>
-inline void input_1d(Vec& a, Vec& b, Vec& c, Vec& d) {
-  const Vec t0 = a - c, t1 = b + c, t2 = c - b, t3 = b - d;
-  a = t0;
-  b = t1;
-  c = t2;
-  d = t3;
+// Input transform B^T d B of one tile for one group of channels.
+// B^T along one dimension, in place on d[0], d[stride], ..., d[(N - 1) * stride]: N = 4 (F(2, 3),
+// adds only) or 6 (F(4, 3)).
+template <int N, typename Vec>
+inline void input_1d(Vec* d, int stride) {
+  static_assert(N == 4 || N == 6, "F(2, 3) or F(4, 3)");
+  Vec x[N];
+  for (int i = 0; i < N; ++i) x[i] = d[i * stride];
+  if constexpr (N == 4) {
+    d[0] = x[0] - x[2];
+    d[stride] = x[1] + x[2];
+    d[2 * stride] = x[2] - x[1];
+    d[3 * stride] = x[1] - x[3];
+  } else {
+    const Vec s12 = x[1] + x[2], d12 = x[1] - x[2], s34 = x[3] + x[4], d34 = x[4] - x[3];
+    const Vec a = x[4] - x[2], b = 2.0f * (x[3] - x[1]);
+    d[0] = 4.0f * x[0] - 5.0f * x[2] + x[4];
+    d[stride] = s34 - 4.0f * s12;
+    d[2 * stride] = d34 + 4.0f * d12;
+    d[3 * stride] = a + b;
+    d[4 * stride] = a - b;
+    d[5 * stride] = 4.0f * x[1] - 5.0f * x[3] + x[5];
+  }
 }
 
 // rows[kPositions]: the tile's input cells in (t, h, w) order; position xi goes to v + xi * v_stride.
 template <typename Vec, int K>
 inline void input_tile(const float* const* rows, int64_t c, float* v, int64_t v_stride) {
   using TL = Tile<K>;
-  constexpr int kP = TL::kPosS;
-  // Along t first, through a small buffer, then one t-slice (16 values) at a time along h and w:
-  // few enough live values to stay in registers.
+  constexpr int kP = TL::kPosS, kI = TL::kInS;
+  // Along t first, through a small buffer, then one t-slice at a time along h and w.
   Vec d[TL::kPositions];
   for (int hw = 0; hw < kP; ++hw) {
-    if constexpr (TL::kT == 3) {
-      Vec a = load<Vec>(rows[hw] + c), b = load<Vec>(rows[kP + hw] + c);
-      Vec e = load<Vec>(rows[2 * kP + hw] + c), f = load<Vec>(rows[3 * kP + hw] + c);
-      input_1d(a, b, e, f);
-      d[hw] = a;
-      d[kP + hw] = b;
-      d[2 * kP + hw] = e;
-      d[3 * kP + hw] = f;
-    } else {
-      d[hw] = load<Vec>(rows[hw] + c);
-    }
+    for (int i = 0; i < TL::kInT; ++i) d[i * kP + hw] = load<Vec>(rows[i * kP + hw] + c);
+    if constexpr (TL::kT == 3) input_1d<TL::kInT>(d + hw, kP);
   }
   for (int t = 0; t < TL::kInT; ++t) {
     if constexpr (TL::kS == 3) {
-      Vec s[16];
-      for (int i = 0; i < 16; ++i) s[i] = d[t * 16 + i];
-      for (int h = 0; h < 4; ++h) input_1d(s[h * 4], s[h * 4 + 1], s[h * 4 + 2], s[h * 4 + 3]);
-      for (int w = 0; w < 4; ++w) input_1d(s[w], s[4 + w], s[8 + w], s[12 + w]);
-      for (int i = 0; i < 16; ++i) store(v + (t * 16 + i) * v_stride + c, s[i]);
+      Vec s[kP];
+      for (int i = 0; i < kP; ++i) s[i] = d[t * kP + i];
+      for (int h = 0; h < kI; ++h) input_1d<kI>(s + h * kI, 1);
+      for (int w = 0; w < kI; ++w) input_1d<kI>(s + w, kI);
+      for (int i = 0; i < kP; ++i) store(v + (t * kP + i) * v_stride + c, s[i]);
     } else {
       store(v + t * v_stride + c, d[t]);
     }
@@ -202,24 +225,40 @@ inline void input_tile(const float* const* rows, int64_t c, float* v, int64_t v_
 // ---------------------------------------------------------------------------------------------
 // Output transform A^T m A of one tile for 16 channels: m[kPositions] -> y[kOutT * kOutPerT] in
 // (t, h, w) order.
+// A^T along one dimension: N = 4 values -> 2 outputs (F(2, 3)) or 6 -> 4 (F(4, 3)).
+template <int N>
+inline void output_1d(const v16 m[N], v16 y[N - 2]) {
+  static_assert(N == 4 || N == 6, "F(2, 3) or F(4, 3)");
+  if constexpr (N == 4) {
+    y[0] = m[0] + m[1] + m[2];
+    y[1] = m[1] - m[2] - m[3];
+  } else {
+    const v16 s12 = m[1] + m[2], d12 = m[1] - m[2], s34 = m[3] + m[4], d34 = m[3] - m[4];
+    y[0] = m[0] + s12 + s34;
+    y[1] = d12 + 2.0f * d34;
+    y[2] = s12 + 4.0f * s34;
+    y[3] = d12 + 8.0f * d34 + m[5];
+  }
+}
+
 template <int K>
 inline void output_tile(const float* m, int64_t m_stride, v16 y[Tile<K>::kOutT * Tile<K>::kOutPerT]) {
   using TL = Tile<K>;
-  constexpr int kO = TL::kOutPerT;
-  v16 b[TL::kInT][kO];  // [t][h2 * 2 + w2]: one t-slice at a time along w, then h
+  constexpr int kO = TL::kOutPerT, kI = TL::kInS, kOS = TL::kOutS;
+  v16 b[TL::kInT][kO];  // [t][h2 * kOutS + w2]: one t-slice at a time along w, then h
   for (int t = 0; t < TL::kInT; ++t) {
     if constexpr (TL::kS == 3) {
-      v16 a[8];  // [h][w2]
-      for (int h = 0; h < 4; ++h) {
-        const float* p = m + (t * 16 + h * 4) * m_stride;
-        const v16 m0 = load<v16>(p), m1 = load<v16>(p + m_stride);
-        const v16 m2 = load<v16>(p + 2 * m_stride), m3 = load<v16>(p + 3 * m_stride);
-        a[h * 2] = m0 + m1 + m2;
-        a[h * 2 + 1] = m1 - m2 - m3;
+      v16 a[kI][kOS];  // [h][w2]
+      for (int h = 0; h < kI; ++h) {
+        v16 row[kI];
+        for (int w = 0; w < kI; ++w) row[w] = load<v16>(m + (t * TL::kPosS + h * kI + w) * m_stride);
+        output_1d<kI>(row, a[h]);
       }
-      for (int w = 0; w < 2; ++w) {
-        b[t][w] = a[w] + a[2 + w] + a[4 + w];
-        b[t][2 + w] = a[2 + w] - a[4 + w] - a[6 + w];
+      for (int w = 0; w < kOS; ++w) {
+        v16 column[kI], out[kOS];
+        for (int h = 0; h < kI; ++h) column[h] = a[h][w];
+        output_1d<kI>(column, out);
+        for (int h = 0; h < kOS; ++h) b[t][h * kOS + w] = out[h];
       }
     } else {
       b[t][0] = load<v16>(m + t * m_stride);
@@ -227,8 +266,10 @@ inline void output_tile(const float* m, int64_t m_stride, v16 y[Tile<K>::kOutT *
   }
   for (int i = 0; i < kO; ++i) {  // along t
     if constexpr (TL::kT == 3) {
-      y[i] = b[0][i] + b[1][i] + b[2][i];
-      y[kO + i] = b[1][i] - b[2][i] - b[3][i];
+      v16 column[TL::kInT], out[TL::kOutT];
+      for (int t = 0; t < TL::kInT; ++t) column[t] = b[t][i];
+      output_1d<TL::kInT>(column, out);
+      for (int t = 0; t < TL::kOutT; ++t) y[t * kO + i] = out[t];
     } else {
       y[i] = b[0][i];
     }
@@ -630,48 +671,56 @@ bool winograd_weight_grad(const float* x, const float* dy, int64_t ldy, const Ge
 }
 
 // ---------------------------------------------------------------------------------------------
-// The kernel kind of a (kt, ks, ks) kernel: 3x3x3, 1x3x3 or 3x1x1.
-int kind(int kt, int ks) {
-  if (kt == 3 && ks == 3) return k333;
-  if (kt == 1 && ks == 3) return k133;
-  if (kt == 3 && ks == 1) return k311;
+// The kernel kind of a (kt, ks, ks) kernel: 3x3x3, 1x3x3 or 3x1x1, with F(4, 3) tiles when wide.
+int kind(int kt, int ks, bool wide = false) {
+  const int w = wide ? k333w : k333;
+  if (kt == 3 && ks == 3) return w + k333;
+  if (kt == 1 && ks == 3) return w + k133;
+  if (kt == 3 && ks == 1) return w + k311;
   throw std::invalid_argument("winograd3d: kernels 3x3x3, 1x3x3 and 3x1x1 only");
 }
 
-// f<k333>, f<k133> or f<k311>(args...) for the kind of (kt, ks).
-#define I3D_BY_KIND(f, kt, ks, ...)                       \
-  switch (kind(kt, ks)) {                                 \
-    case k333: f<k333>(__VA_ARGS__); break;               \
-    case k133: f<k133>(__VA_ARGS__); break;               \
-    default: f<k311>(__VA_ARGS__); break;                 \
+// Calls f(std::integral_constant<int, K>{}) for the kernel kind K of (kt, ks, wide).
+template <typename F>
+auto by_kind(int kt, int ks, bool wide, F&& f) {
+  switch (kind(kt, ks, wide)) {
+    case k333: return f(std::integral_constant<int, k333>{});
+    case k133: return f(std::integral_constant<int, k133>{});
+    case k311: return f(std::integral_constant<int, k311>{});
+    case k333w: return f(std::integral_constant<int, k333w>{});
+    case k133w: return f(std::integral_constant<int, k133w>{});
+    default: return f(std::integral_constant<int, k311w>{});
   }
+}
 
-int64_t packed_size(int64_t cout, int64_t cin, int kt, int ks) {
-  const int k = kind(kt, ks);
-  const int positions = k == k333 ? Tile<k333>::kPositions : k == k133 ? Tile<k133>::kPositions : Tile<k311>::kPositions;
-  return PanelLayout(positions, cin, cout).size();
+int64_t packed_size(int64_t cout, int64_t cin, int kt, int ks, bool wide) {
+  return by_kind(kt, ks, wide, [&](auto k) { return PanelLayout(Tile<decltype(k)::value>::kPositions, cin, cout).size(); });
 }
 
 void prepare_weight(uintptr_t weight, uintptr_t packed, int64_t cout, int64_t cin, int threads,
-                    const std::array<int64_t, 5>& strides, bool flip, int kt, int ks) {
+                    const std::array<int64_t, 5>& strides, bool flip, int kt, int ks, bool wide) {
   std::array<int64_t, 5> s = strides;
   if (s[0] == 0 && s[1] == 0) s = {cin * kt * ks * ks, kt * ks * ks, ks * ks, ks, 1};  // contiguous
   const WeightView wv{as_ptr<const float>(weight), s, flip, kt, ks};
-  kind(kt, ks);
+  kind(kt, ks, wide);
   py::gil_scoped_release release;
-  I3D_BY_KIND(transform_weight, kt, ks, wv, as_ptr<float>(packed), cout, cin, std::max(threads, 1))
+  by_kind(kt, ks, wide, [&](auto k) {
+    transform_weight<decltype(k)::value>(wv, as_ptr<float>(packed), cout, cin, std::max(threads, 1));
+  });
 }
 
-Geometry geometry(const std::array<int64_t, 4>& ndhw, int64_t cin, int64_t ldx, int64_t cout, int kt, int ks) {
+Geometry geometry(const std::array<int64_t, 4>& ndhw, int64_t cin, int64_t ldx, int64_t cout, int kt, int ks,
+                  bool wide = false) {
   const auto [N, T, H, W] = ndhw;
-  kind(kt, ks);
-  const int64_t out_t = kt == 3 ? 2 : 1, out_s = ks == 3 ? 2 : 1;
-  return Geometry{N, T, H, W, ceil_div(T, out_t), ceil_div(H, out_s), ceil_div(W, out_s), cin, ldx, cout};
+  return by_kind(kt, ks, wide, [&](auto k) {
+    using TL = Tile<decltype(k)::value>;
+    return Geometry{N, T, H, W, ceil_div(T, TL::kOutT), ceil_div(H, TL::kOutS), ceil_div(W, TL::kOutS), cin, ldx, cout};
+  });
 }
 
 bool forward(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64_t cin, uintptr_t packed,
              int64_t cout, uintptr_t bias, bool relu, const std::vector<std::tuple<uintptr_t, int64_t, int64_t>>& dests,
-             int threads, int64_t chunk, int kt, int ks, uintptr_t mean_ptr, uintptr_t var_ptr) {
+             int threads, int64_t chunk, int kt, int ks, uintptr_t mean_ptr, uintptr_t var_ptr, bool wide) {
   const auto [N, T, H, W] = ndhw;
   if (N < 1 || T < 1 || H < 1 || W < 1 || cin < 1 || cout < 1 || ldx < cin)
     throw std::invalid_argument("winograd3d_forward: bad sizes");
@@ -683,20 +732,16 @@ bool forward(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64
     start += count;
   }
   if (start != cout) throw std::invalid_argument("winograd3d_forward: destinations must hold cout channels");
-  const Geometry g = geometry(ndhw, cin, ldx, cout, kt, ks);
+  const Geometry g = geometry(ndhw, cin, ldx, cout, kt, ks, wide);
   py::gil_scoped_release release;
   const float* b = bias ? as_ptr<const float>(bias) : nullptr;
   const int nthreads = std::max(threads, 1);
   float* mean = mean_ptr ? as_ptr<float>(mean_ptr) : nullptr;
   float* var = mean ? as_ptr<float>(var_ptr) : nullptr;
-  switch (kind(kt, ks)) {
-    case k333: return winograd_forward<k333>(as_ptr<const float>(x), as_ptr<const float>(packed), b, relu, g, out,
-                                             nthreads, chunk, mean, var);
-    case k133: return winograd_forward<k133>(as_ptr<const float>(x), as_ptr<const float>(packed), b, relu, g, out,
-                                             nthreads, chunk, mean, var);
-    default: return winograd_forward<k311>(as_ptr<const float>(x), as_ptr<const float>(packed), b, relu, g, out,
-                                           nthreads, chunk, mean, var);
-  }
+  return by_kind(kt, ks, wide, [&](auto k) {
+    return winograd_forward<decltype(k)::value>(as_ptr<const float>(x), as_ptr<const float>(packed), b, relu, g, out,
+                                                nthreads, chunk, mean, var);
+  });
 }
 
 bool weight_grad(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, int64_t cin, uintptr_t dy,
@@ -717,13 +762,12 @@ bool weight_grad(uintptr_t x, int64_t ldx, const std::array<int64_t, 4>& ndhw, i
                  : winograd_weight_grad<K>(as_ptr<const float>(x), as_ptr<const float>(dy), ldy, g, as_ptr<float>(dw),
                                            strides, n, chunk);
   };
-  switch (kind(kt, ks)) {
+  switch (kind(kt, ks)) {  // F(2, 3) tiles only
     case k333: return run(std::integral_constant<int, k333>{});
     case k133: return run(std::integral_constant<int, k133>{});
     default: return run(std::integral_constant<int, k311>{});
   }
 }
-#undef I3D_BY_KIND
 
 }  // namespace
 
@@ -734,19 +778,20 @@ void register_winograd3d(py::module_& m) {
   m.attr("conv3d_avx512") = false;
 #endif
   m.def("winograd3d_packed_size", &packed_size, py::arg("cout"), py::arg("cin"), py::arg("kt") = 3,
-        py::arg("ks") = 3,
+        py::arg("ks") = 3, py::arg("wide") = false,
         "Floats in the transformed (packed) weight of a [cout, cin, kt, ks, ks] convolution (3x3x3, 1x3x3 or "
-        "3x1x1).");
+        "3x1x1; wide: F(4, 3) tiles).");
   m.def("winograd3d_prepare_weight", &prepare_weight, py::arg("weight"), py::arg("packed"), py::arg("cout"),
         py::arg("cin"), py::arg("threads"), py::arg("strides") = std::array<int64_t, 5>{0, 0, 0, 0, 0},
-        py::arg("flip") = false, py::arg("kt") = 3, py::arg("ks") = 3,
-        "Winograd F(2,3) weight transform U = G g G^T per dimension of size 3 of a float32 [cout, cin, kt, ks, "
+        py::arg("flip") = false, py::arg("kt") = 3, py::arg("ks") = 3, py::arg("wide") = false,
+        "Winograd weight transform U = G g G^T per dimension of size 3 (F(2, 3); wide: F(4, 3) along H and W "
+        "of 3x3x3 / 1x3x3, along T of 3x1x1) of a float32 [cout, cin, kt, ks, "
         "ks] weight (3x3x3, 1x3x3 or 3x1x1) with element strides (co, ci, kt, kh, kw) (all 0: "
         "contiguous), taps reversed when flip, into a 64-byte aligned buffer of winograd3d_packed_size floats.");
   m.def("winograd3d_forward", &forward, py::arg("x"), py::arg("ldx"), py::arg("ndhw"), py::arg("cin"),
         py::arg("packed"), py::arg("cout"), py::arg("bias"), py::arg("relu"), py::arg("dests"),
         py::arg("threads"), py::arg("chunk") = 0, py::arg("kt") = 3, py::arg("ks") = 3, py::arg("mean") = 0,
-        py::arg("var") = 0,
+        py::arg("var") = 0, py::arg("wide") = false,
         "kt x ks x ks (3x3x3, 1x3x3 or 3x1x1) stride-1 convolution, padding (kt / 2, ks / 2, ks / 2), of "
         "float32 NDHWC rows x (cin channels, row stride ldx) with a "
         "packed weight; bias (0 = none, else cout floats) and ReLU fused. dests: (pointer, row stride, "
@@ -754,7 +799,8 @@ void register_winograd3d(py::module_& m) {
         "item (0 = sized for the L2 cache). Returns whether any output before ReLU is inf or NaN (the "
         "transforms turn an infinite input into NaN; recompute such calls with a direct convolution). mean, var "
         "(0 = not wanted, else cout floats each): the outputs' per-channel mean and biased variance before "
-        "ReLU, gathered in the store loop (left unset when an output is inf or NaN).");
+        "ReLU, gathered in the store loop (left unset when an output is inf or NaN). wide: F(4, 3) tiles (the "
+        "packed weight must be prepared wide too).");
   m.def("winograd3d_weight_grad", &weight_grad, py::arg("x"), py::arg("ldx"), py::arg("ndhw"), py::arg("cin"),
         py::arg("dy"), py::arg("ldy"), py::arg("cout"), py::arg("dw"), py::arg("strides"), py::arg("threads"),
         py::arg("whole") = false, py::arg("kt") = 3, py::arg("ks") = 3, py::arg("chunk") = 0,

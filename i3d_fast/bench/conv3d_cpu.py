@@ -5,9 +5,13 @@ interleaved.
 - 3x3x3 (stride 1, SAME): oneDNN's direct convolution (``mkldnn._convolution_pointwise``) with its
   weight reordered into oneDNN's blocked layout once, outside the timed loop, as a deployed model
   (and the ``aten`` backend in eval) runs it: the baseline; the same with the plain weight, which
-  oneDNN reorders on every call (what eager PyTorch does); and Winograd F(2x2x2, 3x3x3). GFLOP/s "direct" counts a direct
-  convolution's 2 * 27 * Cin * Cout FLOPs per output (comparable across providers); "actual" counts
-  the multiply-adds Winograd really does (64 per 2x2x2 tile and channel pair, partial tiles included).
+  oneDNN reorders on every call (what eager PyTorch does); Winograd F(2x2x2, 3x3x3); and Winograd
+  F(2x4x4, 3x3x3), which runs only where reduced-precision float32 convolutions are allowed
+  (``torch.backends.mkldnn.conv.fp32_precision = "tf32"``; 5-50x oneDNN's float32 error, see
+  :func:`i3d_fast.kernels.cpu.conv3d.wide_tiles`). GFLOP/s "direct" counts a direct convolution's
+  2 * 27 * Cin * Cout FLOPs per output (comparable across providers); "actual" counts the
+  multiply-adds Winograd really does (64 per 2x2x2 tile, 144 per 2x4x4 tile, and channel pair,
+  partial tiles included).
 - 1x1x1: the ``aten`` backend (BLAS GEMM into the destination slice, then ReLU; branch 3 max-pools
   first) vs the ``cpu`` GEMM (pool computed on load). The output goes into a channel slice of a wider
   tensor, as in an Inception block.
@@ -40,7 +44,8 @@ I3D_3X3X3: Tuple[Tuple[str, int, int, int, int, int], ...] = (
     ("Mixed_5c.b1b", 192, 384, 8, 7, 7), ("Mixed_5c.b2b", 48, 128, 8, 7, 7),
 )
 PROVIDERS = ("oneDNN direct, weight prepacked once", "oneDNN direct, weight reordered per call (eager PyTorch)",
-             "i3d_fast cpu (Winograd F(2x2x2,3x3x3))")
+             "i3d_fast cpu (Winograd F(2x2x2,3x3x3))",
+             "i3d_fast cpu (Winograd F(2x4x4,3x3x3), reduced precision)")
 
 # (block, Cin, b0, b1a, b2a, b3b, T, H=W) of each Mixed block's 1x1x1 convolutions at 64x224x224.
 I3D_BLOCKS_1X1 = (
@@ -58,31 +63,33 @@ I3D_1X1X1 = (("Conv3d_2b_1x1", 64, 64, 32, 56, 56, None),) + tuple(
 PROVIDERS_1X1 = ("aten backend (BLAS GEMM)", "i3d_fast cpu (GEMM)")
 
 
-def flops(cin: int, cout: int, t: int, h: int, w: int) -> Tuple[float, float]:
-    """(direct, Winograd) FLOPs of one convolution: 2 per multiply-add."""
+def flops(cin: int, cout: int, t: int, h: int, w: int) -> Tuple[float, float, float]:
+    """(direct, Winograd F(2x2x2), Winograd F(2x4x4)) FLOPs of one convolution: 2 per multiply-add."""
     tiles = math.ceil(t / 2) * math.ceil(h / 2) * math.ceil(w / 2)
-    return 2.0 * 27 * cin * cout * t * h * w, 2.0 * 64 * cin * cout * tiles
+    wide_tiles = math.ceil(t / 2) * math.ceil(h / 4) * math.ceil(w / 4)
+    return 2.0 * 27 * cin * cout * t * h * w, 2.0 * 64 * cin * cout * tiles, 2.0 * 144 * cin * cout * wide_tiles
 
 
 def workloads(cin: int, cout: int, t: int, h: int, w: int):
-    """(oneDNN prepacked, oneDNN per-call reorder, Winograd) callables for one layer; each writes
-    relu(conv + bias) to a new tensor."""
+    """(oneDNN prepacked, oneDNN per-call reorder, Winograd F(2x2x2), Winograd F(2x4x4)) callables for
+    one layer; each writes relu(conv + bias) to a new tensor."""
     x = torch.randn(1, cin, t, h, w).contiguous(memory_format=CL)
     weight = (torch.randn(cout, cin, 3, 3, 3) / (27 * cin) ** 0.5).contiguous(memory_format=CL)
     bias = torch.randn(cout)
     packed = cpu_conv3d.prepare_weight(weight)  # as the fused model: transformed once
+    packed_wide = cpu_conv3d.prepare_weight(weight, wide=True)
     blocked = torch.ops.mkldnn._reorder_convolution_weight(weight, [1, 1, 1], [1, 1, 1], [1, 1, 1], 1, list(x.shape))
 
     def onednn(w=weight):
         return torch.ops.mkldnn._convolution_pointwise(x, w, bias, [1, 1, 1], [1, 1, 1], [1, 1, 1], 1,
                                                         "relu", [None], "")
 
-    def winograd():
+    def winograd(p=packed):
         out = torch.empty(1, cout, t, h, w, memory_format=CL)
-        cpu_conv3d.conv3d_packed(x, packed, bias, True, [(out, 0, cout)])
+        cpu_conv3d.conv3d_packed(x, p, bias, True, [(out, 0, cout)])
         return out
 
-    return lambda: onednn(blocked), onednn, winograd
+    return lambda: onednn(blocked), onednn, winograd, lambda: winograd(packed_wide)
 
 
 def workloads_1x1(cin: int, cout: int, t: int, h: int, w: int, pool):
@@ -122,13 +129,13 @@ def run(quick: bool = False, device: str = "cpu") -> List[Row]:
     for layer, cin, cout, t, h, w in I3D_3X3X3:
         if quick:
             t = max(t // 4, 2)
-        direct, actual = flops(cin, cout, t, h, w)
+        direct, *actual = flops(cin, cout, t, h, w)
         case = f"{layer} [1, {cin}, {t}, {h}, {w}] -> {cout} fp32 ReLU"
         with torch.no_grad():
             timings = measure_interleaved(workloads(cin, cout, t, h, w), repeat)
         for i, (provider, timing) in enumerate(zip(PROVIDERS, timings)):
             extra = {"direct GFLOP/s": round(direct / timing.median_ms / 1e6, 1)}
-            if i == 2:
-                extra["actual GFLOP/s"] = round(actual / timing.median_ms / 1e6, 1)
+            if i >= 2:
+                extra["actual GFLOP/s"] = round(actual[i - 2] / timing.median_ms / 1e6, 1)
             rows.append(Row("conv3d", case, provider, timing, baseline=i == 0, extra=extra))
     return rows

@@ -1,21 +1,25 @@
 """``i3d_fast.convert`` on well-known video networks (:mod:`.video_nets`): each stock network against
 its converted copy (same weights), channels_last_3d, same threads, timed interleaved in one run.
 
-Cases per network: inference (eval, ``torch.no_grad``) and a training step (train mode,
+Cases per network: inference (eval, ``torch.no_grad``), inference where reduced-precision float32
+convolutions are allowed (``torch.backends.mkldnn.conv.fp32_precision = "tf32"`` for both models:
+oneDNN stays float32 on CPUs without TF32 hardware, the converted network may take Winograd F(4, 3)
+tiles, see :func:`i3d_fast.kernels.cpu.conv3d.wide_tiles`) and a training step (train mode,
 ``zero_grad``, forward, cross-entropy on 400 classes, backward; no optimiser step). Inference
 baseline: the stock network with BatchNorm folded into its convolutions
 (``torch.fx.experimental.optimization.fuse``, what a user deploying it would do), the plain stock
-network a row beside it; training baseline: the stock network (BatchNorm in training mode cannot be
-folded). ``torch.compile`` is not a row: compiling four networks takes many minutes on 2 cores. Conversion happens
+network a row beside it (float32 only); training baseline: the stock network (BatchNorm in training
+mode cannot be folded). ``torch.compile`` is not a row: compiling four networks takes many minutes on 2 cores. Conversion happens
 before timing; the converted model's first call (which times the C++ kernels against oneDNN per
 layer, see :mod:`i3d_fast.kernels.cpu.autotune`) is in the warm-up. A "geomean" row per mode sums
 the networks up. CUDA rows are "not measured" without a GPU.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from typing import Callable, List
+from typing import Callable, Iterator, List
 
 import torch
 import torch.nn.functional as F
@@ -69,22 +73,38 @@ def workload(name: str, provider: str, training: bool, shape: tuple) -> Callable
     return step
 
 
+@contextlib.contextmanager
+def _conv_fp32_precision(precision: str) -> Iterator[None]:
+    """``torch.backends.mkldnn.conv.fp32_precision = precision`` inside, restored after."""
+    conv = torch.backends.mkldnn.conv
+    before = conv.fp32_precision
+    conv.fp32_precision = precision
+    try:
+        yield
+    finally:
+        conv.fp32_precision = before
+
+
+#: (mode, training, torch.backends.mkldnn.conv.fp32_precision or None to leave it)
+MODES = (("inference", False, None), ("inference, fp32_precision tf32", False, "tf32"), ("train step", True, None))
+
+
 def run(quick: bool = False, device: str = "cpu") -> List[Row]:
     if device == "cuda":
         return [Row(SUITE, "video networks", f"{CONVERTED} vs {STOCK}", None,
                     note="not measured: the CUDA training backend of the fused unit is ATen's for now")]
     repeat = 3 if quick else 5
     rows: List[Row] = []
-    for training in (False, True):
-        mode = "train step" if training else "inference"
+    for mode, training, precision in MODES:
         # Inference: the baseline is the stock network with BatchNorm folded into the convolutions
         # (torch.fx fuse), the plain stock network a row beside it; training: the stock network.
-        providers = (STOCK, CONVERTED) if training else (FOLDED, STOCK, CONVERTED)
+        providers = (STOCK, CONVERTED) if training else (FOLDED, CONVERTED) if precision else (FOLDED, STOCK, CONVERTED)
         ratios = {p: [] for p in providers[:-1]}
         for name in ARCHITECTURES:
             shape = _input_shape(name, quick)
             steps = [workload(name, p, training, shape) for p in providers]
-            timings = measure_interleaved(steps, repeat)
+            with _conv_fp32_precision(precision) if precision else contextlib.nullcontext():
+                timings = measure_interleaved(steps, repeat)
             case = f"{name} {mode} {list(shape)} float32"
             for i, (provider, timing) in enumerate(zip(providers, timings)):
                 rows.append(Row(SUITE, case, provider, timing, baseline=i == 0))

@@ -105,14 +105,15 @@ def slower_than_onednn(x: torch.Tensor, weight: torch.Tensor, transformed_per_ca
 
 def _measured_forward(x: torch.Tensor, weight: torch.Tensor, transformed_per_call: bool) -> Optional[str]:
     """Times this kernel (bias + ReLU epilogue) against oneDNN's on x and weight (see :mod:`.autotune`)."""
-    key = ("conv3d", tuple(x.shape), row_stride(x) is not None, tuple(weight.shape), transformed_per_call, threads())
+    key = ("conv3d", tuple(x.shape), row_stride(x) is not None, tuple(weight.shape), transformed_per_call, threads(),
+           reduced_precision_allowed())
 
     def candidates():
         w = weight.detach()
         cout = w.shape[0]
         pads = WINOGRAD.get(winograd_kernel(w), PAD_0)
         shift = torch.zeros(cout)
-        packed = None if transformed_per_call else prepare_weight(w)
+        packed = None if transformed_per_call else prepare_weight(w, wide=wide_tiles(x, weight))
 
         def ours():
             out = torch.empty((x.shape[0], cout, *x.shape[2:]), memory_format=CL)
@@ -123,10 +124,17 @@ def _measured_forward(x: torch.Tensor, weight: torch.Tensor, transformed_per_cal
     return autotune.slower(key, candidates)
 
 
-def _tiles(x: torch.Tensor, kernel: Triple = (3, 3, 3)) -> int:
-    """Output tiles (2 outputs along each dimension of kernel size 3, 1 along the others) of a SAME
-    stride-1 Winograd convolution of x."""
-    return x.shape[0] * math.prod((s + 1) // 2 if k == 3 else s for s, k in zip(x.shape[2:], kernel))
+def tile_outputs(kernel: Triple, wide: bool = False) -> Triple:
+    """Outputs per Winograd tile along (T, H, W): 2 along each dimension of kernel size 3 (F(2, 3)), 1
+    along the others; ``wide``: 4 (F(4, 3)) along H and W of 3x3x3 / 1x3x3 kernels, along T of 3x1x1."""
+    if not wide:
+        return tuple(2 if k == 3 else 1 for k in kernel)
+    return (4, 1, 1) if tuple(kernel) == (3, 1, 1) else (2 if kernel[0] == 3 else 1, 4, 4)
+
+
+def _tiles(x: torch.Tensor, kernel: Triple = (3, 3, 3), wide: bool = False) -> int:
+    """Output tiles (see :func:`tile_outputs`) of a SAME stride-1 Winograd convolution of x."""
+    return x.shape[0] * math.prod(-(-s // m) for s, m in zip(x.shape[2:], tile_outputs(kernel, wide)))
 
 
 class PackedWeight(NamedTuple):
@@ -135,11 +143,12 @@ class PackedWeight(NamedTuple):
     winograd: Optional[Triple]  # the Winograd kernel (3x3x3, 1x3x3, 3x1x1), or None: a 1x1x1 GEMM
     cin: int
     cout: int
+    wide: bool = False  # Winograd F(4, 3) tiles (see :func:`tile_outputs`)
 
 
-def prepare_weight(weight: torch.Tensor, scale: Optional[torch.Tensor] = None, flipped: bool = False) -> PackedWeight:
-    """Winograd-transformed (3x3x3 / 1x3x3: ``U = G g G^T`` per transformed dimension) or packed
-    (1x1x1) weights.
+def prepare_weight(weight: torch.Tensor, scale: Optional[torch.Tensor] = None, flipped: bool = False,
+                   wide: bool = False) -> PackedWeight:
+    """Winograd-transformed (``U = G g G^T`` per transformed dimension) or packed (1x1x1) weights.
 
     Args:
         weight: Tensor[Cout, Cin, kT, 3, 3] (kT 3 or 1) or Tensor[Cout, Cin, 1, 1, 1] (any float dtype;
@@ -149,6 +158,7 @@ def prepare_weight(weight: torch.Tensor, scale: Optional[torch.Tensor] = None, f
             gradient of a stride-1 SAME kT x 3 x 3 convolution is the same convolution of the output
             gradient with the weight flipped in T, H, W and in/out channels swapped
             (Tensor[Cin, Cout, kT, 3, 3]).
+        wide: F(4, 3) tiles instead of F(2, 3) (see :func:`tile_outputs`; Winograd kernels only).
     """
     w = weight.detach()
     if scale is not None:
@@ -159,26 +169,68 @@ def prepare_weight(weight: torch.Tensor, scale: Optional[torch.Tensor] = None, f
     cout, cin = (w.shape[1], w.shape[0]) if flipped else (w.shape[0], w.shape[1])
     ext = extension()
     if kernel:
-        data = torch.empty(ext.winograd3d_packed_size(cout, cin, kernel[0], kernel[1]), dtype=torch.float32)
+        data = torch.empty(ext.winograd3d_packed_size(cout, cin, kernel[0], kernel[1], wide), dtype=torch.float32)
     else:
         data = torch.empty(ext.pointwise_conv3d_packed_size(cout, cin), dtype=torch.float32)
     if kernel:  # read in place with any strides (vector loads where the output channels are contiguous)
         s = w.stride()
         strides = (s[1], s[0], *s[2:]) if flipped else s
         ext.winograd3d_prepare_weight(w.data_ptr(), data.data_ptr(), cout, cin, threads(), strides, flipped,
-                                      kernel[0], kernel[1])
+                                      kernel[0], kernel[1], wide)
     else:
         ext.pointwise_conv3d_prepare_weight(w.data_ptr(), data.data_ptr(), cout, cin, threads())
-    return PackedWeight(data, kernel, cin, cout)
+    return PackedWeight(data, kernel, cin, cout, bool(kernel) and wide)
 
 
-_PREPARED = WeightCache(lambda weight: prepare_weight(weight))
+_PREPARED = {wide: WeightCache(functools.partial(prepare_weight, wide=wide)) for wide in (False, True)}
 
 
-def cached_weight(weight: torch.Tensor, scale: Optional[torch.Tensor] = None) -> PackedWeight:
+def cached_weight(weight: torch.Tensor, scale: Optional[torch.Tensor] = None, wide: bool = False) -> PackedWeight:
     """:func:`prepare_weight` of weight (times scale), kept per weight tensor while it is unchanged (without a
     scale)."""
-    return prepare_weight(weight, scale) if scale is not None else _PREPARED.get(weight)
+    return prepare_weight(weight, scale, wide=wide) if scale is not None else _PREPARED[wide].get(weight)
+
+
+#: Weights seen unchanged by two calls: constant (inference) weights, not training ones (see
+#: :meth:`.WeightCache.get_if_seen`).
+_CONSTANT = WeightCache(lambda weight: True)
+
+
+def reduced_precision_allowed() -> bool:
+    """Whether PyTorch is told to allow reduced-precision float32 convolutions on the CPU:
+    ``torch.backends.mkldnn.conv.fp32_precision`` (or ``torch.backends.mkldnn.fp32_precision`` where that
+    is "none") set to "tf32" or "bf16"."""
+    mkldnn = torch.backends.mkldnn
+    precision = getattr(getattr(mkldnn, "conv", None), "fp32_precision", "none")
+    if precision == "none":
+        precision = getattr(mkldnn, "fp32_precision", "none")
+    return precision in ("tf32", "bf16")
+
+
+def wide_tiles(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a Winograd convolution of x with a constant (inference) weight runs F(4, 3) tiles (see
+    :func:`tile_outputs`): only where reduced-precision float32 convolutions are allowed
+    (:func:`reduced_precision_allowed`, PyTorch's own switch), timed against F(2, 3) on the first call
+    with this configuration and chosen when it took at most :data:`.autotune.MARGIN` of the time
+    (1.2-1.4x faster on R(2+1)D's 1x3x3 / 3x1x1 layers, 0.8-1.3x on 3x3x3 ones, 2-core Xeon).
+
+    F(4, 3)'s transforms multiply by up to 8 and 1/24: its float32 error grows with the input channels
+    to 5-50x that of oneDNN's direct convolution (F(2, 3): 0.3-2.4x), about 1e-5 of the output's scale
+    at 256 channels: far inside TF32's or bf16's error, but not float32's. Training weights (seen once
+    per call), gradients and ``I3D_FAST_AUTOTUNE=0`` keep F(2, 3)."""
+    if (not winograd_kernel(weight) or weight.requires_grad or not reduced_precision_allowed()
+            or not autotune.enabled(x, weight) or _CONSTANT.get_if_seen(weight) is None):
+        return False
+    key = ("winograd_tiles", tuple(x.shape), row_stride(x) is not None, tuple(weight.shape), threads())
+
+    def candidates():
+        w = weight.detach()
+        out = torch.empty((x.shape[0], w.shape[0], *x.shape[2:]), memory_format=CL)
+        packs = [prepare_weight(w, wide=wide) for wide in (False, True)]
+        return [(name, functools.partial(conv3d_packed, x, packed, None, True, [(out, 0, w.shape[0])]))
+                for name, packed in zip(("F(2,3)", "F(4,3)"), packs)]
+
+    return autotune.fastest(key, candidates) == "F(4,3)"
 
 
 def row_stride(t: torch.Tensor) -> Optional[int]:
@@ -231,7 +283,7 @@ def conv3d_packed(x: torch.Tensor, weight: PackedWeight, shift: Optional[torch.T
         def run(chunk: int) -> bool:
             return ext.winograd3d_forward(x.data_ptr(), ld, (n, t, h, w), cin, weight.data.data_ptr(), weight.cout,
                                           bias_ptr, relu, dests, threads(), chunk, weight.winograd[0],
-                                          weight.winograd[1], mean_ptr, var_ptr)
+                                          weight.winograd[1], mean_ptr, var_ptr, weight.wide)
 
         return run(_winograd_chunk(x, ld, weight, run))
     ext.pointwise_conv3d_forward(x.data_ptr(), ld, (n, t, h, w), cin, weight.data.data_ptr(), weight.cout,
@@ -256,13 +308,13 @@ def _winograd_chunk(x: torch.Tensor, ld: int, weight: PackedWeight, run: Callabl
         return 0
 
     def sizes():
-        per_thread = -(-_tiles(x, weight.winograd) // threads())
+        per_thread = -(-_tiles(x, weight.winograd, weight.wide) // threads())
         chosen = {c for c in CHUNK_CANDIDATES if c < per_thread}
         if per_thread <= 2 * CHUNK_CANDIDATES[-1]:  # few tiles: also one chunk per thread
             chosen.add(-(-per_thread // 6) * 6)
         return sorted(chosen)
 
-    key = ("winograd_chunk", tuple(x.shape), ld, weight.winograd, weight.cin, weight.cout, threads())
+    key = ("winograd_chunk", tuple(x.shape), ld, weight.winograd, weight.wide, weight.cin, weight.cout, threads())
     return _timed_chunk(key, run, sizes)
 
 
@@ -279,7 +331,7 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor],
     channels_last_3d tensor when ``destinations`` is None, else writes the output channels in order
     into the (tensor, offset, count) destinations. A Winograd result with inf or NaN is recomputed by
     oneDNN (an infinite input must give +-inf, as ``F.conv3d`` does, not the transforms' NaN)."""
-    packed = cached_weight(weight, scale)
+    packed = cached_weight(weight, scale, scale is None and wide_tiles(x, weight))
     new = destinations is None
     if new:
         out = torch.empty((x.shape[0], packed.cout, *x.shape[2:]), dtype=x.dtype, memory_format=CL)

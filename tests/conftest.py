@@ -33,6 +33,9 @@ else:
 # Tests check the kernels themselves: no first-use check quietly routing a wrong variant to ATen
 # (tests/test_selfcheck.py and the GPU tier's own self-check test turn it on where they test it).
 os.environ.setdefault("I3D_FAST_SELFCHECK", "0")
+# Kernel timings stay in memory: tests never read or write the user's timing cache (test_autotune.py
+# points it at a temporary file where it tests it).
+os.environ.setdefault("I3D_FAST_AUTOTUNE_CACHE", "0")
 
 from pathlib import Path  # noqa: E402
 

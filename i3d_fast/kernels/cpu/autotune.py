@@ -7,20 +7,126 @@ two full-width FMA units), so ``backend="auto"`` times both on the first call wi
 configuration (shapes, layout, threads) and keeps the C++ kernel only where it took at most
 :data:`MARGIN` of oneDNN's time: a layer never runs slower than oneDNN would run it. Set
 ``I3D_FAST_AUTOTUNE=0`` for the fixed rules instead (deterministic selection, no timing runs).
+
+The measurements are kept on disk (:func:`cache_path`, JSON), so the next process on the same machine
+skips them (an I3D training step at 2 x 16 x 224^2 spends ~12 s on them, an inference call a few
+seconds). The file holds one machine fingerprint (CPU, torch, the C++ extension's build): when it
+does not match, its entries are ignored and replaced. ``I3D_FAST_AUTOTUNE_CACHE=0`` keeps them in
+memory only; ``I3D_FAST_AUTOTUNE_CACHE=<file>`` puts them elsewhere; delete the file to re-time.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.util
+import json
 import math
 import os
+import platform
 import time
+import warnings
+from pathlib import Path
 from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
+
+from ..._atomic import atomic_write
 
 #: The C++ kernel is chosen when its time is at most this fraction of oneDNN's.
 MARGIN = 0.95
 _VERDICTS: Dict[Hashable, Tuple[float, float]] = {}
 _CHOICES: Dict[Hashable, Dict[str, float]] = {}
+CACHE_ENV = "I3D_FAST_AUTOTUNE_CACHE"
+#: The on-disk format (bumped when keys or values change meaning).
+CACHE_FORMAT = 1
+
+
+def cache_path() -> Optional[Path]:
+    """Where measurements persist: ``$I3D_FAST_AUTOTUNE_CACHE`` ("0": nowhere), else
+    ``$XDG_CACHE_HOME/i3d_fast/autotune.json`` (``~/.cache`` without XDG_CACHE_HOME)."""
+    value = os.environ.get(CACHE_ENV, "")
+    if value == "0":
+        return None
+    if value:
+        return Path(value)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "i3d_fast" / "autotune.json"
+
+
+@functools.lru_cache(maxsize=1)
+def fingerprint() -> Dict[str, str]:
+    """What the measurements depend on besides their keys: CPU model, torch, the C++ extension's build
+    and the Python kernels that choose (hashes of their files)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    spec = importlib.util.find_spec("i3d_fast._C")
+    build = hashlib.sha256()
+    if spec is not None and spec.origin and os.path.isfile(spec.origin):
+        build.update(Path(spec.origin).read_bytes())
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        build.update(source.read_bytes())
+    return {"format": str(CACHE_FORMAT), "cpu": cpu, "torch": torch.__version__, "build": build.hexdigest()[:16]}
+
+
+_UNREAD = object()
+
+
+class _Persisted:
+    """The measurements read from :func:`cache_path` (keys are ``repr`` of the in-memory keys)."""
+
+    def __init__(self):
+        self.verdicts: Dict[str, List[float]] = {}
+        self.choices: Dict[str, Dict[str, float]] = {}
+        self.loaded_from: object = _UNREAD  # the path read (None: persistence off)
+        self.unwritable: Optional[Path] = None
+
+    def _read(self, path: Path) -> Tuple[Dict, Dict]:
+        """(verdicts, choices) in ``path`` for this machine's fingerprint; empty when absent, foreign or
+        unreadable (warned: the file is rewritten on the next measurement)."""
+        try:
+            data = json.loads(path.read_text())
+        except (FileNotFoundError, NotADirectoryError):
+            return {}, {}
+        except (OSError, ValueError) as exc:
+            warnings.warn(f"i3d_fast: ignoring the kernel timing cache {path} ({exc}); it will be rewritten",
+                          stacklevel=3)
+            return {}, {}
+        if not isinstance(data, dict) or data.get("fingerprint") != fingerprint():
+            return {}, {}
+        verdicts, choices = data.get("verdicts"), data.get("choices")
+        return (verdicts if isinstance(verdicts, dict) else {}), (choices if isinstance(choices, dict) else {})
+
+    def sync(self) -> None:
+        """(Re)reads the file when the configured path changed since the last read."""
+        path = cache_path()
+        if path != self.loaded_from:
+            self.loaded_from = path
+            self.verdicts, self.choices = self._read(path) if path else ({}, {})
+
+    def save(self, kind: str, key: Hashable, value) -> None:
+        """Adds one measurement and writes the file (merged with what other processes wrote since);
+        a file that cannot be written is warned about once and given up for this process."""
+        path = cache_path()
+        if path is None or path != self.loaded_from or path == self.unwritable:
+            return
+        table = self.verdicts if kind == "verdicts" else self.choices
+        table[repr(key)] = value
+        verdicts, choices = self._read(path)
+        verdicts.update(self.verdicts)
+        choices.update(self.choices)
+        try:
+            with atomic_write(path, "w", encoding="utf-8") as f:
+                json.dump({"fingerprint": fingerprint(), "verdicts": verdicts, "choices": choices}, f)
+        except OSError as exc:
+            warnings.warn(f"i3d_fast: cannot write the kernel timing cache {path} ({exc}); timings are kept "
+                          f"in memory only (set {CACHE_ENV}=0 to silence this)", stacklevel=3)
+            self.unwritable = path
+
+
+_PERSISTED = _Persisted()
 
 
 def enabled(*tensors) -> bool:
@@ -66,9 +172,15 @@ def slower(key: Hashable, candidates: Callable[[], Tuple[Callable[[], object], C
     :func:`_best_times`; a baseline that raises loses). Measured once per key per process."""
     hit = _VERDICTS.get(key)
     if hit is None:
+        _PERSISTED.sync()
+        stored = _PERSISTED.verdicts.get(repr(key))
+        if isinstance(stored, list) and len(stored) == 2:
+            hit = _VERDICTS[key] = (float(stored[0]), float(stored[1]))
+    if hit is None:
         ours, theirs = candidates()
         onednn, mine = _best_times([theirs, ours])
         hit = _VERDICTS[key] = (mine, onednn)
+        _PERSISTED.save("verdicts", key, [mine, onednn])
     mine, onednn = hit
     if mine <= MARGIN * onednn:
         return None
@@ -83,9 +195,16 @@ def fastest(key: Hashable, candidates: Callable[[], Sequence[Tuple[str, Callable
     a lone baseline is not timed). Measured once per key per process; :func:`choices` lists the times."""
     hit = _CHOICES.get(key)
     if hit is None:
+        _PERSISTED.sync()
+        stored = _PERSISTED.choices.get(repr(key))
+        if isinstance(stored, dict) and stored:
+            hit = _CHOICES[key] = {str(name): float(t) for name, t in stored.items()}
+    if hit is None:
         named = list(candidates())
         times = _best_times([run for _, run in named]) if len(named) > 1 else [0.0]  # no choice: not timed
         hit = _CHOICES[key] = dict(zip((name for name, _ in named), times))
+        if len(named) > 1:
+            _PERSISTED.save("choices", key, hit)
     baseline, *others = hit
     best = min(others, key=hit.__getitem__, default=None)
     return best if best is not None and hit[best] <= MARGIN * hit[baseline] else baseline

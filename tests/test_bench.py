@@ -7,7 +7,7 @@ import pytest
 
 from i3d_fast import bench
 from i3d_fast.bench import train
-from i3d_fast.bench.timing import FIXED_MMAP_THRESHOLD, peak_memory_in_subprocess
+from i3d_fast.bench.timing import FIXED_MMAP_THRESHOLD, number_in_subprocess
 
 TINY = train.Case(batch=1, frames=8, size=64, adaptive_head=True)
 
@@ -23,7 +23,7 @@ def test_train_steps_of_both_providers_give_the_same_finite_loss(bf16, rel):
 def test_train_suite_rows(monkeypatch):
     monkeypatch.setitem(train.CPU_CASE, True, TINY)
     monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
-    monkeypatch.setattr(train, "peak_memory_in_subprocess",
+    monkeypatch.setattr(train, "number_in_subprocess",
                         lambda *args, env=None: (12.5 if args[-1] == "steady" else 20.0) if env is None else 10.0)
     monkeypatch.setitem(train.PIPELINE_CASE, True, (2, 32, 24, 4, 2))
     rows = bench.SUITES["train"](quick=True)
@@ -32,8 +32,12 @@ def test_train_suite_rows(monkeypatch):
                                                              (train.OURS_KEEPING, False)]
     assert all(r.extra["peak MiB"] == 12.5 and r.extra["peak MiB, fixed mmap threshold"] == 10.0
                and r.extra["first-step peak MiB"] == 20.0 and r.extra["clips/s"] > 0 for r in steps[:3])
-    assert [r.timing for r in steps[3:5]] == [None, None] and steps[4].note.startswith("not measured")
-    pipeline = steps[5:]  # i3d-fast train end to end (4 steps per epoch), after the step alone
+    first = steps[3:5]  # the first step in a new process: kernels timed, then timings read from the file
+    assert [r.baseline for r in first] == [True, False] and len({r.case for r in first}) == 1
+    assert "timed" in first[0].provider and "read from the timing file" in first[1].provider
+    assert all(r.timing.median_ms == 10.0e3 for r in first)
+    assert [r.timing for r in steps[5:7]] == [None, None] and steps[6].note.startswith("not measured")
+    pipeline = steps[7:]  # i3d-fast train end to end (4 steps per epoch), after the step alone
     assert [r.baseline for r in pipeline] == [True, False] and len({r.case for r in pipeline}) == 1
     assert pipeline[1].provider.startswith("i3d-fast train") and pipeline[1].timing.runs == 4
     assert all(r.timing.median_ms > 0 and r.extra["clips/s"] > 0 for r in pipeline)
@@ -112,7 +116,7 @@ def test_model_suite_rows_fp32_and_bf16(monkeypatch):
     from i3d_fast.bench import model as model_suite
 
     monkeypatch.setattr(model_suite, "SIZE", 32)
-    monkeypatch.setattr(model_suite, "peak_memory_in_subprocess", lambda *args: 7.0)
+    monkeypatch.setattr(model_suite, "number_in_subprocess", lambda *args: 7.0)
     monkeypatch.setattr(model_suite, "has_native_bf16", lambda: True)
     rows = bench.SUITES["model"](quick=True)
     layers, rows = [r for r in rows if r.suite == "model-layers"], [r for r in rows if r.suite == "model"]
@@ -166,5 +170,5 @@ def test_plots_one_readable_figure_per_suite(tmp_path):
 @pytest.mark.parametrize("when, env", [("steady", None), ("steady", FIXED_MMAP_THRESHOLD), ("first", None)])
 def test_train_peak_memory_subprocess_prints_a_number(when, env):
     """The fresh-process peak measurement the train suite's peak columns run (a tiny case)."""
-    peak = peak_memory_in_subprocess(train.__name__, "1", "1", json.dumps(asdict(TINY)), when, env=env)
+    peak = number_in_subprocess(train.__name__, "1", "1", json.dumps(asdict(TINY)), when, env=env)
     assert peak is not None and 0 < peak < 2000

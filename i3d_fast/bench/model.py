@@ -19,7 +19,7 @@ from .._cpu import has_native_bf16
 from ..models import InceptionI3d, fuse
 from .plain_i3d import PlainInceptionI3d, fold_batchnorm
 from .report import Row
-from .timing import (Timing, first_call_seconds, measure_interleaved, peak_memory_in_subprocess, peak_rss_mb,
+from .timing import (Timing, first_call_seconds, measure_interleaved, number_in_subprocess, peak_rss_mb,
                      summarise)
 
 CL = torch.channels_last_3d
@@ -66,7 +66,7 @@ def _rows(providers, case: str, frames: int, repeat: int, device: str) -> List[R
     for i, (provider, timing) in enumerate(zip(providers, timings)):
         extra = {"compile s": round(compile_s[provider], 1)} if provider in compile_s else {}
         if device == "cpu" and provider not in COMPILED:
-            peak = peak_memory_in_subprocess(__name__, str(ALL_PROVIDERS.index(provider)), str(frames))
+            peak = number_in_subprocess(__name__, str(ALL_PROVIDERS.index(provider)), str(frames))
             if peak is not None:
                 extra["peak MiB"] = round(peak, 1)
         rows.append(Row("model", case, provider, timing, baseline=i == 0, extra=extra))

@@ -94,7 +94,7 @@ def _peak_rss_kib() -> int:
 
 def peak_rss_mb(fn: Callable[[], object]) -> float:
     """Growth of this process's peak resident set size while ``fn`` runs, in MiB. Meaningful only
-    in a fresh process (see :func:`peak_memory_in_subprocess`): a peak reached earlier hides it."""
+    in a fresh process (see :func:`number_in_subprocess`): a peak reached earlier hides it."""
     before = _peak_rss_kib()
     fn()
     return (_peak_rss_kib() - before) / 1024
@@ -123,10 +123,11 @@ def steady_peak_rss_mb(fn: Callable[[], object]) -> Optional[float]:
 FIXED_MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 
 
-def peak_memory_in_subprocess(module: str, *args: str, env: Optional[Dict[str, str]] = None) -> Optional[float]:
-    """Runs ``python -m <module> <args>`` (which prints one number, the MiB of its workload's
-    :func:`peak_rss_mb`) in a fresh interpreter, so that each provider's peak is its own; ``env``: extra
-    environment variables (e.g. :data:`FIXED_MMAP_THRESHOLD`)."""
+def number_in_subprocess(module: str, *args: str, env: Optional[Dict[str, str]] = None) -> Optional[float]:
+    """Runs ``python -m <module> <args>`` in a fresh interpreter, which prints one number last (e.g. the
+    MiB of its workload's :func:`peak_rss_mb`, so that each provider's peak is its own, or a first
+    call's seconds), and returns it (None when the run fails); ``env``: extra environment variables
+    (e.g. :data:`FIXED_MMAP_THRESHOLD`)."""
     done = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                           env=None if env is None else {**os.environ, **env})
     if done.returncode != 0:

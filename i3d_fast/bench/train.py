@@ -12,11 +12,13 @@ without a GPU. Each row gives clips/s and the growth of peak memory over one ste
 (CPU: resident set; CUDA: the caching allocator's peak), see :data:`PEAK_COLUMNS`: a steady step
 ("peak MiB"), the same with glibc's mmap threshold fixed, and the first step, which also times each
 layer's kernel choice. The CPU fp32 case adds "train-profile" rows: the plain model's and ours' top
-ops by self CPU time in one profiled step. The CPU run ends with ``i3d-fast train`` end to end on
+ops by self CPU time in one profiled step, and our first step in a fresh process with no file of
+kernel timings, then in another one reading the file the first wrote (:func:`first_step_rows`). The CPU run ends with ``i3d-fast train`` end to end on
 synthetic videos (:func:`pipeline_rows`): the data pipeline's cost against the step alone.
 
-Run as ``python -m i3d_fast.bench.train PROVIDER THREADS CASE_JSON steady|first`` it prints one
-provider's peak memory growth (MiB) in a fresh process; :func:`run` uses that for the peak columns.
+Run as ``python -m i3d_fast.bench.train PROVIDER THREADS CASE_JSON steady|first|first-seconds`` it
+prints one provider's peak memory growth (MiB) over a steady or the first step, or its first step's
+seconds, in a fresh process; :func:`run` uses that for the peak columns and the first-step rows.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ from .plain_i3d import PlainInceptionI3d
 from .._cpu import has_native_bf16
 from .report import Row
 from .timing import (FIXED_MMAP_THRESHOLD, Timing, first_call_seconds, measure, measure_interleaved,
-                     peak_memory_in_subprocess, peak_rss_mb, steady_peak_rss_mb)
+                     number_in_subprocess, peak_rss_mb, steady_peak_rss_mb)
 
 SUITE = "train"
 CL = torch.channels_last_3d
@@ -181,11 +183,29 @@ def _case_rows(case: Case, repeat: int,
         if provider in PROVIDERS:
             args = (__name__, str(i), str(torch.get_num_threads()), json.dumps(asdict(case)))
             for label, when, env in PEAK_COLUMNS:
-                peak = peak_memory_in_subprocess(*args, when, env=env)
+                peak = number_in_subprocess(*args, when, env=env)
                 if peak is not None:
                     extra[label] = round(peak, 1)
         rows.append(Row(SUITE, case.name, provider, timing, baseline=provider == BASELINE, extra=extra))
     return rows, steps[:len(PROVIDERS)]
+
+
+def first_step_rows(case: Case) -> List[Row]:
+    """Our first step in a fresh process, which times each layer's kernel choices on the CPU
+    (:mod:`i3d_fast.kernels.cpu.autotune`): with no file of timings, then in a second process reading
+    the file the first one wrote (as a user's next run does)."""
+    import tempfile
+
+    name = f"{case.name}: first step in a new process"
+    args = (__name__, str(PROVIDERS.index(OURS)), str(torch.get_num_threads()), json.dumps(asdict(case)),
+            "first-seconds")
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"I3D_FAST_AUTOTUNE_CACHE": os.path.join(tmp, "autotune.json")}
+        seconds = [number_in_subprocess(*args, env=env) for _ in range(2)]
+    labels = (f"{OURS}, kernel choices timed (no timing file)", f"{OURS}, kernel choices read from the timing file")
+    return [Row(SUITE, name, label, None if s is None else Timing(s * 1e3, s * 1e3, s * 1e3, 1), baseline=i == 0,
+                note=None if s is not None else "not measured (the subprocess failed)")
+            for i, (label, s) in enumerate(zip(labels, seconds))]
 
 
 def pipeline_rows(quick: bool, device: str = "cpu") -> List[Row]:
@@ -245,6 +265,7 @@ def run(quick: bool = False, device: str = "cpu") -> List[Row]:
     rows, fp32_steps = _case_rows(fp32, repeat, compiled=not quick)
     op_rows = profile_rows(fp32_steps)
     del fp32_steps  # free both models before the next case
+    rows += first_step_rows(fp32)
     bf16 = replace(fp32, bf16=True)
     if cpu_has_bf16():
         rows += _case_rows(bf16, repeat)[0]
@@ -265,6 +286,9 @@ if __name__ == "__main__":
     provider, threads, case_json, when = sys.argv[1:]
     torch.set_num_threads(int(threads))
     case = Case(**json.loads(case_json))
+    if when == "first-seconds":
+        print(first_call_seconds(workload(PROVIDERS[int(provider)], case), case.device))
+        sys.exit()
     peak = peak_mib(workload(PROVIDERS[int(provider)], case), case.device, steady=when == "steady")
     if peak is None:
         sys.exit("the resident set's peak cannot be reset here (/proc/self/clear_refs)")

@@ -367,8 +367,6 @@ def _bench(args: argparse.Namespace) -> int:
         _check_out_dir(args.out)  # before the benchmark runs, not after
     if args.threads:
         torch.set_num_threads(args.threads)
-    # Each run times its own kernel choices (in its warm-up), not ones an earlier process stored.
-    os.environ.setdefault("I3D_FAST_AUTOTUNE_CACHE", "0")
     device = "cuda" if torch.cuda.is_available() and not args.cpu else "cpu"
     info = bench.machine()
     print(f"i3d-fast bench on {device}: {info['cpu']}, {info['threads']} threads, torch {info['torch']}"

@@ -19,7 +19,7 @@ import platform
 from typing import Optional
 
 #: mallopt parameters (malloc.h)
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_MMAP_MAX = -1, -3, -4
 #: blocks below this size come from the heap and go back to it when freed (1 GiB)
 REUSE_THRESHOLD_BYTES = 1 << 30
 
@@ -28,8 +28,9 @@ _setting: Optional[str] = None
 
 def reuse_freed_memory(threshold_bytes: int = REUSE_THRESHOLD_BYTES) -> bool:
     """Sets glibc's mmap and trim thresholds to ``threshold_bytes`` for this process, so freed large
-    tensors are reused instead of re-mapped (see the module docstring). Returns False, changing
-    nothing, where the C library is not glibc or refuses the value."""
+    tensors are reused instead of re-mapped (see the module docstring); a glibc that refuses a
+    threshold that high (some cap it at 32 MiB) gets no mmapped blocks at all instead
+    (``M_MMAP_MAX`` 0). Returns False where the C library is not glibc or refuses both."""
     global _setting
     if not 0 < threshold_bytes < 1 << 31:
         raise ValueError(f"threshold_bytes must be in (0, 2 GiB), got {threshold_bytes}")
@@ -37,13 +38,17 @@ def reuse_freed_memory(threshold_bytes: int = REUSE_THRESHOLD_BYTES) -> bool:
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(M_MMAP_THRESHOLD, ctypes.c_int(threshold_bytes)) == 1 and \
-            libc.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(threshold_bytes)) == 1
+        if libc.mallopt(M_MMAP_THRESHOLD, ctypes.c_int(threshold_bytes)) == 1:
+            how = f"mmap and trim thresholds {threshold_bytes >> 20} MiB"
+        elif libc.mallopt(M_MMAP_MAX, ctypes.c_int(0)) == 1:
+            how = f"no mmapped blocks, trim threshold {threshold_bytes >> 20} MiB"
+        else:
+            return False
+        libc.mallopt(M_TRIM_THRESHOLD, ctypes.c_int(threshold_bytes))
     except (OSError, AttributeError):
         return False
-    if ok:
-        _setting = f"glibc, freed memory reused (mmap and trim thresholds {threshold_bytes >> 20} MiB)"
-    return ok
+    _setting = f"glibc, freed memory reused ({how})"
+    return True
 
 
 def configure_from_environment() -> bool:

@@ -33,9 +33,11 @@ else:
 # Tests check the kernels themselves: no first-use check quietly routing a wrong variant to ATen
 # (tests/test_selfcheck.py and the GPU tier's own self-check test turn it on where they test it).
 os.environ.setdefault("I3D_FAST_SELFCHECK", "0")
-# Kernel timings stay in memory: tests never read or write the user's timing cache (test_autotune.py
-# points it at a temporary file where it tests it).
-os.environ.setdefault("I3D_FAST_AUTOTUNE_CACHE", "0")
+# Kernel timings stay in memory: tests never read or write the user's timing files (test_autotune.py
+# points them at a temporary folder where it tests them). The CLI's malloc setting stays out of the
+# test process (tests call i3d_fast.cli.main in process; test_malloc.py checks it in subprocesses).
+os.environ["I3D_FAST_AUTOTUNE_CACHE"] = "0"
+os.environ["I3D_FAST_MALLOC"] = "default"
 
 from pathlib import Path  # noqa: E402
 

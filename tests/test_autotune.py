@@ -77,10 +77,10 @@ def _never():
 
 
 def test_measurements_persist_for_the_next_process(monkeypatch, tmp_path):
-    path = tmp_path / "cache" / "autotune.json"
-    monkeypatch.setenv(autotune.CACHE_ENV, str(path))
+    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path / "cache"))
     _new_process(monkeypatch)
-    assert autotune.cache_path() == path
+    path = autotune.cache_path()
+    assert path.parent == tmp_path / "cache" and path.name.startswith("autotune-")
     choice = autotune.fastest(("persist", 1, (2, 3), torch.float32),
                               lambda: [("onednn", _sleeper(0.004, [])), ("ours", _sleeper(0.0, []))])
     verdict = autotune.slower(("persist", "v"), lambda: (_sleeper(0.004, []), _sleeper(0.0, [])))
@@ -89,7 +89,8 @@ def test_measurements_persist_for_the_next_process(monkeypatch, tmp_path):
     _new_process(monkeypatch)
     assert autotune.fastest(("persist", 1, (2, 3), torch.float32), _never) == choice == "ours"
     assert autotune.slower(("persist", "v"), _never) == verdict
-    # another machine's (or build's) file is not used, and is replaced by this one's
+    assert data["choices"][repr(("persist", 1, (2, 3), torch.float32))][0][0] == "onednn"  # the baseline first
+    # another machine's (or build's) measurements are not used, and are replaced by this one's
     data["fingerprint"]["cpu"] = "another CPU"
     path.write_text(json.dumps(data))
     _new_process(monkeypatch)
@@ -100,10 +101,10 @@ def test_measurements_persist_for_the_next_process(monkeypatch, tmp_path):
 
 
 def test_a_corrupt_cache_file_is_warned_about_and_rewritten(monkeypatch, tmp_path):
-    path = tmp_path / "autotune.json"
-    path.write_text("{not json")
-    monkeypatch.setenv(autotune.CACHE_ENV, str(path))
+    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path))
     _new_process(monkeypatch)
+    path = autotune.cache_path()
+    path.write_text("{not json")
     with pytest.warns(UserWarning, match="ignoring the kernel timing cache"):
         autotune.fastest(("corrupt",), lambda: [("onednn", _sleeper(0.0, [])), ("ours", _sleeper(0.0, []))])
     assert json.loads(path.read_text())["fingerprint"] == autotune.fingerprint()
@@ -117,13 +118,13 @@ def test_persistence_off_writes_nothing(monkeypatch, tmp_path):
     autotune.fastest(("off",), lambda: [("onednn", _sleeper(0.0, [])), ("ours", _sleeper(0.0, []))])
     assert not any(tmp_path.iterdir())
     monkeypatch.delenv(autotune.CACHE_ENV)
-    assert autotune.cache_path() == tmp_path / "i3d_fast" / "autotune.json"
+    assert autotune.cache_path().parent == tmp_path / "i3d_fast"
 
 
 def test_an_unwritable_cache_is_warned_about_once(monkeypatch, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("")
-    monkeypatch.setenv(autotune.CACHE_ENV, str(blocker / "autotune.json"))  # its folder is a file
+    monkeypatch.setenv(autotune.CACHE_ENV, str(blocker))  # the folder is a file
     _new_process(monkeypatch)
     with pytest.warns(UserWarning, match="cannot write the kernel timing cache"):
         autotune.fastest(("ro", 1), lambda: [("onednn", _sleeper(0.0, [])), ("ours", _sleeper(0.0, []))])

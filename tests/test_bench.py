@@ -55,6 +55,8 @@ def test_convert_suite_rows(monkeypatch):
     from i3d_fast.bench import convert as convert_suite
 
     monkeypatch.setattr(convert_suite, "_input_shape", lambda name, quick: (2, 3, 8, 32, 32))
+    if not hasattr(getattr(torch.backends.mkldnn, "conv", None), "fp32_precision"):
+        pytest.skip(f"torch {torch.__version__} has no torch.backends.mkldnn.conv.fp32_precision (2.9+)")
     before = torch.backends.mkldnn.conv.fp32_precision
     rows = bench.SUITES["convert"](quick=True)
     names = list(convert_suite.ARCHITECTURES)

@@ -14,11 +14,12 @@
 // applied separably along T, H and W. A "tile" is a 2x2x2 block of outputs; it reads a 4x4x4 block
 // of input. In the transformed domain the convolution becomes 64 independent matrix products, one
 // per transform position xi: M[xi] (tiles x Cout) = V[xi] (tiles x Cin) . U[xi] (Cin x Cout), i.e.
-// 64 multiplies per 8 outputs and input channel instead of 216.
+// 64 multiplies per 8 outputs and input channel instead of 216. F(4, 3) (the wide kinds) reads 6
+// cells for 4 outputs along a dimension: F(2x4x4, 3x3x3) has 144 positions per 32 outputs.
 //
-// Schedule: tiles are cut into chunks. A thread transforms one chunk's input (V: [64][P][Cin],
+// Schedule: tiles are cut into chunks. A thread transforms one chunk's input (V: [positions][P][Cin],
 // channels contiguous, vectorised across channels), then for each panel of up to 64 output
-// channels runs the 64 products with a register-blocked micro-kernel (M: [64][P][panel]) and
+// channels runs one product per position with a register-blocked micro-kernel (M: [positions][P][panel]) and
 // inverse-transforms M straight into the destination rows, adding the bias and applying ReLU.
 // The chunk size keeps V and M in the thread's L2 cache; only the transformed weights U stream
 // in from L3 (U is transformed once, see prepare_weight). The input may be a channel slice of a
@@ -65,8 +66,9 @@ struct Tile {
   static constexpr int kOutT = kT == 3 ? (K == k311w ? 4 : 2) : 1;
   static constexpr int kOutS = kS == 3 ? (K == k333w || K == k133w ? 4 : 2) : 1;
   static constexpr int kInT = kT == 3 ? kOutT + 2 : 1, kInS = kS == 3 ? kOutS + 2 : 1;
-  static constexpr int kPosS = kInS * kInS;      // positions of one t-slice (16 or 1)
-  static constexpr int kOutPerT = kOutS * kOutS;  // outputs of one t-slice (4 or 1)
+  static constexpr bool kWide = K >= k333w;
+  static constexpr int kPosS = kInS * kInS;      // positions of one t-slice (16, 36 or 1)
+  static constexpr int kOutPerT = kOutS * kOutS;  // outputs of one t-slice (4, 16 or 1)
   static constexpr int kPositions = kInT * kPosS;
   static constexpr int kTapsS = kS * kS;
   static constexpr int kTaps = kT * kTapsS;
@@ -289,8 +291,8 @@ struct Geometry {
   }
 };
 
-// V[xi][p][cin] for tiles [first, first + count): B^T d B of each tile's input cells (4x4x4, 1x4x4 or
-// 4x1x1), with cells outside the input read from a row of zeros.
+// V[xi][p][cin] for tiles [first, first + count): B^T d B of each tile's input cells (kInT x kInS x kInS,
+// e.g. 4x4x4, 1x4x4, 4x1x1 or 4x6x6), with cells outside the input read from a row of zeros.
 template <int K>
 void transform_chunk(const float* x, const float* zeros, const Geometry& g, int64_t first, int64_t count,
                      int64_t P, float* V) {
@@ -466,6 +468,7 @@ inline v16 load_channels(const float* p, int valid) {
 template <int K>
 void transform_grad_chunk(const float* dy, int64_t ldy, const float* zeros, const Geometry& g, int64_t first,
                           int64_t count, int64_t P, int64_t row0, float* dM) {
+  static_assert(!Tile<K>::kWide, "the weight gradient has F(2, 3) tiles only");
   using TL = Tile<K>;
   constexpr int kO = TL::kOutPerT;
   const PanelLayout L(TL::kPositions, P, g.cout);
@@ -527,6 +530,7 @@ using WeightStrides = std::array<int64_t, 5>;
 template <int K>
 bool inverse_weight_transform(const float* dU, float* dw, int64_t cout, int64_t cin, const WeightStrides& st,
                               int threads) {
+  static_assert(!Tile<K>::kWide, "the weight gradient has F(2, 3) tiles only");
   using TL = Tile<K>;
   const PanelLayout L(TL::kPositions, cin, cout);
   int64_t tap_offset[TL::kTaps];

@@ -65,9 +65,12 @@ PROVIDERS_1X1 = ("aten backend (BLAS GEMM)", "i3d_fast cpu (GEMM)")
 
 def flops(cin: int, cout: int, t: int, h: int, w: int) -> Tuple[float, float, float]:
     """(direct, Winograd F(2x2x2), Winograd F(2x4x4)) FLOPs of one convolution: 2 per multiply-add."""
-    tiles = math.ceil(t / 2) * math.ceil(h / 2) * math.ceil(w / 2)
-    wide_tiles = math.ceil(t / 2) * math.ceil(h / 4) * math.ceil(w / 4)
-    return 2.0 * 27 * cin * cout * t * h * w, 2.0 * 64 * cin * cout * tiles, 2.0 * 144 * cin * cout * wide_tiles
+    def products(wide: bool) -> float:  # transform positions x tiles x channel pairs
+        outputs = cpu_conv3d.tile_outputs((3, 3, 3), wide)
+        tiles = math.prod(math.ceil(s / m) for s, m in zip((t, h, w), outputs))
+        return 2.0 * math.prod(m + 2 for m in outputs) * tiles * cin * cout
+
+    return 2.0 * 27 * cin * cout * t * h * w, products(False), products(True)
 
 
 def workloads(cin: int, cout: int, t: int, h: int, w: int):

@@ -96,6 +96,11 @@ def run(quick: bool = False, device: str = "cpu") -> List[Row]:
     repeat = 3 if quick else 5
     rows: List[Row] = []
     for mode, training, precision in MODES:
+        if precision and not hasattr(getattr(torch.backends.mkldnn, "conv", None), "fp32_precision"):
+            rows.append(Row(SUITE, f"all networks {mode}", CONVERTED, None,
+                            note=f"not measured (torch {torch.__version__} has no torch.backends.mkldnn.conv."
+                                 "fp32_precision, added in 2.9)"))
+            continue
         # Inference: the baseline is the stock network with BatchNorm folded into the convolutions
         # (torch.fx fuse), the plain stock network a row beside it; training: the stock network.
         providers = (STOCK, CONVERTED) if training else (FOLDED, CONVERTED) if precision else (FOLDED, STOCK, CONVERTED)

@@ -37,6 +37,10 @@ class WeightCache(Generic[Derived]):
         self._entries[weight] = (state, value)
         return value
 
+    def forget(self, weight: torch.Tensor) -> None:
+        """Drops what is kept for ``weight`` (nothing happens when nothing is)."""
+        self._entries.pop(weight, None)
+
     def get_if_seen(self, weight: torch.Tensor) -> Optional[Derived]:
         """Like :meth:`get`, but only from the second call with the same unchanged tensor object:
         the first records it and returns None. Inside a custom op's autograd the kernels get a fresh

@@ -10,12 +10,14 @@ configuration (shapes, layout, threads) and keeps the C++ kernel only where it t
 
 The measurements are kept on disk (:func:`cache_path`, JSON), so the next process on the same machine
 skips them (an I3D training step at 2 x 16 x 224^2 spends ~12 s on them, an inference call a few
-seconds). The file holds one machine fingerprint (CPU, torch, the C++ extension's build): when it
-does not match, its entries are ignored and replaced. ``I3D_FAST_AUTOTUNE_CACHE=0`` keeps them in
-memory only; ``I3D_FAST_AUTOTUNE_CACHE=<file>`` puts them elsewhere; delete the file to re-time.
+seconds). One file per fingerprint (:func:`fingerprint`: CPU model, torch, the kernels' build), so
+several environments on one machine (or a home folder shared by several machines) keep their own.
+``I3D_FAST_AUTOTUNE_CACHE=0`` keeps them in memory only, ``I3D_FAST_AUTOTUNE_CACHE=<folder>`` puts the
+files elsewhere; delete the file to re-time.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib.util
@@ -26,7 +28,7 @@ import platform
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Hashable, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -41,51 +43,82 @@ CACHE_ENV = "I3D_FAST_AUTOTUNE_CACHE"
 CACHE_FORMAT = 1
 
 
-def cache_path() -> Optional[Path]:
-    """Where measurements persist: ``$I3D_FAST_AUTOTUNE_CACHE`` ("0": nowhere), else
-    ``$XDG_CACHE_HOME/i3d_fast/autotune.json`` (``~/.cache`` without XDG_CACHE_HOME)."""
+def cache_dir() -> Optional[Path]:
+    """The folder of the measurement files: ``$I3D_FAST_AUTOTUNE_CACHE`` ("0": none, in memory only),
+    else ``$XDG_CACHE_HOME/i3d_fast`` (``~/.cache/i3d_fast``; none where there is no home folder)."""
     value = os.environ.get(CACHE_ENV, "")
     if value == "0":
         return None
     if value:
         return Path(value)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "i3d_fast" / "autotune.json"
+    try:
+        return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "i3d_fast"
+    except RuntimeError:  # no HOME and no passwd entry (e.g. a container with an arbitrary uid)
+        return None
+
+
+def cache_path() -> Optional[Path]:
+    """This machine's and build's file of measurements in :func:`cache_dir` (None: in memory only)."""
+    folder = cache_dir()
+    if folder is None:
+        return None
+    digest = hashlib.sha256(json.dumps(fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
+    return folder / f"autotune-{digest}.json"
 
 
 @functools.lru_cache(maxsize=1)
 def fingerprint() -> Dict[str, str]:
-    """What the measurements depend on besides their keys: CPU model, torch, the C++ extension's build
-    and the Python kernels that choose (hashes of their files)."""
+    """What the measurements depend on besides their keys: CPU model, torch, and the kernels' build
+    (hashes of the C++ extension and of the Python kernels and ops, whose keys and candidates they are)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
     except OSError:
         pass
-    spec = importlib.util.find_spec("i3d_fast._C")
     build = hashlib.sha256()
+    spec = importlib.util.find_spec("i3d_fast._C")
     if spec is not None and spec.origin and os.path.isfile(spec.origin):
         build.update(Path(spec.origin).read_bytes())
-    for source in sorted(Path(__file__).parent.glob("*.py")):
+    package = Path(__file__).resolve().parents[2]
+    for source in sorted([*package.glob("kernels/**/*.py"), *package.glob("ops/*.py")]):
         build.update(source.read_bytes())
     return {"format": str(CACHE_FORMAT), "cpu": cpu, "torch": torch.__version__, "build": build.hexdigest()[:16]}
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` + ".lock" (fcntl; where there is none, no lock)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 _UNREAD = object()
 
 
 class _Persisted:
-    """The measurements read from :func:`cache_path` (keys are ``repr`` of the in-memory keys)."""
+    """The measurements read from :func:`cache_path`: keys are ``repr`` of the in-memory keys;
+    verdicts [C++ seconds, oneDNN seconds], choices [[name, seconds], ...] with the baseline first."""
 
     def __init__(self):
-        self.verdicts: Dict[str, List[float]] = {}
-        self.choices: Dict[str, Dict[str, float]] = {}
+        self.verdicts: Dict[str, list] = {}
+        self.choices: Dict[str, list] = {}
         self.loaded_from: object = _UNREAD  # the path read (None: persistence off)
         self.unwritable: Optional[Path] = None
 
     def _read(self, path: Path) -> Tuple[Dict, Dict]:
-        """(verdicts, choices) in ``path`` for this machine's fingerprint; empty when absent, foreign or
-        unreadable (warned: the file is rewritten on the next measurement)."""
+        """(verdicts, choices) in ``path`` for this fingerprint; empty when absent, foreign or unreadable
+        (warned: the file is rewritten on the next measurement)."""
         try:
             data = json.loads(path.read_text())
         except (FileNotFoundError, NotADirectoryError):
@@ -106,20 +139,20 @@ class _Persisted:
             self.loaded_from = path
             self.verdicts, self.choices = self._read(path) if path else ({}, {})
 
-    def save(self, kind: str, key: Hashable, value) -> None:
-        """Adds one measurement and writes the file (merged with what other processes wrote since);
-        a file that cannot be written is warned about once and given up for this process."""
+    def save(self, kind: str, key: Hashable, value: list) -> None:
+        """Adds one measurement and rewrites the file under a lock, merged with what other processes
+        wrote since; a file that cannot be written is warned about once and given up for this process."""
         path = cache_path()
         if path is None or path != self.loaded_from or path == self.unwritable:
             return
-        table = self.verdicts if kind == "verdicts" else self.choices
-        table[repr(key)] = value
-        verdicts, choices = self._read(path)
-        verdicts.update(self.verdicts)
-        choices.update(self.choices)
+        (self.verdicts if kind == "verdicts" else self.choices)[repr(key)] = value
         try:
-            with atomic_write(path, "w", encoding="utf-8") as f:
-                json.dump({"fingerprint": fingerprint(), "verdicts": verdicts, "choices": choices}, f)
+            with _locked(path):
+                verdicts, choices = self._read(path)
+                verdicts.update(self.verdicts)
+                choices.update(self.choices)
+                with atomic_write(path, "w", encoding="utf-8") as f:
+                    json.dump({"fingerprint": fingerprint(), "verdicts": verdicts, "choices": choices}, f)
         except OSError as exc:
             warnings.warn(f"i3d_fast: cannot write the kernel timing cache {path} ({exc}); timings are kept "
                           f"in memory only (set {CACHE_ENV}=0 to silence this)", stacklevel=3)
@@ -169,7 +202,8 @@ def _best_times(runs: Sequence[Callable[[], object]]) -> List[float]:
 def slower(key: Hashable, candidates: Callable[[], Tuple[Callable[[], object], Callable[[], object]]]) -> Optional[str]:
     """None when ``ours()`` measured at most MARGIN of ``theirs()``'s time for ``key``, else why not;
     ``candidates()`` makes (ours, theirs), only when ``key`` was not measured yet (see
-    :func:`_best_times`; a baseline that raises loses). Measured once per key per process."""
+    :func:`_best_times`; a baseline that raises loses). Measured once per key per machine (see
+    :func:`cache_path`)."""
     hit = _VERDICTS.get(key)
     if hit is None:
         _PERSISTED.sync()
@@ -192,19 +226,20 @@ def fastest(key: Hashable, candidates: Callable[[], Sequence[Tuple[str, Callable
     """The name of the fastest of ``candidates()`` = [(name, run), ...] for ``key``, the first being
     the ATen / oneDNN baseline: another is chosen only when it took at most MARGIN of the baseline's
     time. ``candidates()`` is called only when ``key`` was not measured yet (see :func:`_best_times`;
-    a lone baseline is not timed). Measured once per key per process; :func:`choices` lists the times."""
+    a lone baseline is not timed). Measured once per key per machine (see :func:`cache_path`);
+    :func:`choices` lists the times."""
     hit = _CHOICES.get(key)
     if hit is None:
         _PERSISTED.sync()
         stored = _PERSISTED.choices.get(repr(key))
-        if isinstance(stored, dict) and stored:
-            hit = _CHOICES[key] = {str(name): float(t) for name, t in stored.items()}
+        if isinstance(stored, list) and stored and all(isinstance(pair, list) and len(pair) == 2 for pair in stored):
+            hit = _CHOICES[key] = {str(name): float(t) for name, t in stored}
     if hit is None:
         named = list(candidates())
         times = _best_times([run for _, run in named]) if len(named) > 1 else [0.0]  # no choice: not timed
         hit = _CHOICES[key] = dict(zip((name for name, _ in named), times))
         if len(named) > 1:
-            _PERSISTED.save("choices", key, hit)
+            _PERSISTED.save("choices", key, [[name, t] for name, t in hit.items()])
     baseline, *others = hit
     best = min(others, key=hit.__getitem__, default=None)
     return best if best is not None and hit[best] <= MARGIN * hit[baseline] else baseline

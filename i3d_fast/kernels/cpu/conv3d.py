@@ -18,7 +18,9 @@ Inception block) and the output channels go straight into the destination channe
 
 Weights are transformed / packed by :func:`prepare_weight`; :func:`conv3d` caches that per weight
 tensor (while the tensor lives and is not modified in place; not for inference-mode tensors, whose
-changes cannot be told), so a model calling it with the same weights pays for it once.
+changes cannot be told), so a model calling it with the same weights pays for it once. Where PyTorch
+allows reduced-precision float32 convolutions, constant weights may run Winograd F(4, 3) tiles
+(:func:`wide_tiles`).
 """
 from __future__ import annotations
 
@@ -106,14 +108,14 @@ def slower_than_onednn(x: torch.Tensor, weight: torch.Tensor, transformed_per_ca
 def _measured_forward(x: torch.Tensor, weight: torch.Tensor, transformed_per_call: bool) -> Optional[str]:
     """Times this kernel (bias + ReLU epilogue) against oneDNN's on x and weight (see :mod:`.autotune`)."""
     key = ("conv3d", tuple(x.shape), row_stride(x) is not None, tuple(weight.shape), transformed_per_call, threads(),
-           reduced_precision_allowed())
+           reduced_precision_allowed())  # the switch may change oneDNN's own speed (bf16)
 
     def candidates():
         w = weight.detach()
         cout = w.shape[0]
         pads = WINOGRAD.get(winograd_kernel(w), PAD_0)
         shift = torch.zeros(cout)
-        packed = None if transformed_per_call else prepare_weight(w, wide=wide_tiles(x, weight))
+        packed = None if transformed_per_call else prepare_weight(w)  # F(2, 3): F(4, 3) runs only where faster
 
         def ours():
             out = torch.empty((x.shape[0], cout, *x.shape[2:]), memory_format=CL)
@@ -198,13 +200,14 @@ _CONSTANT = WeightCache(lambda weight: True)
 
 def reduced_precision_allowed() -> bool:
     """Whether PyTorch is told to allow reduced-precision float32 convolutions on the CPU:
-    ``torch.backends.mkldnn.conv.fp32_precision`` (or ``torch.backends.mkldnn.fp32_precision`` where that
-    is "none") set to "tf32" or "bf16"."""
-    mkldnn = torch.backends.mkldnn
-    precision = getattr(getattr(mkldnn, "conv", None), "fp32_precision", "none")
-    if precision == "none":
-        precision = getattr(mkldnn, "fp32_precision", "none")
-    return precision in ("tf32", "bf16")
+    ``torch.backends.mkldnn.conv.fp32_precision`` set to "tf32" or "bf16" (where it is "none", the
+    mkldnn level ``torch.backends.mkldnn.fp32_precision``, then the generic ``torch.backends.fp32_precision``
+    decide; torch before 2.9 has none of them: never)."""
+    for level in (getattr(torch.backends.mkldnn, "conv", None), torch.backends.mkldnn, torch.backends):
+        precision = getattr(level, "fp32_precision", "none")
+        if precision != "none":
+            return precision in ("tf32", "bf16")
+    return False
 
 
 def wide_tiles(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -216,8 +219,9 @@ def wide_tiles(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
     F(4, 3)'s transforms multiply by up to 8 and 1/24: its float32 error grows with the input channels
     to 5-50x that of oneDNN's direct convolution (F(2, 3): 0.3-2.4x), about 1e-5 of the output's scale
-    at 256 channels: far inside TF32's or bf16's error, but not float32's. Training weights (seen once
-    per call), gradients and ``I3D_FAST_AUTOTUNE=0`` keep F(2, 3)."""
+    at 256 channels: far inside TF32's or bf16's error, but not float32's. Training weights (fresh
+    aliases, seen once per call), inference-mode tensors (whose changes cannot be told), gradients and
+    ``I3D_FAST_AUTOTUNE=0`` keep F(2, 3)."""
     if (not winograd_kernel(weight) or weight.requires_grad or not reduced_precision_allowed()
             or not autotune.enabled(x, weight) or _CONSTANT.get_if_seen(weight) is None):
         return False
@@ -331,7 +335,10 @@ def conv3d(x: torch.Tensor, weight: torch.Tensor, scale: Optional[torch.Tensor],
     channels_last_3d tensor when ``destinations`` is None, else writes the output channels in order
     into the (tensor, offset, count) destinations. A Winograd result with inf or NaN is recomputed by
     oneDNN (an infinite input must give +-inf, as ``F.conv3d`` does, not the transforms' NaN)."""
-    packed = cached_weight(weight, scale, scale is None and wide_tiles(x, weight))
+    wide = scale is None and wide_tiles(x, weight)
+    if wide:
+        _PREPARED[False].forget(weight)  # its F(2, 3) pack from the first call
+    packed = cached_weight(weight, scale, wide)
     new = destinations is None
     if new:
         out = torch.empty((x.shape[0], packed.cout, *x.shape[2:]), dtype=x.dtype, memory_format=CL)

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import os
 from typing import List
 
 import torch
 
-from . import __version__
+from . import __version__, malloc
 from ._cpu import cpu_flags
 from .bench.report import machine
 from .flow import solver
@@ -51,6 +52,21 @@ def _selfcheck_line() -> str:
     return line + "".join(f"\n    FAILED (runs on ATen): {f}" for f in failed)
 
 
+def _timing_file_line() -> str:
+    """Where the kernel timings of this machine and build persist, and how many are there."""
+    path = autotune.cache_path()
+    if path is None:
+        return f"in memory only ({autotune.CACHE_ENV}=0 or no home folder)"
+    try:
+        data = json.loads(path.read_text())
+        count = len(data.get("verdicts", {})) + len(data.get("choices", {}))
+        return f"{path} ({count} measured configurations)"
+    except FileNotFoundError:
+        return f"{path} (none yet: the first call of each configuration times its kernels)"
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"{path} (unreadable, will be rewritten: {exc})"
+
+
 def report() -> str:
     """The environment and, for every op, each backend's availability on float32 inputs on the CPU
     (and on the GPU when there is one)."""
@@ -67,6 +83,9 @@ def report() -> str:
         f"ISA: {', '.join(f for f in ISA_FLAGS if f in cpu_flags()) or 'none of ' + ', '.join(ISA_FLAGS)}",
         f"C++ extension i3d_fast._C: {extension}",
         f"kernel selection: {'timed per layer (autotune)' if autotune.enabled() else 'fixed rules (I3D_FAST_AUTOTUNE=0)'}",
+        f"kernel timings: {_timing_file_line()}",
+        f"malloc: {malloc.setting()}; i3d-fast commands reuse freed memory for large tensors unless "
+        "I3D_FAST_MALLOC=default",
         "training activations: " + ("remade in backward where cheap (I3D_FAST_RECOMPUTE)" if recompute.enabled()
                                     else "kept (I3D_FAST_RECOMPUTE=0)"),
         f"CUDA: {info['cuda'] or 'no GPU visible to torch'}",

@@ -16,6 +16,8 @@ def test_doctor_lists_every_op_and_backend(capsys):
     assert "C++ extension i3d_fast._C:" in out and "ISA:" in out
     assert "triton" in out and "no: needs a CUDA tensor" in out  # the reason, not just "no"
     assert "reference  available" in out
+    assert "kernel timings: in memory only" in out  # the tests keep them in memory (conftest)
+    assert "malloc: the C library's default" in out  # and glibc's default malloc
 
 
 @pytest.fixture

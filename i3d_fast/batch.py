@@ -53,6 +53,7 @@ try:
 except ImportError:  # Windows: no flock
     fcntl = None
 
+from . import malloc
 from ._atomic import PARTIAL, atomic_dir, atomic_file
 
 PathLike = Union[str, Path]
@@ -379,12 +380,14 @@ class WorkerSetupError(RuntimeError):
     """The job's setup failed in a worker process (raised by the worker for each of its tasks)."""
 
 
-def _init_worker(job: Job, threads: int) -> None:
+def _init_worker(job: Job, threads: int, reuse_freed_memory: bool) -> None:
     global _WORKER_JOB, _WORKER_SETUP_ERROR
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and lets running videos finish
     import torch
 
     torch.set_num_threads(threads)
+    if reuse_freed_memory:  # as the parent's malloc (the i3d-fast commands set it)
+        malloc.reuse_freed_memory()
     try:
         job.setup()
     except Exception as exc:  # reported with the first task, so the parent can stop the run
@@ -415,7 +418,8 @@ def _run_workers(job: Job, todo: Sequence[Task], workers: int, record) -> None:
     while pending or suspects:
         size = min(workers, len(pending) + len(suspects))  # processes start on demand
         crashed: List[Task] = []
-        with ProcessPoolExecutor(size, context, initializer=_init_worker, initargs=(job, threads)) as pool:
+        with ProcessPoolExecutor(size, context, initializer=_init_worker,
+                                 initargs=(job, threads, malloc.reusing())) as pool:
             in_flight: Dict[Future, Task] = {}
             try:
                 while pending or suspects or in_flight:

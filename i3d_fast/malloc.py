@@ -60,6 +60,11 @@ def configure_from_environment() -> bool:
     return choice == "reuse" and reuse_freed_memory()
 
 
+def reusing() -> bool:
+    """Whether :func:`reuse_freed_memory` took effect in this process."""
+    return _setting is not None
+
+
 def setting() -> str:
     """How this process's malloc is set, for benchmark records."""
     return _setting or "the C library's default"

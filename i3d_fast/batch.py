@@ -407,6 +407,14 @@ def _died(task: Task, exc: BaseException) -> Outcome:
                                    f"out-of-memory killer: {exc})")
 
 
+def _finished_earlier(outcome: Outcome) -> Outcome:
+    """A retried task's outcome: "skipped" there means its output was completed in this run, by the
+    worker pool that broke before it could report it: done."""
+    if outcome.status != "skipped":
+        return outcome
+    return Outcome(outcome.task, "done", "finished before its worker pool broke")
+
+
 def _run_workers(job: Job, todo: Sequence[Task], workers: int, record) -> None:
     """Runs ``todo`` in ``workers`` spawned processes, at most ``workers`` tasks in flight. A pool whose
     worker died is replaced; the tasks in flight then are retried one at a time (the one that kills its
@@ -415,6 +423,7 @@ def _run_workers(job: Job, todo: Sequence[Task], workers: int, record) -> None:
     context = multiprocessing.get_context("spawn")
     pending = deque(todo)
     suspects: deque = deque()  # in flight when a worker died: each is retried alone
+    retries: set = set()  # the futures of those retries
     while pending or suspects:
         size = min(workers, len(pending) + len(suspects))  # processes start on demand
         crashed: List[Task] = []
@@ -426,7 +435,9 @@ def _run_workers(job: Job, todo: Sequence[Task], workers: int, record) -> None:
                     if suspects:
                         if not in_flight:
                             task = suspects.popleft()
-                            in_flight[pool.submit(_work, task)] = task
+                            future = pool.submit(_work, task)
+                            in_flight[future] = task
+                            retries.add(future)
                     else:
                         while pending and len(in_flight) < workers:
                             task = pending.popleft()
@@ -436,7 +447,7 @@ def _run_workers(job: Job, todo: Sequence[Task], workers: int, record) -> None:
                     for future in done:
                         task = in_flight.pop(future)
                         try:
-                            record(future.result())
+                            record(_finished_earlier(future.result()) if future in retries else future.result())
                         except BrokenProcessPool as exc:
                             died.append((task, exc))
                         except WorkerSetupError as exc:

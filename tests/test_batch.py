@@ -213,6 +213,16 @@ class CrashJob(batch.Job):
         return "ok"
 
 
+def test_a_retried_video_found_finished_counts_as_done(tmp_path):
+    """A video in flight when another one killed the worker pool may have finished its output before the
+    pool broke: its retry then finds the output and it was done in this run, not skipped."""
+    task = batch.Task(tmp_path / "d.mp4", tmp_path / "d.txt")
+    outcome = batch._finished_earlier(batch.Outcome(task, "skipped"))
+    assert outcome.status == "done" and "before its worker pool broke" in outcome.message
+    failed = batch.Outcome(task, "failed", "corrupt")
+    assert batch._finished_earlier(failed) is failed
+
+
 def test_a_dying_worker_fails_only_its_video(tmp_path):
     import os
 

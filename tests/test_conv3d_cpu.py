@@ -257,13 +257,12 @@ WIDE_ERROR_FACTOR = 80.0
 def reduced_precision():
     """torch.backends.mkldnn.conv.fp32_precision = "tf32" for the test (PyTorch's switch for reduced-
     precision float32 convolutions), restored after."""
-    conv = getattr(torch.backends.mkldnn, "conv", None)
-    if not hasattr(conv, "fp32_precision"):
+    from i3d_fast.bench.convert import _conv_fp32_precision
+
+    if not hasattr(getattr(torch.backends.mkldnn, "conv", None), "fp32_precision"):
         pytest.skip(f"torch {torch.__version__} has no torch.backends.mkldnn.conv.fp32_precision (2.9+)")
-    before = conv.fp32_precision
-    conv.fp32_precision = "tf32"
-    yield
-    conv.fp32_precision = before
+    with _conv_fp32_precision("tf32"):
+        yield
 
 
 @pytest.mark.parametrize("kernel", [(3, 3, 3), (1, 3, 3), (3, 1, 1)], ids=lambda k: "x".join(map(str, k)))

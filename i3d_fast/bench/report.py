@@ -12,7 +12,7 @@ import torch
 
 from .. import malloc
 from .._atomic import atomic_write
-from .._cpu import cpu_flags
+from .._cpu import cpu_flags, cpu_model
 from .timing import Timing
 
 
@@ -31,19 +31,12 @@ def machine() -> Dict[str, object]:
     info: Dict[str, object] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "malloc": malloc.setting(),
     }
-    try:
-        with open("/proc/cpuinfo") as f:
-            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-        if names:
-            info["cpu"] = names[0]
-    except OSError:
-        pass
     return info
 
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
+from ..kernels.cpu.autotune import CACHE_ENV
 from ..models import InceptionI3d
 from .plain_i3d import PlainInceptionI3d
 from .._cpu import has_native_bf16
@@ -200,7 +201,7 @@ def first_step_rows(case: Case) -> List[Row]:
     args = (__name__, str(PROVIDERS.index(OURS)), str(torch.get_num_threads()), json.dumps(asdict(case)),
             "first-seconds")
     with tempfile.TemporaryDirectory() as tmp:
-        env = {"I3D_FAST_AUTOTUNE_CACHE": tmp}
+        env = {CACHE_ENV: tmp}
         seconds = [number_in_subprocess(*args, env=env) for _ in range(2)]
     labels = (f"{OURS}, kernel choices timed (no timing file)", f"{OURS}, kernel choices read from the timing file")
     return [Row(SUITE, name, label, None if s is None else Timing(s * 1e3, s * 1e3, s * 1e3, 1), baseline=i == 0,

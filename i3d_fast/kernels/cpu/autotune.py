@@ -24,7 +24,6 @@ import importlib.util
 import json
 import math
 import os
-import platform
 import time
 import warnings
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import Callable, Dict, Hashable, Iterator, List, Optional, Sequence,
 import torch
 
 from ..._atomic import atomic_write
+from ..._cpu import cpu_model
 
 #: The C++ kernel is chosen when its time is at most this fraction of oneDNN's.
 MARGIN = 0.95
@@ -70,12 +70,6 @@ def cache_path() -> Optional[Path]:
 def fingerprint() -> Dict[str, str]:
     """What the measurements depend on besides their keys: CPU model, torch, and the kernels' build
     (hashes of the C++ extension and of the Python kernels and ops, whose keys and candidates they are)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
     build = hashlib.sha256()
     spec = importlib.util.find_spec("i3d_fast._C")
     if spec is not None and spec.origin and os.path.isfile(spec.origin):
@@ -83,7 +77,8 @@ def fingerprint() -> Dict[str, str]:
     package = Path(__file__).resolve().parents[2]
     for source in sorted([*package.glob("kernels/**/*.py"), *package.glob("ops/*.py")]):
         build.update(source.read_bytes())
-    return {"format": str(CACHE_FORMAT), "cpu": cpu, "torch": torch.__version__, "build": build.hexdigest()[:16]}
+    return {"format": str(CACHE_FORMAT), "cpu": cpu_model(), "torch": torch.__version__,
+            "build": build.hexdigest()[:16]}
 
 
 @contextlib.contextmanager

@@ -490,7 +490,8 @@ inline v16 load_channels(const float* p, int valid) {
   return v;
 }
 
-// dM for tiles [first, first + count) into rows [row0, row0 + count) of PanelLayout(kPositions, P, cout):
+// dM for tiles [first, first + count) into rows [row0, row0 + count) of PanelLayout(kPositions, P, cout)
+// (P: the rows per position, odd so that the positions fall in different L1 sets, see position_stride):
 // for each panel and position a [P][width] block. Output cells outside the output read zeros.
 template <int K>
 void transform_grad_chunk(const float* dy, int64_t ldy, const float* zeros, const Geometry& g, int64_t first,
@@ -627,9 +628,10 @@ bool winograd_weight_grad_whole(const float* x, const float* dy, int64_t ldy, co
   constexpr int kPositions = Tile<K>::kPositions;
   const PanelLayout L(kPositions, g.cin, g.cout);
   const int64_t tiles = g.tiles();
-  const PanelLayout LM(kPositions, tiles, g.cout);
+  const PanelLayout LM(kPositions, tiles | 1, g.cout);  // an odd row count: see position_stride
   const std::vector<float> zeros(std::max(g.cin, L.coutp), 0.0f);
-  const int64_t v_size = round_up(kPositions * tiles * g.cin, 16), m_size = round_up(LM.size(), 16);
+  const int64_t v_stride = position_stride(tiles * g.cin), v_size = kPositions * v_stride;
+  const int64_t m_size = round_up(LM.size(), 16);
   AlignedBuffer scratch(v_size + m_size + L.size());
   float* V = scratch.data;
   float* dM = V + v_size;
@@ -640,15 +642,15 @@ bool winograd_weight_grad_whole(const float* x, const float* dy, int64_t ldy, co
 #pragma omp for schedule(dynamic, 1)
     for (int64_t first = 0; first < tiles; first += kTilesPerItem) {
       const int64_t count = std::min(kTilesPerItem, tiles - first);
-      transform_chunk<K>(x, zeros.data(), g, first, count, tiles * g.cin, V + first * g.cin);
-      transform_grad_chunk<K>(dy, ldy, zeros.data(), g, first, count, tiles, first, dM);
+      transform_chunk<K>(x, zeros.data(), g, first, count, v_stride, V + first * g.cin);
+      transform_grad_chunk<K>(dy, ldy, zeros.data(), g, first, count, tiles | 1, first, dM);
     }
 #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int64_t panel = 0; panel < L.panels(); ++panel)
       for (int xi = 0; xi < kPositions; ++xi) {
         float* u = dU + L.offset(panel, xi);
         std::fill(u, u + g.cin * L.width(panel), 0.0f);
-        panel_gemm_at_acc(V + xi * tiles * g.cin, g.cin, g.cin, dM + LM.offset(panel, xi), tiles, L.width(panel), u);
+        panel_gemm_at_acc(V + xi * v_stride, g.cin, g.cin, dM + LM.offset(panel, xi), tiles, L.width(panel), u);
       }
   }
   return inverse_weight_transform<K>(dU, dw, g.cout, g.cin, st, threads);
@@ -668,9 +670,9 @@ bool winograd_weight_grad(const float* x, const float* dy, int64_t ldy, const Ge
   const int64_t chunks = ceil_div(tiles, P);
   const std::vector<float> zeros(std::max(g.cin, L.coutp), 0.0f);
   const int64_t v_stride = position_stride(P * g.cin), v_size = kPositions * v_stride;
-  const int64_t m_size = round_up(kPositions * P * L.coutp, 16), u_size = round_up(L.size(), 16);
+  const PanelLayout LM(kPositions, P | 1, g.cout);  // an odd row count: see position_stride
+  const int64_t m_size = round_up(LM.size(), 16), u_size = round_up(L.size(), 16);
   AlignedBuffer scratch(threads * (v_size + m_size + u_size));
-  const PanelLayout LM(kPositions, P, g.cout);
 #pragma omp parallel num_threads(threads)
   {
     float* V = scratch.data + omp_get_thread_num() * (v_size + m_size + u_size);
@@ -681,7 +683,7 @@ bool winograd_weight_grad(const float* x, const float* dy, int64_t ldy, const Ge
     for (int64_t chunk = 0; chunk < chunks; ++chunk) {
       const int64_t first = chunk * P, count = std::min(P, tiles - first);
       transform_chunk<K>(x, zeros.data(), g, first, count, v_stride, V);
-      transform_grad_chunk<K>(dy, ldy, zeros.data(), g, first, count, P, 0, dM);
+      transform_grad_chunk<K>(dy, ldy, zeros.data(), g, first, count, P | 1, 0, dM);
       for (int64_t panel = 0; panel < L.panels(); ++panel) {
         const int64_t width = L.width(panel);
         for (int xi = 0; xi < kPositions; ++xi)

@@ -308,9 +308,8 @@ template <int K>
 void transform_chunk(const float* x, const float* zeros, const Geometry& g, int64_t first, int64_t count,
                      int64_t v_stride, float* V) {
   using TL = Tile<K>;
-  const float* rows[TL::kPositions];
-  for (int64_t p = 0; p < count; ++p) {
-    const auto [n, tt, th, tw] = g.tile(first + p);
+  const auto cells = [&](int64_t tile, const float** rows) {  // the tile's input rows, `zeros` outside
+    const auto [n, tt, th, tw] = g.tile(tile);
     for (int i = 0; i < TL::kInT; ++i) {
       const int64_t t = TL::kOutT * tt - TL::kT / 2 + i;
       for (int j = 0; j < TL::kInS; ++j) {
@@ -322,22 +321,20 @@ void transform_chunk(const float* x, const float* zeros, const Geometry& g, int6
         }
       }
     }
-    if (p + 1 < count) {  // the next tile's new cells (its last two columns along w) on their way to L1
-      const auto [n1, tt1, th1, tw1] = g.tile(first + p + 1);
-      for (int i = 0; i < TL::kInT; ++i) {
-        const int64_t t = TL::kOutT * tt1 - TL::kT / 2 + i;
-        if (t < 0 || t >= g.T) continue;
-        for (int j = 0; j < TL::kInS; ++j) {
-          const int64_t h = TL::kOutS * th1 - TL::kS / 2 + j;
-          if (h < 0 || h >= g.H) continue;
-          for (int k = TL::kInS - TL::kOutS; k < TL::kInS; ++k) {
-            const int64_t w = TL::kOutS * tw1 - TL::kS / 2 + k;
-            if (w < 0 || w >= g.W) continue;
-            const char* cell = reinterpret_cast<const char*>(x + (((n1 * g.T + t) * g.H + h) * g.W + w) * g.ldx);
-            for (int64_t b = 0; b < g.cin * 4; b += 64) __builtin_prefetch(cell + b, 0, 3);
-          }
+  };
+  const float* rows_of[2][TL::kPositions];  // this tile's and the next one's
+  if (count > 0) cells(first, rows_of[0]);
+  for (int64_t p = 0; p < count; ++p) {
+    const float* const* rows = rows_of[p & 1];
+    if (p + 1 < count) {  // the next tile's new cells (its last kOutS columns along w) on their way to L1
+      const float** next = rows_of[(p + 1) & 1];
+      cells(first + p + 1, next);
+      for (int ij = 0; ij < TL::kInT * TL::kInS; ++ij)
+        for (int k = TL::kInS - TL::kOutS; k < TL::kInS; ++k) {
+          const char* cell = reinterpret_cast<const char*>(next[ij * TL::kInS + k]);
+          if (cell == reinterpret_cast<const char*>(zeros)) continue;
+          for (int64_t b = 0; b < g.cin * 4; b += 64) __builtin_prefetch(cell + b, 0, 3);
         }
-      }
     }
     float* v = V + p * g.cin;
     int64_t c = 0;

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import json
 import os
 from typing import List
 
@@ -57,14 +56,10 @@ def _timing_file_line() -> str:
     path = autotune.cache_path()
     if path is None:
         return f"in memory only ({autotune.CACHE_ENV}=0 or no home folder)"
-    try:
-        data = json.loads(path.read_text())
-        count = len(data.get("verdicts", {})) + len(data.get("choices", {}))
-        return f"{path} ({count} measured configurations)"
-    except FileNotFoundError:
+    if not path.exists():
         return f"{path} (none yet: the first call of each configuration times its kernels)"
-    except (OSError, ValueError, AttributeError) as exc:
-        return f"{path} (unreadable, will be rewritten: {exc})"
+    verdicts, choices = autotune.read_measurements(path)  # warns when unreadable
+    return f"{path} ({len(verdicts) + len(choices)} measured configurations for this build)"
 
 
 def report() -> str:

@@ -20,6 +20,20 @@ def test_doctor_lists_every_op_and_backend(capsys):
     assert "malloc: the C library's default" in out  # and glibc's default malloc
 
 
+def test_doctor_counts_the_timing_file_of_this_build(tmp_path, monkeypatch, capsys):
+    import json
+
+    from i3d_fast.kernels.cpu import autotune
+
+    monkeypatch.setenv(autotune.CACHE_ENV, str(tmp_path))
+    assert cli.main(["doctor"]) == 0
+    assert "(none yet:" in capsys.readouterr().out
+    autotune.cache_path().write_text(json.dumps({"fingerprint": autotune.fingerprint(), "verdicts": {"a": [1, 2]},
+                                                 "choices": {"b": [["onednn", 1.0]], "c": [["onednn", 1.0]]}}))
+    assert cli.main(["doctor"]) == 0
+    assert "(3 measured configurations for this build)" in capsys.readouterr().out
+
+
 @pytest.fixture
 def without_extension(monkeypatch):
     """i3d_fast._C made unimportable (as in a source checkout without a build)."""

@@ -98,6 +98,23 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def read_measurements(path: Path) -> Tuple[Dict, Dict]:
+    """(verdicts, choices) stored in ``path`` for this fingerprint; empty when absent, foreign or
+    unreadable (warned: the file is rewritten on the next measurement)."""
+    try:
+        data = json.loads(path.read_text())
+    except (FileNotFoundError, NotADirectoryError):
+        return {}, {}
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"i3d_fast: ignoring the kernel timing cache {path} ({exc}); it will be rewritten",
+                      stacklevel=3)
+        return {}, {}
+    if not isinstance(data, dict) or data.get("fingerprint") != fingerprint():
+        return {}, {}
+    verdicts, choices = data.get("verdicts"), data.get("choices")
+    return (verdicts if isinstance(verdicts, dict) else {}), (choices if isinstance(choices, dict) else {})
+
+
 _UNREAD = object()
 
 
@@ -111,28 +128,12 @@ class _Persisted:
         self.loaded_from: object = _UNREAD  # the path read (None: persistence off)
         self.unwritable: Optional[Path] = None
 
-    def _read(self, path: Path) -> Tuple[Dict, Dict]:
-        """(verdicts, choices) in ``path`` for this fingerprint; empty when absent, foreign or unreadable
-        (warned: the file is rewritten on the next measurement)."""
-        try:
-            data = json.loads(path.read_text())
-        except (FileNotFoundError, NotADirectoryError):
-            return {}, {}
-        except (OSError, ValueError) as exc:
-            warnings.warn(f"i3d_fast: ignoring the kernel timing cache {path} ({exc}); it will be rewritten",
-                          stacklevel=3)
-            return {}, {}
-        if not isinstance(data, dict) or data.get("fingerprint") != fingerprint():
-            return {}, {}
-        verdicts, choices = data.get("verdicts"), data.get("choices")
-        return (verdicts if isinstance(verdicts, dict) else {}), (choices if isinstance(choices, dict) else {})
-
     def sync(self) -> None:
         """(Re)reads the file when the configured path changed since the last read."""
         path = cache_path()
         if path != self.loaded_from:
             self.loaded_from = path
-            self.verdicts, self.choices = self._read(path) if path else ({}, {})
+            self.verdicts, self.choices = read_measurements(path) if path else ({}, {})
 
     def save(self, kind: str, key: Hashable, value: list) -> None:
         """Adds one measurement and rewrites the file under a lock, merged with what other processes
@@ -143,7 +144,7 @@ class _Persisted:
         (self.verdicts if kind == "verdicts" else self.choices)[repr(key)] = value
         try:
             with _locked(path):
-                verdicts, choices = self._read(path)
+                verdicts, choices = read_measurements(path)
                 verdicts.update(self.verdicts)
                 choices.update(self.choices)
                 with atomic_write(path, "w", encoding="utf-8") as f:
